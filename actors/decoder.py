@@ -1,0 +1,97 @@
+"""The decoder actor: client PCM (front pool) -> float32 16 kHz frames (decoder pool).
+
+It holds one `PcmDecoder` per stream. Each input buffer is copied out and released at
+once, so the front's pool drains at the decoder's pace; each output is written into the
+decoder's own pool, waiting while that is full, which is how a slow segmenter pushes back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import zmq
+
+from actors.loop import attach, serve, write_waiting
+from actors.pcm import PcmDecoder, UnsupportedFormat
+from runtime.process import ChildContext, enter_child
+from transport import sockets
+from transport.messages import Frames, PcmChunk, StreamAbort, StreamFailed, StreamStart, StreamStop
+from transport.shm import BufferRef, StaleBuffer
+
+log = logging.getLogger("decoder")
+
+MAX_FRAMES_PER_MESSAGE = 16000  # 1 s per message keeps each write well inside the pool
+
+
+def main(ctx: ChildContext) -> None:
+    enter_child(ctx)
+    src = attach(ctx, "front")
+    dst = attach(ctx, "decoder")
+    dst.reclaim()  # our previous incarnation's buffers are nobody's now
+    zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    inp = sockets.inbox(zctx, ctx.run_dir, "decoder")
+    out = sockets.outbox(zctx, ctx.run_dir, "segmenter")
+    front = sockets.outbox(zctx, ctx.run_dir, "front")
+    streams: dict[str, PcmDecoder] = {}
+    seqs: dict[str, int] = {}
+
+    def emit(stream: str, audio: np.ndarray) -> None:
+        for lo in range(0, audio.shape[1], MAX_FRAMES_PER_MESSAGE):
+            part = np.ascontiguousarray(audio[:, lo : lo + MAX_FRAMES_PER_MESSAGE])
+            ref = write_waiting(dst, part, ctx)
+            assert isinstance(ref, BufferRef)
+            seq = seqs[stream] = seqs.get(stream, 0) + 1
+            sockets.send(out, Frames(stream, seq, part.shape[0], part.shape[1], ref))
+
+    def fail(stream: str, message: str) -> None:
+        streams.pop(stream, None)
+        sockets.send(front, StreamFailed(stream, message))
+        sockets.send(out, StreamAbort(stream))
+
+    def handle(_: dict[zmq.Socket[bytes], int]) -> None:
+        while True:
+            try:
+                msg = sockets.decode(inp.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if isinstance(msg, PcmChunk):
+                try:
+                    data = src.read_bytes(msg.buf)
+                except StaleBuffer:
+                    if msg.stream in streams:
+                        fail(msg.stream, "audio was lost in the pipeline (decoder restarted)")
+                    continue
+                finally:
+                    src.release(msg.buf)
+                dec = streams.get(msg.stream)
+                if dec is not None:
+                    emit(msg.stream, dec.feed(data))
+            elif isinstance(msg, StreamStart):
+                try:
+                    streams[msg.stream] = PcmDecoder(msg.channels, msg.sample_rate, msg.bit_depth, msg.is_float)
+                except UnsupportedFormat as e:
+                    sockets.send(front, StreamFailed(msg.stream, str(e)))
+                    continue
+                sockets.send(out, msg)
+            elif isinstance(msg, StreamStop):
+                dec = streams.pop(msg.stream, None)
+                if dec is not None:
+                    emit(msg.stream, dec.flush())
+                    if dec.dangling_bytes:
+                        log.warning("stream %s ended mid-sample: %d bytes dropped", msg.stream, dec.dangling_bytes)
+                    seqs.pop(msg.stream, None)
+                    sockets.send(out, msg)
+            elif isinstance(msg, StreamAbort):
+                streams.pop(msg.stream, None)
+                seqs.pop(msg.stream, None)
+                sockets.send(out, msg)
+
+    poller = zmq.Poller()
+    poller.register(inp, zmq.POLLIN)
+    ctx.ready()
+    log.info("ready")
+    try:
+        serve(ctx, poller, handle)
+    finally:
+        zctx.destroy(linger=sockets.LINGER_MS)

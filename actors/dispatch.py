@@ -1,0 +1,138 @@
+"""Handing work to model actors by credit, not by blind round-robin.
+
+A plain PUSH socket deals messages to its peers in turn, queues them for a dead peer and
+loses whatever a dead peer had queued. Here each model slot has its own PUSH socket
+(IMMEDIATE, so nothing queues for an absent peer) and at most `capacity` items in flight;
+a slow actor therefore never sits on work an idle one could do, and every item handed out
+is remembered until its `Done` arrives. Audio waits in this process's memory until an
+actor has credit, and only then is written into the segmenter's pool; the buffer is
+released on `Done`, so the pool holds at most models x capacity items.
+
+In-flight semantics: when a slot's process is replaced (a `Ready` from a new pid), every
+item the old process held is put back at the head of the queue and sent again, up to
+`max_attempts`; past that the client gets one error for it (see `expire`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import zmq
+
+from transport import sockets
+from transport.messages import Done, Ready, Work
+from transport.shm import BufferPool, PoolFull
+
+log = logging.getLogger("dispatch")
+
+
+@dataclass
+class Pending:
+    """A work item not yet in shared memory (buf is filled in at dispatch)."""
+
+    work: Work
+    audio: npt.NDArray[np.float32] | None
+
+
+@dataclass
+class Slot:
+    pid: int = 0
+    capacity: int = 0
+    inflight: dict[int, Work] = field(default_factory=dict)
+
+
+class Dispatcher:
+    def __init__(self, pool: BufferPool, outs: dict[int, zmq.Socket[bytes]], max_attempts: int = 3) -> None:
+        self._pool = pool
+        self._outs = outs
+        self._slots = {i: Slot() for i in outs}
+        self._queue: deque[Pending] = deque()
+        self._queued_samples = 0
+        self.max_attempts = max_attempts
+        self.failed: list[Work] = []  # items past their attempts: the caller reports them
+
+    @property
+    def queued_seconds(self) -> float:
+        return self._queued_samples / 16000
+
+    @property
+    def inflight(self) -> int:
+        return sum(len(s.inflight) for s in self._slots.values())
+
+    def submit(self, work: Work, audio: npt.NDArray[np.float32]) -> None:
+        self._queue.append(Pending(work, audio))
+        self._queued_samples += audio.shape[0]
+
+    def on_ready(self, msg: Ready) -> None:
+        slot = self._slots.get(msg.slot)
+        if slot is None:
+            return
+        if slot.pid != msg.pid:
+            if slot.pid:
+                self._requeue(slot)
+            slot.pid = msg.pid
+        slot.capacity = msg.capacity
+
+    def on_done(self, msg: Done) -> None:
+        slot = self._slots.get(msg.slot)
+        if slot is None or slot.pid != msg.pid:
+            return
+        work = slot.inflight.pop(msg.work_id, None)
+        if work is not None and work.buf is not None:
+            self._pool.release(work.buf)
+
+    def cancel(self, stream: str) -> None:
+        """Forget a stream's queued items (its in-flight ones finish and are ignored)."""
+        keep = deque(p for p in self._queue if p.work.stream != stream)
+        self._queued_samples = sum(p.audio.shape[0] for p in keep if p.audio is not None)
+        self._queue = keep
+
+    def pump(self) -> None:
+        """Send queued items to slots with credit, fewest in flight first."""
+        while self._queue:
+            slot_id = self._pick()
+            if slot_id is None:
+                return
+            pending = self._queue[0]
+            work = pending.work
+            if pending.audio is not None:
+                try:
+                    work.buf = self._pool.write(pending.audio)
+                except PoolFull:
+                    return
+            if not sockets.send(self._outs[slot_id], work, block=False):
+                # The peer is not connected (dead, restarting): stop offering it work.
+                self._slots[slot_id].capacity = 0
+                if pending.audio is not None and work.buf is not None:
+                    self._pool.release(work.buf)
+                continue
+            self._queue.popleft()
+            if pending.audio is not None:
+                self._queued_samples -= pending.audio.shape[0]
+            self._slots[slot_id].inflight[work.work_id] = work
+
+    def _pick(self) -> int | None:
+        best: int | None = None
+        best_load = 0
+        for i, s in self._slots.items():
+            load = len(s.inflight)
+            if load < s.capacity and (best is None or load < best_load):
+                best, best_load = i, load
+        return best
+
+    def _requeue(self, slot: Slot) -> None:
+        items = sorted(slot.inflight.values(), key=lambda w: w.work_id, reverse=True)
+        slot.inflight.clear()
+        for work in items:
+            if work.attempt >= self.max_attempts:
+                if work.buf is not None:
+                    self._pool.release(work.buf)
+                self.failed.append(work)
+                continue
+            work.attempt += 1
+            log.warning("redoing work %d of stream %s (attempt %d)", work.work_id, work.stream, work.attempt)
+            self._queue.appendleft(Pending(work, None))

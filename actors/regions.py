@@ -1,0 +1,168 @@
+"""Cutting one channel's 16 kHz audio into what the model sees.
+
+`SpeechRegions` (segmented route) runs webrtcvad on 30 ms frames and smooths it:
+a region starts once it holds `min_speech_ms` of voiced frames (so a click is not speech;
+the start is back-dated to its first voiced frame), and ends after `hangover_ms` of
+silence (the end is back-dated to its last voiced frame). Both ends get `pad_ms` of
+context. `FixedChunks` (simple route) cuts every sample into equal chunks.
+
+Both are pure: samples in, `Activity` and `Piece` out, in audio order. No I/O here, so the
+segmenter's rules are tested without processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import webrtcvad
+
+from actors.pcm import MODEL_RATE
+from actors.samples import SampleWindow
+
+FRAME = MODEL_RATE * 30 // 1000  # webrtcvad takes 10, 20 or 30 ms frames
+
+
+@dataclass(frozen=True)
+class Activity:
+    kind: str  # "active" | "inactive"
+    sample: int
+
+    @property
+    def time(self) -> float:
+        return self.sample / MODEL_RATE
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Audio for the model: samples [start, end) of the channel."""
+
+    start: int
+    end: int
+    audio: npt.NDArray[np.float32]
+    is_final: bool | None  # None on the simple route (chunks are neither interim nor final)
+
+
+Output = Activity | Piece
+
+
+class Cutter(Protocol):
+    def feed(self, samples: npt.NDArray[np.float32]) -> list[Output]: ...
+    def flush(self) -> list[Output]: ...
+
+
+@dataclass(frozen=True)
+class RegionRules:
+    aggressiveness: int = 2
+    min_speech_ms: int = 200
+    hangover_ms: int = 450
+    pad_ms: int = 30
+    max_segment_s: float = 30.0
+    interim_interval_s: float = 0.5
+
+
+class SpeechRegions:
+    def __init__(self, rules: RegionRules, interim: bool) -> None:
+        self._vad = webrtcvad.Vad(rules.aggressiveness)
+        self._min_voiced = -(-rules.min_speech_ms * MODEL_RATE // 1000 // FRAME)
+        self._hangover = rules.hangover_ms * MODEL_RATE // 1000
+        self._pad = rules.pad_ms * MODEL_RATE // 1000
+        self._max_len = int(rules.max_segment_s * MODEL_RATE)
+        self._interim_every = int(rules.interim_interval_s * MODEL_RATE) if interim else 0
+        self._win = SampleWindow()
+        self._next_frame = 0  # absolute index of the next frame to classify
+        self._candidate: int | None = None  # first voiced sample of a region not yet confirmed
+        self._voiced = 0
+        self._last_voiced_end = 0
+        self._speaking = False
+        self._region_start = 0
+        self._last_interim = 0
+
+    def feed(self, samples: npt.NDArray[np.float32]) -> list[Output]:
+        self._win.append(samples)
+        out: list[Output] = []
+        while self._next_frame + FRAME <= self._win.end:
+            start = self._next_frame
+            frame = self._win.get(start, start + FRAME)
+            pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+            self._step(start, self._vad.is_speech(pcm, MODEL_RATE), out)
+            self._next_frame = start + FRAME
+        self._trim()
+        return out
+
+    def flush(self) -> list[Output]:
+        out: list[Output] = []
+        if self._speaking:
+            end = min(self._last_voiced_end + self._pad, self._win.end)
+            self._close(end, out)
+        self._candidate = None
+        return out
+
+    def _step(self, start: int, voiced: bool, out: list[Output]) -> None:
+        end = start + FRAME
+        if voiced:
+            if not self._speaking and self._candidate is None:
+                self._candidate, self._voiced = start, 0
+            self._voiced += 1
+            self._last_voiced_end = end
+            if not self._speaking and self._voiced >= self._min_voiced:
+                assert self._candidate is not None
+                self._open(max(self._candidate - self._pad, self._win.start, 0), out)
+        elif end - self._last_voiced_end >= self._hangover:
+            if self._speaking:
+                self._close(min(self._last_voiced_end + self._pad, self._win.end), out)
+            self._candidate = None
+        if self._speaking:
+            if end - self._region_start >= self._max_len:
+                self._close(end, out)
+                self._open(end, out)
+            elif self._interim_every and end - self._last_interim >= self._interim_every:
+                out.append(Piece(self._region_start, end, self._win.get(self._region_start, end), False))
+                self._last_interim = end
+
+    def _open(self, start: int, out: list[Output]) -> None:
+        self._speaking = True
+        self._region_start = self._last_interim = start
+        out.append(Activity("active", start))
+
+    def _close(self, end: int, out: list[Output]) -> None:
+        start = self._region_start
+        out.append(Activity("inactive", end))
+        out.append(Piece(start, end, self._win.get(start, end), True))
+        self._speaking = False
+        self._candidate = None
+        self._voiced = 0
+
+    def _trim(self) -> None:
+        if self._speaking:
+            keep = self._region_start
+        elif self._candidate is not None:
+            keep = self._candidate - self._pad
+        else:
+            keep = self._next_frame - self._pad
+        self._win.discard_before(min(keep, self._next_frame))
+
+
+class FixedChunks:
+    def __init__(self, chunk_s: float) -> None:
+        self._size = max(1, int(round(chunk_s * MODEL_RATE)))
+        self._win = SampleWindow(self._size * 2)
+
+    def feed(self, samples: npt.NDArray[np.float32]) -> list[Output]:
+        self._win.append(samples)
+        out: list[Output] = []
+        while self._win.end - self._win.start >= self._size:
+            start = self._win.start
+            out.append(Piece(start, start + self._size, self._win.get(start, start + self._size), None))
+            self._win.discard_before(start + self._size)
+        return out
+
+    def flush(self) -> list[Output]:
+        start, end = self._win.start, self._win.end
+        if end == start:
+            return []
+        piece = Piece(start, end, self._win.get(start, end), None)
+        self._win.discard_before(end)
+        return [piece]

@@ -1,0 +1,151 @@
+"""The segmenter actor: decides what audio the model sees, per stream and channel.
+
+For every channel it keeps a cutter (`SpeechRegions` or `FixedChunks`), numbers its
+outputs, sends events straight to the front and hands pieces to the `Dispatcher`. Each
+result-bearing piece gets `seq` (its position among the channel's results) and
+`events_before` (how many events precede it), which is all the front needs to put
+results back in audio order and after their `inactive`.
+
+When more than `max_pending_s` of audio waits for a model, it stops reading its input:
+the decoder's pool fills, then the front's, and the front stops reading the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from actors.dispatch import Dispatcher
+from actors.loop import attach, serve
+from actors.regions import Activity, Cutter, FixedChunks, Output, Piece, RegionRules, SpeechRegions
+from runtime.config import Config
+from runtime.process import ChildContext, enter_child
+from transport import sockets
+from transport.messages import (
+    Done, Event, Frames, Ready, Result, StreamAbort, StreamEnd, StreamStart, StreamStop, Work,
+)
+from transport.shm import StaleBuffer
+
+log = logging.getLogger("segmenter")
+
+
+@dataclass
+class StreamCuts:
+    start: StreamStart
+    cutters: list[Cutter]
+    results: list[int] = field(default_factory=list)
+    events: list[int] = field(default_factory=list)
+
+
+def cutters_for(start: StreamStart, cfg: Config) -> list[Cutter]:
+    s = cfg.segmenter
+    if start.route == "simple":
+        return [FixedChunks(s.chunk_s) for _ in range(start.channels)]
+    rules = RegionRules(s.vad_aggressiveness, s.min_speech_ms, s.hangover_ms, s.pad_ms,
+                        s.max_segment_s, s.interim_interval_s)
+    return [SpeechRegions(rules, start.interim) for _ in range(start.channels)]
+
+
+def main(ctx: ChildContext) -> None:
+    enter_child(ctx)
+    cfg = ctx.cfg()
+    src = attach(ctx, "decoder")
+    pool = attach(ctx, "segmenter")
+    pool.reclaim()
+    zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    inp = sockets.inbox(zctx, ctx.run_dir, "segmenter")
+    ctl = sockets.inbox(zctx, ctx.run_dir, "segmenter-ctl")
+    front = sockets.outbox(zctx, ctx.run_dir, "front")
+    outs = {i: sockets.outbox(zctx, ctx.run_dir, f"model-{i}", immediate=True) for i in range(cfg.model_count)}
+    dispatcher = Dispatcher(pool, outs)
+    streams: dict[str, StreamCuts] = {}
+    next_work = pool.next_alloc << 20  # unique across our restarts, no coordination needed
+
+    def deliver(stream: str, ch: int, outputs: list[Output]) -> None:
+        nonlocal next_work
+        state = streams[stream]
+        for o in outputs:
+            if isinstance(o, Activity):
+                state.events[ch] += 1
+                sockets.send(front, Event(stream, ch, o.kind, o.time))  # type: ignore[arg-type]
+            elif isinstance(o, Piece):
+                next_work += 1
+                work = Work(next_work, stream, ch, state.results[ch], state.events[ch],
+                            o.start / 16000, o.end / 16000, o.is_final, buf=None, trace=state.start.trace)
+                state.results[ch] += 1
+                dispatcher.submit(work, o.audio)
+
+    def on_input(msg: object) -> None:
+        if isinstance(msg, Frames):
+            state = streams.get(msg.stream)
+            try:
+                audio = src.read_array(msg.buf, np.float32, (msg.channels, msg.frames)) if msg.buf else None
+            except StaleBuffer:
+                audio = None
+            finally:
+                if msg.buf:
+                    src.release(msg.buf)
+            if state is None or audio is None:
+                return
+            for ch in range(msg.channels):
+                deliver(msg.stream, ch, state.cutters[ch].feed(audio[ch]))
+        elif isinstance(msg, StreamStart):
+            streams[msg.stream] = StreamCuts(msg, cutters_for(msg, cfg), [0] * msg.channels, [0] * msg.channels)
+        elif isinstance(msg, StreamStop):
+            state = streams.get(msg.stream)
+            if state is None:
+                return
+            for ch, cutter in enumerate(state.cutters):
+                deliver(msg.stream, ch, cutter.flush())
+            del streams[msg.stream]
+            sockets.send(front, StreamEnd(msg.stream, state.results, state.events))
+        elif isinstance(msg, StreamAbort):
+            streams.pop(msg.stream, None)
+            dispatcher.cancel(msg.stream)
+
+    def handle(events: dict[zmq.Socket[bytes], int]) -> None:
+        while True:
+            try:
+                msg = sockets.decode(ctl.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            if isinstance(msg, Done):
+                dispatcher.on_done(msg)
+            elif isinstance(msg, Ready):
+                dispatcher.on_ready(msg)
+        budget = 64  # read input in bounded gulps so control messages are never starved
+        while budget and dispatcher.queued_seconds < cfg.segmenter.max_pending_s:
+            budget -= 1
+            try:
+                on_input(sockets.decode(inp.recv(zmq.NOBLOCK)))
+            except zmq.Again:
+                break
+
+    reading = True
+
+    def idle() -> None:
+        nonlocal reading
+        dispatcher.pump()
+        want = dispatcher.queued_seconds < cfg.segmenter.max_pending_s
+        if want != reading:
+            (poller.register(inp, zmq.POLLIN) if want else poller.unregister(inp))
+            reading = want
+        for work in dispatcher.failed:
+            sockets.send(front, Result(work.stream, work.channel, work.seq, work.events_before,
+                                       work.start_time, work.end_time, work.is_final,
+                                       error=f"inference failed for {work.start_time:.2f}-{work.end_time:.2f}: "
+                                       f"model actor died {work.attempt} times"))
+        dispatcher.failed.clear()
+
+    poller = zmq.Poller()
+    poller.register(ctl, zmq.POLLIN)
+    poller.register(inp, zmq.POLLIN)
+    ctx.ready()
+    log.info("ready, dispatching to %d model slots", len(outs))
+    try:
+        serve(ctx, poller, handle, idle)
+    finally:
+        zctx.destroy(linger=sockets.LINGER_MS)

@@ -1,0 +1,1 @@
+"""The streaming client script (`streamer-client`)."""

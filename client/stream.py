@@ -1,0 +1,154 @@
+"""`streamer-client`: stream an audio file to the server and print what comes back.
+
+It sends the file's own format where the protocol has it (16-bit integer or 32-bit float
+PCM, any rate and channel count; other encodings are sent as 32-bit float), prints every
+message as it arrives with its arrival time, and ends with a summary: time to first
+result, total time, segments, and audio seconds streamed per wall second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import soundfile
+
+DEFAULT_ADDR = "ws://localhost:8080/api/v1/segmented"
+
+
+@dataclass
+class Pcm:
+    """Interleaved little-endian PCM and the `format` object that describes it."""
+
+    data: bytes
+    channels: int
+    sample_rate: int
+    is_float: bool
+
+    @property
+    def bit_depth(self) -> int:
+        return 32 if self.is_float else 16
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.channels * self.bit_depth // 8
+
+    @property
+    def seconds(self) -> float:
+        return len(self.data) / self.frame_bytes / self.sample_rate
+
+    def format(self) -> dict[str, Any]:
+        return {"channels": self.channels, "sample_rate": self.sample_rate,
+                "bit_depth": self.bit_depth, "is_float": self.is_float}
+
+
+def read_file(path: str) -> Pcm:
+    info = soundfile.info(path)
+    if info.subtype == "PCM_16":
+        samples = soundfile.read(path, dtype="int16", always_2d=True)[0]
+        return Pcm(samples.astype("<i2").tobytes(), info.channels, info.samplerate, False)
+    samples = soundfile.read(path, dtype="float32", always_2d=True)[0]
+    return Pcm(samples.astype("<f4").tobytes(), info.channels, info.samplerate, True)
+
+
+@dataclass
+class Report:
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    close_code: int | None = None
+    started: float = 0.0
+    finished: float = 0.0
+    audio_s: float = 0.0
+
+    @property
+    def first_result_s(self) -> float | None:
+        for m, t in zip(self.messages, self.arrivals, strict=True):
+            if m.get("type") == "segment":
+                return t - self.started
+        return None
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == kind]
+
+    def summary(self) -> str:
+        total = self.finished - self.started
+        first = self.first_result_s
+        return (f"time to first result: {'-' if first is None else f'{first:.3f} s'}; total: {total:.3f} s; "
+                f"segments: {len(self.of_type('segment'))}; errors: {len(self.of_type('error'))}; "
+                f"audio: {self.audio_s:.2f} s; {self.audio_s / total if total else 0:.1f} audio s per wall s; "
+                f"close code {self.close_code}")
+
+
+async def stream(url: str, pcm: Pcm, *, chunk_bytes: int = 0, real_time: bool = False,
+                 interim: bool = False, trace_id: str | None = None, echo: bool = False) -> Report:
+    """Send `pcm` as one stream and collect every message until the server closes."""
+    chunk = chunk_bytes or max(pcm.frame_bytes, pcm.frame_bytes * pcm.sample_rate // 10)
+    report = Report(audio_s=pcm.seconds)
+    start: dict[str, Any] = {"request": "start", "format": pcm.format(), "interim_results": interim}
+    if trace_id:
+        start["trace_id"] = trace_id
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
+        report.started = time.monotonic()
+
+        async def receive() -> None:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    item = json.loads(msg.data)
+                    report.messages.append(item)
+                    report.arrivals.append(time.monotonic())
+                    if echo:
+                        print(f"{time.monotonic() - report.started:8.3f}s {msg.data}", flush=True)
+
+        reader = asyncio.create_task(receive())
+        await ws.send_json(start)
+        bytes_per_s = pcm.frame_bytes * pcm.sample_rate
+        for sent in range(0, len(pcm.data), chunk):
+            if ws.closed:
+                break
+            await ws.send_bytes(pcm.data[sent : sent + chunk])
+            if real_time:
+                ahead = (sent + chunk) / bytes_per_s - (time.monotonic() - report.started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        if not ws.closed:
+            await ws.send_json({"request": "stop", "disconnect": True})
+        await reader
+        report.close_code = ws.close_code
+        report.finished = time.monotonic()
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamer-client", description=__doc__.splitlines()[0])
+    parser.add_argument("-i", "--input", required=True, help="audio file (anything libsndfile reads)")
+    parser.add_argument("--addr", default=DEFAULT_ADDR, help=f"WebSocket URL (default {DEFAULT_ADDR})")
+    parser.add_argument("--chunk-size", type=int, default=0, help="bytes per binary frame (default: 100 ms)")
+    parser.add_argument("--real-time", action="store_true", help="send at the audio's own pace")
+    parser.add_argument("--interim-results", action="store_true", help="ask for interim results")
+    parser.add_argument("--trace-id", help="W3C traceparent to parent the server's spans on")
+    args = parser.parse_args(argv)
+    try:
+        pcm = read_file(args.input)
+    except (RuntimeError, OSError, soundfile.LibsndfileError) as e:
+        print(f"streamer-client: cannot read {args.input}: {e}", file=sys.stderr)
+        return 2
+    print(f"streaming {args.input}: {pcm.seconds:.2f} s, {pcm.channels} ch, {pcm.sample_rate} Hz, "
+          f"{'f32' if pcm.is_float else 's16'} to {args.addr}", flush=True)
+    try:
+        report = asyncio.run(stream(args.addr, pcm, chunk_bytes=args.chunk_size, real_time=args.real_time,
+                                    interim=args.interim_results, trace_id=args.trace_id, echo=True))
+    except aiohttp.ClientError as e:
+        print(f"streamer-client: {e}", file=sys.stderr)
+        return 1
+    print(report.summary(), flush=True)
+    return 0 if report.close_code == 1000 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

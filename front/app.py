@@ -1,0 +1,117 @@
+"""The HTTP/WebSocket front process: the four routes of shared/PROTOCOL.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+from aiohttp import web
+
+from front import protocol
+from front.pipeline import Pipeline
+from front.session import Session
+from runtime.config import Config
+from runtime.layout import pool_specs
+from runtime.process import ChildContext, enter_child
+from transport.messages import Route
+
+log = logging.getLogger("front")
+
+CFG: web.AppKey[Config] = web.AppKey("cfg", Config)
+PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline", Pipeline)
+RUN_DIR: web.AppKey[str] = web.AppKey("run_dir", str)
+
+ROLES = ("decoder", "segmenter", "model")
+STATE_FILE = "actors.json"
+
+SESSIONS = prometheus_client.Gauge("streamer_front_sessions_active", "WebSocket sessions open now")
+SESSIONS_TOTAL = prometheus_client.Counter("streamer_front_sessions_total", "WebSocket sessions accepted")
+
+
+def read_actor_state(run_dir: str) -> list[dict[str, Any]]:
+    """The supervisor's published table of children (empty if it has not written one yet)."""
+    try:
+        data = json.loads(Path(run_dir, STATE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    actors: list[dict[str, Any]] = data.get("actors", [])
+    return actors
+
+
+def missing_roles(actors: list[dict[str, Any]]) -> list[str]:
+    up = {a["role"] for a in actors if a.get("state") == "running"}
+    return [r for r in ROLES if r not in up]
+
+
+async def health(request: web.Request) -> web.Response:
+    missing = missing_roles(read_actor_state(request.app[RUN_DIR]))
+    if missing:
+        return web.json_response({"status": "unhealthy", "missing": missing}, status=503)
+    return web.json_response({"status": "healthy"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = prometheus_client.generate_latest()
+    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+def stream_route(route: Route) -> Any:
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        cfg = request.app[CFG]
+        ws = web.WebSocketResponse(max_msg_size=cfg.limits.max_frame_bytes, autoping=True)
+        if len(request.app[PIPELINE].streams) >= cfg.limits.max_sessions:
+            await ws.prepare(request)
+            await ws.send_json(protocol.error("server is at its session limit, try again later"))
+            await ws.close(code=protocol.TRY_LATER, message=b"server busy")
+            return ws
+        await ws.prepare(request)
+        SESSIONS.inc()
+        SESSIONS_TOTAL.inc()
+        try:
+            await Session(ws, request.app[PIPELINE], route, cfg).run()
+        finally:
+            SESSIONS.dec()
+        return ws
+
+    return handler
+
+
+def build_app(cfg: Config, pipeline: Pipeline, run_dir: str) -> web.Application:
+    app = web.Application()
+    app[CFG] = cfg
+    app[PIPELINE] = pipeline
+    app[RUN_DIR] = run_dir
+    app.router.add_get("/api/v1/segmented", stream_route("segmented"))
+    app.router.add_get("/api/v1/simple", stream_route("simple"))
+    app.router.add_get("/api/v1/health", health)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def serve(ctx: ChildContext) -> None:
+    cfg = ctx.cfg()
+    pipeline = Pipeline(ctx, pool_specs(cfg)["front"])
+    pipeline.start()
+    app = build_app(cfg, pipeline, ctx.run_dir)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
+    await site.start()
+    log.info("listening on http://%s:%d", cfg.server.host, cfg.server.port)
+    ctx.ready()
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+    await stopped.wait()
+    log.info("stopping")
+    await runner.cleanup()
+    await pipeline.close()
+
+
+def main(ctx: ChildContext) -> None:
+    enter_child(ctx)
+    asyncio.run(serve(ctx))

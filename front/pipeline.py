@@ -1,0 +1,133 @@
+"""The front's side of the pipeline: streams out to the decoder, results back in.
+
+Client bytes are split into pieces that fit the front's pool and written there once;
+only descriptors go to the decoder. When the pool is full, `feed` waits, and since a
+session reads its socket only between feeds, a client that outpaces the pipeline is held
+back by TCP. One router task receives everything actors send to the front and hands it
+to the stream it names; a stream that has already ended simply drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from front.reorder import StreamOrder
+from runtime.process import ChildContext
+from transport import sockets
+from transport.messages import (
+    Event, PcmChunk, Result, Route, StreamAbort, StreamEnd, StreamFailed, StreamStart, StreamStop, decode, encode,
+)
+from transport.shm import BufferPool, PoolFull, PoolSpec
+
+log = logging.getLogger("front.pipeline")
+
+
+@dataclass
+class Stream:
+    """One start..stop of a session as the front sees it."""
+
+    id: str
+    channels: int
+    outbox: asyncio.Queue[dict[str, Any] | None]
+    order: StreamOrder
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: str | None = None
+    seq: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_result: float | None = None
+
+    def push(self, items: list[dict[str, Any]]) -> None:
+        if items and self.first_result is None:
+            self.first_result = time.monotonic()
+        for item in items:
+            self.outbox.put_nowait(item)
+        if self.order.complete:
+            self.done.set()
+
+
+class Pipeline:
+    def __init__(self, ctx: ChildContext, pool_spec: PoolSpec) -> None:
+        self._zctx = zmq.asyncio.Context()
+        self._to_decoder = self._zctx.socket(zmq.PUSH)
+        self._to_decoder.setsockopt(zmq.LINGER, sockets.LINGER_MS)
+        self._to_decoder.connect(sockets.endpoint(ctx.run_dir, "decoder"))
+        self._inbox = sockets.inbox(self._zctx, ctx.run_dir, "front")  # type: ignore[arg-type]
+        self._pool = BufferPool.attach(pool_spec, ctx.run_id)
+        self._pool.reclaim()  # whatever a previous front wrote belongs to sessions that are gone
+        self._piece = pool_spec.slot_size * 8
+        self.streams: dict[str, Stream] = {}
+        self._router: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._router = asyncio.get_running_loop().create_task(self._route())
+
+    async def close(self) -> None:
+        if self._router is not None:
+            self._router.cancel()
+        self._zctx.destroy(linger=sockets.LINGER_MS)
+
+    async def _send(self, msg: Any) -> None:
+        await self._to_decoder.send(encode(msg))
+
+    async def open(self, route: Route, channels: int, sample_rate: int, bit_depth: int,
+                   is_float: bool, interim: bool, trace: str | None,
+                   outbox: asyncio.Queue[dict[str, Any] | None]) -> Stream:
+        stream = Stream(secrets.token_hex(8), channels, outbox, StreamOrder(channels))
+        self.streams[stream.id] = stream
+        await self._send(StreamStart(stream.id, route, channels, sample_rate, bit_depth, is_float, interim, trace))
+        return stream
+
+    async def feed(self, stream: Stream, data: bytes) -> None:
+        view = memoryview(data)
+        for lo in range(0, len(view), self._piece):
+            ref = await self._write(view[lo : lo + self._piece])
+            stream.seq += 1
+            await self._send(PcmChunk(stream.id, stream.seq, ref))
+
+    async def _write(self, piece: memoryview) -> Any:
+        delay = 0.0005
+        while True:
+            try:
+                return self._pool.write(piece)
+            except PoolFull:
+                await asyncio.sleep(delay)  # backpressure: this session stops reading its socket
+                delay = min(delay * 2, 0.02)
+
+    async def stop(self, stream: Stream) -> None:
+        await self._send(StreamStop(stream.id))
+
+    async def abort(self, stream: Stream) -> None:
+        self.streams.pop(stream.id, None)
+        await self._send(StreamAbort(stream.id))
+
+    def forget(self, stream: Stream) -> None:
+        self.streams.pop(stream.id, None)
+
+    async def _route(self) -> None:
+        while True:
+            raw = await self._inbox.recv()
+            msg = decode(raw)
+            stream = self.streams.get(getattr(msg, "stream", ""))
+            if stream is None:
+                continue
+            if isinstance(msg, Event):
+                stream.push(stream.order.on_event(msg))
+            elif isinstance(msg, Result):
+                stream.push(stream.order.on_result(msg))
+            elif isinstance(msg, StreamEnd):
+                stream.order.end = msg
+                stream.push([])
+            elif isinstance(msg, StreamFailed):
+                stream.failed = msg.message
+                stream.done.set()
+
+    def pool_used(self) -> int:
+        return self._pool.used_slots()

@@ -1,0 +1,112 @@
+"""One WebSocket session: the protocol state machine of shared/PROTOCOL.md.
+
+States: idle (no stream) -> streaming (after `start`) -> flushing (after `stop`, until the
+last result is out) -> idle again or closed. A session reads its socket only while it is
+not waiting on the pipeline, which is what makes backpressure reach the client's TCP.
+Results are written by one sender task per session, in the order the stream releases them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from front import protocol
+from front.pipeline import Pipeline, Stream
+from front.protocol import ProtocolError, Start, Stop
+from runtime.config import Config
+from transport.messages import Route
+
+log = logging.getLogger("front.session")
+
+
+class Session:
+    def __init__(self, ws: web.WebSocketResponse, pipeline: Pipeline, route: Route, cfg: Config) -> None:
+        self.ws = ws
+        self.pipeline = pipeline
+        self.route = route
+        self.cfg = cfg
+        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.stream: Stream | None = None
+        self._sender: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        self._sender = sender = asyncio.get_running_loop().create_task(self._send_loop())
+        try:
+            await self._read_loop()
+        except ProtocolError as e:
+            await self._close_with(e.message, e.code or protocol.INTERNAL)
+        finally:
+            if self.stream is not None:
+                await self.pipeline.abort(self.stream)
+                self.stream = None
+            if not sender.done():
+                self.outbox.put_nowait(None)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+
+    async def _read_loop(self) -> None:
+        async for msg in self.ws:
+            if msg.type == WSMsgType.TEXT:
+                request = protocol.parse(msg.data)
+                if isinstance(request, Start):
+                    await self._start(request)
+                elif await self._stop(request):
+                    return
+            elif msg.type == WSMsgType.BINARY:
+                if self.stream is None:
+                    raise ProtocolError("binary audio before start", protocol.UNSUPPORTED)
+                await self.pipeline.feed(self.stream, msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                return
+
+    async def _start(self, req: Start) -> None:
+        if self.stream is not None:
+            raise ProtocolError("start while a stream is running: send stop first", protocol.POLICY)
+        protocol.check_format(req.format, self.cfg.limits)
+        f = req.format
+        self.stream = await self.pipeline.open(self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
+                                               req.interim_results and self.route == "segmented",
+                                               req.trace_id, self.outbox)
+
+    async def _stop(self, req: Stop) -> bool:
+        """Flush the stream; True when the socket is to be closed."""
+        stream = self.stream
+        if stream is None:
+            self.outbox.put_nowait(protocol.error("stop without a running stream"))
+        else:
+            await self.pipeline.stop(stream)
+            try:
+                await asyncio.wait_for(stream.done.wait(), self.cfg.server.stop_timeout_s)
+            except asyncio.TimeoutError:
+                stream.failed = f"results did not arrive within {self.cfg.server.stop_timeout_s:g} s"
+            self.pipeline.forget(stream)
+            self.stream = None
+            if stream.failed is not None:
+                raise ProtocolError(stream.failed, protocol.INTERNAL)
+        if req.disconnect:
+            await self._close_with(None, protocol.NORMAL)
+            return True
+        return False
+
+    async def _close_with(self, message: str | None, code: int) -> None:
+        """Send what is queued (and `message` as an error), then close with `code`."""
+        if message is not None:
+            self.outbox.put_nowait(protocol.error(message))
+        self.outbox.put_nowait(None)
+        if self._sender is not None:
+            await self._sender
+        await self.ws.close(code=code, message=(message or "").encode()[:120])
+
+    async def _send_loop(self) -> None:
+        while (item := await self.outbox.get()) is not None:
+            if self.ws.closed:
+                continue
+            try:
+                await self.ws.send_json(item)
+            except (ConnectionError, RuntimeError):
+                pass  # the client went away; the read loop ends the session

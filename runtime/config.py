@@ -1,0 +1,155 @@
+"""Configuration: one TOML of defaults, a user file over it, environment variables over both.
+
+The defaults file is the single source of every key; environment names are derived from
+it (`STREAMER_<SECTION>_<KEY>`), so a variable for a key that does not exist is impossible
+to write by accident and a typo in a file is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from importlib import resources
+from typing import Any, Mapping
+
+import msgspec
+
+ENV_PREFIX = "STREAMER"
+
+
+class Server(msgspec.Struct, forbid_unknown_fields=True):
+    host: str
+    port: int
+    run_dir: str
+    stop_timeout_s: float
+    log_level: str
+
+
+class Actors(msgspec.Struct, forbid_unknown_fields=True):
+    models: int
+
+
+class FakeModel(msgspec.Struct, forbid_unknown_fields=True):
+    delay: float
+    constant_factor: float
+    jitter: float
+    failure_rate: float
+    panic_rate: float
+    warmup_penalty: float
+    mode: str
+
+
+class Model(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    max_inflight: int
+    fake: FakeModel
+
+
+class Segmenter(msgspec.Struct, forbid_unknown_fields=True):
+    vad_aggressiveness: int
+    onset_ms: int
+    hangover_ms: int
+    min_speech_ms: int
+    pad_ms: int
+    max_segment_s: float
+    interim_interval_s: float
+    chunk_s: float
+    max_pending_s: float
+
+
+class Pools(msgspec.Struct, forbid_unknown_fields=True):
+    front_slot_bytes: int
+    front_slots: int
+    decoder_slot_bytes: int
+    decoder_slots: int
+    segmenter_slot_bytes: int
+    segmenter_slots: int
+
+
+class Limits(msgspec.Struct, forbid_unknown_fields=True):
+    max_sessions: int
+    max_frame_bytes: int
+    max_channels: int
+    min_sample_rate: int
+    max_sample_rate: int
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    server: Server
+    actors: Actors
+    model: Model
+    segmenter: Segmenter
+    pools: Pools
+    limits: Limits
+
+    @property
+    def model_count(self) -> int:
+        return self.actors.models if self.actors.models > 0 else (os.cpu_count() or 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, for handing to spawned children."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
+
+
+def defaults() -> dict[str, Any]:
+    text = resources.files("runtime").joinpath("defaults.toml").read_text()
+    return tomllib.loads(text)
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str = "") -> None:
+    for key, value in over.items():
+        if key not in base:
+            raise ValueError(f"unknown configuration key {where}{key}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}{key} must be a table")
+            _merge(base[key], value, f"{where}{key}.")
+        else:
+            base[key] = value
+
+
+def _parse_env(raw: str, like: object, name: str) -> object:
+    try:
+        if isinstance(like, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(like, int):
+            return int(raw)
+        if isinstance(like, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {type(like).__name__}") from None
+    return raw
+
+
+def _apply_env(tree: dict[str, Any], env: Mapping[str, str], path: tuple[str, ...] = ()) -> None:
+    for key, value in tree.items():
+        here = (*path, key)
+        if isinstance(value, dict):
+            _apply_env(value, env, here)
+            continue
+        name = "_".join((ENV_PREFIX, *here)).upper()
+        if name in env:
+            tree[key] = _parse_env(env[name], value, name)
+
+
+def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults, then the file in STREAMER_CONFIG, then STREAMER_* variables, then `overrides`."""
+    env = os.environ if env is None else env
+    tree = defaults()
+    path = env.get(f"{ENV_PREFIX}_CONFIG")
+    if path:
+        with open(path, "rb") as f:
+            _merge(tree, tomllib.load(f))
+    _apply_env(tree, env)
+    if overrides:
+        _merge(tree, overrides)
+    return msgspec.convert(tree, Config)
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    return msgspec.convert(data, Config)

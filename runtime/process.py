@@ -1,0 +1,97 @@
+"""The start of every child process: identity, signals, logging, the link to the supervisor.
+
+Children are started with the `spawn` context, so nothing of the parent's state (sockets,
+threads, telemetry exporters) leaks in; each builds its own here, after it starts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import setproctitle
+
+from runtime import config as config_mod
+from runtime.config import Config
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class ChildContext:
+    """What the supervisor hands a child: who it is, where the run lives, its configuration."""
+
+    role: str
+    slot: int
+    run_id: str
+    run_dir: str
+    config: dict[str, Any]
+    link: Connection | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["stopping"]  # a lock does not cross a spawn; the child makes its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.stopping = threading.Event()
+
+    @property
+    def name(self) -> str:
+        return self.role if self.role in ("front", "decoder", "segmenter") else f"{self.role}-{self.slot}"
+
+    def cfg(self) -> Config:
+        return config_mod.from_dict(self.config)
+
+    def ready(self) -> None:
+        """Tell the supervisor this process is serving (its sockets are bound)."""
+        self._tell(("ready", os.getpid()))
+
+    def _tell(self, msg: object) -> None:
+        if self.link is None:
+            return
+        try:
+            self.link.send(msg)
+        except (BrokenPipeError, OSError):
+            pass  # the supervisor is gone; the death signal will follow
+
+
+def setup_logging(name: str, level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this process if the supervisor dies, so a SIGKILLed supervisor leaves no orphan."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def enter_child(ctx: ChildContext) -> None:
+    """Call first thing in a child: name, logging, and signals that end its loop cleanly."""
+    setproctitle.setproctitle(f"streamer: {ctx.name}")
+    _die_with_parent()
+    setup_logging(ctx.name, str(ctx.config["server"]["log_level"]))
+
+    def on_term(signum: int, frame: object) -> None:
+        ctx.stopping.set()
+
+    # Ctrl-C reaches the whole process group; only the supervisor decides the shutdown order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_term)

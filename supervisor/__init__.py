@@ -1,0 +1,1 @@
+"""Process lifecycle: start every child, watch it, restart it, stop them all in order."""

@@ -1,0 +1,129 @@
+"""The supervisor's children: what to start, how, and what is known about each.
+
+Every child is a `spawn`ed process (a fresh interpreter: no inherited sockets, threads
+or telemetry state) running one role's `main(ctx)`. The supervisor holds one end of a
+pipe per child; the child says `ready` on it once its sockets are bound.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, Callable
+
+from runtime.process import ChildContext
+
+_spawn = mp.get_context("spawn")
+
+
+def _entry(role: str) -> Callable[[ChildContext], None]:
+    if role == "front":
+        from front.app import main
+    elif role == "decoder":
+        from actors.decoder import main
+    elif role == "segmenter":
+        from actors.segmenter import main
+    elif role == "model":
+        from actors.model_actor import main
+    else:
+        raise ValueError(role)
+    return main
+
+
+def child_main(ctx: ChildContext) -> None:
+    """Top of every child process (module level, so `spawn` can import it)."""
+    _entry(ctx.role)(ctx)
+
+
+@dataclass
+class Child:
+    """One supervised slot: a role and index, and the process currently filling it."""
+
+    role: str
+    slot: int
+    process: BaseProcess | None = None
+    link: Connection | None = None
+    state: str = "stopped"  # starting | running | restarting | stopped
+    pid: int | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    last_exit: str | None = None
+    crash_times: list[float] = field(default_factory=list)
+    restart_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.role if self.role != "model" else f"model-{self.slot}"
+
+    def start(self, run_id: str, run_dir: str, config: dict[str, Any]) -> None:
+        ours, theirs = _spawn.Pipe(duplex=False)
+        ctx = ChildContext(self.role, self.slot, run_id, run_dir, config, link=theirs)
+        proc = _spawn.Process(target=child_main, args=(ctx,), name=f"streamer: {self.name}", daemon=False)
+        proc.start()
+        theirs.close()
+        self.process, self.link = proc, ours
+        self.pid = proc.pid
+        self.state = "starting"
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def reap(self) -> str:
+        """Collect a dead process; returns how it ended ("exit 0", "signal SIGKILL", ...)."""
+        assert self.process is not None
+        self.process.join(0)
+        code = self.process.exitcode
+        if self.link is not None:
+            self.link.close()
+        self.process.close()
+        self.process, self.link = None, None
+        self.last_exit = describe_exit(code)
+        return self.last_exit
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM, wait up to `timeout`, then SIGKILL; always reaps."""
+        proc = self.process
+        if proc is None:
+            return
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        self.reap()
+        self.state = "stopped"
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "slot": self.slot,
+            "name": self.name,
+            "pid": self.pid if self.process is not None else None,
+            "state": self.state,
+            "restarts": self.restarts,
+            "uptime_s": round(now - self.started_at, 3) if self.process is not None else 0.0,
+            "last_exit": self.last_exit,
+        }
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
+
+
+def kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,38 @@
+"""`streamer`: the server's command line (`streamer serve` is the Procfile line)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import setproctitle
+
+from runtime import config
+from runtime.process import setup_logging
+from supervisor.supervisor import Supervisor
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamer", description="streaming audio inference server")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the supervisor and every actor (default)")
+    serve.add_argument("--port", type=int, help="HTTP/WebSocket port (overrides config)")
+    serve.add_argument("--models", type=int, help="number of model actors (overrides config)")
+    args = parser.parse_args(argv)
+    overrides: dict[str, dict[str, int]] = {}
+    if getattr(args, "port", None) is not None:
+        overrides["server"] = {"port": args.port}
+    if getattr(args, "models", None) is not None:
+        overrides["actors"] = {"models": args.models}
+    try:
+        cfg = config.load(overrides=overrides)
+    except (ValueError, OSError) as e:
+        print(f"streamer: configuration error: {e}", file=sys.stderr)
+        return 2
+    setup_logging("supervisor", cfg.server.log_level)
+    setproctitle.setproctitle("streamer: supervisor")
+    return Supervisor(cfg).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

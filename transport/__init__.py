@@ -1,0 +1,1 @@
+"""How processes talk: ZeroMQ PUSH/PULL sockets, shared-memory buffers, message codecs."""

@@ -1,0 +1,224 @@
+"""Shared-memory buffer pools: audio is written once and travels as a `BufferRef`.
+
+Ownership, written down because every process relies on it:
+
+* One pool per producing role (front, decoder, segmenter). The supervisor creates and
+  unlinks the segments; only that pool's producer ever *allocates* in it.
+* A slot is free when its allocation id in the header is 0. The producer stamps a fresh,
+  never reused allocation id (kept in the header, so a restarted producer goes on counting)
+  before writing the bytes; the `BufferRef` carries that id.
+* Whoever finishes with the bytes *releases* them by writing 0 back, but only while the id
+  still matches. The one-writer-per-transition rule (producer: 0 -> id, holder: id -> 0)
+  needs no lock.
+* A reader checks the id before and after it copies; a mismatch means the ref is stale
+  (its slots were reclaimed and reused after a crash) and raises `StaleBuffer` instead of
+  handing out someone else's audio.
+* A full pool raises `PoolFull`: the producer waits (backpressure), nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+_MAGIC = 0x5354524D42554631  # "STRMBUF1"
+_HEADER_WORDS = 8  # magic, next_alloc, nslots, slot_size, reserved...
+_PAGE = 4096
+
+
+class PoolFull(Exception):
+    """No run of free slots is large enough right now; retry after a release."""
+
+
+class StaleBuffer(Exception):
+    """The ref's slots were reclaimed and possibly reused: its bytes are gone."""
+
+
+class BufferRef(msgspec.Struct, array_like=True, frozen=True):
+    """Where some bytes live: small enough to send in every message."""
+
+    pool: str
+    slot: int
+    nslots: int
+    alloc: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """Shape of one pool; the supervisor and every attaching process agree on it."""
+
+    name: str
+    slot_size: int
+    nslots: int
+
+    @property
+    def data_offset(self) -> int:
+        header = (_HEADER_WORDS + self.nslots) * 8
+        return -(-header // _PAGE) * _PAGE
+
+    @property
+    def total_size(self) -> int:
+        return self.data_offset + self.slot_size * self.nslots
+
+    def segment_name(self, run_id: str) -> str:
+        return f"streamer-{run_id}-{self.name}"
+
+
+def ensure_room(specs: list[PoolSpec], path: str = "/dev/shm") -> None:
+    """Refuse to start when tmpfs cannot hold the pools: a short tmpfs SIGBUSes on first touch."""
+    needed = sum(s.total_size for s in specs)
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise RuntimeError(
+            f"{path} has {free / 2**20:.1f} MiB free, the buffer pools need {needed / 2**20:.1f} MiB; "
+            "lower [pools] sizes or enlarge the tmpfs"
+        )
+
+
+class BufferPool:
+    """One attached pool. Create with `create` (supervisor) or `attach` (everyone else)."""
+
+    def __init__(self, spec: PoolSpec, shm: shared_memory.SharedMemory) -> None:
+        self.spec = spec
+        self._shm = shm
+        buf = shm.buf
+        assert buf is not None
+        self._header: npt.NDArray[np.uint64] = np.ndarray((_HEADER_WORDS,), np.uint64, buf, 0)
+        self._ids: npt.NDArray[np.uint64] = np.ndarray(
+            (spec.nslots,), np.uint64, buf, _HEADER_WORDS * 8
+        )
+        self._data: npt.NDArray[np.uint8] = np.ndarray(
+            (spec.nslots * spec.slot_size,), np.uint8, buf, spec.data_offset
+        )
+        self._cursor = 0
+
+    @classmethod
+    def create(cls, spec: PoolSpec, run_id: str) -> BufferPool:
+        shm = shared_memory.SharedMemory(spec.segment_name(run_id), create=True, size=spec.total_size)
+        fd = getattr(shm, "_fd", -1)
+        if fd >= 0:
+            # Reserve the tmpfs pages now so a full /dev/shm fails here, not as a SIGBUS later.
+            os.posix_fallocate(fd, 0, spec.total_size)
+        pool = cls(spec, shm)
+        pool._header[:] = 0
+        pool._header[0] = _MAGIC
+        pool._header[1] = 1
+        pool._header[2] = spec.nslots
+        pool._header[3] = spec.slot_size
+        pool._ids[:] = 0
+        return pool
+
+    @classmethod
+    def attach(cls, spec: PoolSpec, run_id: str) -> BufferPool:
+        shm = shared_memory.SharedMemory(spec.segment_name(run_id), create=False)
+        pool = cls(spec, shm)
+        if int(pool._header[0]) != _MAGIC or int(pool._header[2]) != spec.nslots:
+            pool.close()
+            raise RuntimeError(f"segment {spec.segment_name(run_id)} is not a pool of this shape")
+        return pool
+
+    # -- producer side -------------------------------------------------------------
+
+    def write(self, payload: bytes | memoryview | npt.NDArray[np.generic]) -> BufferRef:
+        """Copy `payload` into free slots and return its ref; raises `PoolFull`."""
+        raw = memoryview(payload).cast("B") if not isinstance(payload, np.ndarray) else None
+        nbytes = raw.nbytes if raw is not None else int(payload.nbytes)  # type: ignore[union-attr]
+        k = max(1, -(-nbytes // self.spec.slot_size))
+        if k > self.spec.nslots:
+            raise ValueError(f"{nbytes} bytes can never fit pool {self.spec.name!r}")
+        slot = self._find_free(k)
+        alloc = int(self._header[1])
+        self._header[1] = alloc + 1
+        self._ids[slot : slot + k] = alloc
+        start = slot * self.spec.slot_size
+        dest = self._data[start : start + nbytes]
+        if raw is not None:
+            dest[:] = np.frombuffer(raw, np.uint8)
+        else:
+            dest.view(payload.dtype)[:] = np.ascontiguousarray(payload).reshape(-1)  # type: ignore[union-attr]
+        self._cursor = (slot + k) % self.spec.nslots
+        return BufferRef(self.spec.name, slot, k, alloc, nbytes)
+
+    def _find_free(self, k: int) -> int:
+        n = self.spec.nslots
+        c = self._cursor
+        if c + k <= n and not self._ids[c : c + k].any():
+            return c
+        free = self._ids == 0
+        if k == 1:
+            idx = np.flatnonzero(free)
+        else:
+            runs = np.lib.stride_tricks.sliding_window_view(free, k).all(axis=1)
+            idx = np.flatnonzero(runs)
+        if idx.size == 0:
+            raise PoolFull(self.spec.name)
+        after = idx[idx >= c]
+        return int(after[0] if after.size else idx[0])
+
+    def reclaim(self, below_alloc: int | None = None) -> int:
+        """Free every slot (or those allocated before `below_alloc`): after a holder died."""
+        mask = self._ids != 0
+        if below_alloc is not None:
+            mask &= self._ids < below_alloc
+        count = int(mask.sum())
+        self._ids[mask] = 0
+        return count
+
+    @property
+    def next_alloc(self) -> int:
+        return int(self._header[1])
+
+    # -- holder side ---------------------------------------------------------------
+
+    def _check(self, ref: BufferRef) -> None:
+        if int(self._ids[ref.slot]) != ref.alloc:
+            raise StaleBuffer(f"{ref.pool}:{ref.slot} alloc {ref.alloc} was reclaimed")
+
+    def read_bytes(self, ref: BufferRef) -> bytes:
+        """A private copy of the bytes (checked before and after the copy)."""
+        self._check(ref)
+        start = ref.slot * self.spec.slot_size
+        data = self._data[start : start + ref.nbytes].tobytes()
+        self._check(ref)
+        return data
+
+    def read_array(self, ref: BufferRef, dtype: type[np.generic], shape: tuple[int, ...]) -> npt.NDArray[np.generic]:
+        """A private copy of an array; the pool can be released right after."""
+        self._check(ref)
+        start = ref.slot * self.spec.slot_size
+        arr = self._data[start : start + ref.nbytes].view(dtype).reshape(shape).copy()
+        self._check(ref)
+        return arr
+
+    def release(self, ref: BufferRef) -> bool:
+        """Give the slots back; False when they were already reclaimed (nothing to do)."""
+        if int(self._ids[ref.slot]) != ref.alloc:
+            return False
+        self._ids[ref.slot : ref.slot + ref.nslots] = 0
+        return True
+
+    # -- accounting ----------------------------------------------------------------
+
+    def used_slots(self) -> int:
+        return int(np.count_nonzero(self._ids))
+
+    def close(self) -> None:
+        # SharedMemory.close() raises BufferError while numpy views are alive: drop ours first.
+        del self._header, self._ids, self._data
+        try:
+            self._shm.close()
+        except BufferError:
+            pass
+
+    def unlink(self) -> None:
+        try:
+            self._shm.unlink()
+        except FileNotFoundError:
+            pass
