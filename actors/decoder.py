@@ -50,11 +50,7 @@ def main(ctx: ChildContext) -> None:
         sockets.send(out, StreamAbort(stream))
 
     def handle(_: dict[zmq.Socket[bytes], int]) -> None:
-        while True:
-            try:
-                msg = sockets.decode(inp.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                return
+        while (msg := sockets.try_recv(inp)) is not None:
             if isinstance(msg, PcmChunk):
                 try:
                     data = src.read_bytes(msg.buf)

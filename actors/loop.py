@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 
@@ -39,7 +39,7 @@ def serve(ctx: ChildContext, poller: zmq.Poller, handle: Callable[[dict[zmq.Sock
     while not ctx.stopping.is_set():
         events = dict(poller.poll(POLL_MS))
         if events:
-            handle(events)  # type: ignore[arg-type]
+            handle(events)
         if idle is not None:
             idle()
     log.info("stopping")

@@ -3,7 +3,8 @@
 `SpeechRegions` (segmented route) runs webrtcvad on 30 ms frames and smooths it:
 a region starts once it holds `min_speech_ms` of voiced frames (so a click is not speech;
 the start is back-dated to its first voiced frame), and ends after `hangover_ms` of
-silence (the end is back-dated to its last voiced frame). Both ends get `pad_ms` of
+silence (the end is back-dated to its last voiced frame, then past the quiet tail that
+webrtcvad's own overhang keeps calling speech for ~120 ms). Both ends get `pad_ms` of
 context. `FixedChunks` (simple route) cuts every sample into equal chunks.
 
 Both are pure: samples in, `Activity` and `Piece` out, in audio order. No I/O here, so the
@@ -23,6 +24,9 @@ from actors.pcm import MODEL_RATE
 from actors.samples import SampleWindow
 
 FRAME = MODEL_RATE * 30 // 1000  # webrtcvad takes 10, 20 or 30 ms frames
+BLOCK = MODEL_RATE // 100  # 10 ms, the resolution of the tail trim
+TAIL_FLOOR = 0.01  # a tail block quieter than 1% (-40 dB) of the region's peak is not speech
+MAX_TAIL_TRIM = MODEL_RATE * 300 // 1000
 
 
 @dataclass(frozen=True)
@@ -95,10 +99,19 @@ class SpeechRegions:
     def flush(self) -> list[Output]:
         out: list[Output] = []
         if self._speaking:
-            end = min(self._last_voiced_end + self._pad, self._win.end)
-            self._close(end, out)
+            self._close(self._voiced_end(), out)
         self._candidate = None
         return out
+
+    def _voiced_end(self) -> int:
+        """Where the region's sound ends: the last voiced frame less its quiet tail, plus pad."""
+        end = self._last_voiced_end
+        audio = np.abs(self._win.get(self._region_start, end))
+        floor = TAIL_FLOOR * float(audio.max(initial=0.0))
+        limit = max(end - MAX_TAIL_TRIM, self._region_start + BLOCK)
+        while end - BLOCK >= limit and audio[end - BLOCK - self._region_start : end - self._region_start].max() < floor:
+            end -= BLOCK
+        return min(end + self._pad, self._win.end)
 
     def _step(self, start: int, voiced: bool, out: list[Output]) -> None:
         end = start + FRAME
@@ -112,15 +125,16 @@ class SpeechRegions:
                 self._open(max(self._candidate - self._pad, self._win.start, 0), out)
         elif end - self._last_voiced_end >= self._hangover:
             if self._speaking:
-                self._close(min(self._last_voiced_end + self._pad, self._win.end), out)
+                self._close(self._voiced_end(), out)
             self._candidate = None
         if self._speaking:
             if end - self._region_start >= self._max_len:
                 self._close(end, out)
                 self._open(end, out)
             elif self._interim_every and end - self._last_interim >= self._interim_every:
-                out.append(Piece(self._region_start, end, self._win.get(self._region_start, end), False))
-                self._last_interim = end
+                self._last_interim += self._interim_every  # exactly every interval of audio
+                at = self._last_interim
+                out.append(Piece(self._region_start, at, self._win.get(self._region_start, at), False))
 
     def _open(self, start: int, out: list[Output]) -> None:
         self._speaking = True
@@ -147,7 +161,7 @@ class SpeechRegions:
 
 class FixedChunks:
     def __init__(self, chunk_s: float) -> None:
-        self._size = max(1, int(round(chunk_s * MODEL_RATE)))
+        self._size = max(1, round(chunk_s * MODEL_RATE))
         self._win = SampleWindow(self._size * 2)
 
     def feed(self, samples: npt.NDArray[np.float32]) -> list[Output]:

@@ -25,7 +25,16 @@ from runtime.config import Config
 from runtime.process import ChildContext, enter_child
 from transport import sockets
 from transport.messages import (
-    Done, Event, Frames, Ready, Result, StreamAbort, StreamEnd, StreamStart, StreamStop, Work,
+    Done,
+    Event,
+    Frames,
+    Ready,
+    Result,
+    StreamAbort,
+    StreamEnd,
+    StreamStart,
+    StreamStop,
+    Work,
 )
 from transport.shm import StaleBuffer
 
@@ -107,11 +116,7 @@ def main(ctx: ChildContext) -> None:
             dispatcher.cancel(msg.stream)
 
     def handle(events: dict[zmq.Socket[bytes], int]) -> None:
-        while True:
-            try:
-                msg = sockets.decode(ctl.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                break
+        while (msg := sockets.try_recv(ctl)) is not None:
             if isinstance(msg, Done):
                 dispatcher.on_done(msg)
             elif isinstance(msg, Ready):
@@ -119,10 +124,9 @@ def main(ctx: ChildContext) -> None:
         budget = 64  # read input in bounded gulps so control messages are never starved
         while budget and dispatcher.queued_seconds < cfg.segmenter.max_pending_s:
             budget -= 1
-            try:
-                on_input(sockets.decode(inp.recv(zmq.NOBLOCK)))
-            except zmq.Again:
+            if (data := sockets.try_recv(inp)) is None:
                 break
+            on_input(data)
 
     reading = True
 
