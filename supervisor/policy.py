@@ -30,4 +30,4 @@ class RestartPolicy:
         burst = len(recent) - 1
         if burst <= 0:
             return self.backoff_base_s
-        return min(self.backoff_step_s * 2 ** (burst - 1), self.backoff_max_s)
+        return float(min(self.backoff_step_s * 2 ** (burst - 1), self.backoff_max_s))

@@ -110,19 +110,25 @@ class Supervisor:
                     waitables[c.process.sentinel] = ("exit", c)
                     if c.link is not None:
                         waitables[c.link] = ("link", c)
-            timeout = self._next_restart_in()
-            for ready in wait(list(waitables), timeout):
-                kind, child = waitables[ready]
-                if kind == "wake":
-                    os.read(self._wake_r, 64)
-                elif kind == "exit" and child is not None:
-                    self._on_exit(child)
-                elif kind == "link" and child is not None:
-                    self._on_link(child)
+            ready = wait(list(waitables), self._next_restart_in())
+            # Read what a child said before reaping it: its last words may be in the pipe.
+            for kind in ("wake", "link", "exit"):
+                for obj in ready:
+                    what, child = waitables[obj]
+                    if what != kind:
+                        continue
+                    if what == "wake":
+                        os.read(self._wake_r, 64)
+                    elif what == "link" and child is not None and child.link is obj:
+                        self._on_link(child)
+                    elif what == "exit" and child is not None and child.process is not None \
+                            and child.process.sentinel == obj:
+                        self._on_exit(child)
             self._restart_due()
 
     def _on_link(self, child: Child) -> None:
-        assert child.link is not None
+        if child.link is None:
+            return
         try:
             msg = child.link.recv()
         except (EOFError, OSError):
@@ -187,5 +193,8 @@ class Supervisor:
         self.pools.clear()
         if not self.cfg.server.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
+        else:  # a directory we were given: take back only what we put there
+            for leftover in [*Path(self.run_dir).glob("*.sock"), Path(self.run_dir, STATE_FILE)]:
+                leftover.unlink(missing_ok=True)
         os.close(self._wake_r)
         os.close(self._wake_w)

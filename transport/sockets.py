@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -28,13 +29,18 @@ def endpoint(run_dir: str | Path, name: str) -> str:
 def inbox(ctx: zmq.Context[zmq.Socket[bytes]], run_dir: str | Path, name: str) -> zmq.Socket[bytes]:
     """A bound PULL socket: what this process receives."""
     sock = ctx.socket(zmq.PULL)
+    bind_inbox(sock, run_dir, name)
+    return sock
+
+
+def bind_inbox(sock: zmq.Socket[Any], run_dir: str | Path, name: str) -> None:
+    """Bind `sock` (sync or asyncio) as the inbox called `name`."""
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     addr = endpoint(run_dir, name)
     path = addr.removeprefix("ipc://")
     if os.path.exists(path):
         os.unlink(path)  # a crashed previous incarnation leaves its socket file
     sock.bind(addr)
-    return sock
 
 
 def outbox(
@@ -64,3 +70,11 @@ def send(sock: zmq.Socket[bytes], msg: Message, *, block: bool = True) -> bool:
 
 def recv(sock: zmq.Socket[bytes]) -> Message:
     return decode(sock.recv(copy=True))
+
+
+def try_recv(sock: zmq.Socket[bytes]) -> Message | None:
+    """The next message if one is waiting, else None (never blocks)."""
+    try:
+        return decode(sock.recv(zmq.NOBLOCK))
+    except zmq.Again:
+        return None
