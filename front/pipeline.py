@@ -23,7 +23,17 @@ from front.reorder import StreamOrder
 from runtime.process import ChildContext
 from transport import sockets
 from transport.messages import (
-    Event, PcmChunk, Result, Route, StreamAbort, StreamEnd, StreamFailed, StreamStart, StreamStop, decode, encode,
+    Event,
+    PcmChunk,
+    Result,
+    Route,
+    StreamAbort,
+    StreamEnd,
+    StreamFailed,
+    StreamStart,
+    StreamStop,
+    decode,
+    encode,
 )
 from transport.shm import BufferPool, PoolFull, PoolSpec
 
@@ -59,7 +69,8 @@ class Pipeline:
         self._to_decoder = self._zctx.socket(zmq.PUSH)
         self._to_decoder.setsockopt(zmq.LINGER, sockets.LINGER_MS)
         self._to_decoder.connect(sockets.endpoint(ctx.run_dir, "decoder"))
-        self._inbox = sockets.inbox(self._zctx, ctx.run_dir, "front")  # type: ignore[arg-type]
+        self._inbox = self._zctx.socket(zmq.PULL)
+        sockets.bind_inbox(self._inbox, ctx.run_dir, "front")
         self._pool = BufferPool.attach(pool_spec, ctx.run_id)
         self._pool.reclaim()  # whatever a previous front wrote belongs to sessions that are gone
         self._piece = pool_spec.slot_size * 8

@@ -78,4 +78,4 @@ class StreamOrder:
         if self.end is None:
             return False
         return all(c.released >= n and c.events >= m
-                   for c, n, m in zip(self.channels, self.end.results, self.end.events))
+                   for c, n, m in zip(self.channels, self.end.results, self.end.events, strict=True))

@@ -82,7 +82,7 @@ class Session:
             await self.pipeline.stop(stream)
             try:
                 await asyncio.wait_for(stream.done.wait(), self.cfg.server.stop_timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 stream.failed = f"results did not arrive within {self.cfg.server.stop_timeout_s:g} s"
             self.pipeline.forget(stream)
             self.stream = None
