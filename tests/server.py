@@ -1,0 +1,122 @@
+"""Running the real server in tests: `streamer serve` as a subprocess, reaped every time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A supervisor started with `streamer serve`, its own run dir, and a free port."""
+
+    run_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, route: str = "segmented") -> str:
+        return f"ws://127.0.0.1:{self.port}/api/v1/{route}"
+
+    def start(self, timeout: float = 60.0) -> Server:
+        env = dict(os.environ)
+        env.update({
+            "STREAMER_SERVER_PORT": str(self.port),
+            "STREAMER_SERVER_RUN_DIR": str(self.run_dir),
+            "STREAMER_ACTORS_MODELS": "2",
+            "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.01",
+        })
+        env.update(self.env)
+        self.log_path = self.run_dir.parent / f"server-{self.port}.log"
+        log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "serve"], env=env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if self.health()[0] == 200:
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"server not healthy within {timeout} s:\n{self.log()}")
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"{self.http}/api/v1/health", timeout=2) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, {}
+
+    def actors(self) -> list[dict[str, Any]]:
+        data = json.loads((self.run_dir / "actors.json").read_text())
+        actors: list[dict[str, Any]] = data["actors"]
+        return actors
+
+    def run_id(self) -> str:
+        return str(json.loads((self.run_dir / "actors.json").read_text())["run_id"])
+
+    def descendants(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; SIGKILL the whole group if it will not go. Always reaps."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # anything left behind in its session
+        except (ProcessLookupError, PermissionError):
+            pass
+        return self.proc.returncode
+
+
+def shm_segments(run_id: str) -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if n.startswith(f"streamer-{run_id}-")]

@@ -1,0 +1,43 @@
+"""Configuration: defaults run as they are; files and environment override, typos fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime import config
+
+
+def test_defaults_load_and_make_sense() -> None:
+    cfg = config.load(env={})
+    assert cfg.server.port == 8080
+    assert cfg.model.name == "fake"
+    assert cfg.model_count >= 1
+
+
+def test_environment_overrides_by_derived_names() -> None:
+    cfg = config.load(env={"STREAMER_SERVER_PORT": "9001", "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.25",
+                           "STREAMER_ACTORS_MODELS": "3"})
+    assert (cfg.server.port, cfg.model.fake.constant_factor, cfg.model_count) == (9001, 0.25, 3)
+
+
+def test_file_overrides_defaults_and_env_overrides_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[server]\nport = 7000\nhost = '0.0.0.0'\n")
+    cfg = config.load(env={"STREAMER_CONFIG": str(f), "STREAMER_SERVER_PORT": "7001"})
+    assert (cfg.server.host, cfg.server.port) == ("0.0.0.0", 7001)
+
+
+def test_unknown_keys_and_bad_values_are_errors(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[server]\nprot = 7000\n")
+    with pytest.raises(ValueError, match=r"server\.prot"):
+        config.load(env={"STREAMER_CONFIG": str(f)})
+    with pytest.raises(ValueError, match="STREAMER_SERVER_PORT"):
+        config.load(env={"STREAMER_SERVER_PORT": "eighty"})
+
+
+def test_round_trips_through_plain_data_for_children() -> None:
+    cfg = config.load(env={})
+    assert config.from_dict(cfg.to_dict()) == cfg

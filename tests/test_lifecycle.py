@@ -1,0 +1,86 @@
+"""Starting, restarting and stopping the group: nothing left behind in /dev/shm or the process table."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from audio import noise
+from server import Server, shm_segments
+from wire import check_simple_counts, converse, stream_steps
+
+
+def wait_for(predicate: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise TimeoutError("condition not met")
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_processes_show_their_role_in_ps(fresh_server: Server) -> None:
+    fresh_server.start()
+    titles = {p.cmdline()[0] for p in fresh_server.descendants()}
+    assert {"streamer: front", "streamer: decoder", "streamer: segmenter", "streamer: model-0",
+            "streamer: model-1"} <= titles
+    assert psutil.Process(fresh_server.proc.pid).cmdline()[0] == "streamer: supervisor"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_leaves_no_segment_and_no_process(fresh_server: Server, sig: int) -> None:
+    fresh_server.start()
+    run_id = fresh_server.run_id()
+    children = fresh_server.descendants()
+    assert len(children) >= 5 and len(shm_segments(run_id)) == 3
+    fresh_server.signal(sig)
+    assert fresh_server.wait(30) == 0
+    assert shm_segments(run_id) == []
+    assert alive(children) == []
+    assert sorted(os.listdir(fresh_server.run_dir)) == []
+
+
+def test_killed_model_actor_is_restarted_and_the_pipeline_works(fresh_server: Server) -> None:
+    fresh_server.start()
+    victim = next(a for a in fresh_server.actors() if a["name"] == "model-0")
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    def replaced() -> bool:
+        now = next(a for a in fresh_server.actors() if a["name"] == "model-0")
+        return bool(now["state"] == "running" and now["pid"] != victim["pid"] and now["restarts"] == 1)
+
+    wait_for(replaced)
+    now = next(a for a in fresh_server.actors() if a["name"] == "model-0")
+    assert now["last_exit"] == "signal SIGKILL"
+    x = noise(3.0)[None]
+    t = asyncio.run(converse(fresh_server.ws("simple"), stream_steps(x, 16000, False)))
+    check_simple_counts(t, 0, x.shape[1])
+
+
+def test_health_names_a_role_with_no_live_process(fresh_server: Server) -> None:
+    fresh_server.start()
+    segmenter = next(a for a in fresh_server.actors() if a["role"] == "segmenter")
+    os.kill(segmenter["pid"], signal.SIGKILL)
+    # A replacement takes a few hundred ms to spawn and bind: health says so meanwhile.
+    wait_for(lambda: fresh_server.health() == (503, {"status": "unhealthy", "missing": ["segmenter"]}), 10)
+    wait_for(lambda: fresh_server.health()[0] == 200)
+
+
+def test_supervisor_killed_outright_takes_its_children_and_segments_with_it(fresh_server: Server) -> None:
+    fresh_server.start()
+    run_id = fresh_server.run_id()
+    children = fresh_server.descendants()
+    fresh_server.signal(signal.SIGKILL)
+    fresh_server.wait(10)
+    wait_for(lambda: alive(children) == [])
+    # the resource tracker (also gone now) unlinks what the dead supervisor registered
+    wait_for(lambda: shm_segments(run_id) == [])

@@ -1,0 +1,92 @@
+"""The segmenter's rules on real speech: regions where the speech is, nothing for clicks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors.regions import Activity, FixedChunks, Output, Piece, RegionRules, SpeechRegions
+
+from audio import SENTENCES, noise, speech
+
+RULES = RegionRules()
+
+
+def run(cutter: SpeechRegions | FixedChunks, x: np.ndarray, step: int = 320, flush: bool = True) -> list[Output]:
+    out: list[Output] = []
+    for i in range(0, x.shape[0], step):
+        out += cutter.feed(x[i : i + step])
+    if flush:
+        out += cutter.flush()
+    return out
+
+
+def finals(out: list[Output]) -> list[Piece]:
+    return [o for o in out if isinstance(o, Piece) and o.is_final]
+
+
+def test_one_region_per_sentence_within_150ms_of_the_speech() -> None:
+    sp = speech(gap_s=1.0)
+    out = run(SpeechRegions(RULES, interim=False), sp.samples)
+    regions = finals(out)
+    assert len(regions) == len(SENTENCES)
+    for piece, (lo, hi) in zip(regions, sp.truth, strict=True):
+        assert abs(piece.start / 16000 - lo) <= 0.15, (piece.start / 16000, lo)
+        assert abs(piece.end / 16000 - hi) <= 0.15, (piece.end / 16000, hi)
+        assert piece.audio.shape[0] == piece.end - piece.start
+
+
+def test_events_and_finals_alternate_in_audio_order() -> None:
+    out = run(SpeechRegions(RULES, interim=False), speech(gap_s=0.8).samples)
+    kinds = ["final" if isinstance(o, Piece) else o.kind for o in out]
+    assert kinds == ["active", "inactive", "final"] * len(SENTENCES)
+    times = [o.sample if isinstance(o, Activity) else o.end for o in out]
+    assert times == sorted(times)
+
+
+def test_a_short_click_is_not_a_region() -> None:
+    x = np.zeros(32000, np.float32)
+    x[16000:17600] = noise(0.1, amp=0.8)  # 100 ms of loud broadband noise
+    assert run(SpeechRegions(RULES, interim=False), x) == []
+
+
+def test_an_open_region_is_closed_on_flush() -> None:
+    sp = speech(SENTENCES[:1], lead_s=0.3)
+    cut_at = int((sp.truth[0][0] + 1.0) * 16000)  # stop one second into the sentence
+    cutter = SpeechRegions(RULES, interim=False)
+    before = run(cutter, sp.samples[:cut_at], flush=False)
+    assert [o.kind for o in before if isinstance(o, Activity)] == ["active"]
+    after = cutter.flush()
+    assert [type(o).__name__ for o in after] == ["Activity", "Piece"]
+    assert isinstance(after[1], Piece) and after[1].is_final and after[1].end <= cut_at
+
+
+def test_interim_results_every_half_second_of_speech_then_one_final() -> None:
+    sp = speech(SENTENCES[1:2])
+    out = run(SpeechRegions(RULES, interim=True), sp.samples)
+    pieces = [o for o in out if isinstance(o, Piece)]
+    interims, final = pieces[:-1], pieces[-1]
+    assert final.is_final and all(p.is_final is False for p in interims)
+    duration = (final.end - final.start) / 16000
+    assert len(interims) == pytest.approx(duration / 0.5, abs=1)
+    assert all(p.start == final.start for p in interims)
+    ends = [p.end for p in interims]
+    assert [b - a for a, b in zip([final.start, *ends], ends, strict=False)] == [8000] * len(ends)
+
+
+def test_a_region_longer_than_the_maximum_is_cut() -> None:
+    rules = RegionRules(max_segment_s=1.0)
+    sp = speech(SENTENCES[1:2])
+    regions = finals(run(SpeechRegions(rules, interim=False), sp.samples))
+    assert len(regions) >= 2
+    assert all(r.end - r.start <= 16000 + 480 for r in regions)
+
+
+@pytest.mark.parametrize("total", [0, 1, 7999, 8000, 8001, 40000])
+def test_fixed_chunks_cover_every_sample_once(total: int) -> None:
+    x = noise(total / 16000 + 1e-9)[:total]
+    pieces = [o for o in run(FixedChunks(0.5), x, step=777) if isinstance(o, Piece)]
+    assert sum(p.end - p.start for p in pieces) == total
+    assert [p.start for p in pieces] == list(range(0, total, 8000))
+    if pieces:
+        np.testing.assert_array_equal(np.concatenate([p.audio for p in pieces]), x)

@@ -1,0 +1,116 @@
+"""Talking to a running server as a client does, and checking what came back against
+shared/PROTOCOL.md's ordering rules (stated once here, used by every end-to-end test)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import numpy as np
+import numpy.typing as npt
+
+from audio import pcm_bytes
+
+
+@dataclass
+class Transcript:
+    messages: list[dict[str, Any]]
+    close_code: int | None
+
+    def channel(self, ch: int) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("channel") == ch]
+
+    def of_type(self, kind: str, ch: int | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == kind and (ch is None or m["channel"] == ch)]
+
+    def finals(self, ch: int) -> list[dict[str, Any]]:
+        return [m for m in self.of_type("segment", ch) if m.get("is_final")]
+
+
+def start_msg(channels: int, rate: int, is_float: bool, interim: bool = False) -> dict[str, Any]:
+    return {"request": "start", "interim_results": interim,
+            "format": {"channels": channels, "sample_rate": rate, "bit_depth": 32 if is_float else 16,
+                       "is_float": is_float}}
+
+
+def audio_frames(audio: npt.NDArray[np.float32], is_float: bool, chunk_s: float = 0.1,
+                 rate: int = 16000) -> list[bytes]:
+    """(channels x frames) audio as binary frames of `chunk_s` each."""
+    data = pcm_bytes(audio, is_float)
+    step = max(1, int(chunk_s * rate)) * audio.shape[0] * (4 if is_float else 2)
+    return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+async def converse(url: str, steps: list[dict[str, Any] | bytes | str], timeout: float = 60.0) -> Transcript:
+    """Send every step (JSON objects as text, bytes as binary, str verbatim) and read until close."""
+    messages: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
+
+        async def read() -> None:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    messages.append(json.loads(msg.data))
+
+        reader = asyncio.create_task(read())
+        for step in steps:
+            if ws.closed:
+                break
+            if isinstance(step, bytes):
+                await ws.send_bytes(step)
+            elif isinstance(step, str):
+                await ws.send_str(step)
+            else:
+                await ws.send_json(step)
+        await asyncio.wait_for(reader, timeout)
+        return Transcript(messages, ws.close_code)
+
+
+def stream_steps(audio: npt.NDArray[np.float32], rate: int, is_float: bool, interim: bool = False,
+                 disconnect: bool = True) -> list[dict[str, Any] | bytes | str]:
+    return [start_msg(audio.shape[0], rate, is_float, interim),
+            *audio_frames(audio, is_float, rate=rate),
+            {"request": "stop", "disconnect": disconnect}]
+
+
+def check_segmented_order(t: Transcript, ch: int) -> None:
+    """Events alternate active/inactive; each region gets one final after its inactive, with
+    its interims before it; results come in audio order."""
+    open_at: float | None = None
+    closed: list[tuple[float, float]] = []  # regions whose inactive is out, awaiting their final
+    last_result_start = -1.0
+    finals = 0
+    for m in t.channel(ch):
+        kind = m["type"]
+        if kind == "active":
+            assert open_at is None, f"active while a region is open: {m}"
+            open_at = m["time"]
+        elif kind == "inactive":
+            assert open_at is not None, f"inactive without active: {m}"
+            closed.append((open_at, m["time"]))
+            open_at = None
+        elif kind == "segment":
+            assert m["start_time"] >= last_result_start, f"results out of audio order at {m}"
+            last_result_start = m["start_time"]
+            if m["is_final"]:
+                assert closed, f"final before its inactive: {m}"
+                start, end = closed.pop(0)
+                assert (m["start_time"], m["end_time"]) == (start, end), (m, start, end)
+                finals += 1
+            else:
+                assert m["end_time"] > m["start_time"]
+        elif kind == "error":
+            raise AssertionError(f"unexpected error: {m}")
+    assert open_at is None and not closed, "a region was left without its final"
+    assert finals == len(t.finals(ch))
+
+
+def check_simple_counts(t: Transcript, ch: int, samples_16k: int, chunk_s: float = 0.5) -> None:
+    """One result per chunk, in order, contiguous, counts adding up to every 16 kHz sample."""
+    segs = t.of_type("segment", ch)
+    assert all("is_final" not in s for s in segs)
+    assert sum(s["count"] for s in segs) == samples_16k
+    starts = [s["start_time"] for s in segs]
+    assert starts == [round(i * chunk_s, 4) for i in range(len(segs))]
