@@ -97,6 +97,8 @@ class BufferPool:
         self._data: npt.NDArray[np.uint8] = np.ndarray(
             (spec.nslots * spec.slot_size,), np.uint8, buf, spec.data_offset
         )
+        # Plain memoryview for byte copies: ~5x cheaper per call than numpy for small payloads.
+        self._bytes = buf[spec.data_offset : spec.data_offset + spec.nslots * spec.slot_size]
         self._cursor = 0
 
     @classmethod
@@ -138,10 +140,10 @@ class BufferPool:
         self._header[1] = alloc + 1
         self._ids[slot : slot + k] = alloc
         start = slot * self.spec.slot_size
-        dest = self._data[start : start + nbytes]
         if raw is not None:
-            dest[:] = np.frombuffer(raw, np.uint8)
+            self._bytes[start : start + nbytes] = raw
         else:
+            dest = self._data[start : start + nbytes]
             dest.view(payload.dtype)[:] = np.ascontiguousarray(payload).reshape(-1)  # type: ignore[union-attr]
         self._cursor = (slot + k) % self.spec.nslots
         return BufferRef(self.spec.name, slot, k, alloc, nbytes)
@@ -149,6 +151,8 @@ class BufferPool:
     def _find_free(self, k: int) -> int:
         n = self.spec.nslots
         c = self._cursor
+        if k == 1 and self._ids[c] == 0:
+            return c
         if c + k <= n and not self._ids[c : c + k].any():
             return c
         free = self._ids == 0
@@ -185,7 +189,7 @@ class BufferPool:
         """A private copy of the bytes (checked before and after the copy)."""
         self._check(ref)
         start = ref.slot * self.spec.slot_size
-        data = self._data[start : start + ref.nbytes].tobytes()
+        data = bytes(self._bytes[start : start + ref.nbytes])
         self._check(ref)
         return data
 
@@ -211,7 +215,8 @@ class BufferPool:
 
     def close(self) -> None:
         # SharedMemory.close() raises BufferError while numpy views are alive: drop ours first.
-        del self._header, self._ids, self._data
+        self._bytes.release()
+        del self._header, self._ids, self._data, self._bytes
         try:
             self._shm.close()
         except BufferError:
