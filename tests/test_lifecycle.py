@@ -47,6 +47,7 @@ def test_stop_signal_leaves_no_segment_and_no_process(fresh_server: Server, sig:
     assert shm_segments(run_id) == []
     assert alive(children) == []
     assert sorted(os.listdir(fresh_server.run_dir)) == []
+    assert "Traceback" not in fresh_server.log()  # a clean stop is a quiet one
 
 
 def test_killed_model_actor_is_restarted_and_the_pipeline_works(fresh_server: Server) -> None:

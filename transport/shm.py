@@ -18,6 +18,7 @@ Ownership, written down because every process relies on it:
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from multiprocessing import shared_memory
@@ -100,6 +101,10 @@ class BufferPool:
         # Plain memoryview for byte copies: ~5x cheaper per call than numpy for small payloads.
         self._bytes = buf[spec.data_offset : spec.data_offset + spec.nslots * spec.slot_size]
         self._cursor = 0
+        self._closed = False
+        # Left to the garbage collector at interpreter exit, the views outlive the mapping
+        # and SharedMemory.__del__ prints a BufferError per pool: close in order instead.
+        atexit.register(self.close)
 
     @classmethod
     def create(cls, spec: PoolSpec, run_id: str) -> BufferPool:
@@ -214,7 +219,11 @@ class BufferPool:
         return int(np.count_nonzero(self._ids))
 
     def close(self) -> None:
-        # SharedMemory.close() raises BufferError while numpy views are alive: drop ours first.
+        # SharedMemory.close() raises BufferError while views are alive: drop ours first.
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
         self._bytes.release()
         del self._header, self._ids, self._data, self._bytes
         try:
