@@ -14,7 +14,8 @@ $(BIN)/streamer: pyproject.toml
 setup: $(BIN)/streamer
 
 run: setup
-	$(BIN)/honcho start
+	# honcho runs the Procfile through /bin/sh: put the venv's `streamer` on its PATH.
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start
 
 test: setup
 	$(BIN)/python -m pytest
