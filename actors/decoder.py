@@ -16,7 +16,7 @@ from actors.loop import attach, serve, write_waiting
 from actors.pcm import PcmDecoder, UnsupportedFormat
 from runtime.process import ChildContext, enter_child
 from transport import sockets
-from transport.messages import Frames, PcmChunk, StreamAbort, StreamFailed, StreamStart, StreamStop
+from transport.messages import Exited, Frames, PcmChunk, StreamAbort, StreamFailed, StreamStart, StreamStop
 from transport.shm import BufferRef, StaleBuffer
 
 log = logging.getLogger("decoder")
@@ -82,6 +82,12 @@ def main(ctx: ChildContext) -> None:
                 streams.pop(msg.stream, None)
                 seqs.pop(msg.stream, None)
                 sockets.send(out, msg)
+            elif isinstance(msg, Exited) and msg.role == "front":
+                # The front's sessions died with it: nobody will stop these streams.
+                for stream in list(streams):
+                    streams.pop(stream)
+                    seqs.pop(stream, None)
+                    sockets.send(out, StreamAbort(stream))
 
     poller = zmq.Poller()
     poller.register(inp, zmq.POLLIN)

@@ -8,9 +8,11 @@ is remembered until its `Done` arrives. Audio waits in this process's memory unt
 actor has credit, and only then is written into the segmenter's pool; the buffer is
 released on `Done`, so the pool holds at most models x capacity items.
 
-In-flight semantics: when a slot's process is replaced (a `Ready` from a new pid), every
-item the old process held is put back at the head of the queue and sent again, up to
-`max_attempts`; past that the client gets one error for it (see `expire`).
+In-flight semantics: when a slot's process dies (the supervisor's `Exited`, at once) or is
+found replaced (a `Ready` from a new pid), every item it held is put back at the head of
+the queue and sent again to whichever actor has credit, up to `max_attempts`; past that
+the caller reports one error for it (`failed`). A late `Ready` or `Done` from a dead pid
+is ignored.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Dispatcher:
         self._slots = {i: Slot() for i in outs}
         self._queue: deque[Pending] = deque()
         self._queued_samples = 0
+        self._dead: set[int] = set()
         self.max_attempts = max_attempts
         self.failed: list[Work] = []  # items past their attempts: the caller reports them
 
@@ -69,13 +72,22 @@ class Dispatcher:
 
     def on_ready(self, msg: Ready) -> None:
         slot = self._slots.get(msg.slot)
-        if slot is None:
+        if slot is None or msg.pid in self._dead:
             return
         if slot.pid != msg.pid:
             if slot.pid:
                 self._requeue(slot)
             slot.pid = msg.pid
         slot.capacity = msg.capacity
+
+    def on_exit(self, slot_id: int, pid: int) -> None:
+        """A model process died: its items go to the other actors now, not at its restart."""
+        self._dead.add(pid)
+        slot = self._slots.get(slot_id)
+        if slot is None or slot.pid != pid:
+            return
+        self._requeue(slot)
+        slot.pid, slot.capacity = 0, 0
 
     def on_done(self, msg: Done) -> None:
         slot = self._slots.get(msg.slot)

@@ -37,6 +37,7 @@ def serve(ctx: ChildContext, poller: zmq.Poller, handle: Callable[[dict[zmq.Sock
           idle: Callable[[], None] | None = None) -> None:
     """Poll until SIGTERM; `handle` gets the ready sockets, `idle` runs after every wake-up."""
     while not ctx.stopping.is_set():
+        ctx.beat()
         events = dict(poller.poll(POLL_MS))
         if events:
             handle(events)

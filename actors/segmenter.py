@@ -27,6 +27,7 @@ from transport import sockets
 from transport.messages import (
     Done,
     Event,
+    Exited,
     Frames,
     Ready,
     Result,
@@ -121,6 +122,8 @@ def main(ctx: ChildContext) -> None:
                 dispatcher.on_done(msg)
             elif isinstance(msg, Ready):
                 dispatcher.on_ready(msg)
+            elif isinstance(msg, Exited) and msg.role == "model":
+                dispatcher.on_exit(msg.slot, msg.pid)
         budget = 64  # read input in bounded gulps so control messages are never starved
         while budget and dispatcher.queued_seconds < cfg.segmenter.max_pending_s:
             budget -= 1

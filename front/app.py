@@ -33,6 +33,25 @@ SESSIONS = prometheus_client.Gauge("streamer_front_sessions_active", "WebSocket 
 SESSIONS_TOTAL = prometheus_client.Counter("streamer_front_sessions_total", "WebSocket sessions accepted")
 
 
+class Live:
+    """The sessions of this process, and whether it is draining for shutdown."""
+
+    def __init__(self) -> None:
+        self.sessions: set[Session] = set()
+        self.draining = False
+
+    async def drain(self, timeout: float) -> None:
+        """Stop admitting, let every session finish what it has within `timeout`, close them 1001."""
+        self.draining = True
+        sessions = list(self.sessions)
+        if sessions:
+            log.info("draining %d sessions (up to %.1f s)", len(sessions), timeout)
+        await asyncio.gather(*(s.drain(timeout) for s in sessions), return_exceptions=True)
+
+
+LIVE: web.AppKey[Live] = web.AppKey("live", Live)
+
+
 def read_actor_state(run_dir: str) -> list[dict[str, Any]]:
     """The supervisor's published table of children (empty if it has not written one yet)."""
     try:
@@ -49,6 +68,8 @@ def missing_roles(actors: list[dict[str, Any]]) -> list[str]:
 
 
 async def health(request: web.Request) -> web.Response:
+    if request.app[LIVE].draining:
+        return web.json_response({"status": "draining"}, status=503)
     missing = missing_roles(read_actor_state(request.app[RUN_DIR]))
     if missing:
         return web.json_response({"status": "unhealthy", "missing": missing}, status=503)
@@ -63,6 +84,9 @@ async def metrics(request: web.Request) -> web.Response:
 def stream_route(route: Route) -> Any:
     async def handler(request: web.Request) -> web.WebSocketResponse:
         cfg = request.app[CFG]
+        live = request.app[LIVE]
+        if live.draining:
+            raise web.HTTPServiceUnavailable(text="server shutting down", headers={"Retry-After": "5"})
         ws = web.WebSocketResponse(max_msg_size=cfg.limits.max_frame_bytes, autoping=True)
         if len(request.app[PIPELINE].streams) >= cfg.limits.max_sessions:
             await ws.prepare(request)
@@ -72,9 +96,12 @@ def stream_route(route: Route) -> Any:
         await ws.prepare(request)
         SESSIONS.inc()
         SESSIONS_TOTAL.inc()
+        session = Session(ws, request.app[PIPELINE], route, cfg)
+        live.sessions.add(session)
         try:
-            await Session(ws, request.app[PIPELINE], route, cfg).run()
+            await session.run()
         finally:
+            live.sessions.discard(session)
             SESSIONS.dec()
         return ws
 
@@ -86,6 +113,7 @@ def build_app(cfg: Config, pipeline: Pipeline, run_dir: str) -> web.Application:
     app[CFG] = cfg
     app[PIPELINE] = pipeline
     app[RUN_DIR] = run_dir
+    app[LIVE] = Live()
     app.router.add_get("/api/v1/segmented", stream_route("segmented"))
     app.router.add_get("/api/v1/simple", stream_route("simple"))
     app.router.add_get("/api/v1/health", health)
@@ -106,10 +134,20 @@ async def serve(ctx: ChildContext) -> None:
     ctx.ready()
     stopped = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+    beating = asyncio.get_running_loop().create_task(heartbeat(ctx))
     await stopped.wait()
     log.info("stopping")
+    await app[LIVE].drain(cfg.supervisor.drain_s)
+    beating.cancel()
     await runner.cleanup()
     await pipeline.close()
+
+
+async def heartbeat(ctx: ChildContext) -> None:
+    """Beats only while the event loop turns: a loop blocked by a stuck handler goes silent."""
+    while True:
+        ctx.beat()
+        await asyncio.sleep(ctx.beat_every_s / 2)
 
 
 def main(ctx: ChildContext) -> None:

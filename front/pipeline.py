@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from runtime.process import ChildContext
 from transport import sockets
 from transport.messages import (
     Event,
+    Exited,
     PcmChunk,
     Result,
     Route,
@@ -50,9 +52,20 @@ class Stream:
     order: StreamOrder
     done: asyncio.Event = field(default_factory=asyncio.Event)
     failed: str | None = None
+    stopped: bool = False
     seq: int = 0
     started: float = field(default_factory=time.monotonic)
     first_result: float | None = None
+    on_fail: Callable[[str], None] | None = None
+
+    def fail(self, message: str) -> None:
+        """The stream cannot go on: its session is told once, at once, not at `stop`."""
+        if self.failed is not None:
+            return
+        self.failed = message
+        self.done.set()
+        if self.on_fail is not None:
+            self.on_fail(message)
 
     def push(self, items: list[dict[str, Any]]) -> None:
         if items and self.first_result is None:
@@ -113,7 +126,10 @@ class Pipeline:
                 delay = min(delay * 2, 0.02)
 
     async def stop(self, stream: Stream) -> None:
-        await self._send(StreamStop(stream.id))
+        """Flush the stream (once, whether the client or a shutdown asks first)."""
+        if not stream.stopped:
+            stream.stopped = True
+            await self._send(StreamStop(stream.id))
 
     async def abort(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
@@ -126,6 +142,9 @@ class Pipeline:
         while True:
             raw = await self._inbox.recv()
             msg = decode(raw)
+            if isinstance(msg, Exited):
+                self._on_exited(msg)
+                continue
             stream = self.streams.get(getattr(msg, "stream", ""))
             if stream is None:
                 continue
@@ -137,8 +156,19 @@ class Pipeline:
                 stream.order.end = msg
                 stream.push([])
             elif isinstance(msg, StreamFailed):
-                stream.failed = msg.message
-                stream.done.set()
+                stream.fail(msg.message)
+
+    def _on_exited(self, msg: Exited) -> None:
+        """A decoder or segmenter held every open stream's state (resampler, VAD, regions):
+        those streams fail now, with a clear error, rather than hang or return wrong times."""
+        if msg.role not in ("decoder", "segmenter"):
+            return
+        lost = list(self.streams.values())
+        if lost:
+            log.warning("%s died (%s): failing %d open streams", msg.role, msg.how, len(lost))
+        for stream in lost:
+            stream.fail(f"the {msg.role} process died ({msg.how}) and this stream's state was lost; "
+                        "results sent so far stand: start a new stream for the rest")
 
     def pool_used(self) -> int:
         return self._pool.used_slots()

@@ -20,8 +20,12 @@ def render_event(e: Event) -> dict[str, Any]:
 
 
 def render_result(r: Result) -> dict[str, Any]:
-    if r.error is not None:
-        return {"type": "error", "channel": r.channel, "message": r.error}
+    if r.error is not None:  # names its region, so a client can match it like a final
+        err: dict[str, Any] = {"type": "error", "channel": r.channel, "message": r.error,
+                               "start_time": round(r.start_time, 4), "end_time": round(r.end_time, 4)}
+        if r.is_final is not None:
+            err["is_final"] = r.is_final
+        return err
     out: dict[str, Any] = {"type": "segment", "channel": r.channel,
                            "start_time": round(r.start_time, 4), "end_time": round(r.end_time, 4)}
     if r.is_final is not None:

@@ -32,7 +32,10 @@ class Session:
         self.cfg = cfg
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.stream: Stream | None = None
+        self.draining = False
+        self._closing = False
         self._sender: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         self._sender = sender = asyncio.get_running_loop().create_task(self._send_loop())
@@ -51,12 +54,14 @@ class Session:
 
     async def _read_loop(self) -> None:
         async for msg in self.ws:
-            if msg.type == WSMsgType.TEXT:
+            if msg.type == WSMsgType.TEXT and not self.draining:
                 request = protocol.parse(msg.data)
                 if isinstance(request, Start):
                     await self._start(request)
                 elif await self._stop(request):
                     return
+            elif self.draining:
+                continue  # shutting down: the stream was stopped at the drain point
             elif msg.type == WSMsgType.BINARY:
                 if self.stream is None:
                     raise ProtocolError("binary audio before start", protocol.UNSUPPORTED)
@@ -72,6 +77,23 @@ class Session:
         self.stream = await self.pipeline.open(self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
                                                req.interim_results and self.route == "segmented",
                                                req.trace_id, self.outbox)
+        self.stream.on_fail = self._on_stream_failed
+
+    def _on_stream_failed(self, message: str) -> None:
+        """Mid-stream failure (a decoder or segmenter died, bad audio): error, then close 1011."""
+        task = asyncio.get_running_loop().create_task(self._close_with(message, protocol.INTERNAL))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float) -> None:
+        """Server shutdown: finish the stream with the audio so far, deliver its results, close 1001."""
+        self.draining = True
+        stream = self.stream
+        if stream is not None:
+            await self.pipeline.stop(stream)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stream.done.wait(), timeout)
+        await self._close_with(None, protocol.GOING_AWAY, "server shutting down")
 
     async def _stop(self, req: Stop) -> bool:
         """Flush the stream; True when the socket is to be closed."""
@@ -93,14 +115,17 @@ class Session:
             return True
         return False
 
-    async def _close_with(self, message: str | None, code: int) -> None:
-        """Send what is queued (and `message` as an error), then close with `code`."""
+    async def _close_with(self, message: str | None, code: int, reason: str | None = None) -> None:
+        """Send what is queued (and `message` as an error), then close with `code`; once."""
+        if self._closing:
+            return
+        self._closing = True
         if message is not None:
             self.outbox.put_nowait(protocol.error(message))
         self.outbox.put_nowait(None)
         if self._sender is not None:
             await self._sender
-        await self.ws.close(code=code, message=(message or "").encode()[:120])
+        await self.ws.close(code=code, message=(reason or message or "").encode()[:120])
 
     async def _send_loop(self) -> None:
         while (item := await self.outbox.get()) is not None:

@@ -30,6 +30,28 @@ class Actors(msgspec.Struct, forbid_unknown_fields=True):
     models: int
 
 
+class RolePolicy(msgspec.Struct, forbid_unknown_fields=True):
+    intensity: int
+    period_s: float
+    backoff_step_s: float
+    backoff_max_s: float
+    hang_timeout_s: float
+
+
+class Supervision(msgspec.Struct, forbid_unknown_fields=True):
+    heartbeat_s: float
+    stop_timeout_s: float
+    drain_s: float
+    front: RolePolicy
+    decoder: RolePolicy
+    segmenter: RolePolicy
+    model: RolePolicy
+
+    def role(self, name: str) -> RolePolicy:
+        policy: RolePolicy = getattr(self, name)
+        return policy
+
+
 class FakeModel(msgspec.Struct, forbid_unknown_fields=True):
     delay: float
     constant_factor: float
@@ -78,6 +100,7 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True):
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: Server
     actors: Actors
+    supervisor: Supervision
     model: Model
     segmenter: Segmenter
     pools: Pools

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -35,6 +36,8 @@ class ChildContext:
     config: dict[str, Any]
     link: Connection | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
+    beat_every_s: float = 1.0
+    _last_beat: float = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -55,6 +58,13 @@ class ChildContext:
     def ready(self) -> None:
         """Tell the supervisor this process is serving (its sockets are bound)."""
         self._tell(("ready", os.getpid()))
+
+    def beat(self) -> None:
+        """Tell the supervisor this process's main loop still turns; silence means hung."""
+        now = time.monotonic()
+        if now - self._last_beat >= self.beat_every_s:
+            self._last_beat = now
+            self._tell(("beat", os.getpid()))
 
     def _tell(self, msg: object) -> None:
         if self.link is None:

@@ -56,6 +56,8 @@ class Child:
     last_exit: str | None = None
     crash_times: list[float] = field(default_factory=list)
     restart_at: float | None = None
+    last_beat: float = 0.0
+    killed_as_hung: float | None = None  # seconds of silence, when the supervisor killed it
 
     @property
     def name(self) -> str:
@@ -63,26 +65,34 @@ class Child:
 
     def start(self, run_id: str, run_dir: str, config: dict[str, Any]) -> None:
         ours, theirs = _spawn.Pipe(duplex=False)
-        ctx = ChildContext(self.role, self.slot, run_id, run_dir, config, link=theirs)
+        ctx = ChildContext(self.role, self.slot, run_id, run_dir, config, link=theirs,
+                           beat_every_s=float(config["supervisor"]["heartbeat_s"]))
         proc = _spawn.Process(target=child_main, args=(ctx,), name=f"streamer: {self.name}", daemon=False)
         proc.start()
         theirs.close()
         self.process, self.link = proc, ours
         self.pid = proc.pid
         self.state = "starting"
-        self.started_at = time.monotonic()
+        self.started_at = self.last_beat = time.monotonic()
         self.restart_at = None
+        self.killed_as_hung = None
 
     def reap(self) -> str:
         """Collect a dead process; returns how it ended ("exit 0", "signal SIGKILL", ...)."""
         assert self.process is not None
-        self.process.join(0)
+        # The sentinel fires when the child's fds close, a moment before waitpid can see it.
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
         code = self.process.exitcode
         if self.link is not None:
             self.link.close()
         self.process.close()
         self.process, self.link = None, None
         self.last_exit = describe_exit(code)
+        if self.killed_as_hung is not None:
+            self.last_exit += f" (hung: no heartbeat for {self.killed_as_hung:.1f} s)"
         return self.last_exit
 
     def stop(self, timeout: float) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.config import RolePolicy
+
 
 class Escalate(Exception):
     """Past the restart intensity: the supervisor shuts everything down and exits non-zero."""
@@ -19,6 +21,13 @@ class RestartPolicy:
     backoff_base_s: float = 0.0  # the first restart is immediate
     backoff_step_s: float = 0.1  # then 0.1, 0.2, 0.4 ... for crashes in quick succession
     backoff_max_s: float = 5.0
+
+    hang_timeout_s: float = 10.0  # no heartbeat for this long: killed as hung
+
+    @classmethod
+    def from_config(cls, c: RolePolicy) -> RestartPolicy:
+        return cls(intensity=c.intensity, period_s=c.period_s, backoff_step_s=c.backoff_step_s,
+                   backoff_max_s=c.backoff_max_s, hang_timeout_s=c.hang_timeout_s)
 
     def next_delay(self, crash_times: list[float], now: float) -> float:
         """Record a crash at `now`; the delay before restarting, or raise `Escalate`."""

@@ -6,7 +6,14 @@ one `wait`, no polling), restarts it by the `RestartPolicy`, and past the restar
 intensity shuts down in order and exits non-zero so honcho or systemd notices.
 
 Start order is models, segmenter, decoder, front (consumers first, the door last); stop
-order is the reverse. The pools are unlinked and the run directory removed on the way out.
+order is the reverse, and the front gets `drain_s` to finish the sessions in flight while
+everything behind it still runs. The pools are unlinked and the run directory removed on
+the way out.
+
+A child that stops beating (alive but silent for its role's `hang_timeout_s`) is killed
+and then handled like any other death. On every death the supervisor, before restarting
+anything, tells the actors (`Exited`) and takes back the slots the dead process had been
+handed in the pool it consumes: nobody else will ever release them.
 """
 
 from __future__ import annotations
@@ -23,16 +30,24 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from runtime.config import Config
 from runtime.layout import pool_specs
 from supervisor.children import Child
 from supervisor.policy import Escalate, RestartPolicy
+from transport import sockets
+from transport.messages import Exited
 from transport.shm import BufferPool, ensure_room
 
 log = logging.getLogger("supervisor")
 
 STATE_FILE = "actors.json"
-STOP_TIMEOUT_S = 5.0
+ROLES = ("front", "decoder", "segmenter", "model")
+# The pool each role reads from (and so holds slots of): reclaimed when that role dies.
+CONSUMES = {"decoder": "front", "segmenter": "decoder"}
+# Who hears of a death: the inboxes of the processes that keep state about others.
+LISTENERS = ("front", "decoder", "segmenter-ctl")
 
 
 def make_run_dir(configured: str, run_id: str) -> str:
@@ -48,12 +63,14 @@ def make_run_dir(configured: str, run_id: str) -> str:
 class Supervisor:
     def __init__(self, cfg: Config, policy: RestartPolicy | None = None) -> None:
         self.cfg = cfg
-        self.policy = policy or RestartPolicy()
+        self.policies = {r: policy or RestartPolicy.from_config(cfg.supervisor.role(r)) for r in ROLES}
         self.run_id = secrets.token_hex(4)
         self.run_dir = make_run_dir(cfg.server.run_dir, self.run_id)
         self.children = [Child("model", i) for i in range(cfg.model_count)]
         self.children += [Child("segmenter", 0), Child("decoder", 0), Child("front", 0)]
-        self.pools: list[BufferPool] = []
+        self.pools: dict[str, BufferPool] = {}
+        self._zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._tell = [sockets.outbox(self._zctx, self.run_dir, name, immediate=True) for name in LISTENERS]
         self._stop_requested = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -91,10 +108,10 @@ class Supervisor:
         self.request_stop()
 
     def _create_pools(self) -> None:
-        specs = list(pool_specs(self.cfg).values())
-        ensure_room(specs)
-        for spec in specs:
-            self.pools.append(BufferPool.create(spec, self.run_id))
+        specs = pool_specs(self.cfg)
+        ensure_room(list(specs.values()))
+        for name, spec in specs.items():
+            self.pools[name] = BufferPool.create(spec, self.run_id)
 
     def _start(self, child: Child) -> None:
         child.start(self.run_id, self.run_dir, self.cfg.to_dict())
@@ -110,7 +127,7 @@ class Supervisor:
                     waitables[c.process.sentinel] = ("exit", c)
                     if c.link is not None:
                         waitables[c.link] = ("link", c)
-            ready = wait(list(waitables), self._next_restart_in())
+            ready = wait(list(waitables), self._next_timer_in())
             # Read what a child said before reaping it: its last words may be in the pipe.
             for kind in ("wake", "link", "exit"):
                 for obj in ready:
@@ -124,6 +141,7 @@ class Supervisor:
                     elif what == "exit" and child is not None and child.process is not None \
                             and child.process.sentinel == obj:
                         self._on_exit(child)
+            self._kill_hung()
             self._restart_due()
 
     def _on_link(self, child: Child) -> None:
@@ -134,28 +152,65 @@ class Supervisor:
         except (EOFError, OSError):
             child.link = None  # the process is going; its sentinel will fire
             return
-        if isinstance(msg, tuple) and msg and msg[0] == "ready":
+        if not (isinstance(msg, tuple) and msg):
+            return
+        child.last_beat = time.monotonic()
+        if msg[0] == "ready":
             child.state = "running"
             log.info("%s ready (pid %s)", child.name, child.pid)
             self._publish()
 
     def _on_exit(self, child: Child) -> None:
+        pid = child.pid or 0
         how = child.reap()
         if self._stop_requested:
             child.state = "stopped"
             return
+        self._take_back(child, pid, how)
         now = time.monotonic()
-        delay = self.policy.next_delay(child.crash_times, now)
+        delay = self.policies[child.role].next_delay(child.crash_times, now)
         child.state = "restarting"
         child.restart_at = now + delay
-        log.warning("%s (pid %s) died: %s; restarting in %.2f s", child.name, child.pid, how, delay)
+        log.warning("%s (pid %s) died: %s; restarting in %.2f s", child.name, pid, how, delay)
         self._publish()
 
-    def _next_restart_in(self) -> float | None:
+    def _take_back(self, child: Child, pid: int, how: str) -> None:
+        """Reclaim what the dead process held and tell those who kept state about it.
+
+        Safe without locks: the slots below the producer's current allocation id that are
+        still taken were handed to the dead consumer (or queued for it and lost), and its
+        replacement is not started yet, so nobody else will touch them.
+        """
+        pool = self.pools.get(CONSUMES.get(child.role, ""))
+        if pool is not None:
+            freed = pool.reclaim(below_alloc=pool.next_alloc)
+            if freed:
+                log.info("reclaimed %d %s-pool slots held by dead %s", freed, pool.spec.name, child.name)
+        note = Exited(child.role, child.slot, pid, how)
+        for sock in self._tell:
+            sockets.send(sock, note, block=False)
+
+    def _hang_deadline(self, c: Child) -> float | None:
+        if c.process is None or c.killed_as_hung is not None:
+            return None
+        return c.last_beat + self.policies[c.role].hang_timeout_s
+
+    def _next_timer_in(self) -> float | None:
         due = [c.restart_at for c in self.children if c.restart_at is not None]
+        due += [d for c in self.children if (d := self._hang_deadline(c)) is not None]
         if not due:
             return None
         return max(0.0, min(due) - time.monotonic())
+
+    def _kill_hung(self) -> None:
+        """SIGKILL a child whose main loop has gone silent; its sentinel then fires as for any death."""
+        now = time.monotonic()
+        for c in self.children:
+            deadline = self._hang_deadline(c)
+            if deadline is not None and now >= deadline and c.process is not None and not self._stop_requested:
+                c.killed_as_hung = now - c.last_beat
+                log.error("%s (pid %s) sent no heartbeat for %.1f s: killing it", c.name, c.pid, c.killed_as_hung)
+                c.process.kill()
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -182,12 +237,15 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         self._stop_requested = True
+        sup = self.cfg.supervisor
         for child in reversed(self.children):
             if child.process is not None:
-                child.stop(STOP_TIMEOUT_S)
+                # The front drains its sessions first; everything behind it keeps running meanwhile.
+                child.stop(sup.stop_timeout_s + (sup.drain_s if child.role == "front" else 0.0))
                 log.info("stopped %s: %s", child.name, child.last_exit)
             child.restart_at = None
-        for pool in self.pools:
+        self._zctx.destroy(linger=0)
+        for pool in self.pools.values():
             pool.close()
             pool.unlink()
         self.pools.clear()

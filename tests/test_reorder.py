@@ -59,7 +59,8 @@ def test_stream_is_complete_when_everything_announced_is_out() -> None:
     assert order.complete
 
 
-def test_errors_render_as_protocol_errors() -> None:
+def test_errors_render_as_protocol_errors_naming_their_region() -> None:
     r = Result("s", 0, 0, 0, 1.0, 2.0, True, error="inference failed for 1.00-2.00")
     assert StreamOrder(1).on_result(r) == [{"type": "error", "channel": 0,
-                                            "message": "inference failed for 1.00-2.00"}]
+                                            "message": "inference failed for 1.00-2.00",
+                                            "start_time": 1.0, "end_time": 2.0, "is_final": True}]

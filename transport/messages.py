@@ -129,9 +129,23 @@ class Done(msgspec.Struct, tag="done"):
     work_id: int
 
 
+class Exited(msgspec.Struct, tag="exited"):
+    """Supervisor -> front, decoder, segmenter: a child process died (or was killed as hung).
+
+    Sent at once, before any restart, so whoever held state in or work on that process
+    acts now: the segmenter redoes a model's items elsewhere, the front fails the streams
+    whose state lived in a dead decoder or segmenter, the decoder forgets a dead front's.
+    """
+
+    role: str
+    slot: int
+    pid: int
+    how: str
+
+
 Message = (
     StreamStart | PcmChunk | Frames | StreamStop | StreamAbort | Event | Work | Result
-    | StreamEnd | StreamFailed | Ready | Done
+    | StreamEnd | StreamFailed | Ready | Done | Exited
 )
 
 _encoder = msgspec.msgpack.Encoder()
