@@ -26,6 +26,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/hop.py
+	$(BIN)/python bench/restart.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -89,16 +89,20 @@ class Pipeline:
         self._piece = pool_spec.slot_size * 8
         self.streams: dict[str, Stream] = {}
         self._router: asyncio.Task[None] | None = None
+        self._closed = False
 
     def start(self) -> None:
         self._router = asyncio.get_running_loop().create_task(self._route())
 
     async def close(self) -> None:
+        self._closed = True
         if self._router is not None:
             self._router.cancel()
         self._zctx.destroy(linger=sockets.LINGER_MS)
 
     async def _send(self, msg: Any) -> None:
+        if self._closed:
+            return  # shutting down: a handler cancelled late has nobody left to tell
         await self._to_decoder.send(encode(msg))
 
     async def open(self, route: Route, channels: int, sample_rate: int, bit_depth: int,

@@ -34,6 +34,7 @@ class Session:
         self.stream: Stream | None = None
         self.draining = False
         self._closing = False
+        self._closed = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -91,8 +92,13 @@ class Session:
         stream = self.stream
         if stream is not None:
             await self.pipeline.stop(stream)
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(stream.done.wait(), timeout)
+            except TimeoutError:
+                # Say so rather than close as if complete; and release a `stop` waiting on it.
+                stream.failed = f"server shut down before this stream's results were ready (waited {timeout:g} s)"
+                self.outbox.put_nowait(protocol.error(stream.failed))
+                stream.done.set()
         await self._close_with(None, protocol.GOING_AWAY, "server shutting down")
 
     async def _stop(self, req: Stop) -> bool:
@@ -118,6 +124,7 @@ class Session:
     async def _close_with(self, message: str | None, code: int, reason: str | None = None) -> None:
         """Send what is queued (and `message` as an error), then close with `code`; once."""
         if self._closing:
+            await self._closed.wait()  # whoever started closing decides the code; wait for it
             return
         self._closing = True
         if message is not None:
@@ -125,7 +132,10 @@ class Session:
         self.outbox.put_nowait(None)
         if self._sender is not None:
             await self._sender
-        await self.ws.close(code=code, message=(reason or message or "").encode()[:120])
+        try:
+            await self.ws.close(code=code, message=(reason or message or "").encode()[:120])
+        finally:
+            self._closed.set()
 
     async def _send_loop(self) -> None:
         while (item := await self.outbox.get()) is not None:

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,28 @@ class Server:
 
 def shm_segments(run_id: str) -> list[str]:
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"streamer-{run_id}-")]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError("condition not met")
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def actor(srv: Server, name: str) -> dict[str, Any]:
+    """The supervisor's published row for one child, by name (`decoder`, `model-1` ...)."""
+    return next(a for a in srv.actors() if a["name"] == name)

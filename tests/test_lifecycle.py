@@ -5,27 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import psutil
 import pytest
 
 from audio import noise
-from server import Server, shm_segments
+from server import Server, alive, shm_segments, wait_for
 from wire import check_simple_counts, converse, stream_steps
-
-
-def wait_for(predicate: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise TimeoutError("condition not met")
-
-
-def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
 def test_processes_show_their_role_in_ps(fresh_server: Server) -> None:

@@ -44,8 +44,10 @@ def audio_frames(audio: npt.NDArray[np.float32], is_float: bool, chunk_s: float 
     return [data[i : i + step] for i in range(0, len(data), step)]
 
 
-async def converse(url: str, steps: list[dict[str, Any] | bytes | str], timeout: float = 60.0) -> Transcript:
-    """Send every step (JSON objects as text, bytes as binary, str verbatim) and read until close."""
+async def converse(url: str, steps: list[dict[str, Any] | bytes | str], timeout: float = 60.0,
+                   pace_s: float = 0.0) -> Transcript:
+    """Send every step (JSON objects as text, bytes as binary, str verbatim) and read until close;
+    `pace_s` waits between binary frames (a client streaming live rather than a file)."""
     messages: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
 
@@ -60,6 +62,8 @@ async def converse(url: str, steps: list[dict[str, Any] | bytes | str], timeout:
                 break
             if isinstance(step, bytes):
                 await ws.send_bytes(step)
+                if pace_s:
+                    await asyncio.sleep(pace_s)
             elif isinstance(step, str):
                 await ws.send_str(step)
             else:
@@ -114,3 +118,45 @@ def check_simple_counts(t: Transcript, ch: int, samples_16k: int, chunk_s: float
     assert sum(s["count"] for s in segs) == samples_16k
     starts = [s["start_time"] for s in segs]
     assert starts == [round(i * chunk_s, 4) for i in range(len(segs))]
+
+
+def is_region_answer(m: dict[str, Any]) -> bool:
+    """A final segment, or an error naming a region (not an interim one)."""
+    return (m["type"] == "segment" and m.get("is_final") is True) or \
+        (m["type"] == "error" and "start_time" in m and m.get("is_final") is not False)
+
+
+def check_regions_answered(t: Transcript, ch: int) -> tuple[int, int]:
+    """The rule that must survive crashes: every region gets exactly one final or exactly one
+    error naming it, after its `inactive`, in audio order, never two. A stream whose state was
+    lost ends with one error without a region (and close 1011); the regions still open then
+    are answered by that error. Returns (finals, region errors)."""
+    msgs = t.messages
+    lost = [m for m in msgs if m["type"] == "error" and "start_time" not in m]
+    if lost:
+        assert len(lost) == 1 and msgs[-1] is lost[0], f"a stream-level error must be the last word: {lost}"
+        assert t.close_code == 1011, t.close_code
+    else:
+        assert t.close_code == 1000, (t.close_code, msgs[-3:])
+    open_at: float | None = None
+    closed: list[tuple[float, float]] = []
+    last_start = -1.0
+    finals = errors = 0
+    for m in t.channel(ch):
+        if m["type"] == "active":
+            assert open_at is None, m
+            open_at = m["time"]
+        elif m["type"] == "inactive":
+            assert open_at is not None, m
+            closed.append((open_at, m["time"]))
+            open_at = None
+        elif is_region_answer(m):
+            assert m["start_time"] >= last_start, f"out of audio order: {m}"
+            last_start = m["start_time"]
+            assert closed, f"an answer with no region awaiting one (duplicate, or before inactive): {m}"
+            assert (m["start_time"], m["end_time"]) == closed.pop(0), m
+            finals += m["type"] == "segment"
+            errors += m["type"] == "error"
+    if not lost:
+        assert open_at is None and not closed, f"regions left unanswered: {closed}"
+    return finals, errors

@@ -1,0 +1,160 @@
+"""Supervision that heals: hung and killed actors come back, their work is redone or answered
+with one error, streams whose state died fail cleanly, crash loops escalate, SIGTERM drains."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from audio import speech
+from server import Server, actor, alive, shm_segments, wait_for
+from wire import check_regions_answered, converse, stream_steps
+
+SLOW_MODEL = {  # every item stays in flight for a while, without eating the test machine's CPU
+    "STREAMER_MODEL_FAKE_MODE": "sleep",
+    "STREAMER_MODEL_FAKE_DELAY": "0.6",
+}
+
+
+def started(tmp_path: Path, **env: str) -> Server:
+    srv = Server(tmp_path / "run", env=env)
+    srv.run_dir.mkdir()
+    return srv.start()
+
+
+def kill_later(srv: Server, name: str, after_s: float, sig: int = signal.SIGKILL) -> threading.Thread:
+    def go() -> None:
+        time.sleep(after_s)
+        os.kill(actor(srv, name)["pid"], sig)
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t
+
+
+def two_sentences() -> list[dict[str, object] | bytes | str]:
+    s = speech(("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning."))
+    return stream_steps(s.samples[None, :], 16000, False)
+
+
+def test_a_hung_actor_is_found_by_heartbeats_killed_and_restarted(tmp_path: Path) -> None:
+    srv = started(tmp_path, STREAMER_SUPERVISOR_HEARTBEAT_S="0.2", STREAMER_SUPERVISOR_MODEL_HANG_TIMEOUT_S="1.5")
+    try:
+        old = actor(srv, "model-0")
+        os.kill(old["pid"], signal.SIGSTOP)  # alive, but silent
+        wait_for(lambda: actor(srv, "model-0")["pid"] not in (None, old["pid"])
+                 and actor(srv, "model-0")["state"] == "running", 15)
+        row = actor(srv, "model-0")
+        assert row["restarts"] == 1 and "hung" in row["last_exit"] and "SIGKILL" in row["last_exit"]
+        assert not alive([p for p in srv.descendants() if p.pid == old["pid"]])
+        t = asyncio.run(converse(srv.ws(), two_sentences()))
+        assert check_regions_answered(t, 0) == (2, 0)
+    finally:
+        srv.stop()
+
+
+def test_work_in_flight_on_a_killed_model_is_redone_on_another(tmp_path: Path) -> None:
+    srv = started(tmp_path, **SLOW_MODEL)
+    try:
+        # Both regions reach the models at once; each takes 0.6 s, so the kill finds work in flight.
+        kill_later(srv, "model-0", 0.3)
+        t = asyncio.run(converse(srv.ws(), two_sentences()))
+        assert check_regions_answered(t, 0) == (2, 0)
+        assert actor(srv, "model-0")["restarts"] == 1
+        assert "redoing work" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_past_its_attempts_a_region_gets_exactly_one_error(tmp_path: Path) -> None:
+    srv = started(tmp_path, STREAMER_MODEL_FAKE_PANIC_RATE="1.0")
+    try:
+        s = speech(("The quick brown fox jumps over the lazy dog.",))
+        t = asyncio.run(converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False)))
+        assert check_regions_answered(t, 0) == (0, 1)
+        (err,) = t.of_type("error")
+        assert "model actor died 3 times" in err["message"]
+        wait_for(lambda: sum(a["restarts"] for a in srv.actors() if a["role"] == "model") >= 3, 10)
+        assert srv.log().count("signal SIGABRT") >= 3  # os.abort(): died as a native crash would
+    finally:
+        srv.stop()
+
+
+def test_panic_rate_over_a_long_stream_answers_every_region(tmp_path: Path) -> None:
+    srv = started(tmp_path, STREAMER_MODEL_FAKE_PANIC_RATE="0.2", STREAMER_SUPERVISOR_MODEL_INTENSITY="40")
+    try:
+        s = speech(("Every region gets exactly one final result.", "Please call me back tomorrow morning.") * 6,
+                   gap_s=0.8)
+        t = asyncio.run(converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False), timeout=90))
+        finals, errors = check_regions_answered(t, 0)
+        assert finals + errors == len(s.truth) == 12
+        crashes = srv.log().count("died: signal SIGABRT")
+        wait_for(lambda: sum(a["restarts"] for a in srv.actors() if a["role"] == "model") == crashes, 10)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("role", ["decoder", "segmenter"])
+def test_a_dead_stage_fails_its_streams_with_an_error_and_1011_and_heals(tmp_path: Path, role: str) -> None:
+    srv = started(tmp_path)
+    try:
+        s = speech()
+        kill_later(srv, role, 1.0)
+        t = asyncio.run(converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False), pace_s=0.05))
+        check_regions_answered(t, 0)
+        assert t.close_code == 1011
+        assert f"the {role} process died (signal SIGKILL)" in t.messages[-1]["message"]
+        wait_for(lambda: srv.health()[0] == 200, 15)
+        again = asyncio.run(converse(srv.ws(), two_sentences()))
+        assert check_regions_answered(again, 0) == (2, 0)
+        assert actor(srv, role)["restarts"] == 1
+    finally:
+        srv.stop()
+
+
+def test_a_crash_loop_escalates_to_a_nonzero_exit_and_leaves_nothing(tmp_path: Path) -> None:
+    srv = started(tmp_path, STREAMER_SUPERVISOR_MODEL_INTENSITY="2", STREAMER_SUPERVISOR_MODEL_BACKOFF_STEP_S="0.05")
+    run_id = srv.run_id()
+    children = srv.descendants()
+    killed: set[int] = set()
+    assert srv.proc is not None
+    deadline = time.monotonic() + 30
+    while srv.proc.poll() is None and time.monotonic() < deadline:
+        try:
+            pid = actor(srv, "model-0")["pid"]
+        except (FileNotFoundError, ValueError):
+            pid = None
+        if pid and pid not in killed:
+            killed.add(pid)
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    assert srv.wait(30) == 1
+    assert len(killed) == 3  # two restarts allowed, the third crash within the period escalates
+    assert "giving up" in srv.log()
+    assert alive(children) == [] and shm_segments(run_id) == []
+
+
+def test_sigterm_mid_stream_delivers_finals_then_closes_1001(tmp_path: Path) -> None:
+    srv = started(tmp_path)
+    run_id = srv.run_id()
+    children = srv.descendants()
+    s = speech()
+
+    def terminate() -> None:
+        time.sleep(s.truth[1][0] + 0.8)  # into the second sentence: one region answered, one open
+        srv.signal(signal.SIGTERM)
+
+    threading.Thread(target=terminate, daemon=True).start()
+    t = asyncio.run(converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False), pace_s=0.1))
+    assert t.close_code == 1001
+    finals = t.finals(0)
+    assert len(finals) == len(t.of_type("inactive")) >= 2  # the open region was closed and finalised
+    assert not t.of_type("error")
+    assert srv.wait(30) == 0
+    assert alive(children) == [] and shm_segments(run_id) == []
