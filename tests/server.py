@@ -132,9 +132,12 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> None:
     raise TimeoutError("condition not met")
 
 
-def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+def alive(procs: list[psutil.Process], grace_s: float = 5.0) -> list[psutil.Process]:
+    """Which of `procs` are still running after up to `grace_s` (the resource tracker, for
+    one, exits only when it reads EOF from its dead parent)."""
+    _, still = psutil.wait_procs(procs, timeout=grace_s)
     out = []
-    for p in procs:
+    for p in still:
         try:
             if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
                 out.append(p)
