@@ -11,12 +11,15 @@ import logging
 
 import numpy as np
 import zmq
+from opentelemetry.trace import Span, StatusCode
 
 from actors.loop import attach, serve, write_waiting
 from actors.pcm import PcmDecoder, UnsupportedFormat
+from runtime import logs, telemetry
+from runtime.metrics import StageMeter, watch_pool
 from runtime.process import ChildContext, enter_child
 from transport import sockets
-from transport.messages import Exited, Frames, PcmChunk, StreamAbort, StreamFailed, StreamStart, StreamStop
+from transport.messages import Exited, Frames, Message, PcmChunk, StreamAbort, StreamFailed, StreamStart, StreamStop
 from transport.shm import BufferRef, StaleBuffer
 
 log = logging.getLogger("decoder")
@@ -26,6 +29,8 @@ MAX_FRAMES_PER_MESSAGE = 16000  # 1 s per message keeps each write well inside t
 
 def main(ctx: ChildContext) -> None:
     enter_child(ctx)
+    tracer = telemetry.tracer("streamer.decoder")
+    meter = StageMeter()
     src = attach(ctx, "front")
     dst = attach(ctx, "decoder")
     dst.reclaim()  # our previous incarnation's buffers are nobody's now
@@ -35,6 +40,22 @@ def main(ctx: ChildContext) -> None:
     front = sockets.outbox(zctx, ctx.run_dir, "front")
     streams: dict[str, PcmDecoder] = {}
     seqs: dict[str, int] = {}
+    traces: dict[str, str] = {}  # for log lines
+    spans: dict[str, Span] = {}  # one "decode" span per stream, parent of the segmenter's
+
+    def stats() -> dict[str, object]:
+        meter.set_inflight(len(streams))
+        watch_pool("decoder", dst.used_slots(), dst.spec.nslots)
+        return meter.summary()
+
+    ctx.stats = stats
+
+    def end_span(stream: str, error: str | None = None) -> None:
+        span = spans.pop(stream, None)
+        if span is not None:
+            if error is not None:
+                span.set_status(StatusCode.ERROR, error)
+            span.end()
 
     def emit(stream: str, audio: np.ndarray) -> None:
         for lo in range(0, audio.shape[1], MAX_FRAMES_PER_MESSAGE):
@@ -46,48 +67,74 @@ def main(ctx: ChildContext) -> None:
 
     def fail(stream: str, message: str) -> None:
         streams.pop(stream, None)
+        end_span(stream, message)
         sockets.send(front, StreamFailed(stream, message))
         sockets.send(out, StreamAbort(stream))
 
-    def handle(_: dict[zmq.Socket[bytes], int]) -> None:
-        while (msg := sockets.try_recv(inp)) is not None:
-            if isinstance(msg, PcmChunk):
-                try:
-                    data = src.read_bytes(msg.buf)
-                except StaleBuffer:
-                    if msg.stream in streams:
-                        fail(msg.stream, "audio was lost in the pipeline (decoder restarted)")
-                    continue
-                finally:
-                    src.release(msg.buf)
-                dec = streams.get(msg.stream)
-                if dec is not None:
-                    emit(msg.stream, dec.feed(data))
-            elif isinstance(msg, StreamStart):
-                try:
-                    streams[msg.stream] = PcmDecoder(msg.channels, msg.sample_rate, msg.bit_depth, msg.is_float)
-                except UnsupportedFormat as e:
-                    sockets.send(front, StreamFailed(msg.stream, str(e)))
-                    continue
-                sockets.send(out, msg)
-            elif isinstance(msg, StreamStop):
-                dec = streams.pop(msg.stream, None)
-                if dec is not None:
-                    emit(msg.stream, dec.flush())
-                    if dec.dangling_bytes:
-                        log.warning("stream %s ended mid-sample: %d bytes dropped", msg.stream, dec.dangling_bytes)
-                    seqs.pop(msg.stream, None)
-                    sockets.send(out, msg)
-            elif isinstance(msg, StreamAbort):
-                streams.pop(msg.stream, None)
+    def on_message(msg: Message) -> None:
+        if isinstance(msg, PcmChunk):
+            try:
+                data = src.read_bytes(msg.buf)
+            except StaleBuffer:
+                if msg.stream in streams:
+                    fail(msg.stream, "audio was lost in the pipeline (decoder restarted)")
+                return
+            finally:
+                src.release(msg.buf)
+            dec = streams.get(msg.stream)
+            if dec is not None:
+                with meter.timed() as t:
+                    audio = dec.feed(data)
+                    t.audio_s = audio.shape[1] / 16000
+                emit(msg.stream, audio)
+        elif isinstance(msg, StreamStart):
+            span = tracer.start_span("decode", context=telemetry.context_of(msg.trace), attributes={
+                "streamer.stream": msg.stream, "audio.channels": msg.channels,
+                "audio.sample_rate": msg.sample_rate, "audio.bit_depth": msg.bit_depth})
+            try:
+                streams[msg.stream] = PcmDecoder(msg.channels, msg.sample_rate, msg.bit_depth, msg.is_float)
+            except UnsupportedFormat as e:
+                span.set_status(StatusCode.ERROR, str(e))
+                span.end()
+                sockets.send(front, StreamFailed(msg.stream, str(e)))
+                return
+            spans[msg.stream] = span
+            msg.trace = telemetry.traceparent_of(span) or msg.trace
+            sockets.send(out, msg)
+        elif isinstance(msg, StreamStop):
+            dec = streams.pop(msg.stream, None)
+            if dec is not None:
+                emit(msg.stream, dec.flush())
+                if dec.dangling_bytes:
+                    log.warning("stream %s ended mid-sample: %d bytes dropped", msg.stream, dec.dangling_bytes)
                 seqs.pop(msg.stream, None)
                 sockets.send(out, msg)
-            elif isinstance(msg, Exited) and msg.role == "front":
-                # The front's sessions died with it: nobody will stop these streams.
-                for stream in list(streams):
-                    streams.pop(stream)
-                    seqs.pop(stream, None)
-                    sockets.send(out, StreamAbort(stream))
+            end_span(msg.stream)
+        elif isinstance(msg, StreamAbort):
+            streams.pop(msg.stream, None)
+            seqs.pop(msg.stream, None)
+            end_span(msg.stream, "aborted")
+            sockets.send(out, msg)
+        elif isinstance(msg, Exited) and msg.role == "front":
+            # The front's sessions died with it: nobody will stop these streams.
+            for stream in list(streams):
+                streams.pop(stream)
+                seqs.pop(stream, None)
+                end_span(stream, "front died")
+                sockets.send(out, StreamAbort(stream))
+
+    def handle(_: dict[zmq.Socket[bytes], int]) -> None:
+        while (msg := sockets.try_recv(inp)) is not None:
+            stream = getattr(msg, "stream", None)
+            if stream is None:
+                on_message(msg)
+                continue
+            if isinstance(msg, StreamStart):
+                traces[stream] = logs.trace_of(msg.trace)
+            with logs.bound(stream, traces.get(stream, "-")):
+                on_message(msg)
+            if isinstance(msg, (StreamStop, StreamAbort)):
+                traces.pop(stream, None)
 
     poller = zmq.Poller()
     poller.register(inp, zmq.POLLIN)

@@ -23,13 +23,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+import prometheus_client
 import zmq
+from opentelemetry.trace import StatusCode
 
+from runtime import logs, telemetry
 from transport import sockets
 from transport.messages import Done, Ready, Work
 from transport.shm import BufferPool, PoolFull
 
 log = logging.getLogger("dispatch")
+_tracer = telemetry.tracer("streamer.dispatch")
+RETRIES = prometheus_client.Counter("streamer_dispatch_retries", "Work items sent again after their model actor died")
+GAVE_UP = prometheus_client.Counter("streamer_dispatch_failures",
+                                    "Work items answered with an error after max_attempts model deaths")
 
 
 @dataclass
@@ -61,6 +68,10 @@ class Dispatcher:
     @property
     def queued_seconds(self) -> float:
         return self._queued_samples / 16000
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
 
     @property
     def inflight(self) -> int:
@@ -140,11 +151,19 @@ class Dispatcher:
         items = sorted(slot.inflight.values(), key=lambda w: w.work_id, reverse=True)
         slot.inflight.clear()
         for work in items:
-            if work.attempt >= self.max_attempts:
-                if work.buf is not None:
-                    self._pool.release(work.buf)
-                self.failed.append(work)
-                continue
-            work.attempt += 1
-            log.warning("redoing work %d of stream %s (attempt %d)", work.work_id, work.stream, work.attempt)
-            self._queue.appendleft(Pending(work, None))
+            with _tracer.start_as_current_span("redo", context=telemetry.context_of(work.trace), attributes={
+                "streamer.work_id": work.work_id, "streamer.attempt": work.attempt, "streamer.lost_pid": slot.pid,
+                "audio.start_time": work.start_time, "audio.end_time": work.end_time,
+            }) as span, logs.bound(work.stream, logs.trace_of(work.trace)):
+                if work.attempt >= self.max_attempts:
+                    if work.buf is not None:
+                        self._pool.release(work.buf)
+                    self.failed.append(work)
+                    GAVE_UP.inc()
+                    span.set_status(StatusCode.ERROR, f"gave up after {work.attempt} attempts")
+                    log.error("giving up on work %d after %d attempts", work.work_id, work.attempt)
+                    continue
+                work.attempt += 1
+                RETRIES.inc()
+                log.warning("redoing work %d (attempt %d): model pid %d died", work.work_id, work.attempt, slot.pid)
+                self._queue.appendleft(Pending(work, None))

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
+from opentelemetry.trace import INVALID_SPAN, Span, StatusCode
 
 from actors.dispatch import Dispatcher
 from actors.loop import attach, serve
 from actors.regions import Activity, Cutter, FixedChunks, Output, Piece, RegionRules, SpeechRegions
+from runtime import logs, telemetry
 from runtime.config import Config
+from runtime.metrics import StageMeter, watch_pool
 from runtime.process import ChildContext, enter_child
 from transport import sockets
 from transport.messages import (
@@ -48,6 +51,13 @@ class StreamCuts:
     cutters: list[Cutter]
     results: list[int] = field(default_factory=list)
     events: list[int] = field(default_factory=list)
+    span: Span = INVALID_SPAN  # "segment": parent of every inference of the stream
+    trace_id: str = "-"
+
+    def end(self, error: str | None = None) -> None:
+        if error is not None:
+            self.span.set_status(StatusCode.ERROR, error)
+        self.span.end()
 
 
 def cutters_for(start: StreamStart, cfg: Config) -> list[Cutter]:
@@ -72,6 +82,15 @@ def main(ctx: ChildContext) -> None:
     outs = {i: sockets.outbox(zctx, ctx.run_dir, f"model-{i}", immediate=True) for i in range(cfg.model_count)}
     dispatcher = Dispatcher(pool, outs)
     streams: dict[str, StreamCuts] = {}
+    tracer = telemetry.tracer("streamer.segmenter")
+    meter = StageMeter()
+
+    def stats() -> dict[str, object]:
+        meter.set_inflight(dispatcher.inflight + dispatcher.queued)
+        watch_pool("segmenter", pool.used_slots(), pool.spec.nslots)
+        return meter.summary()
+
+    ctx.stats = stats
     next_work = pool.next_alloc << 20  # unique across our restarts, no coordination needed
 
     def deliver(stream: str, ch: int, outputs: list[Output]) -> None:
@@ -84,7 +103,8 @@ def main(ctx: ChildContext) -> None:
             elif isinstance(o, Piece):
                 next_work += 1
                 work = Work(next_work, stream, ch, state.results[ch], state.events[ch],
-                            o.start / 16000, o.end / 16000, o.is_final, buf=None, trace=state.start.trace)
+                            o.start / 16000, o.end / 16000, o.is_final, buf=None,
+                            trace=telemetry.traceparent_of(state.span) or state.start.trace)
                 state.results[ch] += 1
                 dispatcher.submit(work, o.audio)
 
@@ -100,10 +120,15 @@ def main(ctx: ChildContext) -> None:
                     src.release(msg.buf)
             if state is None or audio is None:
                 return
-            for ch in range(msg.channels):
-                deliver(msg.stream, ch, state.cutters[ch].feed(audio[ch]))
+            with meter.timed() as t:
+                t.audio_s = msg.frames / 16000
+                for ch in range(msg.channels):
+                    deliver(msg.stream, ch, state.cutters[ch].feed(audio[ch]))
         elif isinstance(msg, StreamStart):
-            streams[msg.stream] = StreamCuts(msg, cutters_for(msg, cfg), [0] * msg.channels, [0] * msg.channels)
+            span = tracer.start_span("segment", context=telemetry.context_of(msg.trace),
+                                     attributes={"streamer.stream": msg.stream, "streamer.route": msg.route})
+            streams[msg.stream] = StreamCuts(msg, cutters_for(msg, cfg), [0] * msg.channels, [0] * msg.channels,
+                                             span, logs.trace_of(msg.trace))
         elif isinstance(msg, StreamStop):
             state = streams.get(msg.stream)
             if state is None:
@@ -111,9 +136,13 @@ def main(ctx: ChildContext) -> None:
             for ch, cutter in enumerate(state.cutters):
                 deliver(msg.stream, ch, cutter.flush())
             del streams[msg.stream]
+            state.span.set_attribute("streamer.results", sum(state.results))
+            state.end()
             sockets.send(front, StreamEnd(msg.stream, state.results, state.events))
         elif isinstance(msg, StreamAbort):
-            streams.pop(msg.stream, None)
+            gone = streams.pop(msg.stream, None)
+            if gone is not None:
+                gone.end("aborted")
             dispatcher.cancel(msg.stream)
 
     def handle(events: dict[zmq.Socket[bytes], int]) -> None:
@@ -129,7 +158,11 @@ def main(ctx: ChildContext) -> None:
             budget -= 1
             if (data := sockets.try_recv(inp)) is None:
                 break
-            on_input(data)
+            stream = getattr(data, "stream", "")
+            trace_id = logs.trace_of(data.trace) if isinstance(data, StreamStart) else \
+                streams[stream].trace_id if stream in streams else "-"
+            with logs.bound(stream, trace_id):
+                on_input(data)
 
     reading = True
 

@@ -1,19 +1,20 @@
-"""The HTTP/WebSocket front process: the four routes of shared/PROTOCOL.md."""
+"""The HTTP/WebSocket front process: the routes of shared/PROTOCOL.md and the actors table."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import ipaddress
 import logging
 import signal
-from pathlib import Path
 from typing import Any
 
 import prometheus_client
 from aiohttp import web
 
 from front import protocol
+from front.metrics import REFUSED, SESSIONS, SESSIONS_TOTAL, group_page
 from front.pipeline import Pipeline
+from front.processes import CpuSampler, read_table
 from front.session import Session
 from runtime.config import Config
 from runtime.layout import pool_specs
@@ -25,12 +26,10 @@ log = logging.getLogger("front")
 CFG: web.AppKey[Config] = web.AppKey("cfg", Config)
 PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline", Pipeline)
 RUN_DIR: web.AppKey[str] = web.AppKey("run_dir", str)
+SAMPLER: web.AppKey[CpuSampler] = web.AppKey("sampler", CpuSampler)
+ADMIN_PATHS = frozenset({"/metrics", "/api/v1/actors"})
 
 ROLES = ("decoder", "segmenter", "model")
-STATE_FILE = "actors.json"
-
-SESSIONS = prometheus_client.Gauge("streamer_front_sessions_active", "WebSocket sessions open now")
-SESSIONS_TOTAL = prometheus_client.Counter("streamer_front_sessions_total", "WebSocket sessions accepted")
 
 
 class Live:
@@ -52,16 +51,6 @@ class Live:
 LIVE: web.AppKey[Live] = web.AppKey("live", Live)
 
 
-def read_actor_state(run_dir: str) -> list[dict[str, Any]]:
-    """The supervisor's published table of children (empty if it has not written one yet)."""
-    try:
-        data = json.loads(Path(run_dir, STATE_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return []
-    actors: list[dict[str, Any]] = data.get("actors", [])
-    return actors
-
-
 def missing_roles(actors: list[dict[str, Any]]) -> list[str]:
     up = {a["role"] for a in actors if a.get("state") == "running"}
     return [r for r in ROLES if r not in up]
@@ -70,15 +59,35 @@ def missing_roles(actors: list[dict[str, Any]]) -> list[str]:
 async def health(request: web.Request) -> web.Response:
     if request.app[LIVE].draining:
         return web.json_response({"status": "draining"}, status=503)
-    missing = missing_roles(read_actor_state(request.app[RUN_DIR]))
+    missing = missing_roles(read_table(request.app[RUN_DIR]).get("actors", []))
     if missing:
         return web.json_response({"status": "unhealthy", "missing": missing}, status=503)
     return web.json_response({"status": "healthy"})
 
 
+@web.middleware
+async def admin_on_loopback(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Metrics and the actors table describe the machine: only local clients see them, unless
+    `[server] admin_public` says otherwise (the WebSocket routes are for everyone)."""
+    if request.path in ADMIN_PATHS and not request.app[CFG].server.admin_public:
+        peer = request.remote or ""
+        if not ipaddress.ip_address(peer.split("%")[0] or "0.0.0.0").is_loopback:
+            raise web.HTTPForbidden(text="admin endpoints answer loopback clients only")
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
 async def metrics(request: web.Request) -> web.Response:
-    body = prometheus_client.generate_latest()
-    return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+    """Every process of the group on one page (`?self=1`: this process only)."""
+    if request.query.get("self"):
+        body = prometheus_client.generate_latest().decode()
+    else:
+        body = await group_page(request.app[CFG].metrics.host, read_table(request.app[RUN_DIR]))
+    return web.Response(text=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+
+async def actors(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SAMPLER].table())
 
 
 def stream_route(route: Route) -> Any:
@@ -86,9 +95,11 @@ def stream_route(route: Route) -> Any:
         cfg = request.app[CFG]
         live = request.app[LIVE]
         if live.draining:
+            REFUSED.labels("draining").inc()
             raise web.HTTPServiceUnavailable(text="server shutting down", headers={"Retry-After": "5"})
         ws = web.WebSocketResponse(max_msg_size=cfg.limits.max_frame_bytes, autoping=True)
         if len(request.app[PIPELINE].streams) >= cfg.limits.max_sessions:
+            REFUSED.labels("session_limit").inc()
             await ws.prepare(request)
             await ws.send_json(protocol.error("server is at its session limit, try again later"))
             await ws.close(code=protocol.TRY_LATER, message=b"server busy")
@@ -109,8 +120,9 @@ def stream_route(route: Route) -> Any:
 
 
 def build_app(cfg: Config, pipeline: Pipeline, run_dir: str) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[admin_on_loopback])
     app[CFG] = cfg
+    app[SAMPLER] = CpuSampler(run_dir)
     app[PIPELINE] = pipeline
     app[RUN_DIR] = run_dir
     app[LIVE] = Live()
@@ -118,6 +130,7 @@ def build_app(cfg: Config, pipeline: Pipeline, run_dir: str) -> web.Application:
     app.router.add_get("/api/v1/simple", stream_route("simple"))
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/actors", actors)
     return app
 
 
@@ -135,10 +148,12 @@ async def serve(ctx: ChildContext) -> None:
     stopped = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
     beating = asyncio.get_running_loop().create_task(heartbeat(ctx))
+    sampling = asyncio.get_running_loop().create_task(app[SAMPLER].run())
     await stopped.wait()
     log.info("stopping")
     await app[LIVE].drain(cfg.supervisor.drain_s)
     beating.cancel()
+    sampling.cancel()
     await runner.cleanup()
     await pipeline.close()
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
 from front.reorder import StreamOrder
+from front.stream import Outgoing, Stream
+from runtime import logs, telemetry
 from runtime.process import ChildContext
 from transport import sockets
 from transport.messages import (
@@ -40,40 +38,8 @@ from transport.messages import (
 from transport.shm import BufferPool, PoolFull, PoolSpec
 
 log = logging.getLogger("front.pipeline")
-
-
-@dataclass
-class Stream:
-    """One start..stop of a session as the front sees it."""
-
-    id: str
-    channels: int
-    outbox: asyncio.Queue[dict[str, Any] | None]
-    order: StreamOrder
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    failed: str | None = None
-    stopped: bool = False
-    seq: int = 0
-    started: float = field(default_factory=time.monotonic)
-    first_result: float | None = None
-    on_fail: Callable[[str], None] | None = None
-
-    def fail(self, message: str) -> None:
-        """The stream cannot go on: its session is told once, at once, not at `stop`."""
-        if self.failed is not None:
-            return
-        self.failed = message
-        self.done.set()
-        if self.on_fail is not None:
-            self.on_fail(message)
-
-    def push(self, items: list[dict[str, Any]]) -> None:
-        if items and self.first_result is None:
-            self.first_result = time.monotonic()
-        for item in items:
-            self.outbox.put_nowait(item)
-        if self.order.complete:
-            self.done.set()
+_tracer = telemetry.tracer("streamer.front")
+_sent, _received = sockets.MESSAGES.labels("out"), sockets.MESSAGES.labels("in")
 
 
 class Pipeline:
@@ -90,6 +56,7 @@ class Pipeline:
         self.streams: dict[str, Stream] = {}
         self._router: asyncio.Task[None] | None = None
         self._closed = False
+        self._opened = 0
 
     def start(self) -> None:
         self._router = asyncio.get_running_loop().create_task(self._route())
@@ -104,13 +71,19 @@ class Pipeline:
         if self._closed:
             return  # shutting down: a handler cancelled late has nobody left to tell
         await self._to_decoder.send(encode(msg))
+        _sent.inc()
 
-    async def open(self, route: Route, channels: int, sample_rate: int, bit_depth: int,
-                   is_float: bool, interim: bool, trace: str | None,
-                   outbox: asyncio.Queue[dict[str, Any] | None]) -> Stream:
-        stream = Stream(secrets.token_hex(8), channels, outbox, StreamOrder(channels))
+    async def open(self, session: str, route: Route, channels: int, sample_rate: int, bit_depth: int,
+                   is_float: bool, interim: bool, trace: str | None, outbox: asyncio.Queue[Outgoing]) -> Stream:
+        self._opened += 1
+        stream_id = f"{session}-{self._opened}"
+        span = _tracer.start_span("session", context=telemetry.context_of(trace), attributes={
+            "streamer.session": session, "streamer.stream": stream_id, "streamer.route": route,
+            "audio.channels": channels, "audio.sample_rate": sample_rate, "audio.bit_depth": bit_depth})
+        carried = telemetry.traceparent_of(span) or trace
+        stream = Stream(stream_id, channels, outbox, StreamOrder(channels), span, logs.trace_of(carried))
         self.streams[stream.id] = stream
-        await self._send(StreamStart(stream.id, route, channels, sample_rate, bit_depth, is_float, interim, trace))
+        await self._send(StreamStart(stream.id, route, channels, sample_rate, bit_depth, is_float, interim, carried))
         return stream
 
     async def feed(self, stream: Stream, data: bytes) -> None:
@@ -137,14 +110,17 @@ class Pipeline:
 
     async def abort(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
+        stream.end()
         await self._send(StreamAbort(stream.id))
 
     def forget(self, stream: Stream) -> None:
         self.streams.pop(stream.id, None)
+        stream.end()
 
     async def _route(self) -> None:
         while True:
             raw = await self._inbox.recv()
+            _received.inc()
             msg = decode(raw)
             if isinstance(msg, Exited):
                 self._on_exited(msg)

@@ -11,17 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from opentelemetry import trace
 
 from front import protocol
-from front.pipeline import Pipeline, Stream
+from front.pipeline import Pipeline
 from front.protocol import ProtocolError, Start, Stop
+from front.stream import Outgoing, Stream
+from runtime import logs, telemetry
 from runtime.config import Config
 from transport.messages import Route
 
 log = logging.getLogger("front.session")
+_tracer = telemetry.tracer("streamer.front")
 
 
 class Session:
@@ -30,7 +35,8 @@ class Session:
         self.pipeline = pipeline
         self.route = route
         self.cfg = cfg
-        self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.id = secrets.token_hex(6)
+        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.stream: Stream | None = None
         self.draining = False
         self._closing = False
@@ -75,10 +81,13 @@ class Session:
             raise ProtocolError("start while a stream is running: send stop first", protocol.POLICY)
         protocol.check_format(req.format, self.cfg.limits)
         f = req.format
-        self.stream = await self.pipeline.open(self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
+        self.stream = await self.pipeline.open(self.id, self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
                                                req.interim_results and self.route == "segmented",
                                                req.trace_id, self.outbox)
         self.stream.on_fail = self._on_stream_failed
+        logs.bind(self.stream.id, self.stream.trace_id)  # this task's log lines name the stream from here on
+        log.info("stream started: %s, %d ch, %d Hz, %d-bit%s%s", self.route, f.channels, f.sample_rate,
+                 f.bit_depth, " float" if f.is_float else "", ", interim" if req.interim_results else "")
 
     def _on_stream_failed(self, message: str) -> None:
         """Mid-stream failure (a decoder or segmenter died, bad audio): error, then close 1011."""
@@ -97,7 +106,7 @@ class Session:
             except TimeoutError:
                 # Say so rather than close as if complete; and release a `stop` waiting on it.
                 stream.failed = f"server shut down before this stream's results were ready (waited {timeout:g} s)"
-                self.outbox.put_nowait(protocol.error(stream.failed))
+                self._say(protocol.error(stream.failed))
                 stream.done.set()
         await self._close_with(None, protocol.GOING_AWAY, "server shutting down")
 
@@ -105,7 +114,7 @@ class Session:
         """Flush the stream; True when the socket is to be closed."""
         stream = self.stream
         if stream is None:
-            self.outbox.put_nowait(protocol.error("stop without a running stream"))
+            self._say(protocol.error("stop without a running stream"))
         else:
             await self.pipeline.stop(stream)
             try:
@@ -128,7 +137,7 @@ class Session:
             return
         self._closing = True
         if message is not None:
-            self.outbox.put_nowait(protocol.error(message))
+            self._say(protocol.error(message))
         self.outbox.put_nowait(None)
         if self._sender is not None:
             await self._sender
@@ -137,11 +146,20 @@ class Session:
         finally:
             self._closed.set()
 
+    def _say(self, item: dict[str, Any]) -> None:
+        self.outbox.put_nowait((item, None))
+
     async def _send_loop(self) -> None:
-        while (item := await self.outbox.get()) is not None:
+        while (out := await self.outbox.get()) is not None:
+            item, span = out
             if self.ws.closed:
                 continue
             try:
-                await self.ws.send_json(item)
+                if span is not None and item["type"] in ("segment", "error"):
+                    with _tracer.start_as_current_span("deliver", context=trace.set_span_in_context(span),
+                                                       attributes={"streamer.result": item["type"]}):
+                        await self.ws.send_json(item)
+                else:
+                    await self.ws.send_json(item)
             except (ConnectionError, RuntimeError):
                 pass  # the client went away; the read loop ends the session

@@ -24,10 +24,16 @@ class Server(msgspec.Struct, forbid_unknown_fields=True):
     run_dir: str
     stop_timeout_s: float
     log_level: str
+    admin_public: bool
 
 
 class Actors(msgspec.Struct, forbid_unknown_fields=True):
     models: int
+
+
+class Metrics(msgspec.Struct, forbid_unknown_fields=True):
+    host: str
+    base_port: int
 
 
 class RolePolicy(msgspec.Struct, forbid_unknown_fields=True):
@@ -100,6 +106,7 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True):
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: Server
     actors: Actors
+    metrics: Metrics
     supervisor: Supervision
     model: Model
     segmenter: Segmenter

@@ -7,12 +7,11 @@ threads, telemetry exporters) leaks in; each builds its own here, after it start
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import signal
-import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -20,7 +19,9 @@ from typing import Any
 import setproctitle
 
 from runtime import config as config_mod
+from runtime import metrics, telemetry
 from runtime.config import Config
+from runtime.logs import setup_logging
 
 _PR_SET_PDEATHSIG = 1
 
@@ -37,11 +38,13 @@ class ChildContext:
     link: Connection | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
     beat_every_s: float = 1.0
+    stats: Callable[[], dict[str, Any]] | None = None
     _last_beat: float = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         del state["stopping"]  # a lock does not cross a spawn; the child makes its own
+        state["stats"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -60,11 +63,15 @@ class ChildContext:
         self._tell(("ready", os.getpid()))
 
     def beat(self) -> None:
-        """Tell the supervisor this process's main loop still turns; silence means hung."""
+        """Tell the supervisor this process's main loop still turns (silence means hung), with
+        the stage's running totals for `/api/v1/actors`."""
         now = time.monotonic()
         if now - self._last_beat >= self.beat_every_s:
             self._last_beat = now
-            self._tell(("beat", os.getpid()))
+            self._tell(("beat", os.getpid(), self.stats() if self.stats is not None else {}))
+
+    def announce_metrics(self, port: int) -> None:
+        self._tell(("metrics", os.getpid(), port))
 
     def _tell(self, msg: object) -> None:
         if self.link is None:
@@ -73,15 +80,6 @@ class ChildContext:
             self.link.send(msg)
         except (BrokenPipeError, OSError):
             pass  # the supervisor is gone; the death signal will follow
-
-
-def setup_logging(name: str, level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
 
 
 def _die_with_parent() -> None:
@@ -98,6 +96,9 @@ def enter_child(ctx: ChildContext) -> None:
     setproctitle.setproctitle(f"streamer: {ctx.name}")
     _die_with_parent()
     setup_logging(ctx.name, str(ctx.config["server"]["log_level"]))
+    cfg = ctx.cfg()
+    telemetry.setup(ctx.role, ctx.slot if ctx.role == "model" else None)
+    ctx.announce_metrics(metrics.serve(cfg, ctx.role, ctx.slot))
 
     def on_term(signum: int, frame: object) -> None:
         ctx.stopping.set()

@@ -57,6 +57,8 @@ class Child:
     crash_times: list[float] = field(default_factory=list)
     restart_at: float | None = None
     last_beat: float = 0.0
+    metrics_port: int | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
     killed_as_hung: float | None = None  # seconds of silence, when the supervisor killed it
 
     @property
@@ -74,6 +76,7 @@ class Child:
         self.pid = proc.pid
         self.state = "starting"
         self.started_at = self.last_beat = time.monotonic()
+        self.metrics_port, self.stats = None, {}
         self.restart_at = None
         self.killed_as_hung = None
 
@@ -119,6 +122,8 @@ class Child:
             "restarts": self.restarts,
             "uptime_s": round(now - self.started_at, 3) if self.process is not None else 0.0,
             "last_exit": self.last_exit,
+            "metrics_port": self.metrics_port if self.process is not None else None,
+            **self.stats,
         }
 
 

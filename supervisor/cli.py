@@ -8,7 +8,7 @@ import sys
 import setproctitle
 
 from runtime import config
-from runtime.process import setup_logging
+from runtime.logs import setup_logging
 from supervisor.supervisor import Supervisor
 
 

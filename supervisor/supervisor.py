@@ -30,8 +30,10 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 import zmq
 
+from runtime import metrics
 from runtime.config import Config
 from runtime.layout import pool_specs
 from supervisor.children import Child
@@ -48,6 +50,9 @@ ROLES = ("front", "decoder", "segmenter", "model")
 CONSUMES = {"decoder": "front", "segmenter": "decoder"}
 # Who hears of a death: the inboxes of the processes that keep state about others.
 LISTENERS = ("front", "decoder", "segmenter-ctl")
+
+RESTARTS = prometheus_client.Counter("streamer_restarts", "Child processes restarted, by role", ["role"])
+LIVE = prometheus_client.Gauge("streamer_live_processes", "Child processes running (ready), by role", ["role"])
 
 
 def make_run_dir(configured: str, run_id: str) -> str:
@@ -75,6 +80,7 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.exit_code = 0
+        self.metrics_port: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -82,6 +88,7 @@ class Supervisor:
         """Start everything, supervise until told to stop, clean up; the process exit code."""
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            self.metrics_port = metrics.serve(self.cfg, "supervisor")
             self._create_pools()
             for child in self.children:
                 self._start(child)
@@ -155,7 +162,13 @@ class Supervisor:
         if not (isinstance(msg, tuple) and msg):
             return
         child.last_beat = time.monotonic()
-        if msg[0] == "ready":
+        if msg[0] == "beat" and len(msg) == 3 and isinstance(msg[2], dict):
+            child.stats = {k: msg[2][k] for k in ("processed", "inflight", "rtf") if k in msg[2]}
+            self._publish()
+        elif msg[0] == "metrics" and len(msg) == 3:
+            child.metrics_port = int(msg[2])
+            self._publish()
+        elif msg[0] == "ready":
             child.state = "running"
             log.info("%s ready (pid %s)", child.name, child.pid)
             self._publish()
@@ -217,6 +230,7 @@ class Supervisor:
         for c in self.children:
             if c.restart_at is not None and c.restart_at <= now and not self._stop_requested:
                 c.restarts += 1
+                RESTARTS.labels(c.role).inc()
                 self._start(c)
                 self._publish()
 
@@ -224,7 +238,10 @@ class Supervisor:
 
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
-        return {"run_id": self.run_id, "pid": os.getpid(), "actors": [c.snapshot(now) for c in self.children]}
+        for role in ROLES:
+            LIVE.labels(role).set(sum(1 for c in self.children if c.role == role and c.state == "running"))
+        return {"run_id": self.run_id, "pid": os.getpid(), "metrics_port": self.metrics_port,
+                "actors": [c.snapshot(now) for c in self.children]}
 
     def _publish(self) -> None:
         """Write the children table atomically; the front's health and actors routes read it."""

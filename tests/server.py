@@ -49,6 +49,7 @@ class Server:
             "STREAMER_SERVER_RUN_DIR": str(self.run_dir),
             "STREAMER_ACTORS_MODELS": "2",
             "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.01",
+            "STREAMER_METRICS_BASE_PORT": "0",
         })
         env.update(self.env)
         self.log_path = self.run_dir.parent / f"server-{self.port}.log"

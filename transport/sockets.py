@@ -11,11 +11,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 import zmq
 
 from transport.messages import Message, decode, encode
 
 LINGER_MS = 200
+
+MESSAGES = prometheus_client.Counter("streamer_messages", "ZeroMQ messages this process sent or received",
+                                     ["direction"])
+_sent, _received = MESSAGES.labels("out"), MESSAGES.labels("in")
 
 
 def endpoint(run_dir: str | Path, name: str) -> str:
@@ -65,16 +70,21 @@ def send(sock: zmq.Socket[bytes], msg: Message, *, block: bool = True) -> bool:
         sock.send(encode(msg), 0 if block else zmq.NOBLOCK)
     except zmq.Again:
         return False
+    _sent.inc()
     return True
 
 
 def recv(sock: zmq.Socket[bytes]) -> Message:
-    return decode(sock.recv(copy=True))
+    msg = decode(sock.recv(copy=True))
+    _received.inc()
+    return msg
 
 
 def try_recv(sock: zmq.Socket[bytes]) -> Message | None:
     """The next message if one is waiting, else None (never blocks)."""
     try:
-        return decode(sock.recv(zmq.NOBLOCK))
+        raw = sock.recv(zmq.NOBLOCK)
     except zmq.Again:
         return None
+    _received.inc()
+    return decode(raw)

@@ -1,0 +1,87 @@
+"""The front's own metrics, and `/metrics` for the whole group on one page.
+
+Every process serves its own registry on loopback (`runtime.metrics`). Scraping six or
+more ports is a chore, so the front's `/metrics` also fetches each of them (ports from the
+supervisor's published table), labels every sample with the process's `role` and `slot`,
+merges families of the same name and appends its own: one scrape target is enough. A
+process that does not answer within a second is left out of that scrape, and
+`streamer_scrape_up{role,slot}` says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import prometheus_client
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+SESSIONS = prometheus_client.Gauge("streamer_front_sessions_active", "WebSocket sessions open now")
+SESSIONS_TOTAL = prometheus_client.Counter("streamer_front_sessions", "WebSocket sessions accepted")
+REFUSED = prometheus_client.Counter("streamer_front_sessions_refused", "WebSocket sessions refused, by reason",
+                                    ["reason"])
+FIRST_RESULT = prometheus_client.Histogram(
+    "streamer_front_time_to_first_result_seconds", "From a stream's start to its first result",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+SPEECH_END_TO_FINAL = prometheus_client.Histogram(
+    "streamer_front_speech_end_to_final_seconds", "From a region's `inactive` to its final result, as sent",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
+
+
+async def _fetch(http: aiohttp.ClientSession, host: str, port: int) -> str | None:
+    try:
+        async with http.get(f"http://{host}:{port}/metrics", timeout=aiohttp.ClientTimeout(total=1.0)) as r:
+            return await r.text() if r.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+def _merge(pages: list[tuple[dict[str, str], str]]) -> str:
+    """Exposition text of every page, each sample labelled with its process, families merged."""
+    families: dict[str, Any] = {}
+    for labels, text in pages:
+        for fam in text_string_to_metric_families(text):
+            into = families.get(fam.name)
+            if into is None:
+                into = families[fam.name] = fam
+                samples = list(fam.samples)
+                fam.samples = []
+            else:
+                samples = list(fam.samples)
+            into.samples.extend(Sample(s.name, {**s.labels, **labels}, s.value, s.timestamp, s.exemplar)
+                                for s in samples)
+    return prometheus_client.generate_latest(_Static(list(families.values()))).decode()
+
+
+class _Static:
+    """A collector that yields fixed families (the shape `generate_latest` wants)."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Any]:
+        return self._families
+
+
+async def group_page(host: str, table: dict[str, Any]) -> str:
+    """All processes' metrics, labelled by role and slot (this process's own included)."""
+    targets: list[tuple[dict[str, str], int]] = []
+    if table.get("metrics_port"):
+        targets.append(({"role": "supervisor", "slot": "0"}, int(table["metrics_port"])))
+    for a in table.get("actors", []):
+        if a.get("metrics_port") and a.get("role") != "front":
+            targets.append(({"role": a["role"], "slot": str(a["slot"])}, int(a["metrics_port"])))
+    async with aiohttp.ClientSession() as http:
+        texts = await asyncio.gather(*(_fetch(http, host, port) for _, port in targets))
+    pages = [({"role": "front", "slot": "0"}, prometheus_client.generate_latest().decode())]
+    up_lines = []
+    for (labels, _), text in zip(targets, texts, strict=True):
+        if text is not None:
+            pages.append((labels, text))
+        up_lines.append(f'streamer_scrape_up{{role="{labels["role"]}",slot="{labels["slot"]}"}} '
+                        f'{0 if text is None else 1}')
+    up = "# HELP streamer_scrape_up Whether the front could read this process's metrics\n" \
+         "# TYPE streamer_scrape_up gauge\n" + "\n".join(up_lines) + "\n"
+    return _merge(pages) + up

@@ -1,0 +1,113 @@
+"""Prometheus in every process: its own registry, its own loopback `/metrics`, set up after it starts.
+
+prometheus_client's multiprocess mode shares files between forked workers; here every
+process is spawned and serves its own metrics on `[metrics] host` (loopback by default),
+at `base_port` + its offset (supervisor 0, front 1, decoder 2, segmenter 3, model-i 4+i),
+or an ephemeral port when `base_port` is 0. It tells the supervisor the port it got, the
+supervisor publishes it, and the front's `/metrics` gathers every process into one page
+labelled by role and slot, so one scrape target is enough.
+
+`StageMeter` is what every stage measures the same way: items processed, the real-time
+factor of its work (busy seconds per audio second), and a summary for the heartbeat that
+`/api/v1/actors` and `streamer top` show.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import prometheus_client
+from prometheus_client import Counter, Gauge, Histogram
+
+from runtime.config import Config
+
+OFFSETS = {"supervisor": 0, "front": 1, "decoder": 2, "segmenter": 3, "model": 4}
+RTF_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+RTF = Histogram("streamer_stage_rtf", "Real-time factor of this stage's work per item (busy s / audio s)",
+                buckets=RTF_BUCKETS)
+PROCESSED = Counter("streamer_stage_items", "Items this stage finished (chunks, frames, inferences)")
+BUSY = Counter("streamer_stage_busy_seconds", "Wall seconds this stage spent working on items")
+AUDIO = Counter("streamer_stage_audio_seconds", "Seconds of audio this stage worked through")
+INFLIGHT = Gauge("streamer_stage_inflight", "Items this stage holds now (streams, queued or running work)")
+POOL_USED = Gauge("streamer_pool_used_slots", "Shared-memory slots in use in a pool this process produces into",
+                  ["pool"])
+POOL_SLOTS = Gauge("streamer_pool_slots", "Shared-memory slots of a pool this process produces into", ["pool"])
+
+
+def port_for(cfg: Config, role: str, slot: int = 0) -> int:
+    base = cfg.metrics.base_port
+    return 0 if base == 0 else base + OFFSETS[role] + (slot if role == "model" else 0)
+
+
+def serve(cfg: Config, role: str, slot: int = 0) -> int:
+    """Start this process's `/metrics` server on loopback; returns the port it listens on.
+
+    A configured port already taken (a second server on the machine) falls back to an
+    ephemeral one: the port is published either way, and a metrics port is never worth a crash.
+    """
+    port = port_for(cfg, role, slot)
+    try:
+        server, _ = prometheus_client.start_http_server(port, addr=cfg.metrics.host)
+    except OSError as e:
+        logging.getLogger("metrics").warning("metrics port %d unavailable (%s): using an ephemeral one", port, e)
+        server, _ = prometheus_client.start_http_server(0, addr=cfg.metrics.host)
+    return int(server.server_port)
+
+
+@dataclass
+class StageMeter:
+    """One stage's running totals, fed per item, read by Prometheus and by the heartbeat."""
+
+    processed: int = 0
+    busy_s: float = 0.0
+    audio_s: float = 0.0
+    inflight: int = 0
+    last_busy_s: float = 0.0
+
+    def done(self, busy_s: float, audio_s: float) -> None:
+        self.processed += 1
+        self.last_busy_s = busy_s
+        self.busy_s += busy_s
+        self.audio_s += audio_s
+        PROCESSED.inc()
+        BUSY.inc(busy_s)
+        AUDIO.inc(audio_s)
+        if audio_s > 0:
+            RTF.observe(busy_s / audio_s)
+
+    def timed(self) -> _Timer:
+        return _Timer(self)
+
+    def set_inflight(self, n: int) -> None:
+        self.inflight = n
+        INFLIGHT.set(n)
+
+    def summary(self) -> dict[str, Any]:
+        rtf = self.busy_s / self.audio_s if self.audio_s > 0 else None
+        return {"processed": self.processed, "inflight": self.inflight,
+                "rtf": None if rtf is None else round(rtf, 5)}
+
+
+class _Timer:
+    """`with meter.timed() as t: ...; t.audio_s = n` records one item's busy time and audio."""
+
+    def __init__(self, meter: StageMeter) -> None:
+        self.meter = meter
+        self.audio_s = 0.0
+        self._t0 = 0.0
+
+    def __enter__(self) -> _Timer:
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.meter.done(time.perf_counter() - self._t0, self.audio_s)
+
+
+def watch_pool(name: str, used: int, slots: int) -> None:
+    POOL_USED.labels(name).set(used)
+    POOL_SLOTS.labels(name).set(slots)
