@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from typing import Any
 
 import aiohttp
 import soundfile
+
+from runtime import logs, telemetry
 
 DEFAULT_ADDR = "ws://localhost:8080/api/v1/segmented"
 
@@ -140,13 +143,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"streaming {args.input}: {pcm.seconds:.2f} s, {pcm.channels} ch, {pcm.sample_rate} Hz, "
           f"{'f32' if pcm.is_float else 's16'} to {args.addr}", flush=True)
-    try:
-        report = asyncio.run(stream(args.addr, pcm, chunk_bytes=args.chunk_size, real_time=args.real_time,
-                                    interim=args.interim_results, trace_id=args.trace_id, echo=True))
-    except aiohttp.ClientError as e:
-        print(f"streamer-client: {e}", file=sys.stderr)
-        return 1
+    # The client's own root span (exported when OTEL_EXPORTER_OTLP_ENDPOINT is set); its
+    # traceparent rides in the start message, so the server's spans join this trace.
+    telemetry.setup("client", service="streamer-client")
+    tracer = telemetry.tracer("streamer.client")
+    with tracer.start_as_current_span("stream", context=telemetry.context_of(args.trace_id), attributes={
+            "audio.file": os.path.basename(args.input), "audio.seconds": pcm.seconds}) as span:
+        traceparent = telemetry.traceparent_of(span) or args.trace_id
+        try:
+            report = asyncio.run(stream(args.addr, pcm, chunk_bytes=args.chunk_size, real_time=args.real_time,
+                                        interim=args.interim_results, trace_id=traceparent, echo=True))
+        except aiohttp.ClientError as e:
+            print(f"streamer-client: {e}", file=sys.stderr)
+            return 1
     print(report.summary(), flush=True)
+    if traceparent:
+        print(f"trace id: {logs.trace_of(traceparent)}", flush=True)
     return 0 if report.close_code == 1000 else 1
 
 

@@ -18,6 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the supervisor and every actor (default)")
     serve.add_argument("--port", type=int, help="HTTP/WebSocket port (overrides config)")
     serve.add_argument("--models", type=int, help="number of model actors (overrides config)")
+    sub.add_parser("top", help="every process of a running server, live (see `streamer top --help`)",
+                   add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["top"]:
+        from client.top import main as top  # a client of the HTTP API, not part of the supervisor
+
+        return top(argv[1:])
     args = parser.parse_args(argv)
     overrides: dict[str, dict[str, int]] = {}
     if getattr(args, "port", None) is not None:

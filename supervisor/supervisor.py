@@ -51,8 +51,12 @@ CONSUMES = {"decoder": "front", "segmenter": "decoder"}
 # Who hears of a death: the inboxes of the processes that keep state about others.
 LISTENERS = ("front", "decoder", "segmenter-ctl")
 
-RESTARTS = prometheus_client.Counter("streamer_restarts", "Child processes restarted, by role", ["role"])
-LIVE = prometheus_client.Gauge("streamer_live_processes", "Child processes running (ready), by role", ["role"])
+# `actor_role`, not `role`: the front's group page labels every sample with the process it came from.
+RESTARTS = prometheus_client.Counter("streamer_restarts", "Child processes restarted, by role", ["actor_role"])
+LIVE = prometheus_client.Gauge("streamer_live_processes", "Child processes running (ready), by role",
+                               ["actor_role"])
+for _role in ROLES:
+    RESTARTS.labels(_role)
 
 
 def make_run_dir(configured: str, run_id: str) -> str:

@@ -1,0 +1,173 @@
+"""Seeing inside: one trace per session across every process, Prometheus over the whole
+group, and the actors table with CPU that moves when an actor works."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+from otlp import Got, Receiver
+
+from audio import speech, tone
+from server import Server, actor, free_port, wait_for
+from wire import check_regions_answered, converse, stream_steps
+
+
+def started(tmp_path: Path, **env: str) -> Server:
+    srv = Server(tmp_path / "run", env=env)
+    srv.run_dir.mkdir()
+    return srv.start()
+
+
+def only(spans: list[Got], name: str) -> Got:
+    (span,) = [s for s in spans if s.name == name]
+    return span
+
+
+def test_one_trace_from_the_client_through_every_process(tmp_path: Path) -> None:
+    with Receiver() as otlp:
+        srv = started(tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint)
+        try:
+            s = speech(("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning."))
+            wav = tmp_path / "two.wav"
+            soundfile.write(wav, s.samples, 16000, subtype="PCM_16")
+            out = subprocess.run([sys.executable, "-m", "client.stream", "-i", str(wav), "--addr", srv.ws()],
+                                 capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint})
+            assert out.returncode == 0, out.stderr
+            trace_id = out.stdout.strip().splitlines()[-1].removeprefix("trace id: ")
+            spans = otlp.wait_for(trace_id, {"stream", "session", "decode", "segment", "inference", "deliver"})
+        finally:
+            srv.stop()
+    client, session = only(spans, "stream"), only(spans, "session")
+    decode, segment = only(spans, "decode"), only(spans, "segment")
+    assert (client.service, client.parent_id) == ("streamer-client", "")  # the root
+    assert (session.role, session.parent_id) == ("front", client.span_id)
+    assert (decode.role, decode.parent_id) == ("decoder", session.span_id)
+    assert (segment.role, segment.parent_id) == ("segmenter", decode.span_id)
+    inferences = [x for x in spans if x.name == "inference"]
+    assert len(inferences) == 2 and all(x.role == "model" and x.parent_id == segment.span_id for x in inferences)
+    deliveries = [x for x in spans if x.name == "deliver"]
+    assert len(deliveries) == 2 and all(x.role == "front" and x.parent_id == session.span_id for x in deliveries)
+    assert {x.service for x in spans} == {"streamer", "streamer-client"}
+
+
+def test_a_retry_after_a_crash_is_part_of_the_sessions_trace(tmp_path: Path) -> None:
+    trace_id, client_span = os.urandom(16).hex(), os.urandom(8).hex()
+    with Receiver() as otlp:
+        srv = started(tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint, STREAMER_MODEL_FAKE_MODE="sleep",
+                      STREAMER_MODEL_FAKE_DELAY="1.5", STREAMER_ACTORS_MODELS="1")
+        try:
+            s = speech(("The quick brown fox jumps over the lazy dog.",))
+            steps = stream_steps(s.samples[None, :], 16000, False)
+            steps[0]["trace_id"] = f"00-{trace_id}-{client_span}-01"  # type: ignore[index]
+
+            def kill() -> None:
+                # The region reaches the one model actor well within 0.8 s and takes it 1.5 s.
+                time.sleep(0.8)
+                os.kill(actor(srv, "model-0")["pid"], signal.SIGKILL)
+
+            threading.Thread(target=kill, daemon=True).start()
+            t = asyncio.run(converse(srv.ws(), steps))
+            assert check_regions_answered(t, 0) == (1, 0)
+            spans = otlp.wait_for(trace_id, {"session", "redo", "inference"})
+            log = srv.log()
+        finally:
+            srv.stop()
+    segment = only(spans, "segment")
+    redo = only(spans, "redo")
+    assert (redo.role, redo.parent_id, redo.attributes["streamer.attempt"]) == ("segmenter", segment.span_id, 1)
+    finished = [x for x in spans if x.name == "inference"]
+    assert [x.attributes["streamer.attempt"] for x in finished] == [2]  # the killed call never ended
+    # Every log line about this stream names it and its trace, whichever process wrote it.
+    tagged = [line for line in log.splitlines() if f"trace={trace_id}" in line]
+    assert any("front" in line and "stream started" in line for line in tagged)
+    assert any("segmenter" in line and "redoing work" in line for line in tagged)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_actors_table_shows_cpu_rising_with_work_and_restarts_after_kill(tmp_path: Path) -> None:
+    # One model, one busy call: 6 s of tone at 0.5 s of CPU per audio second, 3 s of work.
+    srv = started(tmp_path, STREAMER_ACTORS_MODELS="1", STREAMER_MODEL_FAKE_CONSTANT_FACTOR="0.5",
+                  STREAMER_SEGMENTER_CHUNK_S="6.0")
+    try:
+        table = get_json(f"{srv.http}/api/v1/actors")
+        names = {a["name"] for a in table["actors"]}
+        assert names == {"supervisor", "front", "decoder", "segmenter", "model-0"}
+        model = next(a for a in table["actors"] if a["name"] == "model-0")
+        steps = stream_steps(tone(6.0)[None, :], 16000, False)
+        done = threading.Event()
+        threading.Thread(target=lambda: (asyncio.run(converse(srv.ws("simple"), steps)), done.set()),
+                         daemon=True).start()
+        peak = 0.0
+        while not done.is_set():
+            rows = {a["name"]: a for a in get_json(f"{srv.http}/api/v1/actors")["actors"]}
+            peak = max(peak, rows["model-0"]["cpu_percent"] or 0.0)
+            time.sleep(0.3)
+        assert peak > 50.0, peak  # a busy fake model burns a core
+        wait_for(lambda: actor(srv, "model-0").get("processed") == 1, 5)  # the next heartbeat says so
+        row = next(a for a in get_json(f"{srv.http}/api/v1/actors")["actors"] if a["name"] == "model-0")
+        assert row["processed"] == 1 and 0.3 < row["rtf"] < 1.0 and row["rss_bytes"] > 10 * 2**20
+        os.kill(model["pid"], signal.SIGKILL)
+        wait_for(lambda: (r := actor(srv, "model-0"))["pid"] not in (None, model["pid"]) and r["state"] == "running")
+        row = next(a for a in get_json(f"{srv.http}/api/v1/actors")["actors"] if a["name"] == "model-0")
+        assert row["pid"] != model["pid"] and row["restarts"] == 1 and row["last_exit"] == "signal SIGKILL"
+        top = subprocess.run([sys.executable, "-m", "supervisor.cli", "top", "--once", "--addr", srv.http],
+                             capture_output=True, text=True, timeout=30)
+        assert top.returncode == 0 and f"model-0     {row['pid']}" in top.stdout, top.stdout
+    finally:
+        srv.stop()
+
+
+def test_a_real_prometheus_scrapes_every_process_through_the_front(tmp_path: Path) -> None:
+    if shutil.which("prometheus") is None:
+        pytest.fail("Debian's prometheus package is required (bash .ci/run installs it)")
+    srv = started(tmp_path)
+    port = free_port()
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: streamer\n"
+                   f"    static_configs:\n      - targets: ['127.0.0.1:{srv.port}']\n")
+    prom = subprocess.Popen(["prometheus", f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{port}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t = asyncio.run(converse(srv.ws(), stream_steps(speech().samples[None, :], 16000, False)))
+        assert check_regions_answered(t, 0) == (4, 0)
+
+        def query(q: str) -> list[dict[str, Any]]:
+            url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+            try:
+                result: list[dict[str, Any]] = get_json(url)["data"]["result"]
+            except OSError:
+                return []
+            return result
+
+        wait_for(lambda: any(float(r["value"][1]) >= 1 for r in query("streamer_front_sessions_total")), 30)
+        cpu = {r["metric"]["role"]: float(r["value"][1])
+               for r in query("sum by (role) (process_cpu_seconds_total)")}
+        assert set(cpu) == {"supervisor", "front", "decoder", "segmenter", "model"}
+        assert all(np.isfinite(v) and v > 0 for v in cpu.values()), cpu
+        models = query('streamer_stage_items_total{role="model"}')
+        assert sum(float(r["value"][1]) for r in models) >= 4  # every region was an inference
+    finally:
+        prom.terminate()
+        prom.wait(10)
+        srv.stop()
