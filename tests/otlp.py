@@ -28,6 +28,7 @@ class Got:
     role: str
     attributes: dict[str, Any]
     error: bool
+    duration_ms: float
 
 
 def _value(v: Any) -> Any:
@@ -58,7 +59,8 @@ class Receiver:
                 for s in ss.spans:
                     got.append(Got(s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(),
                                    str(res.get("service.name")), str(res.get("streamer.role", "")),
-                                   {a.key: _value(a.value) for a in s.attributes}, s.status.code == 2))
+                                   {a.key: _value(a.value) for a in s.attributes}, s.status.code == 2,
+                                   (s.end_time_unix_nano - s.start_time_unix_nano) / 1e6))
         with self._lock:
             self.spans.extend(got)
         return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
