@@ -32,6 +32,7 @@ from transport.messages import (
     Event,
     Exited,
     Frames,
+    Progress,
     Ready,
     Result,
     StreamAbort,
@@ -43,6 +44,7 @@ from transport.messages import (
 from transport.shm import StaleBuffer
 
 log = logging.getLogger("segmenter")
+PROGRESS_EVERY_S = 0.5  # how often the front hears how far a stream's audio is taken in
 
 
 @dataclass
@@ -53,6 +55,8 @@ class StreamCuts:
     events: list[int] = field(default_factory=list)
     span: Span = INVALID_SPAN  # "segment": parent of every inference of the stream
     trace_id: str = "-"
+    taken_s: float = 0.0  # audio consumed so far (seconds per channel)
+    told_s: float = 0.0  # last `Progress` sent
 
     def end(self, error: str | None = None) -> None:
         if error is not None:
@@ -124,6 +128,10 @@ def main(ctx: ChildContext) -> None:
                 t.audio_s = msg.frames / 16000
                 for ch in range(msg.channels):
                     deliver(msg.stream, ch, state.cutters[ch].feed(audio[ch]))
+            state.taken_s += msg.frames / 16000
+            if state.taken_s - state.told_s >= PROGRESS_EVERY_S:
+                state.told_s = state.taken_s
+                sockets.send(front, Progress(msg.stream, state.taken_s, list(state.results)))
         elif isinstance(msg, StreamStart):
             span = tracer.start_span("segment", context=telemetry.context_of(msg.trace),
                                      attributes={"streamer.stream": msg.stream, "streamer.route": msg.route})

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import signal
+import socket
 from typing import Any
 
 import prometheus_client
 from aiohttp import web
 
 from front import protocol
+from front.guard import SUBPROTOCOL, QuietAccessLogger, handshake_token, origin_ok, token_ok
 from front.metrics import REFUSED, SESSIONS, SESSIONS_TOTAL, group_page
 from front.pipeline import Pipeline
 from front.processes import CpuSampler, read_table
@@ -90,30 +93,70 @@ async def actors(request: web.Request) -> web.Response:
     return web.json_response(request.app[SAMPLER].table())
 
 
+class _WebSocket(web.WebSocketResponse):
+    """aiohttp closes a session whose frame is over `max_msg_size` with 1009 and nothing else;
+    the protocol wants a clear `error` first, so say it on the way out."""
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        if code == protocol.TOO_BIG and not message and not self.closed:
+            limit = self._max_msg_size
+            with contextlib.suppress(Exception):
+                await self.send_json(protocol.error(f"frame over the size limit of {limit} bytes"))
+            message = b"frame too big"
+        return await super().close(code=code, message=message, drain=drain)
+
+
+async def _drop_if_stuck(transport: asyncio.Transport, grace_s: float) -> None:
+    """A peer that reads nothing leaves bytes in our write buffer forever, and asyncio would
+    keep the socket (and its buffers) until they drain: give it `grace_s`, then reset."""
+    deadline = asyncio.get_running_loop().time() + grace_s
+    while transport.get_write_buffer_size() > 0:
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("peer is not reading: resetting the connection")
+            transport.abort()
+            return
+        await asyncio.sleep(0.1)
+
+
 def stream_route(route: Route) -> Any:
-    async def handler(request: web.Request) -> web.WebSocketResponse:
+    async def handler(request: web.Request) -> web.StreamResponse:
         cfg = request.app[CFG]
         live = request.app[LIVE]
         if live.draining:
             REFUSED.labels("draining").inc()
             raise web.HTTPServiceUnavailable(text="server shutting down", headers={"Retry-After": "5"})
-        ws = web.WebSocketResponse(max_msg_size=cfg.limits.max_frame_bytes, autoping=True)
-        if len(request.app[PIPELINE].streams) >= cfg.limits.max_sessions:
+        if not origin_ok(cfg.security, request):
+            REFUSED.labels("origin").inc()
+            raise web.HTTPForbidden(text="origin not allowed")
+        if len(live.sessions) >= cfg.limits.max_sessions:
             REFUSED.labels("session_limit").inc()
-            await ws.prepare(request)
-            await ws.send_json(protocol.error("server is at its session limit, try again later"))
-            await ws.close(code=protocol.TRY_LATER, message=b"server busy")
-            return ws
+            raise web.HTTPServiceUnavailable(text=f"server is at its session limit ({cfg.limits.max_sessions})",
+                                             headers={"Retry-After": "5"})
+        ws = _WebSocket(max_msg_size=cfg.limits.max_frame_bytes, autoping=True, protocols=(SUBPROTOCOL,))
+        offered = handshake_token(request)
         await ws.prepare(request)
+        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+        if sock is not None and cfg.limits.socket_send_buffer > 0:
+            # Bounds what a client that reads nothing can park in the kernel on our side.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.limits.socket_send_buffer)
+        if offered is not None and not token_ok(cfg.security, offered):
+            REFUSED.labels("auth").inc()
+            await ws.send_json(protocol.error("authentication failed"))
+            await ws.close(code=protocol.POLICY, message=b"authentication failed")
+            return ws
         SESSIONS.inc()
         SESSIONS_TOTAL.inc()
-        session = Session(ws, request.app[PIPELINE], route, cfg)
+        transport = request.transport
+        session = Session(ws, request.app[PIPELINE], route, cfg,
+                          authenticated=not cfg.security.token or offered is not None)
         live.sessions.add(session)
         try:
             await session.run()
         finally:
             live.sessions.discard(session)
             SESSIONS.dec()
+            if transport is not None:
+                await _drop_if_stuck(transport, cfg.limits.send_timeout_s)
         return ws
 
     return handler
@@ -139,7 +182,7 @@ async def serve(ctx: ChildContext) -> None:
     pipeline = Pipeline(ctx, pool_specs(cfg)["front"])
     pipeline.start()
     app = build_app(cfg, pipeline, ctx.run_dir)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log_class=QuietAccessLogger)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
     await site.start()

@@ -29,6 +29,10 @@ SPEECH_END_TO_FINAL = prometheus_client.Histogram(
     "streamer_front_speech_end_to_final_seconds", "From a region's `inactive` to its final result, as sent",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
 
+PEAK_INFLIGHT = prometheus_client.Histogram(
+    "streamer_front_stream_peak_inflight_seconds", "Most audio a stream had sent and not yet answered",
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120))
+
 
 async def _fetch(http: aiohttp.ClientSession, host: str, port: int) -> str | None:
     try:

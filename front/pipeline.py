@@ -25,6 +25,7 @@ from transport.messages import (
     Event,
     Exited,
     PcmChunk,
+    Progress,
     Result,
     Route,
     StreamAbort,
@@ -81,12 +82,14 @@ class Pipeline:
             "streamer.session": session, "streamer.stream": stream_id, "streamer.route": route,
             "audio.channels": channels, "audio.sample_rate": sample_rate, "audio.bit_depth": bit_depth})
         carried = telemetry.traceparent_of(span) or trace
-        stream = Stream(stream_id, channels, outbox, StreamOrder(channels), span, logs.trace_of(carried))
+        stream = Stream(stream_id, channels, outbox, StreamOrder(channels), span, logs.trace_of(carried),
+                        bytes_per_s=channels * sample_rate * bit_depth // 8)
         self.streams[stream.id] = stream
         await self._send(StreamStart(stream.id, route, channels, sample_rate, bit_depth, is_float, interim, carried))
         return stream
 
     async def feed(self, stream: Stream, data: bytes) -> None:
+        stream.fed(len(data))
         view = memoryview(data)
         for lo in range(0, len(view), self._piece):
             ref = await self._write(view[lo : lo + self._piece])
@@ -137,6 +140,8 @@ class Pipeline:
                 stream.push([])
             elif isinstance(msg, StreamFailed):
                 stream.fail(msg.message)
+            elif isinstance(msg, Progress):
+                stream.on_progress(msg.time, msg.results)
 
     def _on_exited(self, msg: Exited) -> None:
         """A decoder or segmenter held every open stream's state (resampler, VAD, regions):

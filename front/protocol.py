@@ -30,6 +30,7 @@ class Start(msgspec.Struct, tag_field="request", tag="start", forbid_unknown_fie
     format: Format
     trace_id: str | None = None
     interim_results: bool = False
+    token: str | None = None
 
 
 class Stop(msgspec.Struct, tag_field="request", tag="stop", forbid_unknown_fields=True):
@@ -74,3 +75,8 @@ def check_format(fmt: Format, limits: Limits) -> None:
 
 def error(message: str, channel: int = 0) -> dict[str, Any]:
     return {"type": "error", "channel": channel, "message": message}
+
+
+def warning(message: str, channel: int = 0) -> dict[str, Any]:
+    """Not an error yet: the session goes on, but will not if nothing changes (idle, length)."""
+    return {"type": "warning", "channel": channel, "message": message}

@@ -101,6 +101,17 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True):
     max_channels: int
     min_sample_rate: int
     max_sample_rate: int
+    idle_timeout_s: float
+    max_session_s: float
+    max_inflight_audio_s: float
+    max_outbox: int
+    send_timeout_s: float
+    socket_send_buffer: int
+
+
+class Security(msgspec.Struct, forbid_unknown_fields=True):
+    token: str
+    origins: list[str]
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
@@ -112,6 +123,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     segmenter: Segmenter
     pools: Pools
     limits: Limits
+    security: Security
 
     @property
     def model_count(self) -> int:

@@ -4,7 +4,10 @@ shared/PROTOCOL.md's ordering rules (stated once here, used by every end-to-end 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,3 +163,61 @@ def check_regions_answered(t: Transcript, ch: int) -> tuple[int, int]:
     if not lost:
         assert open_at is None and not closed, f"regions left unanswered: {closed}"
     return finals, errors
+
+
+async def converse_safely(url: str, steps: list[dict[str, Any] | bytes | str], timeout: float = 15.0,
+                          **connect: Any) -> Transcript:
+    """Like `converse`, but a send into a socket the server already closed is not an error:
+    hostile inputs are expected to be cut off mid-way."""
+    messages: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0, **connect) as ws:
+
+        async def read() -> None:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    messages.append(json.loads(msg.data))
+
+        reader = asyncio.create_task(read())
+        for step in steps:
+            if ws.closed:
+                break
+            try:
+                if isinstance(step, bytes):
+                    await ws.send_bytes(step)
+                elif isinstance(step, str):
+                    await ws.send_str(step)
+                else:
+                    await ws.send_json(step)
+            except (ConnectionError, aiohttp.ClientError):
+                break
+        await asyncio.wait_for(reader, timeout)
+        return Transcript(messages, ws.close_code)
+
+
+def raw_frame(opcode: int, payload: bytes) -> bytes:
+    """One masked client frame, for a client that talks WebSocket by hand (and then stops reading)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if n < 4096 else \
+        (np.frombuffer(payload, np.uint8) ^ np.resize(np.frombuffer(mask, np.uint8), n)).tobytes()
+    return head + mask + body
+
+
+def raw_handshake(sock: socket.socket, host: str, port: int, path: str) -> None:
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = sock.recv(1)
+        if not chunk:
+            raise ConnectionError("closed during handshake")
+        reply += chunk
+    assert reply.startswith(b"HTTP/1.1 101"), reply

@@ -129,6 +129,16 @@ class Done(msgspec.Struct, tag="done"):
     work_id: int
 
 
+class Progress(msgspec.Struct, tag="progress"):
+    """Segmenter -> front: the stream's audio up to `time` is taken in, and these results per
+    channel cover it; once the front has released them, that audio is answered. The front
+    bounds each stream's unanswered audio with it (backpressure per session)."""
+
+    stream: str
+    time: float
+    results: list[int]
+
+
 class Exited(msgspec.Struct, tag="exited"):
     """Supervisor -> front, decoder, segmenter: a child process died (or was killed as hung).
 
@@ -145,7 +155,7 @@ class Exited(msgspec.Struct, tag="exited"):
 
 Message = (
     StreamStart | PcmChunk | Frames | StreamStop | StreamAbort | Event | Work | Result
-    | StreamEnd | StreamFailed | Ready | Done | Exited
+    | StreamEnd | StreamFailed | Ready | Done | Exited | Progress
 )
 
 _encoder = msgspec.msgpack.Encoder()

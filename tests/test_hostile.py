@@ -1,0 +1,303 @@
+"""Hostile and careless clients: every bad input gets a clear error and a PROTOCOL.md close
+code, limits hold, backpressure reaches the client, and nothing is lost or leaked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from audio import model_samples, noise, speech
+from server import Server, wait_for
+from wire import (
+    check_regions_answered,
+    check_simple_counts,
+    converse,
+    converse_safely,
+    raw_frame,
+    raw_handshake,
+    start_msg,
+    stream_steps,
+)
+
+FRAME_LIMIT = 65536
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("strict"), env={
+        "STREAMER_LIMITS_MAX_FRAME_BYTES": str(FRAME_LIMIT), "STREAMER_LIMITS_IDLE_TIMEOUT_S": "2"}).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def fmt(**over: Any) -> dict[str, Any]:
+    return {"request": "start", "format": {"channels": 1, "sample_rate": 16000, "bit_depth": 16, "is_float": False,
+                                           **over}}
+
+
+BAD_INPUTS: list[tuple[str, list[Any], int, str]] = [
+    ("invalid JSON", ["{not json"], 1007, "invalid JSON"),
+    ("JSON that is not an object", ["[1, 2]"], 1007, "invalid request"),
+    ("unknown request", [{"request": "dance"}], 1007, "invalid request"),
+    ("missing request tag", [{"format": {}}], 1007, "invalid request"),
+    ("missing format", [{"request": "start"}], 1007, "invalid request"),
+    ("mistyped channels", [fmt(channels="two")], 1007, "invalid request"),
+    ("unknown field", [{**fmt(), "colour": "blue"}], 1007, "invalid request"),
+    ("bit depth 8", [fmt(bit_depth=8)], 1003, "unsupported format"),
+    ("bit depth 24", [fmt(bit_depth=24)], 1003, "unsupported format"),
+    ("float with 16 bits", [fmt(is_float=True)], 1003, "unsupported format"),
+    ("0 channels", [fmt(channels=0)], 1003, "channels"),
+    ("too many channels", [fmt(channels=9)], 1003, "channels"),
+    ("sample rate 0", [fmt(sample_rate=0)], 1003, "sample_rate"),
+    ("negative sample rate", [fmt(sample_rate=-16000)], 1003, "sample_rate"),
+    ("absurd sample rate", [fmt(sample_rate=10**12)], 1003, "sample_rate"),
+    ("binary before start", [b"\x00\x01" * 100], 1003, "binary audio before start"),
+    ("frame over the size limit", [fmt(), b"\x00" * (FRAME_LIMIT + 2)], 1009, "size limit"),
+]
+
+
+@pytest.mark.parametrize(("steps", "code", "says"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gets_a_clear_error_and_its_close_code(strict: Server, steps: list[Any], code: int,
+                                                         says: str) -> None:
+    t = asyncio.run(converse_safely(strict.ws(), [*steps, {"request": "stop"}]))
+    assert t.close_code == code, t
+    errors = t.of_type("error")
+    assert len(errors) == 1 and says in errors[0]["message"], errors
+
+
+def test_stop_without_a_stream_is_an_error_but_the_session_goes_on(strict: Server) -> None:
+    x = noise(1.0)[None, :]
+    t = asyncio.run(converse(strict.ws("simple"), [{"request": "stop", "disconnect": False},
+                                                   *stream_steps(x, 16000, False)]))
+    assert t.close_code == 1000
+    assert [e["message"] for e in t.of_type("error")] == ["stop without a running stream"]
+    check_simple_counts(t, 0, 16000)
+
+
+def test_a_second_start_while_streaming_is_refused_and_loses_nothing(strict: Server) -> None:
+    x = noise(2.0)[None, :]
+    steps = stream_steps(x, 16000, False)
+    steps.insert(5, start_msg(2, 48000, True))  # mid-stream, a different format
+    t = asyncio.run(converse(strict.ws("simple"), steps))
+    assert t.close_code == 1000
+    assert "start while a stream is running was ignored" in t.of_type("error")[0]["message"]
+    check_simple_counts(t, 0, 32000)  # every sample of the running stream was answered
+
+
+@pytest.mark.parametrize("with_start", [True, False])
+def test_an_idle_session_is_warned_then_closed(strict: Server, with_start: bool) -> None:
+    began = time.monotonic()
+    t = asyncio.run(converse_safely(strict.ws(), [fmt()] if with_start else [], timeout=10))
+    took = time.monotonic() - began
+    assert t.close_code == 1008 and 1.5 < took < 6, (t, took)
+    assert t.messages[0]["type"] == "warning" and "no audio for 1 s" in t.messages[0]["message"]
+    assert "idle timeout" in t.messages[-1]["message"]
+
+
+def test_nothing_secret_or_raw_reaches_the_log(strict: Server) -> None:
+    asyncio.run(converse_safely(strict.ws() + "?token=hunter2-in-the-url", [fmt(), {"request": "stop"}]))
+    log = strict.log()
+    assert "hunter2" not in log and "/api/v1/segmented" in log
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("guarded"), env={
+        "STREAMER_SECURITY_TOKEN": "s3cret-token", "STREAMER_LIMITS_MAX_SESSIONS": "2",
+        "STREAMER_CONFIG": str(_origins_file(tmp_path_factory))}).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _origins_file(tmp: pytest.TempPathFactory) -> Path:
+    path = tmp.mktemp("cfg") / "streamer.toml"
+    path.write_text('[security]\norigins = ["https://app.example"]\n')
+    return path
+
+
+def two_sentences() -> list[Any]:
+    s = speech(("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning."))
+    return stream_steps(s.samples[None, :], 16000, False)
+
+
+@pytest.mark.parametrize("how", ["start message", "query", "subprotocol"])
+def test_the_right_token_opens_a_session_however_it_is_presented(guarded: Server, how: str) -> None:
+    steps = two_sentences()
+    url, connect = guarded.ws(), {}
+    if how == "start message":
+        steps[0] = {**steps[0], "token": "s3cret-token"}  # type: ignore[dict-item]
+    elif how == "query":
+        url += "?token=s3cret-token"
+    else:
+        connect = {"protocols": ("token", "s3cret-token")}
+    t = asyncio.run(converse_safely(url, steps, **connect))
+    assert check_regions_answered(t, 0) == (2, 0)
+
+
+@pytest.mark.parametrize("how", ["none", "wrong in start", "wrong in query", "wrong subprotocol"])
+def test_a_missing_or_wrong_token_closes_1008(guarded: Server, how: str) -> None:
+    steps, url, connect = two_sentences(), guarded.ws(), {}
+    if how == "wrong in start":
+        steps[0] = {**steps[0], "token": "s3cret-tokeN"}  # type: ignore[dict-item]
+    elif how == "wrong in query":
+        url += "?token=guess"
+    elif how == "wrong subprotocol":
+        connect = {"protocols": ("token", "guess")}
+    t = asyncio.run(converse_safely(url, steps, **connect))
+    assert t.close_code == 1008 and t.messages == [{"type": "error", "channel": 0,
+                                                    "message": "authentication failed"}]
+
+
+@pytest.mark.parametrize(("origin", "allowed"), [("https://app.example", True), ("https://evil.example", False),
+                                                 (None, True)])
+def test_browser_origins_outside_the_allow_list_are_refused(guarded: Server, origin: str | None,
+                                                            allowed: bool) -> None:
+    headers = {"Origin": origin} if origin else {}
+    url = guarded.ws() + "?token=s3cret-token"
+    if allowed:
+        t = asyncio.run(converse_safely(url, two_sentences(), headers=headers))
+        assert t.close_code == 1000
+    else:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            asyncio.run(converse_safely(url, two_sentences(), headers=headers))
+        assert e.value.status == 403
+
+
+def test_past_the_session_limit_the_handshake_gets_503_with_retry_after(guarded: Server) -> None:
+    async def hold_two_then_knock() -> tuple[int, str | None]:
+        async with aiohttp.ClientSession() as http:
+            url = guarded.ws() + "?token=s3cret-token"
+            a = await http.ws_connect(url)
+            b = await http.ws_connect(url)
+            try:
+                await http.ws_connect(url)
+            except aiohttp.WSServerHandshakeError as e:
+                return e.status, (e.headers or {}).get("Retry-After")
+            finally:
+                await a.close()
+                await b.close()
+            return 101, None
+
+    assert asyncio.run(hold_two_then_knock()) == (503, "5")
+
+
+def test_admin_endpoints_and_private_resources(guarded: Server) -> None:
+    import os
+    import stat
+
+    from server import shm_segments
+
+    assert stat.S_IMODE(os.stat(guarded.run_dir).st_mode) == 0o700
+    for name in shm_segments(guarded.run_id()):
+        assert stat.S_IMODE(os.stat(f"/dev/shm/{name}").st_mode) == 0o600
+    import urllib.request
+    with urllib.request.urlopen(f"{guarded.http}/api/v1/actors", timeout=5) as r:  # loopback: allowed
+        assert r.status == 200 and json.loads(r.read())["actors"]
+
+
+def test_the_session_length_limit_warns_then_finishes_the_stream(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "run", env={"STREAMER_LIMITS_MAX_SESSION_S": "4"})
+    srv.run_dir.mkdir()
+    srv.start()
+    try:
+        s = speech(gap_s=0.6)
+        steps = stream_steps(s.samples[None, :], 16000, False)[:-1]  # never says stop
+        t = asyncio.run(converse(srv.ws(), steps, timeout=20, pace_s=0.1))
+        assert t.close_code == 1008
+        assert t.messages[0]["type"] in ("warning", "active")
+        assert any(m["type"] == "warning" and "ends in 2 s" in m["message"] for m in t.messages)
+        finals = t.finals(0)
+        assert finals and len(finals) == len(t.of_type("inactive"))  # the open region was finalised
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Models that take 0.2 s per 0.5 s chunk (two of them: ~5 s of audio per second)."""
+    srv = Server(tmp_path_factory.mktemp("slow"), env={
+        "STREAMER_MODEL_FAKE_MODE": "sleep", "STREAMER_MODEL_FAKE_DELAY": "0.2",
+        "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0", "STREAMER_LIMITS_MAX_INFLIGHT_AUDIO_S": "3",
+        "STREAMER_SEGMENTER_CHUNK_S": "0.5"}).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_a_client_faster_than_the_pipeline_is_held_back_and_loses_nothing(slow: Server) -> None:
+    seconds, rate = 20.0, 44100
+    x = noise(seconds, rate)[None, :].repeat(2, axis=0)  # 44.1 kHz stereo f32: 7 MB, more than TCP buffers
+    steps = stream_steps(x, rate, True)
+
+    async def run() -> Any:
+        async with aiohttp.ClientSession() as http, http.ws_connect(slow.ws("simple")) as ws:
+            msgs: list[dict[str, Any]] = []
+
+            async def read() -> None:
+                async for m in ws:
+                    msgs.append(json.loads(m.data))
+
+            reader = asyncio.create_task(read())
+            for step in steps:
+                await (ws.send_bytes(step) if isinstance(step, bytes) else ws.send_json(step))
+            await asyncio.wait_for(reader, 60)
+            return msgs, ws.close_code
+
+    msgs, code = asyncio.run(run())
+    assert code == 1000
+    counts = [m["count"] for m in msgs if m["type"] == "segment" and m["channel"] == 0]
+    assert sum(counts) == model_samples(int(seconds * rate), rate)  # nothing dropped
+    # The front never had more than the budget (3 s) plus one frame (0.1 s) unanswered, though the
+    # client sent 20 s of audio as fast as TCP let it.
+    peaks = [float(line.rsplit("peak unanswered ", 1)[1].split()[0])
+             for line in slow.log().splitlines() if "stream ended: complete, 20.00 s" in line]
+    assert peaks and 2.0 < peaks[-1] <= 3.1 + 1e-6, peaks
+
+
+def test_a_client_that_never_reads_is_bounded_and_closed(tmp_path: Path) -> None:
+    # 10 ms chunks: a hundred small results per audio second, to fill the socket buffers soon.
+    srv = Server(tmp_path / "run", env={"STREAMER_SEGMENTER_CHUNK_S": "0.01", "STREAMER_LIMITS_MAX_OUTBOX": "20",
+                                        "STREAMER_LIMITS_SEND_TIMEOUT_S": "3"})
+    srv.run_dir.mkdir()
+    srv.start()
+    try:
+        _never_read(srv)
+        wait_for(lambda: "read no results for 3 s" in srv.log(), 15)
+    finally:
+        srv.stop()
+
+
+def _never_read(srv: Server) -> None:
+    host, port = "127.0.0.1", srv.port
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw_handshake(sock, host, port, "/api/v1/simple")
+        sock.sendall(raw_frame(0x1, json.dumps(start_msg(1, 16000, False)).encode()))
+        chunk = raw_frame(0x2, b"\x01\x00" * 1600)  # 0.1 s per frame: a result every 5 frames
+        began = time.monotonic()
+        closed = False
+        sock.settimeout(0.5)
+        pending = b""
+        while time.monotonic() - began < 50:
+            pending = pending or chunk
+            try:
+                pending = pending[sock.send(pending):]
+            except TimeoutError:
+                continue  # the server has stopped reading us: backpressure, keep pushing
+            except OSError:
+                closed = True  # reset by the server
+                break
+        assert closed, "the server kept a session whose client reads nothing"
