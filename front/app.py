@@ -30,6 +30,7 @@ CFG: web.AppKey[Config] = web.AppKey("cfg", Config)
 PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline", Pipeline)
 RUN_DIR: web.AppKey[str] = web.AppKey("run_dir", str)
 SAMPLER: web.AppKey[CpuSampler] = web.AppKey("sampler", CpuSampler)
+LINGER_S = 0.5
 ADMIN_PATHS = frozenset({"/metrics", "/api/v1/actors"})
 
 ROLES = ("decoder", "segmenter", "model")
@@ -94,16 +95,28 @@ async def actors(request: web.Request) -> web.Response:
 
 
 class _WebSocket(web.WebSocketResponse):
-    """aiohttp closes a session whose frame is over `max_msg_size` with 1009 and nothing else;
-    the protocol wants a clear `error` first, so say it on the way out."""
+    """Two fixes to how aiohttp ends a WebSocket, both so that a client learns why it was closed.
+
+    * A frame over `max_msg_size` is closed with 1009 and nothing else; the protocol wants a
+      clear `error` first, so it is said on the way out.
+    * aiohttp closes the socket as soon as it gave up on the close handshake, often with the
+      client's next frames still unread; the kernel then answers with a reset, and a reset
+      makes the client's kernel discard our error and close frame before the client reads
+      them. So the socket is closed a moment later instead (a lingering close, as nginx
+      does): meanwhile asyncio keeps reading and aiohttp drops what it reads.
+    """
 
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
         if code == protocol.TOO_BIG and not message and not self.closed:
-            limit = self._max_msg_size
             with contextlib.suppress(Exception):
-                await self.send_json(protocol.error(f"frame over the size limit of {limit} bytes"))
+                await self.send_json(protocol.error(f"frame over the size limit of {self._max_msg_size} bytes"))
             message = b"frame too big"
         return await super().close(code=code, message=message, drain=drain)
+
+    def _close_transport(self) -> None:
+        transport = self._req.transport if self._req is not None else None
+        if transport is not None and not transport.is_closing():
+            asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
 
 async def _drop_if_stuck(transport: asyncio.Transport, grace_s: float) -> None:
@@ -143,6 +156,7 @@ def stream_route(route: Route) -> Any:
             REFUSED.labels("auth").inc()
             await ws.send_json(protocol.error("authentication failed"))
             await ws.close(code=protocol.POLICY, message=b"authentication failed")
+            await asyncio.sleep(LINGER_S)
             return ws
         SESSIONS.inc()
         SESSIONS_TOTAL.inc()
@@ -157,6 +171,8 @@ def stream_route(route: Route) -> Any:
             SESSIONS.dec()
             if transport is not None:
                 await _drop_if_stuck(transport, cfg.limits.send_timeout_s)
+            if ws.close_code not in (None, protocol.NORMAL, protocol.GOING_AWAY):
+                await asyncio.sleep(LINGER_S)  # see _WebSocket: aiohttp closes the socket when we return
         return ws
 
     return handler

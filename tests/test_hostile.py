@@ -20,7 +20,6 @@ from wire import (
     check_regions_answered,
     check_simple_counts,
     converse,
-    converse_safely,
     raw_frame,
     raw_handshake,
     start_msg,
@@ -69,7 +68,7 @@ BAD_INPUTS: list[tuple[str, list[Any], int, str]] = [
 @pytest.mark.parametrize(("steps", "code", "says"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_gets_a_clear_error_and_its_close_code(strict: Server, steps: list[Any], code: int,
                                                          says: str) -> None:
-    t = asyncio.run(converse_safely(strict.ws(), [*steps, {"request": "stop"}]))
+    t = asyncio.run(converse(strict.ws(), [*steps, {"request": "stop"}]))
     assert t.close_code == code, t
     errors = t.of_type("error")
     assert len(errors) == 1 and says in errors[0]["message"], errors
@@ -97,7 +96,7 @@ def test_a_second_start_while_streaming_is_refused_and_loses_nothing(strict: Ser
 @pytest.mark.parametrize("with_start", [True, False])
 def test_an_idle_session_is_warned_then_closed(strict: Server, with_start: bool) -> None:
     began = time.monotonic()
-    t = asyncio.run(converse_safely(strict.ws(), [fmt()] if with_start else [], timeout=10))
+    t = asyncio.run(converse(strict.ws(), [fmt()] if with_start else [], timeout=10))
     took = time.monotonic() - began
     assert t.close_code == 1008 and 1.5 < took < 6, (t, took)
     assert t.messages[0]["type"] == "warning" and "no audio for 1 s" in t.messages[0]["message"]
@@ -105,7 +104,7 @@ def test_an_idle_session_is_warned_then_closed(strict: Server, with_start: bool)
 
 
 def test_nothing_secret_or_raw_reaches_the_log(strict: Server) -> None:
-    asyncio.run(converse_safely(strict.ws() + "?token=hunter2-in-the-url", [fmt(), {"request": "stop"}]))
+    asyncio.run(converse(strict.ws() + "?token=hunter2-in-the-url", [fmt(), {"request": "stop"}]))
     log = strict.log()
     assert "hunter2" not in log and "/api/v1/segmented" in log
 
@@ -142,7 +141,7 @@ def test_the_right_token_opens_a_session_however_it_is_presented(guarded: Server
         url += "?token=s3cret-token"
     else:
         connect = {"protocols": ("token", "s3cret-token")}
-    t = asyncio.run(converse_safely(url, steps, **connect))
+    t = asyncio.run(converse(url, steps, **connect))
     assert check_regions_answered(t, 0) == (2, 0)
 
 
@@ -155,7 +154,7 @@ def test_a_missing_or_wrong_token_closes_1008(guarded: Server, how: str) -> None
         url += "?token=guess"
     elif how == "wrong subprotocol":
         connect = {"protocols": ("token", "guess")}
-    t = asyncio.run(converse_safely(url, steps, **connect))
+    t = asyncio.run(converse(url, steps, **connect))
     assert t.close_code == 1008 and t.messages == [{"type": "error", "channel": 0,
                                                     "message": "authentication failed"}]
 
@@ -167,11 +166,11 @@ def test_browser_origins_outside_the_allow_list_are_refused(guarded: Server, ori
     headers = {"Origin": origin} if origin else {}
     url = guarded.ws() + "?token=s3cret-token"
     if allowed:
-        t = asyncio.run(converse_safely(url, two_sentences(), headers=headers))
+        t = asyncio.run(converse(url, two_sentences(), headers=headers))
         assert t.close_code == 1000
     else:
         with pytest.raises(aiohttp.WSServerHandshakeError) as e:
-            asyncio.run(converse_safely(url, two_sentences(), headers=headers))
+            asyncio.run(converse(url, two_sentences(), headers=headers))
         assert e.value.status == 403
 
 

@@ -48,11 +48,12 @@ def audio_frames(audio: npt.NDArray[np.float32], is_float: bool, chunk_s: float 
 
 
 async def converse(url: str, steps: list[dict[str, Any] | bytes | str], timeout: float = 60.0,
-                   pace_s: float = 0.0) -> Transcript:
+                   pace_s: float = 0.0, **connect: Any) -> Transcript:
     """Send every step (JSON objects as text, bytes as binary, str verbatim) and read until close;
-    `pace_s` waits between binary frames (a client streaming live rather than a file)."""
+    `pace_s` waits between binary frames (a client streaming live rather than a file). A send
+    into a socket the server has closed ends the sending: hostile inputs get cut off mid-way."""
     messages: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0, **connect) as ws:
 
         async def read() -> None:
             async for msg in ws:
@@ -63,14 +64,17 @@ async def converse(url: str, steps: list[dict[str, Any] | bytes | str], timeout:
         for step in steps:
             if ws.closed:
                 break
-            if isinstance(step, bytes):
-                await ws.send_bytes(step)
-                if pace_s:
-                    await asyncio.sleep(pace_s)
-            elif isinstance(step, str):
-                await ws.send_str(step)
-            else:
-                await ws.send_json(step)
+            try:
+                if isinstance(step, bytes):
+                    await ws.send_bytes(step)
+                    if pace_s:
+                        await asyncio.sleep(pace_s)
+                elif isinstance(step, str):
+                    await ws.send_str(step)
+                else:
+                    await ws.send_json(step)
+            except (ConnectionError, aiohttp.ClientError):
+                break
         await asyncio.wait_for(reader, timeout)
         return Transcript(messages, ws.close_code)
 
@@ -163,35 +167,6 @@ def check_regions_answered(t: Transcript, ch: int) -> tuple[int, int]:
     if not lost:
         assert open_at is None and not closed, f"regions left unanswered: {closed}"
     return finals, errors
-
-
-async def converse_safely(url: str, steps: list[dict[str, Any] | bytes | str], timeout: float = 15.0,
-                          **connect: Any) -> Transcript:
-    """Like `converse`, but a send into a socket the server already closed is not an error:
-    hostile inputs are expected to be cut off mid-way."""
-    messages: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0, **connect) as ws:
-
-        async def read() -> None:
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    messages.append(json.loads(msg.data))
-
-        reader = asyncio.create_task(read())
-        for step in steps:
-            if ws.closed:
-                break
-            try:
-                if isinstance(step, bytes):
-                    await ws.send_bytes(step)
-                elif isinstance(step, str):
-                    await ws.send_str(step)
-                else:
-                    await ws.send_json(step)
-            except (ConnectionError, aiohttp.ClientError):
-                break
-        await asyncio.wait_for(reader, timeout)
-        return Transcript(messages, ws.close_code)
 
 
 def raw_frame(opcode: int, payload: bytes) -> bytes:
