@@ -27,6 +27,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/hop.py
 	$(BIN)/python bench/restart.py
+	$(BIN)/python bench/flood.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
