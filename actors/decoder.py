@@ -19,7 +19,17 @@ from runtime import logs, telemetry
 from runtime.metrics import StageMeter, watch_pool
 from runtime.process import ChildContext, enter_child
 from transport import sockets
-from transport.messages import Exited, Frames, Message, PcmChunk, StreamAbort, StreamFailed, StreamStart, StreamStop
+from transport.messages import (
+    Exited,
+    Frames,
+    Message,
+    Notice,
+    PcmChunk,
+    StreamAbort,
+    StreamFailed,
+    StreamStart,
+    StreamStop,
+)
 from transport.shm import BufferRef, StaleBuffer
 
 log = logging.getLogger("decoder")
@@ -106,7 +116,10 @@ def main(ctx: ChildContext) -> None:
             if dec is not None:
                 emit(msg.stream, dec.flush())
                 if dec.dangling_bytes:
-                    log.warning("stream %s ended mid-sample: %d bytes dropped", msg.stream, dec.dangling_bytes)
+                    log.warning("stream ended mid-sample: %d bytes dropped", dec.dangling_bytes)
+                    told = (f"the stream ended mid-sample: its last {dec.dangling_bytes} bytes "
+                            "(less than one sample frame) were dropped")
+                    sockets.send(front, Notice(msg.stream, told))
                 seqs.pop(msg.stream, None)
                 sockets.send(out, msg)
             end_span(msg.stream)

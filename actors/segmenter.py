@@ -24,7 +24,7 @@ from actors.loop import attach, serve
 from actors.regions import Activity, Cutter, FixedChunks, Output, Piece, RegionRules, SpeechRegions
 from runtime import logs, telemetry
 from runtime.config import Config
-from runtime.metrics import StageMeter, watch_pool
+from runtime.metrics import QUEUED, StageMeter, watch_pool
 from runtime.process import ChildContext, enter_child
 from transport import sockets
 from transport.messages import (
@@ -91,6 +91,7 @@ def main(ctx: ChildContext) -> None:
 
     def stats() -> dict[str, object]:
         meter.set_inflight(dispatcher.inflight + dispatcher.queued)
+        QUEUED.set(dispatcher.queued)
         watch_pool("segmenter", pool.used_slots(), pool.spec.nslots)
         return meter.summary()
 

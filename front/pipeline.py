@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from front import protocol
 from front.reorder import StreamOrder
 from front.stream import Outgoing, Stream
 from runtime import logs, telemetry
@@ -24,6 +25,7 @@ from transport import sockets
 from transport.messages import (
     Event,
     Exited,
+    Notice,
     PcmChunk,
     Progress,
     Result,
@@ -142,6 +144,8 @@ class Pipeline:
                 stream.fail(msg.message)
             elif isinstance(msg, Progress):
                 stream.on_progress(msg.time, msg.results)
+            elif isinstance(msg, Notice):
+                stream.outbox.put_nowait((protocol.warning(msg.message), None))
 
     def _on_exited(self, msg: Exited) -> None:
         """A decoder or segmenter held every open stream's state (resampler, VAD, regions):

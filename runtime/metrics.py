@@ -32,6 +32,7 @@ RTF = Histogram("streamer_stage_rtf", "Real-time factor of this stage's work per
 PROCESSED = Counter("streamer_stage_items", "Items this stage finished (chunks, frames, inferences)")
 BUSY = Counter("streamer_stage_busy_seconds", "Wall seconds this stage spent working on items")
 AUDIO = Counter("streamer_stage_audio_seconds", "Seconds of audio this stage worked through")
+QUEUED = Gauge("streamer_stage_queue_depth", "Items waiting in this stage for a worker (not yet handed out)")
 INFLIGHT = Gauge("streamer_stage_inflight", "Items this stage holds now (streams, queued or running work)")
 POOL_USED = Gauge("streamer_pool_used_slots", "Shared-memory slots in use in a pool this process produces into",
                   ["pool"])

@@ -300,3 +300,52 @@ def _never_read(srv: Server) -> None:
                 closed = True  # reset by the server
                 break
         assert closed, "the server kept a session whose client reads nothing"
+
+
+def test_a_stream_ending_mid_sample_is_told_what_was_dropped(strict: Server) -> None:
+    x = noise(1.0)[None, :]
+    steps = stream_steps(x, 16000, False)
+    steps.insert(-1, b"\x01")  # half a sample, then stop
+    t = asyncio.run(converse(strict.ws("simple"), steps))
+    assert t.close_code == 1000
+    check_simple_counts(t, 0, 16000)
+    (w,) = t.of_type("warning")
+    assert "its last 1 bytes" in w["message"] and "dropped" in w["message"]
+
+
+def _outward_address() -> str | None:
+    """This machine's address on a non-loopback interface, if it has one."""
+    import psutil
+
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return str(a.address)
+    return None
+
+
+def test_admin_endpoints_answer_loopback_clients_only(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("this machine has no non-loopback address to call from")
+    srv = Server(tmp_path / "run", env={"STREAMER_SERVER_HOST": "0.0.0.0"})
+    srv.run_dir.mkdir()
+    srv.start()
+    try:
+        for path in ("/metrics", "/api/v1/actors"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(f"http://{outward}:{srv.port}{path}", timeout=5)
+            e.value.close()
+            assert e.value.code == 403
+            with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}{path}", timeout=5) as r:
+                assert r.status == 200
+        with urllib.request.urlopen(f"http://{outward}:{srv.port}/api/v1/health", timeout=5) as r:
+            assert r.status == 200  # health is for load balancers
+        model_port = next(a for a in srv.actors() if a["role"] == "model")["metrics_port"]
+        with pytest.raises(OSError):  # each process's own metrics listen on loopback only
+            socket.create_connection((outward, model_port), timeout=2).close()
+    finally:
+        srv.stop()

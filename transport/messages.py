@@ -129,6 +129,14 @@ class Done(msgspec.Struct, tag="done"):
     work_id: int
 
 
+class Notice(msgspec.Struct, tag="notice"):
+    """Any actor -> front: something the client should know that does not end the stream
+    (audio the server had to drop, and how much)."""
+
+    stream: str
+    message: str
+
+
 class Progress(msgspec.Struct, tag="progress"):
     """Segmenter -> front: the stream's audio up to `time` is taken in, and these results per
     channel cover it; once the front has released them, that audio is answered. The front
@@ -155,7 +163,7 @@ class Exited(msgspec.Struct, tag="exited"):
 
 Message = (
     StreamStart | PcmChunk | Frames | StreamStop | StreamAbort | Event | Work | Result
-    | StreamEnd | StreamFailed | Ready | Done | Exited | Progress
+    | StreamEnd | StreamFailed | Ready | Done | Exited | Progress | Notice
 )
 
 _encoder = msgspec.msgpack.Encoder()
