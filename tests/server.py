@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,11 +19,20 @@ from typing import Any
 
 import psutil
 
+# Below Linux's ephemeral range (32768-60999): every process of a server binds its own metrics
+# port with port 0, and a port handed out here must not be grabbed that way before it is used.
+_PORTS = (20000, 32000)
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    while True:
+        port = random.randrange(*_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @dataclass
@@ -58,23 +68,27 @@ class Server:
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if self.health()[0] == 200:
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"server not healthy within {timeout} s:\n{self.log()}")
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                if self.health()[0] == 200:
+                    return self
+                time.sleep(0.1)
+            raise TimeoutError(f"server not healthy within {timeout} s:\n{self.log()}")
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
 
     def health(self) -> tuple[int, dict[str, Any]]:
         try:
             with urllib.request.urlopen(f"{self.http}/api/v1/health", timeout=2) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return 0, {}
+            with e:
+                return e.code, json.loads(e.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            return 0, {}  # not up yet, or not our server on that port
 
     def actors(self) -> list[dict[str, Any]]:
         data = json.loads((self.run_dir / "actors.json").read_text())
