@@ -51,12 +51,20 @@ CONSUMES = {"decoder": "front", "segmenter": "decoder"}
 # Who hears of a death: the inboxes of the processes that keep state about others.
 LISTENERS = ("front", "decoder", "segmenter-ctl")
 
-# `actor_role`, not `role`: the front's group page labels every sample with the process it came from.
-RESTARTS = prometheus_client.Counter("streamer_restarts", "Child processes restarted, by role", ["actor_role"])
-LIVE = prometheus_client.Gauge("streamer_live_processes", "Child processes running (ready), by role",
-                               ["actor_role"])
-for _role in ROLES:
-    RESTARTS.labels(_role)
+
+
+class SupervisorMetrics:
+    """Made by the supervisor, not at import: `spawn` re-imports the parent's main module
+    (and so this one) in every child, which would give every process these series too.
+    `actor_role`, not `role`: the front's group page labels each sample with its process."""
+
+    def __init__(self) -> None:
+        self.restarts = prometheus_client.Counter("streamer_restarts", "Child processes restarted, by role",
+                                                  ["actor_role"])
+        self.live = prometheus_client.Gauge("streamer_live_processes", "Child processes running (ready), by role",
+                                            ["actor_role"])
+        for role in ROLES:
+            self.restarts.labels(role)
 
 
 def make_run_dir(configured: str, run_id: str) -> str:
@@ -85,6 +93,7 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
         self.exit_code = 0
         self.metrics_port: int | None = None
+        self.metrics = SupervisorMetrics()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -234,7 +243,7 @@ class Supervisor:
         for c in self.children:
             if c.restart_at is not None and c.restart_at <= now and not self._stop_requested:
                 c.restarts += 1
-                RESTARTS.labels(c.role).inc()
+                self.metrics.restarts.labels(c.role).inc()
                 self._start(c)
                 self._publish()
 
@@ -243,7 +252,7 @@ class Supervisor:
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
         for role in ROLES:
-            LIVE.labels(role).set(sum(1 for c in self.children if c.role == role and c.state == "running"))
+            self.metrics.live.labels(role).set(sum(1 for c in self.children if c.role == role and c.state == "running"))
         return {"run_id": self.run_id, "pid": os.getpid(), "metrics_port": self.metrics_port,
                 "actors": [c.snapshot(now) for c in self.children]}
 
