@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 import zmq
-from opentelemetry.trace import Span, StatusCode
+from opentelemetry.trace import Span
 
 from actors.loop import attach, serve, write_waiting
 from actors.pcm import PcmDecoder, UnsupportedFormat
@@ -63,9 +63,7 @@ def main(ctx: ChildContext) -> None:
     def end_span(stream: str, error: str | None = None) -> None:
         span = spans.pop(stream, None)
         if span is not None:
-            if error is not None:
-                span.set_status(StatusCode.ERROR, error)
-            span.end()
+            telemetry.finish(span, error)
 
     def emit(stream: str, audio: np.ndarray) -> None:
         for lo in range(0, audio.shape[1], MAX_FRAMES_PER_MESSAGE):
@@ -104,8 +102,7 @@ def main(ctx: ChildContext) -> None:
             try:
                 streams[msg.stream] = PcmDecoder(msg.channels, msg.sample_rate, msg.bit_depth, msg.is_float)
             except UnsupportedFormat as e:
-                span.set_status(StatusCode.ERROR, str(e))
-                span.end()
+                telemetry.finish(span, str(e))
                 sockets.send(front, StreamFailed(msg.stream, str(e)))
                 return
             spans[msg.stream] = span

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
-from opentelemetry.trace import INVALID_SPAN, Span, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span
 
 from actors.dispatch import Dispatcher
 from actors.loop import attach, serve
@@ -55,13 +55,12 @@ class StreamCuts:
     events: list[int] = field(default_factory=list)
     span: Span = INVALID_SPAN  # "segment": parent of every inference of the stream
     trace_id: str = "-"
+    work_trace: str | None = None  # what each `Work` carries: the segment span's traceparent
     taken_s: float = 0.0  # audio consumed so far (seconds per channel)
     told_s: float = 0.0  # last `Progress` sent
 
     def end(self, error: str | None = None) -> None:
-        if error is not None:
-            self.span.set_status(StatusCode.ERROR, error)
-        self.span.end()
+        telemetry.finish(self.span, error)
 
 
 def cutters_for(start: StreamStart, cfg: Config) -> list[Cutter]:
@@ -109,7 +108,7 @@ def main(ctx: ChildContext) -> None:
                 next_work += 1
                 work = Work(next_work, stream, ch, state.results[ch], state.events[ch],
                             o.start / 16000, o.end / 16000, o.is_final, buf=None,
-                            trace=telemetry.traceparent_of(state.span) or state.start.trace)
+                            trace=state.work_trace)
                 state.results[ch] += 1
                 dispatcher.submit(work, o.audio)
 
@@ -137,7 +136,8 @@ def main(ctx: ChildContext) -> None:
             span = tracer.start_span("segment", context=telemetry.context_of(msg.trace),
                                      attributes={"streamer.stream": msg.stream, "streamer.route": msg.route})
             streams[msg.stream] = StreamCuts(msg, cutters_for(msg, cfg), [0] * msg.channels, [0] * msg.channels,
-                                             span, logs.trace_of(msg.trace))
+                                             span, logs.trace_of(msg.trace),
+                                             telemetry.traceparent_of(span) or msg.trace)
         elif isinstance(msg, StreamStop):
             state = streams.get(msg.stream)
             if state is None:

@@ -18,9 +18,7 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,18 +31,9 @@ import aiohttp
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
 
-
-def free_port() -> int:
-    """A free port below the ephemeral range, which the server's own metrics ports (port 0) use."""
-    while True:
-        port = random.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+from server import free_port  # noqa: E402  (below the ephemeral range, like the tests' servers)
 
 
 class Server:

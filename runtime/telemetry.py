@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace import Span, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 SERVICE = "streamer"
@@ -78,7 +78,8 @@ def traceparent_of(span: Span) -> str | None:
     return carrier.get("traceparent")
 
 
-def trace_id_of(span: Span) -> str:
-    """Hex trace id for log lines ("-" when not tracing)."""
-    ctx = span.get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else "-"
+def finish(span: Span, error: str | None = None) -> None:
+    """End a stage's span, marked failed with `error` when there is one."""
+    if error is not None:
+        span.set_status(StatusCode.ERROR, error)
+    span.end()
