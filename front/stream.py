@@ -109,13 +109,13 @@ class Stream:
             self.answered.set()
 
     def end(self) -> None:
-        """Close the root span (once) and record what the stream needed."""
-        if self.span is not INVALID_SPAN and self.span.is_recording():
-            self.span.set_attribute("streamer.peak_inflight_s", round(self.peak_inflight_s, 3))
-            self.span.end()
-        if not self._ended:
-            self._ended = True
-            PEAK_INFLIGHT.observe(self.peak_inflight_s)
-            outcome = self.failed or ("complete" if self.order.complete else "aborted")
-            log.info("stream ended: %s, %.2f s of audio, peak unanswered %.2f s", outcome,
-                     self.fed_bytes / self.bytes_per_s, self.peak_inflight_s)
+        """Close the root span and record what the stream needed; once (abort and forget may both come)."""
+        if self._ended:
+            return
+        self._ended = True
+        self.span.set_attribute("streamer.peak_inflight_s", round(self.peak_inflight_s, 3))
+        self.span.end()  # a no-op for the invalid span of an untraced stream
+        PEAK_INFLIGHT.observe(self.peak_inflight_s)
+        outcome = self.failed or ("complete" if self.order.complete else "aborted")
+        log.info("stream ended: %s, %.2f s of audio, peak unanswered %.2f s", outcome,
+                 self.fed_bytes / self.bytes_per_s, self.peak_inflight_s)
