@@ -1,156 +1,148 @@
-"""The decoder actor: client PCM (front pool) -> float32 16 kHz frames (decoder pool).
+"""The decoder: client PCM (each front's pool) -> float32 frames at 16 kHz (the decoder's pool).
 
-It holds one `PcmDecoder` per stream. Each input buffer is copied out and released at
-once, so the front's pool drains at the decoder's pace; each output is written into the
-decoder's own pool, waiting while that is full, which is how a slow segmenter pushes back.
+It keeps one `PcmDecoder` per stream (the carried half sample, the resampler's state). In a
+turn it takes every packet waiting from every front and decodes each stream's bytes; at the
+end of the turn the segmenter gets one packet: one `Frames` item per stream holding all the
+audio that stream produced this turn, and the stream control (open, close, abort) in order
+with it. A `Close` first sends what the stream still had, then the resampler's tail.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
-import zmq
+import numpy.typing as npt
 from opentelemetry.trace import Span
 
-from actors.loop import attach, serve, write_waiting
-from actors.pcm import PcmDecoder, UnsupportedFormat
+from actors.actor import Actor, Env, run_process
+from actors.pcm import MODEL_RATE, PcmDecoder, UnsupportedFormat
 from runtime import logs, telemetry
 from runtime.metrics import StageMeter, watch_pool
-from runtime.process import ChildContext, enter_child
-from transport import sockets
-from transport.messages import (
-    Exited,
-    Frames,
-    Message,
-    Notice,
-    PcmChunk,
-    StreamAbort,
-    StreamFailed,
-    StreamStart,
-    StreamStop,
-)
-from transport.shm import BufferRef, StaleBuffer
+from runtime.process import ChildContext
+from runtime.topology import front_inbox
+from transport.messages import Abort, Close, Exited, Failed, Frames, Message, Notice, Open, Pcm, Slice
 
 log = logging.getLogger("decoder")
+_tracer = telemetry.tracer("streamer.decoder")
+NOWHERE = Slice(0, 0)  # filled in when the packet is packed
 
-MAX_FRAMES_PER_MESSAGE = 16000  # 1 s per message keeps each write well inside the pool
+
+@dataclass
+class Decoding:
+    """One stream as the decoder sees it."""
+
+    pcm: PcmDecoder
+    front: int
+    trace_id: str
+    span: Span
+    pending: list[npt.NDArray[np.float32]] = field(default_factory=list)  # decoded this turn, not yet sent
+
+
+class Decoder(Actor):
+    role = "decoder"
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env)
+        self.streams: dict[str, Decoding] = {}
+        self.meter = StageMeter()
+        self._busy = 0.0
+        self._audio = 0.0
+        self._items = 0
+
+    def stats(self) -> dict[str, object]:
+        self.meter.set_inflight(len(self.streams))
+        if self.pool is not None:
+            watch_pool("decoder", self.pool.used_slots(), self.pool.spec.nslots)
+        return self.meter.summary()
+
+    def on_message(self, msg: Message, slab: bytes | None) -> None:
+        if isinstance(msg, Pcm):
+            d = self.streams.get(msg.stream)
+            if d is None:
+                return  # a stream that ended or failed: its late bytes go nowhere
+            if slab is None:
+                self._fail(msg.stream, "audio was lost in the pipeline (a front or the decoder restarted)")
+                return
+            t0 = time.perf_counter()
+            audio = d.pcm.feed(memoryview(slab)[msg.at.offset : msg.at.offset + msg.at.nbytes])
+            self._busy += time.perf_counter() - t0
+            self._items += 1
+            if audio.shape[1]:
+                d.pending.append(audio)
+        elif isinstance(msg, Open):
+            self._open(msg)
+        elif isinstance(msg, Close):
+            self._close(msg)
+        elif isinstance(msg, Abort):
+            gone = self.streams.pop(msg.stream, None)
+            if gone is not None:
+                telemetry.finish(gone.span, "aborted")
+            self.emit("segmenter", msg)
+
+    def on_exit(self, note: Exited) -> None:
+        if note.role != "front":
+            return
+        # That front's sessions died with it: nobody will stop these streams.
+        for stream in [s for s, d in self.streams.items() if d.front == note.slot]:
+            telemetry.finish(self.streams.pop(stream).span, "front died")
+            self.emit("segmenter", Abort(stream))
+
+    def on_idle(self) -> None:
+        for stream, d in self.streams.items():
+            if d.pending:
+                self._send_audio(stream, d)
+        if self._items:
+            self.meter.done(self._busy, self._audio, self._items)
+            self._busy = self._audio = 0.0
+            self._items = 0
+
+    def _send_audio(self, stream: str, d: Decoding) -> None:
+        audio = d.pending[0] if len(d.pending) == 1 else np.concatenate(d.pending, axis=1)
+        d.pending.clear()
+        self._audio += audio.shape[1] / MODEL_RATE
+        self.emit("segmenter", Frames(stream, audio.shape[0], audio.shape[1], NOWHERE), audio)
+
+    def _open(self, msg: Open) -> None:
+        span = _tracer.start_span("decode", context=telemetry.context_of(msg.trace), attributes={
+            "streamer.stream": msg.stream, "audio.channels": msg.channels,
+            "audio.sample_rate": msg.sample_rate, "audio.bit_depth": msg.bit_depth})
+        try:
+            pcm = PcmDecoder(msg.channels, msg.sample_rate, msg.bit_depth, msg.is_float)
+        except UnsupportedFormat as e:
+            telemetry.finish(span, str(e))
+            self.emit(front_inbox(msg.front), Failed(msg.stream, str(e)))
+            return
+        self.streams[msg.stream] = Decoding(pcm, msg.front, logs.trace_of(msg.trace), span)
+        msg.trace = telemetry.traceparent_of(span) or msg.trace
+        self.emit("segmenter", msg)
+
+    def _close(self, msg: Close) -> None:
+        d = self.streams.pop(msg.stream, None)
+        if d is None:
+            return
+        tail = d.pcm.flush()
+        if tail.shape[1]:
+            d.pending.append(tail)
+        if d.pending:
+            self._send_audio(msg.stream, d)
+        if d.pcm.dangling_bytes:
+            with logs.bound(msg.stream, d.trace_id):
+                log.warning("stream ended mid-sample: %d bytes dropped", d.pcm.dangling_bytes)
+            self.emit(front_inbox(d.front), Notice(msg.stream, (
+                f"the stream ended mid-sample: its last {d.pcm.dangling_bytes} bytes "
+                "(less than one sample frame) were dropped")))
+        telemetry.finish(d.span)
+        self.emit("segmenter", msg)
+
+    def _fail(self, stream: str, message: str) -> None:
+        d = self.streams.pop(stream)
+        telemetry.finish(d.span, message)
+        self.emit(front_inbox(d.front), Failed(stream, message))
+        self.emit("segmenter", Abort(stream))
 
 
 def main(ctx: ChildContext) -> None:
-    enter_child(ctx)
-    tracer = telemetry.tracer("streamer.decoder")
-    meter = StageMeter()
-    src = attach(ctx, "front")
-    dst = attach(ctx, "decoder")
-    dst.reclaim()  # our previous incarnation's buffers are nobody's now
-    zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    inp = sockets.inbox(zctx, ctx.run_dir, "decoder")
-    out = sockets.outbox(zctx, ctx.run_dir, "segmenter")
-    front = sockets.outbox(zctx, ctx.run_dir, "front")
-    streams: dict[str, PcmDecoder] = {}
-    seqs: dict[str, int] = {}
-    traces: dict[str, str] = {}  # for log lines
-    spans: dict[str, Span] = {}  # one "decode" span per stream, parent of the segmenter's
-
-    def stats() -> dict[str, object]:
-        meter.set_inflight(len(streams))
-        watch_pool("decoder", dst.used_slots(), dst.spec.nslots)
-        return meter.summary()
-
-    ctx.stats = stats
-
-    def end_span(stream: str, error: str | None = None) -> None:
-        span = spans.pop(stream, None)
-        if span is not None:
-            telemetry.finish(span, error)
-
-    def emit(stream: str, audio: np.ndarray) -> None:
-        for lo in range(0, audio.shape[1], MAX_FRAMES_PER_MESSAGE):
-            part = np.ascontiguousarray(audio[:, lo : lo + MAX_FRAMES_PER_MESSAGE])
-            ref = write_waiting(dst, part, ctx)
-            assert isinstance(ref, BufferRef)
-            seq = seqs[stream] = seqs.get(stream, 0) + 1
-            sockets.send(out, Frames(stream, seq, part.shape[0], part.shape[1], ref))
-
-    def fail(stream: str, message: str) -> None:
-        streams.pop(stream, None)
-        end_span(stream, message)
-        sockets.send(front, StreamFailed(stream, message))
-        sockets.send(out, StreamAbort(stream))
-
-    def on_message(msg: Message) -> None:
-        if isinstance(msg, PcmChunk):
-            try:
-                data = src.read_bytes(msg.buf)
-            except StaleBuffer:
-                if msg.stream in streams:
-                    fail(msg.stream, "audio was lost in the pipeline (decoder restarted)")
-                return
-            finally:
-                src.release(msg.buf)
-            dec = streams.get(msg.stream)
-            if dec is not None:
-                with meter.timed() as t:
-                    audio = dec.feed(data)
-                    t.audio_s = audio.shape[1] / 16000
-                emit(msg.stream, audio)
-        elif isinstance(msg, StreamStart):
-            span = tracer.start_span("decode", context=telemetry.context_of(msg.trace), attributes={
-                "streamer.stream": msg.stream, "audio.channels": msg.channels,
-                "audio.sample_rate": msg.sample_rate, "audio.bit_depth": msg.bit_depth})
-            try:
-                streams[msg.stream] = PcmDecoder(msg.channels, msg.sample_rate, msg.bit_depth, msg.is_float)
-            except UnsupportedFormat as e:
-                telemetry.finish(span, str(e))
-                sockets.send(front, StreamFailed(msg.stream, str(e)))
-                return
-            spans[msg.stream] = span
-            msg.trace = telemetry.traceparent_of(span) or msg.trace
-            sockets.send(out, msg)
-        elif isinstance(msg, StreamStop):
-            dec = streams.pop(msg.stream, None)
-            if dec is not None:
-                emit(msg.stream, dec.flush())
-                if dec.dangling_bytes:
-                    log.warning("stream ended mid-sample: %d bytes dropped", dec.dangling_bytes)
-                    told = (f"the stream ended mid-sample: its last {dec.dangling_bytes} bytes "
-                            "(less than one sample frame) were dropped")
-                    sockets.send(front, Notice(msg.stream, told))
-                seqs.pop(msg.stream, None)
-                sockets.send(out, msg)
-            end_span(msg.stream)
-        elif isinstance(msg, StreamAbort):
-            streams.pop(msg.stream, None)
-            seqs.pop(msg.stream, None)
-            end_span(msg.stream, "aborted")
-            sockets.send(out, msg)
-        elif isinstance(msg, Exited) and msg.role == "front":
-            # The front's sessions died with it: nobody will stop these streams.
-            for stream in list(streams):
-                streams.pop(stream)
-                seqs.pop(stream, None)
-                end_span(stream, "front died")
-                sockets.send(out, StreamAbort(stream))
-
-    def handle(_: dict[zmq.Socket[bytes], int]) -> None:
-        while (msg := sockets.try_recv(inp)) is not None:
-            stream = getattr(msg, "stream", None)
-            if stream is None:
-                on_message(msg)
-                continue
-            if isinstance(msg, StreamStart):
-                traces[stream] = logs.trace_of(msg.trace)
-            with logs.bound(stream, traces.get(stream, "-")):
-                on_message(msg)
-            if isinstance(msg, (StreamStop, StreamAbort)):
-                traces.pop(stream, None)
-
-    poller = zmq.Poller()
-    poller.register(inp, zmq.POLLIN)
-    ctx.ready()
-    log.info("ready")
-    try:
-        serve(ctx, poller, handle)
-    finally:
-        zctx.destroy(linger=sockets.LINGER_MS)
+    run_process(ctx, Decoder)

@@ -1,169 +1,277 @@
-"""Handing work to model actors by credit, not by blind round-robin.
+"""Handing work to model actors by credit, in batches, finals first.
 
 A plain PUSH socket deals messages to its peers in turn, queues them for a dead peer and
 loses whatever a dead peer had queued. Here each model slot has its own PUSH socket
-(IMMEDIATE, so nothing queues for an absent peer) and at most `capacity` items in flight;
-a slow actor therefore never sits on work an idle one could do, and every item handed out
-is remembered until its `Done` arrives. Audio waits in this process's memory until an
-actor has credit, and only then is written into the segmenter's pool; the buffer is
-released on `Done`, so the pool holds at most models x capacity items.
+(IMMEDIATE: nothing queues for an absent peer) and takes `capacity` packets at a time, each
+of up to `max_batch` items that are waiting now: a packet never waits to be filled. A slow
+actor never sits on work an idle one could do, and every item handed out is remembered
+until its `Done` comes back.
 
-In-flight semantics: when a slot's process dies (the supervisor's `Exited`, at once) or is
-found replaced (a `Ready` from a new pid), every item it held is put back at the head of
-the queue and sent again to whichever actor has credit, up to `max_attempts`; past that
-the caller reports one error for it (`failed`). A late `Ready` or `Done` from a dead pid
-is ignored.
+The queue. Finals (and the simple route's chunks) go out in arrival order, ahead of every
+interim. A channel has at most one interim waiting: a newer one replaces it (it covers the
+same region and more), and the region's final drops it; both are counted
+(`streamer_interims_superseded_total`). So when the models fall behind, interims thin out
+and finals keep their pace. A final is never dropped.
+
+Audio waits in this process's memory until its item is dispatched; then the packet's items
+are written into one allocation of the segmenter's pool, which the model releases as soon as
+it has read them. The items' audio stays here until their `Done`, so they can be sent again.
+
+In flight. When a slot's process dies (the supervisor's `Exited`, at once) or turns out to
+have been replaced (a `Ready` from a new pid), every item it held goes back to the head of
+the queue. Only the items of its oldest unanswered packet (the call it was running) spend an
+attempt; items merely queued behind it do not. An item that has spent an attempt travels
+alone from then on, so a poison item takes no innocent item down with it; past
+`max_attempts` the caller reports exactly one error for it (`failed`). The dead slot's
+allocations are released here: only this process knows which ones it held.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import prometheus_client
-import zmq
 from opentelemetry.trace import StatusCode
 
 from runtime import logs, telemetry
-from transport import sockets
-from transport.messages import Done, Ready, Work
-from transport.shm import BufferPool, PoolFull
+from runtime.clock import Clock
+from transport.messages import Done, Packet, Ready, Slice, Work, encode
+from transport.shm import BufferPool, BufferRef
 
 log = logging.getLogger("dispatch")
 _tracer = telemetry.tracer("streamer.dispatch")
 RETRIES = prometheus_client.Counter("streamer_dispatch_retries", "Work items sent again after their model actor died")
 GAVE_UP = prometheus_client.Counter("streamer_dispatch_failures",
                                     "Work items answered with an error after max_attempts model deaths")
+SUPERSEDED = prometheus_client.Counter("streamer_interims_superseded",
+                                       "Interims dropped while waiting: a newer interim or the region's final came")
+BATCH = prometheus_client.Histogram("streamer_dispatch_batch_items", "Items per packet handed to a model actor",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64))
 
 
 @dataclass
-class Pending:
-    """A work item not yet in shared memory (buf is filled in at dispatch)."""
-
+class Item:
     work: Work
-    audio: npt.NDArray[np.float32] | None
+    audio: npt.NDArray[np.float32]
+    queued_at: float
+
+    @property
+    def channel_key(self) -> tuple[str, int]:
+        return self.work.stream, self.work.channel
+
+
+@dataclass
+class Batch:
+    """One packet handed to a slot, until every item of it is `Done`."""
+
+    slab: BufferRef | None
+    items: dict[int, Item]
 
 
 @dataclass
 class Slot:
+    dest: str
     pid: int = 0
     capacity: int = 0
-    inflight: dict[int, Work] = field(default_factory=dict)
+    max_batch: int = 1
+    batches: deque[Batch] = field(default_factory=deque)  # oldest first: the head is the call running
 
 
 class Dispatcher:
-    def __init__(self, pool: BufferPool, outs: dict[int, zmq.Socket[bytes]], max_attempts: int = 3) -> None:
+    def __init__(self, pool: BufferPool, send: Callable[[str, bytes], bool], dests: list[str], clock: Clock,
+                 max_attempts: int = 3) -> None:
         self._pool = pool
-        self._outs = outs
-        self._slots = {i: Slot() for i in outs}
-        self._queue: deque[Pending] = deque()
+        self._send = send
+        self._clock = clock
+        self.slots = [Slot(d) for d in dests]
+        self._finals: deque[Item] = deque()
+        self._interims: dict[tuple[str, int], Item] = {}
         self._queued_samples = 0
         self._dead: set[int] = set()
         self.max_attempts = max_attempts
         self.failed: list[Work] = []  # items past their attempts: the caller reports them
+        self.superseded = 0
+
+    # -- what is waiting -------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._finals) + len(self._interims)
 
     @property
     def queued_seconds(self) -> float:
         return self._queued_samples / 16000
 
     @property
-    def queued(self) -> int:
-        return len(self._queue)
+    def inflight(self) -> int:
+        return sum(len(b.items) for s in self.slots for b in s.batches)
 
     @property
-    def inflight(self) -> int:
-        return sum(len(s.inflight) for s in self._slots.values())
+    def live_slots(self) -> int:
+        return sum(1 for s in self.slots if s.pid)
+
+    def queue_delay(self) -> float:
+        """How long the oldest waiting final has waited (0 when none waits)."""
+        return self._clock.now() - self._finals[0].queued_at if self._finals else 0.0
 
     def submit(self, work: Work, audio: npt.NDArray[np.float32]) -> None:
-        self._queue.append(Pending(work, audio))
+        item = Item(work, audio, self._clock.now())
         self._queued_samples += audio.shape[0]
+        if work.kind == "interim":
+            old = self._interims.get(item.channel_key)
+            if old is not None:
+                self._forget(old)
+            self._interims[item.channel_key] = item
+            return
+        waiting = self._interims.get(item.channel_key)
+        if work.kind == "final" and waiting is not None and waiting.work.seq == work.seq:
+            del self._interims[item.channel_key]
+            self._forget(waiting)
+        self._finals.append(item)
+
+    def _forget(self, item: Item) -> None:
+        self._queued_samples -= item.audio.shape[0]
+        self.superseded += 1
+        SUPERSEDED.inc()
+
+    def cancel(self, stream: str) -> None:
+        """Forget a stream's waiting items (its in-flight ones finish and are ignored)."""
+        self._finals = deque(i for i in self._finals if i.work.stream != stream)
+        self._interims = {k: i for k, i in self._interims.items() if k[0] != stream}
+        self._queued_samples = sum(i.audio.shape[0] for i in (*self._finals, *self._interims.values()))
+
+    # -- the model slots --------------------------------------------------------------------
+
+    def _slot(self, index: int, pid: int) -> Slot | None:
+        if not 0 <= index < len(self.slots) or pid in self._dead:
+            return None
+        return self.slots[index]
 
     def on_ready(self, msg: Ready) -> None:
-        slot = self._slots.get(msg.slot)
-        if slot is None or msg.pid in self._dead:
+        slot = self._slot(msg.slot, msg.pid)
+        if slot is None:
             return
         if slot.pid != msg.pid:
             if slot.pid:
-                self._requeue(slot)
+                self._requeue(slot)  # the old pid is gone and nobody told us yet
             slot.pid = msg.pid
-        slot.capacity = msg.capacity
+        slot.capacity, slot.max_batch = msg.capacity, max(1, msg.max_batch)
 
-    def on_exit(self, slot_id: int, pid: int) -> None:
+    def on_exit(self, index: int, pid: int) -> None:
         """A model process died: its items go to the other actors now, not at its restart."""
         self._dead.add(pid)
-        slot = self._slots.get(slot_id)
-        if slot is None or slot.pid != pid:
-            return
-        self._requeue(slot)
-        slot.pid, slot.capacity = 0, 0
+        if 0 <= index < len(self.slots) and self.slots[index].pid == pid:
+            slot = self.slots[index]
+            self._requeue(slot)
+            slot.pid, slot.capacity = 0, 0
 
-    def on_done(self, msg: Done) -> None:
-        slot = self._slots.get(msg.slot)
+    def on_done(self, msg: Done) -> list[Work]:
+        """The items answered (none if the `Done` is from a process we no longer count on)."""
+        slot = self._slot(msg.slot, msg.pid)
         if slot is None or slot.pid != msg.pid:
-            return
-        work = slot.inflight.pop(msg.work_id, None)
-        if work is not None and work.buf is not None:
-            self._pool.release(work.buf)
+            return []
+        ids = set(msg.work_ids)
+        done = []
+        for batch in list(slot.batches):
+            for work_id in ids & batch.items.keys():
+                done.append(batch.items.pop(work_id).work)
+            if not batch.items:
+                slot.batches.remove(batch)
+        return done
 
-    def cancel(self, stream: str) -> None:
-        """Forget a stream's queued items (its in-flight ones finish and are ignored)."""
-        keep = deque(p for p in self._queue if p.work.stream != stream)
-        self._queued_samples = sum(p.audio.shape[0] for p in keep if p.audio is not None)
-        self._queue = keep
+    # -- handing out ------------------------------------------------------------------------
 
     def pump(self) -> None:
-        """Send queued items to slots with credit, fewest in flight first."""
-        while self._queue:
-            slot_id = self._pick()
-            if slot_id is None:
+        """Send waiting items to slots with credit, the least loaded first, finals first."""
+        while self.queued:
+            slot = self._pick()
+            if slot is None:
                 return
-            pending = self._queue[0]
-            work = pending.work
-            if pending.audio is not None:
-                try:
-                    work.buf = self._pool.write(pending.audio)
-                except PoolFull:
-                    return
-            if not sockets.send(self._outs[slot_id], work, block=False):
+            items = self._take(slot.max_batch)
+            written = self._pool.write_many([i.audio for i in items])
+            if written is None:  # the pool is full until models read what they were given
+                self._put_back(items)
+                return
+            slab, offsets = written
+            for item, offset in zip(items, offsets, strict=True):
+                item.work.at = Slice(offset, item.audio.nbytes)
+            if not self._send(slot.dest, encode(Packet(slab, [i.work for i in items]))):
                 # The peer is not connected (dead, restarting): stop offering it work.
-                self._slots[slot_id].capacity = 0
-                if pending.audio is not None and work.buf is not None:
-                    self._pool.release(work.buf)
+                self._pool.release(slab)
+                self._put_back(items)
+                slot.capacity = 0
                 continue
-            self._queue.popleft()
-            if pending.audio is not None:
-                self._queued_samples -= pending.audio.shape[0]
-            self._slots[slot_id].inflight[work.work_id] = work
+            BATCH.observe(len(items))
+            slot.batches.append(Batch(slab, {i.work.work_id: i for i in items}))
 
-    def _pick(self) -> int | None:
-        best: int | None = None
-        best_load = 0
-        for i, s in self._slots.items():
-            load = len(s.inflight)
-            if load < s.capacity and (best is None or load < best_load):
-                best, best_load = i, load
-        return best
+    def _pick(self) -> Slot | None:
+        free = [s for s in self.slots if s.pid and len(s.batches) < s.capacity]
+        return min(free, key=lambda s: len(s.batches)) if free else None
+
+    def _take(self, limit: int) -> list[Item]:
+        """Up to `limit` waiting items, finals first; a suspect (an item whose actor died running
+        it) goes alone, and nothing joins a batch behind one."""
+        out: list[Item] = []
+        while len(out) < limit and self.queued:
+            item = self._finals[0] if self._finals else next(iter(self._interims.values()))
+            suspect = item.work.attempt > 1
+            if out and suspect:
+                break
+            if self._finals:
+                self._finals.popleft()
+            else:
+                del self._interims[item.channel_key]
+            self._queued_samples -= item.audio.shape[0]
+            out.append(item)
+            if suspect:
+                break
+        return out
+
+    def _put_back(self, items: list[Item]) -> None:
+        """Return items to the head of the queue, in their order."""
+        for item in reversed(items):
+            self._queued_samples += item.audio.shape[0]
+            if item.work.kind != "interim":
+                self._finals.appendleft(item)
+            elif item.channel_key in self._interims:
+                self._queued_samples -= item.audio.shape[0]  # a newer interim is waiting: this one is stale
+                self.superseded += 1
+                SUPERSEDED.inc()
+            else:
+                self._interims = {item.channel_key: item, **self._interims}
 
     def _requeue(self, slot: Slot) -> None:
-        items = sorted(slot.inflight.values(), key=lambda w: w.work_id, reverse=True)
-        slot.inflight.clear()
-        for work in items:
-            with _tracer.start_as_current_span("redo", context=telemetry.context_of(work.trace), attributes={
-                "streamer.work_id": work.work_id, "streamer.attempt": work.attempt, "streamer.lost_pid": slot.pid,
-                "audio.start_time": work.start_time, "audio.end_time": work.end_time,
-            }) as span, logs.bound(work.stream, logs.trace_of(work.trace)):
-                if work.attempt >= self.max_attempts:
-                    if work.buf is not None:
-                        self._pool.release(work.buf)
-                    self.failed.append(work)
-                    GAVE_UP.inc()
-                    span.set_status(StatusCode.ERROR, f"gave up after {work.attempt} attempts")
-                    log.error("giving up on work %d after %d attempts", work.work_id, work.attempt)
-                    continue
-                work.attempt += 1
-                RETRIES.inc()
-                log.warning("redoing work %d (attempt %d): model pid %d died", work.work_id, work.attempt, slot.pid)
-                self._queue.appendleft(Pending(work, None))
+        again = []
+        for i, batch in enumerate(slot.batches):
+            if batch.slab is not None:
+                self._pool.release(batch.slab)  # a no-op if the model had read (and released) it
+            again += [item for item in batch.items.values() if self._redo(item, slot.pid, ran=i == 0)]
+        slot.batches.clear()
+        self._put_back(again)
+
+    def _redo(self, item: Item, pid: int, ran: bool) -> bool:
+        work = item.work
+        with _tracer.start_as_current_span("redo", context=telemetry.context_of(work.trace), attributes={
+            "streamer.work_id": work.work_id, "streamer.attempt": work.attempt, "streamer.lost_pid": pid,
+            "streamer.was_running": ran, "audio.start_time": work.start_time, "audio.end_time": work.end_time,
+        }) as span, logs.bound(work.stream, logs.trace_of(work.trace)):
+            if not ran:
+                log.info("resending work %d (queued on model pid %d, which died before running it)",
+                         work.work_id, pid)
+                return True
+            if work.attempt >= self.max_attempts:
+                self.failed.append(work)
+                GAVE_UP.inc()
+                span.set_status(StatusCode.ERROR, f"gave up after {work.attempt} attempts")
+                log.error("giving up on work %d after %d attempts", work.work_id, work.attempt)
+                return False
+            work.attempt += 1
+            RETRIES.inc()
+            log.warning("redoing work %d (attempt %d): model pid %d died running it", work.work_id, work.attempt,
+                        pid)
+            return True

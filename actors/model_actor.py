@@ -1,10 +1,14 @@
-"""A model actor: takes `Work`, runs the model, answers the front, returns a credit.
+"""A model actor: takes a packet of `Work`, runs the model once on it, answers the fronts, returns a credit.
 
-The result goes to the front before `Done` goes to the segmenter: if the process dies
-between the two, the item is redone and the front drops the duplicate, so an item is never
-lost and a client never sees two answers for it. A stale buffer (its slots were reclaimed
-after the segmenter restarted) is acknowledged and skipped: the stream it belonged to is
-already answered with an error.
+One packet per turn (`turn_limit = 1`), so each call's results leave as soon as it ends. A
+model with a batch call gets the whole packet in one call (`models.run_batch`), any other
+model one call per item.
+
+The results go to the fronts before `Done` goes to the segmenter: if the process dies
+between the two, the items are redone and the fronts drop the duplicates, so an item is
+never lost and a client never sees two answers for it. A stale packet (its allocation was
+reclaimed after the segmenter restarted) is acknowledged and skipped: its streams are already
+answered with an error.
 """
 
 from __future__ import annotations
@@ -12,98 +16,106 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Any
 
 import numpy as np
 import prometheus_client
-import zmq
 from opentelemetry.trace import StatusCode
 
 from actors import models
-from actors.loop import attach, serve
+from actors.actor import Actor, Env, run_process
+from actors.models.base import Audio
 from runtime import logs, telemetry
 from runtime.metrics import StageMeter
-from runtime.process import ChildContext, enter_child
-from transport import sockets
-from transport.messages import Done, Ready, Result, Work
-from transport.shm import StaleBuffer
+from runtime.process import ChildContext
+from runtime.topology import SEGMENTER_CONTROL, front_inbox
+from transport.messages import Done, Message, Ready, Result, Work
 
 log = logging.getLogger("model")
 _tracer = telemetry.tracer("streamer.model")
 LATENCY = prometheus_client.Histogram("streamer_inference_seconds", "Wall time of one model call",
                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-FAILURES = prometheus_client.Counter("streamer_inference_failures", "Model calls that returned an error")
+FAILURES = prometheus_client.Counter("streamer_inference_failures", "Items the model answered with an error")
 
 READY_EVERY_S = 1.0  # re-announce so a restarted segmenter learns this actor's credit
 
 
-def answer(model: models.Model, work: Work, audio: np.ndarray, meter: StageMeter) -> Result:
-    where = f"{work.start_time:.2f}-{work.end_time:.2f}"
-    result = Result(work.stream, work.channel, work.seq, work.events_before,
-                    work.start_time, work.end_time, work.is_final)
-    attrs = {"streamer.work_id": work.work_id, "streamer.attempt": work.attempt, "streamer.channel": work.channel,
-             "audio.start_time": work.start_time, "audio.end_time": work.end_time,
-             "streamer.is_final": bool(work.is_final)}
-    with _tracer.start_as_current_span("inference", context=telemetry.context_of(work.trace),
-                                       attributes=attrs) as span, meter.timed() as t:
-        t.audio_s = audio.shape[0] / 16000
-        try:
-            result.output = model.process(audio, work.is_final)
-        except models.ModelError as e:
-            result.error = f"inference failed for {where}: {e}"
-        except Exception as e:  # a model bug must cost one item, not the process
-            log.exception("model raised on %s", where)
-            result.error = f"inference failed for {where}: {type(e).__name__}"
-        if result.error is not None:
-            FAILURES.inc()
-            span.set_status(StatusCode.ERROR, result.error)
-    LATENCY.observe(meter.last_busy_s)
-    return result
+class ModelActor(Actor):
+    role = "model"
+    turn_limit = 1
+    stop_drain_s = 3.0
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env)
+        self.model = models.build(self.cfg.model.name, env.cfg.to_dict()["model"], seed=os.getpid())
+        self.pid = os.getpid()
+        self.meter = StageMeter()
+        self._work: list[tuple[Work, bytes | None]] = []
+        self._owed: list[int] = []  # work ids answered but not yet acknowledged to the segmenter
+        self._owed_busy = 0.0
+        self._last_hello = -READY_EVERY_S
+
+    def stats(self) -> dict[str, object]:
+        return self.meter.summary()
+
+    def on_message(self, msg: Message, slab: bytes | None) -> None:
+        if isinstance(msg, Work):
+            self._work.append((msg, slab))
+
+    def on_idle(self) -> None:
+        if self._work:
+            work, self._work = self._work, []
+            self._answer(work)
+        if self._owed and self.flush():  # results out first, then the credit
+            self.emit(SEGMENTER_CONTROL, Done(self.place.slot, self.pid, self._owed, round(self._owed_busy, 6)))
+            self._owed, self._owed_busy = [], 0.0
+        now = self.clock.now()
+        if now - self._last_hello >= READY_EVERY_S:
+            self._last_hello = now
+            self.emit(SEGMENTER_CONTROL, Ready(self.place.slot, self.pid, self.cfg.model.max_inflight,
+                                               max(1, self.cfg.model.max_batch)))
+
+    def _answer(self, batch: list[tuple[Work, bytes | None]]) -> None:
+        todo = [(w, np.frombuffer(slab, np.float32, w.at.nbytes // 4, w.at.offset))
+                for w, slab in batch if slab is not None]
+        if len(todo) < len(batch):
+            log.info("%d items were stale (their segmenter restarted): skipped", len(batch) - len(todo))
+        self._owed += [w.work_id for w, _ in batch]
+        if not todo:
+            return
+        self.meter.set_inflight(len(todo))
+        spans = [_tracer.start_span("inference", context=telemetry.context_of(w.trace), attributes={
+            "streamer.work_id": w.work_id, "streamer.attempt": w.attempt, "streamer.channel": w.channel,
+            "audio.start_time": w.start_time, "audio.end_time": w.end_time, "streamer.is_final": bool(w.is_final),
+            "streamer.batch": len(todo)}) for w, _ in todo]
+        t0 = time.perf_counter()
+        outputs = models.run_batch(self.model, [(audio, w.is_final) for w, audio in todo])
+        busy = time.perf_counter() - t0
+        self._owed_busy += busy
+        LATENCY.observe(busy)
+        self.meter.done(busy, sum(a.shape[0] for _, a in todo) / 16000, len(todo))
+        self.meter.set_inflight(0)
+        for (w, audio), out, span in zip(todo, outputs, spans, strict=True):
+            self.emit(front_inbox(w.front), self._result(w, audio, out))
+            if isinstance(out, Exception):
+                span.set_status(StatusCode.ERROR, str(out))
+            span.end()
+
+    def _result(self, w: Work, audio: Audio, out: dict[str, Any] | Exception) -> Result:
+        result = Result(w.stream, w.channel, w.seq, w.events_before, w.start_time, w.end_time, w.is_final)
+        if isinstance(out, dict):
+            result.output = out
+            return result
+        where = f"{w.start_time:.2f}-{w.end_time:.2f}"
+        FAILURES.inc()
+        if isinstance(out, models.ModelError):
+            result.error = f"inference failed for {where}: {out}"
+        else:
+            with logs.bound(w.stream, logs.trace_of(w.trace)):
+                log.error("model raised on %s: %r", where, out)
+            result.error = f"inference failed for {where}: {type(out).__name__}"
+        return result
 
 
 def main(ctx: ChildContext) -> None:
-    enter_child(ctx)
-    cfg = ctx.cfg()
-    model = models.build(cfg.model.name, ctx.config["model"], seed=os.getpid())
-    pool = attach(ctx, "segmenter")
-    zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    inp = sockets.inbox(zctx, ctx.run_dir, f"model-{ctx.slot}")
-    front = sockets.outbox(zctx, ctx.run_dir, "front")
-    ctl = sockets.outbox(zctx, ctx.run_dir, "segmenter-ctl")
-    pid = os.getpid()
-    hello = Ready(ctx.slot, pid, cfg.model.max_inflight)
-    meter = StageMeter()
-    ctx.stats = meter.summary
-
-    def handle(_: dict[zmq.Socket[bytes], int]) -> None:
-        msg = sockets.recv(inp)
-        if not isinstance(msg, Work) or msg.buf is None:
-            return
-        with logs.bound(msg.stream, logs.trace_of(msg.trace)):
-            try:
-                audio = pool.read_array(msg.buf, np.float32, (msg.buf.nbytes // 4,))
-            except StaleBuffer:
-                log.info("work %d is stale (its segmenter restarted): skipped", msg.work_id)
-                sockets.send(ctl, Done(ctx.slot, pid, msg.work_id))
-                return
-            meter.set_inflight(1)
-            sockets.send(front, answer(model, msg, audio, meter))
-            meter.set_inflight(0)
-            sockets.send(ctl, Done(ctx.slot, pid, msg.work_id))
-
-    last_hello = 0.0
-
-    def idle() -> None:
-        nonlocal last_hello
-        now = time.monotonic()
-        if now - last_hello >= READY_EVERY_S:
-            sockets.send(ctl, hello)
-            last_hello = now
-
-    poller = zmq.Poller()
-    poller.register(inp, zmq.POLLIN)
-    ctx.ready()
-    log.info("ready (model %s)", cfg.model.name)
-    try:
-        serve(ctx, poller, handle, idle)
-    finally:
-        zctx.destroy(linger=sockets.LINGER_MS)
+    run_process(ctx, ModelActor)

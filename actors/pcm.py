@@ -50,12 +50,12 @@ class PcmDecoder:
             else soxr.ResampleStream(sample_rate, MODEL_RATE, channels, dtype="float32", quality="HQ")
         )
 
-    def feed(self, data: bytes) -> Audio:
+    def feed(self, data: bytes | memoryview) -> Audio:
         """Decode what whole frames `data` completes; returns (channels, n) float32."""
         if self._carry:
             data = self._carry + data
         whole = len(data) - len(data) % self._frame_bytes
-        self._carry = data[whole:]
+        self._carry = bytes(data[whole:])
         if whole == 0:
             return np.zeros((self.channels, 0), np.float32)
         samples = np.frombuffer(data, self._dtype, whole // self._dtype.itemsize)

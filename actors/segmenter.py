@@ -1,69 +1,90 @@
-"""The segmenter actor: decides what audio the model sees, per stream and channel.
+"""The segmenter: decides what audio the model sees, per stream and channel.
 
-For every channel it keeps a cutter (`SpeechRegions` or `FixedChunks`), numbers its
-outputs, sends events straight to the front and hands pieces to the `Dispatcher`. Each
-result-bearing piece gets `seq` (its position among the channel's results) and
-`events_before` (how many events precede it), which is all the front needs to put
-results back in audio order and after their `inactive`.
+For every channel it keeps a cutter (`SpeechRegions` or `FixedChunks`). Each final (or
+chunk) gets `seq`, its place among the channel's finals, and `events_before`, how many
+events precede it; an interim carries the `seq` of the final it comes before. That is all a
+front needs to put results back in audio order, after their `inactive`, and to drop an
+interim once its region's final is out. Events and progress go to the stream's front at
+the end of the turn (one packet per front); work goes to the `Dispatcher`.
 
-When more than `max_pending_s` of audio waits for a model, it stops reading its input:
-the decoder's pool fills, then the front's, and the front stops reading the client.
+When more than `max_pending_s` of audio waits for a model it stops reading its input: the
+decoder's packets wait, the decoder stops reading, the fronts' pools fill and the fronts stop
+reading their clients.
+
+Twice a second every front hears the load (`Load`): how busy the model actors were over the
+last `LOAD_WINDOW_S`, how much model time a stream costs (each `Done`'s call time is shared
+among its items' streams; the average over streams open at least `MATURE_S`), how long the
+oldest final has waited, how many streams are open. The fronts admit new sessions by it.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-import zmq
 from opentelemetry.trace import INVALID_SPAN, Span
 
+from actors.actor import Actor, Env, run_process
 from actors.dispatch import Dispatcher
-from actors.loop import attach, serve
-from actors.regions import Activity, Cutter, FixedChunks, Output, Piece, RegionRules, SpeechRegions
-from runtime import logs, telemetry
+from actors.pcm import MODEL_RATE
+from actors.regions import Activity, Cutter, FixedChunks, Output, RegionRules, SpeechRegions
+from runtime import telemetry
 from runtime.config import Config
 from runtime.metrics import QUEUED, StageMeter, watch_pool
-from runtime.process import ChildContext, enter_child
-from transport import sockets
+from runtime.process import ChildContext
+from runtime.topology import front_inbox
 from transport.messages import (
+    Abort,
+    Close,
     Done,
     Event,
     Exited,
     Frames,
+    Load,
+    Message,
+    Open,
     Progress,
     Ready,
     Result,
-    StreamAbort,
+    Slice,
     StreamEnd,
-    StreamStart,
-    StreamStop,
     Work,
+    WorkKind,
 )
-from transport.shm import StaleBuffer
 
 log = logging.getLogger("segmenter")
-PROGRESS_EVERY_S = 0.5  # how often the front hears how far a stream's audio is taken in
+_tracer = telemetry.tracer("streamer.segmenter")
+PROGRESS_EVERY_S = 0.5  # how often a front hears how far a stream's audio is taken in
+LOAD_EVERY_S = 0.5
+LOAD_WINDOW_S = 5.0
+MATURE_S = 10.0  # a stream's model demand is known once it has been open this long
+NOWHERE = Slice(0, 0)
 
 
 @dataclass
-class StreamCuts:
-    start: StreamStart
+class Cuts:
+    """One stream as the segmenter sees it."""
+
+    start: Open
     cutters: list[Cutter]
-    results: list[int] = field(default_factory=list)
-    events: list[int] = field(default_factory=list)
+    results: list[int]  # finals (or chunks) so far, per channel
+    events: list[int]
     span: Span = INVALID_SPAN  # "segment": parent of every inference of the stream
-    trace_id: str = "-"
     work_trace: str | None = None  # what each `Work` carries: the segment span's traceparent
     taken_s: float = 0.0  # audio consumed so far (seconds per channel)
     told_s: float = 0.0  # last `Progress` sent
+    opened: float = 0.0
+    model_s: float = 0.0  # model call time spent on its items
 
-    def end(self, error: str | None = None) -> None:
-        telemetry.finish(self.span, error)
+    @property
+    def front(self) -> str:
+        return front_inbox(self.start.front)
 
 
-def cutters_for(start: StreamStart, cfg: Config) -> list[Cutter]:
+def cutters_for(start: Open, cfg: Config) -> list[Cutter]:
     s = cfg.segmenter
     if start.route == "simple":
         return [FixedChunks(s.chunk_s) for _ in range(start.channels)]
@@ -72,129 +93,146 @@ def cutters_for(start: StreamStart, cfg: Config) -> list[Cutter]:
     return [SpeechRegions(rules, start.interim) for _ in range(start.channels)]
 
 
-def main(ctx: ChildContext) -> None:
-    enter_child(ctx)
-    cfg = ctx.cfg()
-    src = attach(ctx, "decoder")
-    pool = attach(ctx, "segmenter")
-    pool.reclaim()
-    zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    inp = sockets.inbox(zctx, ctx.run_dir, "segmenter")
-    ctl = sockets.inbox(zctx, ctx.run_dir, "segmenter-ctl")
-    front = sockets.outbox(zctx, ctx.run_dir, "front")
-    outs = {i: sockets.outbox(zctx, ctx.run_dir, f"model-{i}", immediate=True) for i in range(cfg.model_count)}
-    dispatcher = Dispatcher(pool, outs)
-    streams: dict[str, StreamCuts] = {}
-    tracer = telemetry.tracer("streamer.segmenter")
-    meter = StageMeter()
+@dataclass
+class BusyWindow:
+    """Model busy seconds reported over the last `span_s`, as a share of that span."""
 
-    def stats() -> dict[str, object]:
-        meter.set_inflight(dispatcher.inflight + dispatcher.queued)
-        QUEUED.set(dispatcher.queued)
-        watch_pool("segmenter", pool.used_slots(), pool.spec.nslots)
-        return meter.summary()
+    span_s: float
+    since: float
+    samples: deque[tuple[float, float]] = field(default_factory=deque)
 
-    ctx.stats = stats
-    next_work = pool.next_alloc << 20  # unique across our restarts, no coordination needed
+    def add(self, now: float, busy_s: float) -> None:
+        self.samples.append((now, busy_s))
 
-    def deliver(stream: str, ch: int, outputs: list[Output]) -> None:
-        nonlocal next_work
-        state = streams[stream]
+    def share(self, now: float) -> float:
+        while self.samples and self.samples[0][0] < now - self.span_s:
+            self.samples.popleft()
+        return sum(b for _, b in self.samples) / max(min(self.span_s, now - self.since), 1e-3)
+
+
+class Segmenter(Actor):
+    role = "segmenter"
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env)
+        assert self.pool is not None
+        self.streams: dict[str, Cuts] = {}
+        self.dispatcher = Dispatcher(self.pool, env.link.send, env.topology.model_inboxes(), self.clock)
+        self.meter = StageMeter()
+        self.busy = BusyWindow(LOAD_WINDOW_S, self.clock.now())
+        self._next_work = self.pool.next_alloc << 20  # unique across our restarts, no coordination needed
+        self._last_load = -LOAD_EVERY_S
+        self._fronts = [front_inbox(k) for k in range(env.topology.fronts)]
+        self._busy_s = self._audio_s = 0.0
+        self._items = 0
+
+    def stats(self) -> dict[str, object]:
+        self.meter.set_inflight(self.dispatcher.inflight + self.dispatcher.queued)
+        QUEUED.set(self.dispatcher.queued)
+        if self.pool is not None:
+            watch_pool("segmenter", self.pool.used_slots(), self.pool.spec.nslots)
+        return self.meter.summary()
+
+    def per_stream(self, now: float) -> float:
+        """Model call time per second of a stream, over the streams open at least `MATURE_S`."""
+        rates = [s.model_s / (now - s.opened) for s in self.streams.values() if now - s.opened >= MATURE_S]
+        return sum(rates) / len(rates) if rates else 0.0
+
+    def accepting(self) -> bool:
+        return self.dispatcher.queued_seconds < self.cfg.segmenter.max_pending_s
+
+    def on_message(self, msg: Message, slab: bytes | None) -> None:
+        if isinstance(msg, Frames):
+            self._frames(msg, slab)
+        elif isinstance(msg, Done):
+            done = self.dispatcher.on_done(msg)
+            if done:
+                self.busy.add(self.clock.now(), msg.busy_s)
+                for work in done:
+                    if (state := self.streams.get(work.stream)) is not None:
+                        state.model_s += msg.busy_s / len(done)
+        elif isinstance(msg, Ready):
+            self.dispatcher.on_ready(msg)
+        elif isinstance(msg, Open):
+            span = _tracer.start_span("segment", context=telemetry.context_of(msg.trace),
+                                      attributes={"streamer.stream": msg.stream, "streamer.route": msg.route})
+            self.streams[msg.stream] = Cuts(msg, cutters_for(msg, self.cfg), [0] * msg.channels,
+                                            [0] * msg.channels, span, telemetry.traceparent_of(span) or msg.trace,
+                                            opened=self.clock.now())
+        elif isinstance(msg, Close):
+            self._close(msg.stream)
+        elif isinstance(msg, Abort):
+            gone = self.streams.pop(msg.stream, None)
+            if gone is not None:
+                telemetry.finish(gone.span, "aborted")
+            self.dispatcher.cancel(msg.stream)
+
+    def on_exit(self, note: Exited) -> None:
+        if note.role == "model":
+            self.dispatcher.on_exit(note.slot, note.pid)
+
+    def _frames(self, msg: Frames, slab: bytes | None) -> None:
+        state = self.streams.get(msg.stream)
+        if state is None or slab is None:
+            return
+        t0 = time.perf_counter()
+        audio = np.frombuffer(slab, np.float32, msg.channels * msg.frames, msg.at.offset)
+        audio = audio.reshape(msg.channels, msg.frames)
+        for ch, cutter in enumerate(state.cutters):
+            self._deliver(msg.stream, state, ch, cutter.feed(audio[ch]))
+        self._busy_s += time.perf_counter() - t0
+        self._audio_s += msg.frames / MODEL_RATE
+        self._items += 1
+        state.taken_s += msg.frames / MODEL_RATE
+        if state.taken_s - state.told_s >= PROGRESS_EVERY_S:
+            state.told_s = state.taken_s
+            self.emit(state.front, Progress(msg.stream, state.taken_s, list(state.results)))
+
+    def _deliver(self, stream: str, state: Cuts, ch: int, outputs: list[Output]) -> None:
         for o in outputs:
             if isinstance(o, Activity):
                 state.events[ch] += 1
-                sockets.send(front, Event(stream, ch, o.kind, o.time))  # type: ignore[arg-type]
-            elif isinstance(o, Piece):
-                next_work += 1
-                work = Work(next_work, stream, ch, state.results[ch], state.events[ch],
-                            o.start / 16000, o.end / 16000, o.is_final, buf=None,
-                            trace=state.work_trace)
+                self.emit(state.front, Event(stream, ch, o.kind, o.time))  # type: ignore[arg-type]
+                continue
+            kind: WorkKind = "chunk" if o.is_final is None else "final" if o.is_final else "interim"
+            self._next_work += 1
+            work = Work(self._next_work, stream, state.start.front, ch, state.results[ch], state.events[ch],
+                        o.start / MODEL_RATE, o.end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace)
+            if kind != "interim":
                 state.results[ch] += 1
-                dispatcher.submit(work, o.audio)
+            self.dispatcher.submit(work, o.audio)
 
-    def on_input(msg: object) -> None:
-        if isinstance(msg, Frames):
-            state = streams.get(msg.stream)
-            try:
-                audio = src.read_array(msg.buf, np.float32, (msg.channels, msg.frames)) if msg.buf else None
-            except StaleBuffer:
-                audio = None
-            finally:
-                if msg.buf:
-                    src.release(msg.buf)
-            if state is None or audio is None:
-                return
-            with meter.timed() as t:
-                t.audio_s = msg.frames / 16000
-                for ch in range(msg.channels):
-                    deliver(msg.stream, ch, state.cutters[ch].feed(audio[ch]))
-            state.taken_s += msg.frames / 16000
-            if state.taken_s - state.told_s >= PROGRESS_EVERY_S:
-                state.told_s = state.taken_s
-                sockets.send(front, Progress(msg.stream, state.taken_s, list(state.results)))
-        elif isinstance(msg, StreamStart):
-            span = tracer.start_span("segment", context=telemetry.context_of(msg.trace),
-                                     attributes={"streamer.stream": msg.stream, "streamer.route": msg.route})
-            streams[msg.stream] = StreamCuts(msg, cutters_for(msg, cfg), [0] * msg.channels, [0] * msg.channels,
-                                             span, logs.trace_of(msg.trace),
-                                             telemetry.traceparent_of(span) or msg.trace)
-        elif isinstance(msg, StreamStop):
-            state = streams.get(msg.stream)
-            if state is None:
-                return
-            for ch, cutter in enumerate(state.cutters):
-                deliver(msg.stream, ch, cutter.flush())
-            del streams[msg.stream]
-            state.span.set_attribute("streamer.results", sum(state.results))
-            state.end()
-            sockets.send(front, StreamEnd(msg.stream, state.results, state.events))
-        elif isinstance(msg, StreamAbort):
-            gone = streams.pop(msg.stream, None)
-            if gone is not None:
-                gone.end("aborted")
-            dispatcher.cancel(msg.stream)
+    def _close(self, stream: str) -> None:
+        state = self.streams.pop(stream, None)
+        if state is None:
+            return
+        for ch, cutter in enumerate(state.cutters):
+            self._deliver(stream, state, ch, cutter.flush())
+        state.span.set_attribute("streamer.results", sum(state.results))
+        telemetry.finish(state.span)
+        self.emit(state.front, StreamEnd(stream, state.results, state.events))
 
-    def handle(events: dict[zmq.Socket[bytes], int]) -> None:
-        while (msg := sockets.try_recv(ctl)) is not None:
-            if isinstance(msg, Done):
-                dispatcher.on_done(msg)
-            elif isinstance(msg, Ready):
-                dispatcher.on_ready(msg)
-            elif isinstance(msg, Exited) and msg.role == "model":
-                dispatcher.on_exit(msg.slot, msg.pid)
-        budget = 64  # read input in bounded gulps so control messages are never starved
-        while budget and dispatcher.queued_seconds < cfg.segmenter.max_pending_s:
-            budget -= 1
-            if (data := sockets.try_recv(inp)) is None:
-                break
-            stream = getattr(data, "stream", "")
-            trace_id = logs.trace_of(data.trace) if isinstance(data, StreamStart) else \
-                streams[stream].trace_id if stream in streams else "-"
-            with logs.bound(stream, trace_id):
-                on_input(data)
+    def on_idle(self) -> None:
+        self.dispatcher.pump()
+        for work in self.dispatcher.failed:
+            self.emit(front_inbox(work.front), Result(
+                work.stream, work.channel, work.seq, work.events_before, work.start_time, work.end_time,
+                work.is_final, error=f"inference failed for {work.start_time:.2f}-{work.end_time:.2f}: "
+                f"model actor died {work.attempt} times"))
+        self.dispatcher.failed.clear()
+        if self._items:
+            self.meter.done(self._busy_s, self._audio_s, self._items)
+            self._busy_s = self._audio_s = 0.0
+            self._items = 0
+        now = self.clock.now()
+        if now - self._last_load >= LOAD_EVERY_S:
+            self._last_load = now
+            load = Load(len(self.streams), self.dispatcher.live_slots, round(self.busy.share(now), 4),
+                        round(self.per_stream(now), 4), round(self.dispatcher.queue_delay(), 4),
+                        round(self.dispatcher.queued_seconds, 3))
+            for front in self._fronts:
+                self.emit(front, load)
 
-    reading = True
 
-    def idle() -> None:
-        nonlocal reading
-        dispatcher.pump()
-        want = dispatcher.queued_seconds < cfg.segmenter.max_pending_s
-        if want != reading:
-            (poller.register(inp, zmq.POLLIN) if want else poller.unregister(inp))
-            reading = want
-        for work in dispatcher.failed:
-            sockets.send(front, Result(work.stream, work.channel, work.seq, work.events_before,
-                                       work.start_time, work.end_time, work.is_final,
-                                       error=f"inference failed for {work.start_time:.2f}-{work.end_time:.2f}: "
-                                       f"model actor died {work.attempt} times"))
-        dispatcher.failed.clear()
-
-    poller = zmq.Poller()
-    poller.register(ctl, zmq.POLLIN)
-    poller.register(inp, zmq.POLLIN)
-    ctx.ready()
-    log.info("ready, dispatching to %d model slots", len(outs))
-    try:
-        serve(ctx, poller, handle, idle)
-    finally:
-        zctx.destroy(linger=sockets.LINGER_MS)
+def main(ctx: ChildContext) -> None:
+    run_process(ctx, Segmenter)

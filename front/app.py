@@ -1,4 +1,10 @@
-"""The HTTP/WebSocket front process: the routes of shared/PROTOCOL.md and the actors table."""
+"""The HTTP/WebSocket front process: the routes of shared/PROTOCOL.md and the group's views.
+
+`[actors] fronts` of these share one port (SO_REUSEPORT: the kernel spreads connections
+across them), each with its own pool, its own inbox and its own sessions, so a front's death
+drops only its own sessions. Health, `/metrics` and `/api/v1/actors` describe the whole
+group from any of them (they read what the supervisor publishes).
+"""
 
 from __future__ import annotations
 
@@ -14,33 +20,38 @@ import prometheus_client
 from aiohttp import web
 
 from front import protocol
+from front.admission import Admission
 from front.guard import SUBPROTOCOL, QuietAccessLogger, handshake_token, origin_ok, token_ok
+from front.link import FrontLink
 from front.metrics import REFUSED, SESSIONS, SESSIONS_TOTAL, group_page
-from front.pipeline import Pipeline
-from front.processes import CpuSampler, read_table
+from front.processes import CpuSampler
+from front.seats import Seat, Seats
 from front.session import Session
+from runtime import group
 from runtime.config import Config
-from runtime.layout import pool_specs
 from runtime.process import ChildContext, enter_child
-from transport.messages import Route
+from runtime.topology import ROLES
+from transport.messages import Exited, Route
 
 log = logging.getLogger("front")
 
 CFG: web.AppKey[Config] = web.AppKey("cfg", Config)
-PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline", Pipeline)
+LINK: web.AppKey[FrontLink] = web.AppKey("link", FrontLink)
 RUN_DIR: web.AppKey[str] = web.AppKey("run_dir", str)
 SAMPLER: web.AppKey[CpuSampler] = web.AppKey("sampler", CpuSampler)
+ADMISSION: web.AppKey[Admission] = web.AppKey("admission", Admission)
+SLOT: web.AppKey[int] = web.AppKey("slot", int)
 LINGER_S = 0.5
 ADMIN_PATHS = frozenset({"/metrics", "/api/v1/actors"})
-
-ROLES = ("decoder", "segmenter", "model")
+RETRY_AFTER = {"Retry-After": "5"}
 
 
 class Live:
     """The sessions of this process, and whether it is draining for shutdown."""
 
-    def __init__(self) -> None:
+    def __init__(self, seats: Seats) -> None:
         self.sessions: set[Session] = set()
+        self.seats = seats  # `[limits] max_sessions`, counted over every front
         self.draining = False
 
     async def drain(self, timeout: float) -> None:
@@ -55,15 +66,15 @@ class Live:
 LIVE: web.AppKey[Live] = web.AppKey("live", Live)
 
 
-def missing_roles(actors: list[dict[str, Any]]) -> list[str]:
-    up = {a["role"] for a in actors if a.get("state") == "running"}
+def missing_roles(state: group.Group | None) -> list[str]:
+    up = state.running_roles() if state is not None else set()
     return [r for r in ROLES if r not in up]
 
 
 async def health(request: web.Request) -> web.Response:
     if request.app[LIVE].draining:
         return web.json_response({"status": "draining"}, status=503)
-    missing = missing_roles(read_table(request.app[RUN_DIR]).get("actors", []))
+    missing = missing_roles(group.read(request.app[RUN_DIR]))
     if missing:
         return web.json_response({"status": "unhealthy", "missing": missing}, status=503)
     return web.json_response({"status": "healthy"})
@@ -86,7 +97,7 @@ async def metrics(request: web.Request) -> web.Response:
     if request.query.get("self"):
         body = prometheus_client.generate_latest().decode()
     else:
-        body = await group_page(request.app[CFG].metrics.host, read_table(request.app[RUN_DIR]))
+        body = await group_page(request.app[CFG].metrics.host, group.read(request.app[RUN_DIR]), request.app[SLOT])
     return web.Response(text=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
 
@@ -137,14 +148,23 @@ def stream_route(route: Route) -> Any:
         live = request.app[LIVE]
         if live.draining:
             REFUSED.labels("draining").inc()
-            raise web.HTTPServiceUnavailable(text="server shutting down", headers={"Retry-After": "5"})
+            raise web.HTTPServiceUnavailable(text="server shutting down", headers=RETRY_AFTER)
         if not origin_ok(cfg.security, request):
             REFUSED.labels("origin").inc()
             raise web.HTTPForbidden(text="origin not allowed")
-        if len(live.sessions) >= cfg.limits.max_sessions:
+        refusal = request.app[ADMISSION].refusal()
+        if refusal is not None:
+            REFUSED.labels("load").inc()
+            raise web.HTTPServiceUnavailable(text=f"server is at capacity: {refusal}", headers=RETRY_AFTER)
+        seat = live.seats.take()
+        if seat is None:
             REFUSED.labels("session_limit").inc()
             raise web.HTTPServiceUnavailable(text=f"server is at its session limit ({cfg.limits.max_sessions})",
-                                             headers={"Retry-After": "5"})
+                                             headers=RETRY_AFTER)
+        with seat:
+            return await seated(request, live, cfg, seat)
+
+    async def seated(request: web.Request, live: Live, cfg: Config, seat: Seat) -> web.StreamResponse:
         ws = _WebSocket(max_msg_size=cfg.limits.max_frame_bytes, autoping=True, protocols=(SUBPROTOCOL,))
         offered = handshake_token(request)
         await ws.prepare(request)
@@ -156,18 +176,21 @@ def stream_route(route: Route) -> Any:
             REFUSED.labels("auth").inc()
             await ws.send_json(protocol.error("authentication failed"))
             await ws.close(code=protocol.POLICY, message=b"authentication failed")
+            seat.release()  # the session is over for the client: its seat is free while we linger
             await asyncio.sleep(LINGER_S)
             return ws
+        request.app[ADMISSION].admitted()
         SESSIONS.inc()
         SESSIONS_TOTAL.inc()
         transport = request.transport
-        session = Session(ws, request.app[PIPELINE], route, cfg,
+        session = Session(ws, request.app[LINK], route, cfg,
                           authenticated=not cfg.security.token or offered is not None)
         live.sessions.add(session)
         try:
             await session.run()
         finally:
             live.sessions.discard(session)
+            seat.release()
             SESSIONS.dec()
             if transport is not None:
                 await _drop_if_stuck(transport, cfg.limits.send_timeout_s)
@@ -178,13 +201,17 @@ def stream_route(route: Route) -> Any:
     return handler
 
 
-def build_app(cfg: Config, pipeline: Pipeline, run_dir: str) -> web.Application:
+def build_app(cfg: Config, link: FrontLink, run_dir: str, slot: int, fronts: int) -> web.Application:
     app = web.Application(middlewares=[admin_on_loopback])
     app[CFG] = cfg
     app[SAMPLER] = CpuSampler(run_dir)
-    app[PIPELINE] = pipeline
+    app[LINK] = link
     app[RUN_DIR] = run_dir
-    app[LIVE] = Live()
+    app[SLOT] = slot
+    app[LIVE] = Live(Seats(run_dir, slot, fronts, cfg.limits.max_sessions))
+    app[ADMISSION] = Admission(cfg.admission.max_busy, cfg.admission.max_queue_delay_s)
+    link.on_load = app[ADMISSION].update
+    link.on_exited = lambda note: stage_died(app[LIVE], note)
     app.router.add_get("/api/v1/segmented", stream_route("segmented"))
     app.router.add_get("/api/v1/simple", stream_route("simple"))
     app.router.add_get("/api/v1/health", health)
@@ -193,28 +220,42 @@ def build_app(cfg: Config, pipeline: Pipeline, run_dir: str) -> web.Application:
     return app
 
 
+def stage_died(live: Live, note: Exited) -> None:
+    """A decoder or segmenter held every open stream's state (resampler, VAD, regions): those
+    streams fail now, with a clear error, rather than hang or return wrong times."""
+    if note.role not in ("decoder", "segmenter"):
+        return
+    lost = [s for s in live.sessions if s.stream is not None]
+    if lost:
+        log.warning("%s died (%s): failing %d open streams", note.role, note.how, len(lost))
+    for session in lost:
+        session.fail(f"the {note.role} process died ({note.how}) and this stream's state was lost; "
+                     "results sent so far stand: start a new stream for the rest")
+
+
 async def serve(ctx: ChildContext) -> None:
     cfg = ctx.cfg()
-    pipeline = Pipeline(ctx, pool_specs(cfg)["front"])
-    pipeline.start()
-    app = build_app(cfg, pipeline, ctx.run_dir)
+    link = FrontLink(ctx, cfg.front.coalesce_ms / 1000)
+    link.start()
+    app = build_app(cfg, link, ctx.run_dir, ctx.slot, cfg.front_count)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log_class=QuietAccessLogger)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True, reuse_port=True)
     await site.start()
     log.info("listening on http://%s:%d", cfg.server.host, cfg.server.port)
     ctx.ready()
     stopped = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
-    beating = asyncio.get_running_loop().create_task(heartbeat(ctx))
-    sampling = asyncio.get_running_loop().create_task(app[SAMPLER].run())
-    await stopped.wait()
-    log.info("stopping")
-    await app[LIVE].drain(cfg.supervisor.drain_s)
-    beating.cancel()
-    sampling.cancel()
+    async with asyncio.TaskGroup() as tasks:
+        beating = tasks.create_task(heartbeat(ctx))
+        sampling = tasks.create_task(app[SAMPLER].run())
+        await stopped.wait()
+        log.info("stopping")
+        await app[LIVE].drain(cfg.supervisor.drain_s)
+        beating.cancel()
+        sampling.cancel()
     await runner.cleanup()
-    await pipeline.close()
+    await link.close()
 
 
 async def heartbeat(ctx: ChildContext) -> None:
@@ -226,4 +267,10 @@ async def heartbeat(ctx: ChildContext) -> None:
 
 def main(ctx: ChildContext) -> None:
     enter_child(ctx)
-    asyncio.run(serve(ctx))
+    if ctx.cfg().front.event_loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(ctx))
+    else:
+        asyncio.run(serve(ctx))

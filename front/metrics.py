@@ -18,6 +18,8 @@ import prometheus_client
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from runtime.group import Group
+
 SESSIONS = prometheus_client.Gauge("streamer_front_sessions_active", "WebSocket sessions open now")
 SESSIONS_TOTAL = prometheus_client.Counter("streamer_front_sessions", "WebSocket sessions accepted")
 REFUSED = prometheus_client.Counter("streamer_front_sessions_refused", "WebSocket sessions refused, by reason",
@@ -69,17 +71,18 @@ class _Static:
         return self._families
 
 
-async def group_page(host: str, table: dict[str, Any]) -> str:
-    """All processes' metrics, labelled by role and slot (this process's own included)."""
+async def group_page(host: str, state: Group | None, own_slot: int) -> str:
+    """All processes' metrics, labelled by role and slot (this front's own included, read in
+    process; the other fronts' fetched like every other process)."""
     targets: list[tuple[dict[str, str], int]] = []
-    if table.get("metrics_port"):
-        targets.append(({"role": "supervisor", "slot": "0"}, int(table["metrics_port"])))
-    for a in table.get("actors", []):
-        if a.get("metrics_port") and a.get("role") != "front":
-            targets.append(({"role": a["role"], "slot": str(a["slot"])}, int(a["metrics_port"])))
+    if state is not None and state.metrics_port:
+        targets.append(({"role": "supervisor", "slot": "0"}, state.metrics_port))
+    for a in state.actors if state is not None else []:
+        if a.metrics_port and not (a.role == "front" and a.slot == own_slot):
+            targets.append(({"role": a.role, "slot": str(a.slot)}, a.metrics_port))
     async with aiohttp.ClientSession() as http:
         texts = await asyncio.gather(*(_fetch(http, host, port) for _, port in targets))
-    pages = [({"role": "front", "slot": "0"}, prometheus_client.generate_latest().decode())]
+    pages = [({"role": "front", "slot": str(own_slot)}, prometheus_client.generate_latest().decode())]
     up_lines = []
     for (labels, _), text in zip(targets, texts, strict=True):
         if text is not None:

@@ -11,24 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import psutil
 
-STATE_FILE = "actors.json"
+from runtime import group
+
 SAMPLE_EVERY_S = 1.0
-
-
-def read_table(run_dir: str) -> dict[str, Any]:
-    """The supervisor's published table ({} before it has written one)."""
-    try:
-        table: dict[str, Any] = json.loads(Path(run_dir, STATE_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return table
 
 
 class CpuSampler:
@@ -41,10 +31,8 @@ class CpuSampler:
         self.rss: dict[int, int] = {}
 
     def sample(self) -> None:
-        table = read_table(self.run_dir)
-        pids = {a["pid"] for a in table.get("actors", []) if a.get("pid")}
-        if table.get("pid"):
-            pids.add(table["pid"])
+        state = group.read(self.run_dir)
+        pids = {a.pid for a in state.actors if a.pid} | {state.pid} if state is not None else set()
         for pid in list(self._procs):
             if pid not in pids:
                 del self._procs[pid]
@@ -70,18 +58,16 @@ class CpuSampler:
             await asyncio.sleep(SAMPLE_EVERY_S)
 
     def table(self) -> dict[str, Any]:
-        table = read_table(self.run_dir)
-        rows = []
-        sup_pid = table.get("pid")
-        if sup_pid:
-            rows.append({"role": "supervisor", "slot": 0, "name": "supervisor", "pid": sup_pid, "state": "running",
-                         "restarts": 0, **self._usage(sup_pid)})
-        for a in table.get("actors", []):
-            row = {k: a.get(k) for k in ("role", "slot", "name", "pid", "state", "restarts", "uptime_s",
-                                         "last_exit", "processed", "inflight", "rtf")}
-            row.update(self._usage(a.get("pid")))
-            rows.append(row)
-        return {"run_id": table.get("run_id"), "front_pid": os.getpid(), "actors": rows}
+        state = group.read(self.run_dir)
+        if state is None:
+            return {"run_id": None, "front_pid": os.getpid(), "actors": []}
+        rows: list[dict[str, Any]] = [{"role": "supervisor", "slot": 0, "name": "supervisor", "pid": state.pid,
+                                       "state": "running", "restarts": 0, **self._usage(state.pid)}]
+        for a in state.actors:
+            rows.append({"role": a.role, "slot": a.slot, "name": a.name, "pid": a.pid, "state": a.state,
+                         "restarts": a.restarts, "uptime_s": a.uptime_s, "last_exit": a.last_exit,
+                         "processed": a.processed, "inflight": a.inflight, "rtf": a.rtf, **self._usage(a.pid)})
+        return {"run_id": state.run_id, "front_pid": os.getpid(), "actors": rows}
 
     def _usage(self, pid: int | None) -> dict[str, Any]:
         if pid is None:

@@ -1,243 +1,383 @@
-"""One WebSocket session: the protocol state machine of shared/PROTOCOL.md.
+"""One WebSocket session: the protocol of shared/PROTOCOL.md, and the one owner of its stream.
 
-States: idle (no stream) -> streaming (after `start`) -> flushing (after `stop`, until the
-last result is out) -> idle again or closed. A session reads its socket only while it is
-not waiting on the pipeline, which is what makes backpressure reach the client's TCP.
-Results are written by one sender task per session, in the order the stream releases them.
+Phases, and what moves a session between them:
 
-Limits a careless or hostile client meets here (all in `[limits]`):
+    IDLE ──start──> STREAMING ──stop──> FLUSHING ──last result out──> IDLE (stop, disconnect false)
+      │                 │                   │                  └────> CLOSING (stop, disconnect true)
+      └─────────────────┴───────────────────┴──> CLOSING ──close frame sent──> CLOSED
+         (a client error, a limit, a failed stream: 1011, shutdown: 1001)
+
+The session is the only writer of its client's outbox: client requests, what the pipeline
+says about its stream (the link calls `on_pipeline`), limits and shutdown all go through its
+methods, and one sender task drains the outbox in order. Its tasks (reader, sender,
+watchdog, a close started by the pipeline) live in one task group and end with it.
+
+It reads its socket only while it is not waiting on the pipeline, which is what makes
+backpressure reach the client's TCP. Limits a careless or hostile client meets here (all in
+`[limits]`):
 * backpressure: before a frame goes into the pipeline the session waits while its stream
   has more than `max_inflight_audio_s` of audio unanswered, or more than `max_outbox`
-  results wait for a client that does not read; meanwhile it reads nothing, so TCP pushes
-  back. Nothing is dropped. A client that reads nothing for `send_timeout_s` is closed 1008.
+  results wait for a client that does not read, or the front's pool is full; meanwhile it
+  reads nothing, so TCP pushes back. Nothing is dropped. A client that reads nothing for
+  `send_timeout_s` is closed 1008.
 * idle: no audio (or no `start`) for `idle_timeout_s`: a `warning` at half, then close 1008.
-* length: `max_session_s` per WebSocket: a `warning` 10 s before (or at half); then the stream is
-  finished as if the client had sent `stop` (finals delivered) and the socket closed 1008.
+* length: `max_session_s` per WebSocket: a `warning` 10 s before (or at half); then the stream
+  is finished as if the client had sent `stop` (finals delivered) and the socket closed 1008.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import secrets
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from front import protocol
 from front.guard import token_ok
-from front.pipeline import Pipeline
+from front.link import FrontLink
 from front.protocol import ProtocolError, Start, Stop
-from front.stream import Outgoing, Stream
+from front.stream import Stream
 from runtime import logs, telemetry
 from runtime.config import Config
-from transport.messages import Route
+from transport.messages import (
+    Abort,
+    Close,
+    Event,
+    Failed,
+    Message,
+    Notice,
+    Open,
+    Pcm,
+    Progress,
+    Result,
+    Route,
+    Slice,
+    StreamEnd,
+)
 
 log = logging.getLogger("front.session")
 _tracer = telemetry.tracer("streamer.front")
+NOWHERE = Slice(0, 0)
+
+# What the sender takes: a message and the span it belongs to (None: the session's own).
+Outgoing = tuple[dict[str, Any], Span | None] | None
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"
+    STREAMING = "streaming"
+    FLUSHING = "flushing"
+    CLOSING = "closing"
+    CLOSED = "closed"
 
 
 class Session:
-    def __init__(self, ws: web.WebSocketResponse, pipeline: Pipeline, route: Route, cfg: Config,
+    def __init__(self, ws: web.WebSocketResponse, link: FrontLink, route: Route, cfg: Config,
                  authenticated: bool = True) -> None:
         self.ws = ws
-        self.pipeline = pipeline
+        self.link = link
         self.route = route
         self.cfg = cfg
         self.id = secrets.token_hex(6)
-        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self.phase = Phase.IDLE
         self.stream: Stream | None = None
-        self.draining = False
-        self._closing = False
-        self._closed = asyncio.Event()
-        self._sender: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
         self.authenticated = authenticated
+        self.draining = False
+        self._streams = 0
+        self._done = asyncio.Event()  # the stream's last result is out, or it failed
+        self._moved = asyncio.Event()  # the stream's answered audio moved (or it ended)
+        self._closed = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None
         loop = asyncio.get_running_loop()
-        self._opened = self._last_audio = loop.time()
+        self._opened = self._active = loop.time()
+        self._waiting_on_us = False  # reading is paused by our backpressure or a flush: not idle
         self._warned_idle = self._warned_length = False
 
+    # -- the session's life ---------------------------------------------------------------
+
     async def run(self) -> None:
-        self._sender = sender = asyncio.get_running_loop().create_task(self._send_loop())
-        try:
-            await self._read_loop()
-        except ProtocolError as e:
-            log.info("closing %d: %s", e.code or protocol.INTERNAL, e.message)
-            await self._close_with(e.message, e.code or protocol.INTERNAL)
-        finally:
-            if self.stream is not None:
-                await self.pipeline.abort(self.stream)
-                self.stream = None
-            if not sender.done():
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            sender = group.create_task(self._send_loop())
+            watchdog = group.create_task(self._watch())
+            try:
+                await self._read_loop()
+            except ProtocolError as e:
+                log.info("closing %d: %s", e.code or protocol.INTERNAL, e.message)
+                await self._close_with(e.message, e.code or protocol.INTERNAL)
+            finally:
+                watchdog.cancel()
+                self._forget_stream(aborted=True)
                 self.outbox.put_nowait(None)
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sender
+                # A client that reads nothing must not hold the session forever.
+                done, _ = await asyncio.wait({sender}, timeout=self.cfg.limits.send_timeout_s)
+                if not done:
+                    sender.cancel()
 
     async def _read_loop(self) -> None:
-        while (msg := await self._next_message()) is not None:
-            if msg.type == WSMsgType.TEXT and not self.draining:
-                request = protocol.parse(msg.data)
-                if isinstance(request, Start):
-                    await self._start(request)
-                elif await self._stop(request):
-                    return
-            elif self.draining:
-                continue  # shutting down: the stream was stopped at the drain point
-            elif msg.type == WSMsgType.BINARY:
-                if self.stream is None:
+        while self.phase not in (Phase.CLOSING, Phase.CLOSED):
+            msg = await self.ws.receive()
+            if msg.type == WSMsgType.BINARY:
+                if self.phase in (Phase.FLUSHING, Phase.CLOSING) or self.draining:
+                    continue  # the stream was stopped at a limit or for shutdown: the rest is not taken
+                if self.phase is not Phase.STREAMING or self.stream is None:
                     raise ProtocolError("binary audio before start", protocol.UNSUPPORTED)
                 await self._feed(self.stream, msg.data)
-                # Idle means the client sent nothing, not that our own backpressure kept us from reading.
-                self._last_audio = asyncio.get_running_loop().time()
             elif msg.type == WSMsgType.TEXT:
-                continue
+                if self.draining:
+                    continue
+                request = protocol.parse(msg.data)
+                if isinstance(request, Start):
+                    self._start(request)
+                else:
+                    await self._stop(request)
             else:  # CLOSE, CLOSING, CLOSED, ERROR (a frame over the limit: already closed 1009)
                 return
 
-    async def _next_message(self) -> Any:
-        """The next client message, or None once the session must end; meets the deadlines."""
-        limits = self.cfg.limits
-        loop = asyncio.get_running_loop()
-        while True:
-            now = loop.time()
-            idle_at = self._last_audio + limits.idle_timeout_s * (1.0 if self._warned_idle else 0.5)
-            lead = min(10.0, limits.max_session_s / 2)
-            end_at = self._opened + limits.max_session_s - (0.0 if self._warned_length else lead)
-            try:
-                return await self.ws.receive(timeout=max(0.001, min(idle_at, end_at) - now))
-            except TimeoutError:
-                pass
-            now = loop.time()
-            if now >= end_at and not self._warned_length:
-                self._warned_length = True
-                self._say(protocol.warning(
-                    f"the session ends in {lead:g} s: maximum length {limits.max_session_s:g} s"))
-            elif now >= end_at:
-                await self._stop(Stop(disconnect=True), code=protocol.POLICY,
-                                 reason=f"maximum session length {limits.max_session_s:g} s reached")
-                return None
-            elif now >= idle_at and not self._warned_idle:
-                self._warned_idle = True
-                left = limits.idle_timeout_s / 2
-                self._say(protocol.warning(f"no audio for {left:g} s: the session closes in {left:g} s"))
-            elif now >= idle_at:
-                raise ProtocolError(f"idle timeout: no audio for {limits.idle_timeout_s:g} s", protocol.POLICY)
+    # -- client requests --------------------------------------------------------------------
+
+    def _start(self, req: Start) -> None:
+        if not self.authenticated:
+            if not token_ok(self.cfg.security, req.token):
+                raise ProtocolError("authentication failed", protocol.POLICY)
+            self.authenticated = True
+        if self.phase is not Phase.IDLE:  # not fatal: the running stream's audio is not lost
+            self._say(protocol.error("start while a stream is running was ignored: send stop first"))
+            return
+        protocol.check_format(req.format, self.cfg.limits)
+        f = req.format
+        self._streams += 1
+        stream_id = f"{self.id}-{self._streams}"
+        span = _tracer.start_span("session", context=telemetry.context_of(req.trace_id), attributes={
+            "streamer.session": self.id, "streamer.stream": stream_id, "streamer.route": self.route,
+            "audio.channels": f.channels, "audio.sample_rate": f.sample_rate, "audio.bit_depth": f.bit_depth})
+        carried = telemetry.traceparent_of(span) or req.trace_id
+        interim = req.interim_results and self.route == "segmented"
+        self.stream = Stream(stream_id, f.channels, span, logs.trace_of(carried),
+                             bytes_per_s=f.channels * f.sample_rate * f.bit_depth // 8)
+        self._done.clear()
+        self.link.routes[stream_id] = self.on_pipeline
+        self.link.send(Open(stream_id, self.link.slot, self.route, f.channels, f.sample_rate, f.bit_depth,
+                            f.is_float, interim, carried))
+        self.phase = Phase.STREAMING
+        self._active = asyncio.get_running_loop().time()
+        logs.bind(stream_id, self.stream.trace_id)  # this task's log lines name the stream from here on
+        log.info("stream started: %s, %d ch, %d Hz, %d-bit%s%s", self.route, f.channels, f.sample_rate,
+                 f.bit_depth, " float" if f.is_float else "", ", interim" if interim else "")
+
+    async def _stop(self, req: Stop, code: int = protocol.NORMAL, reason: str | None = None) -> None:
+        """Flush the stream, deliver its results; then close if asked."""
+        if self.phase is Phase.IDLE:
+            self._say(protocol.error("stop without a running stream"))
+        elif self.phase is Phase.FLUSHING:  # a limit is already finishing the stream: let it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._done.wait(), self.cfg.server.stop_timeout_s)
+        elif self.phase is Phase.STREAMING:
+            await self._flush(self.cfg.server.stop_timeout_s,
+                              f"results did not arrive within {self.cfg.server.stop_timeout_s:g} s")
+            stream = self.stream
+            self._forget_stream(aborted=False)
+            if stream is not None and stream.failed is not None:
+                raise ProtocolError(stream.failed, protocol.INTERNAL)
+        if req.disconnect:
+            await self._close_with(None, code, reason)
+
+    async def _flush(self, timeout: float, late: str) -> None:
+        """STREAMING -> FLUSHING: the pipeline flushes the stream; wait for its last result."""
+        stream = self.stream
+        assert stream is not None
+        self.phase = Phase.FLUSHING
+        self.link.send(Close(stream.id))
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            stream.fail(late)
+        self._active = asyncio.get_running_loop().time()
+
+    def _forget_stream(self, aborted: bool) -> None:
+        stream = self.stream
+        if stream is None:
+            return
+        self.stream = None
+        self.link.routes.pop(stream.id, None)
+        if aborted and not stream.complete:
+            self.link.send(Abort(stream.id))
+        stream.end()
+        if self.phase in (Phase.STREAMING, Phase.FLUSHING):
+            self.phase = Phase.IDLE
+
+    # -- audio in ---------------------------------------------------------------------------
 
     async def _feed(self, stream: Stream, data: bytes) -> None:
-        """Into the pipeline, once the stream and the client are within their budgets."""
+        """Into the pipeline, once the stream, the client and the front are within their budgets."""
         limits = self.cfg.limits
+        if stream.inflight_s > limits.max_inflight_audio_s or self.outbox.qsize() > limits.max_outbox \
+                or not self.link.room.is_set():
+            self._waiting_on_us = True
+            try:
+                await self._wait_for_room(stream)
+            finally:
+                self._waiting_on_us = False
+            if self.phase is not Phase.STREAMING:
+                return
+        self.link.send(Pcm(stream.id, NOWHERE), data)
+        stream.fed(len(data))
+        self._active = asyncio.get_running_loop().time()
         self._warned_idle = False
-        slow_since: float | None = None
+
+    async def _wait_for_room(self, stream: Stream) -> None:
+        limits = self.cfg.limits
         loop = asyncio.get_running_loop()
-        while not (stream.failed or self._closing):
+        slow_since: float | None = None
+        while self.phase is Phase.STREAMING and stream.failed is None:
             if self.outbox.qsize() > limits.max_outbox:
                 slow_since = slow_since or loop.time()
                 if loop.time() - slow_since > limits.send_timeout_s:
                     raise ProtocolError(f"the client read no results for {limits.send_timeout_s:g} s",
                                         protocol.POLICY)
                 await asyncio.sleep(0.05)
+            elif not self.link.room.is_set():
+                await self.link.room.wait()
             elif stream.inflight_s > limits.max_inflight_audio_s:
-                stream.answered.clear()
+                self._moved.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stream.answered.wait(), 1.0)
+                    await asyncio.wait_for(self._moved.wait(), 1.0)
             else:
-                await self.pipeline.feed(stream, data)
                 return
 
-    async def _start(self, req: Start) -> None:
-        if not self.authenticated:
-            if not token_ok(self.cfg.security, req.token):
-                raise ProtocolError("authentication failed", protocol.POLICY)
-            self.authenticated = True
-        if self.stream is not None:  # not fatal: the running stream's audio is not lost
-            self._say(protocol.error("start while a stream is running was ignored: send stop first"))
-            return
-        protocol.check_format(req.format, self.cfg.limits)
-        self._last_audio = asyncio.get_running_loop().time()
-        f = req.format
-        self.stream = await self.pipeline.open(self.id, self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
-                                               req.interim_results and self.route == "segmented",
-                                               req.trace_id, self.outbox)
-        self.stream.on_fail = self._on_stream_failed
-        logs.bind(self.stream.id, self.stream.trace_id)  # this task's log lines name the stream from here on
-        log.info("stream started: %s, %d ch, %d Hz, %d-bit%s%s", self.route, f.channels, f.sample_rate,
-                 f.bit_depth, " float" if f.is_float else "", ", interim" if req.interim_results else "")
+    # -- what the pipeline says -----------------------------------------------------------------
 
-    def _on_stream_failed(self, message: str) -> None:
-        """Mid-stream failure (a decoder or segmenter died, bad audio): error, then close 1011."""
-        task = asyncio.get_running_loop().create_task(self._close_with(message, protocol.INTERNAL))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def on_pipeline(self, msg: Message) -> None:
+        """An item for this session's stream, from the link's reader (never blocks)."""
+        stream = self.stream
+        if stream is None:
+            return
+        if isinstance(msg, Event):
+            self._deliver(stream.on_event(msg), stream)
+        elif isinstance(msg, Result):
+            self._deliver(stream.on_result(msg), stream)
+        elif isinstance(msg, Progress):
+            stream.on_progress(msg.time, msg.results)
+        elif isinstance(msg, StreamEnd):
+            stream.on_end(msg)
+        elif isinstance(msg, Failed):
+            self.fail(msg.message)
+            return
+        elif isinstance(msg, Notice):
+            self._say(protocol.warning(msg.message))
+        self._moved.set()
+        if stream.complete:
+            self._done.set()
+
+    def fail(self, message: str) -> None:
+        """The stream cannot go on (a stage died, bad audio): one error, then close 1011."""
+        stream = self.stream
+        if stream is None or not stream.fail(message):
+            return
+        self._done.set()
+        self._moved.set()
+        if self._group is not None and self.phase is not Phase.FLUSHING:
+            self._group.create_task(self._close_with(message, protocol.INTERNAL))
+
+    # -- limits and shutdown --------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Idle and length limits, checked when they fall due (one timer per session)."""
+        limits = self.cfg.limits
+        loop = asyncio.get_running_loop()
+        lead = min(10.0, limits.max_session_s / 2)
+        while True:
+            # Deadlines from the state of now, not of when the timer was set: audio that came in
+            # while it slept moved the idle deadline.
+            idle_at = self._active + limits.idle_timeout_s * (1.0 if self._warned_idle else 0.5)
+            end_at = self._opened + limits.max_session_s - (0.0 if self._warned_length else lead)
+            now = loop.time()
+            if now < min(idle_at, end_at):
+                await asyncio.sleep(max(0.01, min(idle_at, end_at) - now))
+                continue
+            if self.phase in (Phase.CLOSING, Phase.CLOSED):
+                return
+            if self._waiting_on_us or self.phase is Phase.FLUSHING:
+                self._active = now  # our own backpressure or flush is not the client being idle
+                continue
+            if now >= end_at and not self._warned_length:
+                self._warned_length = True
+                self._say(protocol.warning(
+                    f"the session ends in {lead:g} s: maximum length {limits.max_session_s:g} s"))
+            elif now >= end_at:
+                if self.phase is Phase.STREAMING:
+                    await self._flush(self.cfg.server.stop_timeout_s, "results did not arrive before the limit")
+                    self._forget_stream(aborted=False)
+                await self._close_with(None, protocol.POLICY,
+                                       f"maximum session length {limits.max_session_s:g} s reached")
+                return
+            elif now >= idle_at and not self._warned_idle:
+                self._warned_idle = True
+                left = limits.idle_timeout_s / 2
+                self._say(protocol.warning(f"no audio for {left:g} s: the session closes in {left:g} s"))
+            elif now >= idle_at:
+                await self._close_with(f"idle timeout: no audio for {limits.idle_timeout_s:g} s", protocol.POLICY)
+                return
 
     async def drain(self, timeout: float) -> None:
         """Server shutdown: finish the stream with the audio so far, deliver its results, close 1001."""
         self.draining = True
+        if self.phase is Phase.STREAMING:
+            await self._flush(timeout, f"server shut down before this stream's results were ready "
+                                       f"(waited {timeout:g} s)")
+        elif self.phase is Phase.FLUSHING:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._done.wait(), timeout)
         stream = self.stream
-        if stream is not None:
-            await self.pipeline.stop(stream)
-            try:
-                await asyncio.wait_for(stream.done.wait(), timeout)
-            except TimeoutError:
-                # Say so rather than close as if complete; and release a `stop` waiting on it.
-                stream.failed = f"server shut down before this stream's results were ready (waited {timeout:g} s)"
-                self._say(protocol.error(stream.failed))
-                stream.done.set()
+        if stream is not None and stream.failed is not None:
+            self._say(protocol.error(stream.failed))
+        self._forget_stream(aborted=False)
         await self._close_with(None, protocol.GOING_AWAY, "server shutting down")
 
-    async def _stop(self, req: Stop, code: int = protocol.NORMAL, reason: str | None = None) -> bool:
-        """Flush the stream; True when the socket is to be closed."""
-        stream = self.stream
-        if stream is None:
-            self._say(protocol.error("stop without a running stream"))
-        else:
-            await self.pipeline.stop(stream)
-            try:
-                await asyncio.wait_for(stream.done.wait(), self.cfg.server.stop_timeout_s)
-            except TimeoutError:
-                stream.failed = f"results did not arrive within {self.cfg.server.stop_timeout_s:g} s"
-            self.pipeline.forget(stream)
-            self.stream = None
-            self._last_audio = asyncio.get_running_loop().time()
-            if stream.failed is not None:
-                raise ProtocolError(stream.failed, protocol.INTERNAL)
-        if req.disconnect:
-            await self._close_with(None, code, reason)
-            return True
-        return False
+    # -- out to the client ------------------------------------------------------------------------
 
     async def _close_with(self, message: str | None, code: int, reason: str | None = None) -> None:
         """Send what is queued (and `message` as an error), then close with `code`; once."""
-        if self._closing:
+        if self.phase in (Phase.CLOSING, Phase.CLOSED):
             await self._closed.wait()  # whoever started closing decides the code; wait for it
             return
-        self._closing = True
+        self.phase = Phase.CLOSING
         if message is not None:
             self._say(protocol.error(message))
-        self.outbox.put_nowait(None)
-        if self._sender is not None:
-            # A client that reads nothing must not hold the close (and the session) forever.
-            done, _ = await asyncio.wait({self._sender}, timeout=self.cfg.limits.send_timeout_s)
-            if not done:
-                self._sender.cancel()
+        timeout = self.cfg.limits.send_timeout_s
         try:
-            closing = self.ws.close(code=code, message=(reason or message or "").encode()[:120])
-            await asyncio.wait_for(closing, self.cfg.limits.send_timeout_s)
+            await asyncio.wait_for(self.outbox.join(), timeout)
         except TimeoutError:
-            log.warning("client took no close frame within %g s", self.cfg.limits.send_timeout_s)
+            log.warning("client read nothing for %g s while closing", timeout)
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=(reason or message or "").encode()[:120]),
+                                   timeout)
+        except TimeoutError:
+            log.warning("client took no close frame within %g s", timeout)
         finally:
+            self.phase = Phase.CLOSED
             self._closed.set()
 
     def _say(self, item: dict[str, Any]) -> None:
         self.outbox.put_nowait((item, None))
 
+    def _deliver(self, items: list[dict[str, Any]], stream: Stream) -> None:
+        for item in items:
+            self.outbox.put_nowait((item, stream.span))
+
     async def _send_loop(self) -> None:
         while (out := await self.outbox.get()) is not None:
             item, span = out
-            if self.ws.closed:
-                continue
             try:
+                if self.ws.closed:
+                    continue
                 if span is not None and item["type"] in ("segment", "error"):
                     with _tracer.start_as_current_span("deliver", context=trace.set_span_in_context(span),
                                                        attributes={"streamer.result": item["type"]}):
@@ -246,3 +386,6 @@ class Session:
                     await self.ws.send_json(item)
             except (ConnectionError, RuntimeError):
                 pass  # the client went away; the read loop ends the session
+            finally:
+                self.outbox.task_done()
+        self.outbox.task_done()

@@ -29,6 +29,17 @@ class Server(msgspec.Struct, forbid_unknown_fields=True):
 
 class Actors(msgspec.Struct, forbid_unknown_fields=True):
     models: int
+    fronts: int
+
+
+class Front(msgspec.Struct, forbid_unknown_fields=True):
+    coalesce_ms: float
+    event_loop: str
+
+
+class Admission(msgspec.Struct, forbid_unknown_fields=True):
+    max_busy: float
+    max_queue_delay_s: float
 
 
 class Metrics(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,6 +57,7 @@ class RolePolicy(msgspec.Struct, forbid_unknown_fields=True):
 
 class Supervision(msgspec.Struct, forbid_unknown_fields=True):
     heartbeat_s: float
+    start_timeout_s: float
     stop_timeout_s: float
     drain_s: float
     front: RolePolicy
@@ -71,6 +83,7 @@ class FakeModel(msgspec.Struct, forbid_unknown_fields=True):
 class Model(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     max_inflight: int
+    max_batch: int
     fake: FakeModel
 
 
@@ -117,6 +130,8 @@ class Security(msgspec.Struct, forbid_unknown_fields=True):
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: Server
     actors: Actors
+    front: Front
+    admission: Admission
     metrics: Metrics
     supervisor: Supervision
     model: Model
@@ -128,6 +143,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     @property
     def model_count(self) -> int:
         return self.actors.models if self.actors.models > 0 else (os.cpu_count() or 1)
+
+    @property
+    def front_count(self) -> int:
+        return self.actors.fronts if self.actors.fronts > 0 else (os.cpu_count() or 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, for handing to spawned children."""

@@ -2,8 +2,8 @@
 
 prometheus_client's multiprocess mode shares files between forked workers; here every
 process is spawned and serves its own metrics on `[metrics] host` (loopback by default),
-at `base_port` + its offset (supervisor 0, front 1, decoder 2, segmenter 3, model-i 4+i),
-or an ephemeral port when `base_port` is 0. It tells the supervisor the port it got, the
+at `base_port` + its index in the topology (`Topology.metrics_port`), or an ephemeral port
+when `base_port` is 0. It tells the supervisor the port it got, the
 supervisor publishes it, and the front's `/metrics` gathers every process into one page
 labelled by role and slot, so one scrape target is enough.
 
@@ -23,8 +23,8 @@ import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
 
 from runtime.config import Config
+from runtime.topology import Place, Topology
 
-OFFSETS = {"supervisor": 0, "front": 1, "decoder": 2, "segmenter": 3, "model": 4}
 RTF_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 RTF = Histogram("streamer_stage_rtf", "Real-time factor of this stage's work per item (busy s / audio s)",
@@ -39,18 +39,13 @@ POOL_USED = Gauge("streamer_pool_used_slots", "Shared-memory slots in use in a p
 POOL_SLOTS = Gauge("streamer_pool_slots", "Shared-memory slots of a pool this process produces into", ["pool"])
 
 
-def port_for(cfg: Config, role: str, slot: int = 0) -> int:
-    base = cfg.metrics.base_port
-    return 0 if base == 0 else base + OFFSETS[role] + (slot if role == "model" else 0)
-
-
-def serve(cfg: Config, role: str, slot: int = 0) -> int:
+def serve(cfg: Config, place: Place | None = None) -> int:
     """Start this process's `/metrics` server on loopback; returns the port it listens on.
 
     A configured port already taken (a second server on the machine) falls back to an
     ephemeral one: the port is published either way, and a metrics port is never worth a crash.
     """
-    port = port_for(cfg, role, slot)
+    port = Topology(cfg).metrics_port(place)
     try:
         server, _ = prometheus_client.start_http_server(port, addr=cfg.metrics.host)
     except OSError as e:
@@ -69,12 +64,14 @@ class StageMeter:
     inflight: int = 0
     last_busy_s: float = 0.0
 
-    def done(self, busy_s: float, audio_s: float) -> None:
-        self.processed += 1
+    def done(self, busy_s: float, audio_s: float, items: int = 1) -> None:
+        """Record work done: `items` items (a turn's worth in a stage, one call in a model) that
+        took `busy_s` and covered `audio_s` of audio."""
+        self.processed += items
         self.last_busy_s = busy_s
         self.busy_s += busy_s
         self.audio_s += audio_s
-        PROCESSED.inc()
+        PROCESSED.inc(items)
         BUSY.inc(busy_s)
         AUDIO.inc(audio_s)
         if audio_s > 0:
@@ -94,11 +91,12 @@ class StageMeter:
 
 
 class _Timer:
-    """`with meter.timed() as t: ...; t.audio_s = n` records one item's busy time and audio."""
+    """`with meter.timed() as t: ...; t.audio_s = n; t.items = k` records a piece of work."""
 
     def __init__(self, meter: StageMeter) -> None:
         self.meter = meter
         self.audio_s = 0.0
+        self.items = 1
         self._t0 = 0.0
 
     def __enter__(self) -> _Timer:
@@ -106,7 +104,8 @@ class _Timer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.meter.done(time.perf_counter() - self._t0, self.audio_s)
+        if self.items:
+            self.meter.done(time.perf_counter() - self._t0, self.audio_s, self.items)
 
 
 def watch_pool(name: str, used: int, slots: int) -> None:

@@ -22,6 +22,7 @@ from runtime import config as config_mod
 from runtime import metrics, telemetry
 from runtime.config import Config
 from runtime.logs import setup_logging
+from runtime.topology import Place
 
 _PR_SET_PDEATHSIG = 1
 
@@ -38,6 +39,7 @@ class ChildContext:
     link: Connection | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
     beat_every_s: float = 1.0
+    parent_pid: int = 0  # the supervisor's
     stats: Callable[[], dict[str, Any]] | None = None
     _last_beat: float = 0.0
 
@@ -52,8 +54,12 @@ class ChildContext:
         self.stopping = threading.Event()
 
     @property
+    def place(self) -> Place:
+        return Place(self.role, self.slot)
+
+    @property
     def name(self) -> str:
-        return self.role if self.role in ("front", "decoder", "segmenter") else f"{self.role}-{self.slot}"
+        return self.place.name
 
     def cfg(self) -> Config:
         return config_mod.from_dict(self.config)
@@ -82,23 +88,28 @@ class ChildContext:
             pass  # the supervisor is gone; the death signal will follow
 
 
-def _die_with_parent() -> None:
-    """SIGTERM this process if the supervisor dies, so a SIGKILLed supervisor leaves no orphan."""
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM this process if the supervisor dies, so a SIGKILLed supervisor leaves no orphan.
+
+    The setting comes after the spawn bootstrap and its imports: a supervisor that died before
+    it would never deliver the signal, so the parent is checked once the setting is in force."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+    if parent and os.getppid() != parent:
+        os._exit(1)  # orphaned already: nobody will supervise, stop or clean up after us
 
 
 def enter_child(ctx: ChildContext) -> None:
     """Call first thing in a child: name, logging, and signals that end its loop cleanly."""
     setproctitle.setproctitle(f"streamer: {ctx.name}")
-    _die_with_parent()
+    _die_with_parent(ctx.parent_pid)
     setup_logging(ctx.name, str(ctx.config["server"]["log_level"]))
     cfg = ctx.cfg()
-    telemetry.setup(ctx.role, ctx.slot if ctx.role == "model" else None)
-    ctx.announce_metrics(metrics.serve(cfg, ctx.role, ctx.slot))
+    telemetry.setup(ctx.role, ctx.slot if ctx.role in ("model", "front") else None)
+    ctx.announce_metrics(metrics.serve(cfg, ctx.place))
 
     def on_term(signum: int, frame: object) -> None:
         ctx.stopping.set()

@@ -17,7 +17,9 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from runtime.group import Member
 from runtime.process import ChildContext
+from runtime.topology import Place
 
 _spawn = mp.get_context("spawn")
 
@@ -60,15 +62,16 @@ class Child:
     metrics_port: int | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     killed_as_hung: float | None = None  # seconds of silence, when the supervisor killed it
+    terminated: bool = False  # SIGTERM sent to the current process
 
     @property
     def name(self) -> str:
-        return self.role if self.role != "model" else f"model-{self.slot}"
+        return Place(self.role, self.slot).name
 
     def start(self, run_id: str, run_dir: str, config: dict[str, Any]) -> None:
         ours, theirs = _spawn.Pipe(duplex=False)
         ctx = ChildContext(self.role, self.slot, run_id, run_dir, config, link=theirs,
-                           beat_every_s=float(config["supervisor"]["heartbeat_s"]))
+                           beat_every_s=float(config["supervisor"]["heartbeat_s"]), parent_pid=os.getpid())
         proc = _spawn.Process(target=child_main, args=(ctx,), name=f"streamer: {self.name}", daemon=False)
         proc.start()
         theirs.close()
@@ -79,6 +82,7 @@ class Child:
         self.metrics_port, self.stats = None, {}
         self.restart_at = None
         self.killed_as_hung = None
+        self.terminated = False
 
     def reap(self) -> str:
         """Collect a dead process; returns how it ended ("exit 0", "signal SIGKILL", ...)."""
@@ -98,13 +102,20 @@ class Child:
             self.last_exit += f" (hung: no heartbeat for {self.killed_as_hung:.1f} s)"
         return self.last_exit
 
+    def terminate(self) -> None:
+        """SIGTERM, once, without waiting (`stop` waits). Once: a process that has finished its
+        event loop is back on the default disposition, and a second SIGTERM would kill it."""
+        if self.process is not None and self.process.is_alive() and not self.terminated:
+            self.terminated = True
+            self.process.terminate()
+
     def stop(self, timeout: float) -> None:
         """SIGTERM, wait up to `timeout`, then SIGKILL; always reaps."""
         proc = self.process
         if proc is None:
             return
         if proc.is_alive():
-            proc.terminate()
+            self.terminate()
             proc.join(timeout)
             if proc.is_alive():
                 proc.kill()
@@ -112,19 +123,11 @@ class Child:
         self.reap()
         self.state = "stopped"
 
-    def snapshot(self, now: float) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "slot": self.slot,
-            "name": self.name,
-            "pid": self.pid if self.process is not None else None,
-            "state": self.state,
-            "restarts": self.restarts,
-            "uptime_s": round(now - self.started_at, 3) if self.process is not None else 0.0,
-            "last_exit": self.last_exit,
-            "metrics_port": self.metrics_port if self.process is not None else None,
-            **self.stats,
-        }
+    def snapshot(self, now: float) -> Member:
+        alive = self.process is not None
+        return Member(self.role, self.slot, self.name, self.pid if alive else None, self.state, self.restarts,
+                      round(now - self.started_at, 3) if alive else 0.0, self.last_exit,
+                      self.metrics_port if alive else None, **self.stats)
 
 
 def describe_exit(code: int | None) -> str:

@@ -5,10 +5,10 @@ process, not Procfile lines. It wakes on a child's death at once (process sentin
 one `wait`, no polling), restarts it by the `RestartPolicy`, and past the restart
 intensity shuts down in order and exits non-zero so honcho or systemd notices.
 
-Start order is models, segmenter, decoder, front (consumers first, the door last); stop
-order is the reverse, and the front gets `drain_s` to finish the sessions in flight while
-everything behind it still runs. The pools are unlinked and the run directory removed on
-the way out.
+Start order is models, segmenter, decoder, fronts (consumers first, the doors last, as
+`runtime.topology` declares); stop order is the reverse, one role at a time, and the fronts
+get `drain_s` to finish the sessions in flight while everything behind them still runs.
+The pools are unlinked and the run directory removed on the way out.
 
 A child that stops beating (alive but silent for its role's `hang_timeout_s`) is killed
 and then handled like any other death. On every death the supervisor, before restarting
@@ -18,7 +18,6 @@ handed in the pool it consumes: nobody else will ever release them.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -33,24 +32,17 @@ from typing import Any
 import prometheus_client
 import zmq
 
-from runtime import metrics
+from front.seats import SEATS_FILE
+from runtime import group, metrics
 from runtime.config import Config
-from runtime.layout import pool_specs
+from runtime.topology import ROLES, Place, Topology
 from supervisor.children import Child
 from supervisor.policy import Escalate, RestartPolicy
 from transport import sockets
-from transport.messages import Exited
+from transport.messages import Exited, Packet, encode
 from transport.shm import BufferPool, ensure_room
 
 log = logging.getLogger("supervisor")
-
-STATE_FILE = "actors.json"
-ROLES = ("front", "decoder", "segmenter", "model")
-# The pool each role reads from (and so holds slots of): reclaimed when that role dies.
-CONSUMES = {"decoder": "front", "segmenter": "decoder"}
-# Who hears of a death: the inboxes of the processes that keep state about others.
-LISTENERS = ("front", "decoder", "segmenter-ctl")
-
 
 
 class SupervisorMetrics:
@@ -83,11 +75,12 @@ class Supervisor:
         self.policies = {r: policy or RestartPolicy.from_config(cfg.supervisor.role(r)) for r in ROLES}
         self.run_id = secrets.token_hex(4)
         self.run_dir = make_run_dir(cfg.server.run_dir, self.run_id)
-        self.children = [Child("model", i) for i in range(cfg.model_count)]
-        self.children += [Child("segmenter", 0), Child("decoder", 0), Child("front", 0)]
+        self.topology = Topology(cfg)
+        self.children = [Child(p.role, p.slot) for p in self.topology.places]
         self.pools: dict[str, BufferPool] = {}
         self._zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._tell = [sockets.outbox(self._zctx, self.run_dir, name, immediate=True) for name in LISTENERS]
+        self._tell = [sockets.outbox(self._zctx, self.run_dir, name, immediate=True)
+                      for name in self.topology.listeners()]
         self._stop_requested = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -101,7 +94,7 @@ class Supervisor:
         """Start everything, supervise until told to stop, clean up; the process exit code."""
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self.metrics_port = metrics.serve(self.cfg, "supervisor")
+            self.metrics_port = metrics.serve(self.cfg)
             self._create_pools()
             for child in self.children:
                 self._start(child)
@@ -128,7 +121,7 @@ class Supervisor:
         self.request_stop()
 
     def _create_pools(self) -> None:
-        specs = pool_specs(self.cfg)
+        specs = self.topology.pools
         ensure_room(list(specs.values()))
         for name, spec in specs.items():
             self.pools[name] = BufferPool.create(spec, self.run_id)
@@ -207,18 +200,23 @@ class Supervisor:
         still taken were handed to the dead consumer (or queued for it and lost), and its
         replacement is not started yet, so nobody else will touch them.
         """
-        pool = self.pools.get(CONSUMES.get(child.role, ""))
-        if pool is not None:
+        for name in self.topology.reclaimed_at_death(Place(child.role, child.slot)):
+            pool = self.pools[name]
             freed = pool.reclaim(below_alloc=pool.next_alloc)
             if freed:
                 log.info("reclaimed %d %s-pool slots held by dead %s", freed, pool.spec.name, child.name)
-        note = Exited(child.role, child.slot, pid, how)
+        note = encode(Packet(None, [Exited(child.role, child.slot, pid, how)]))
         for sock in self._tell:
-            sockets.send(sock, note, block=False)
+            sockets.try_send(sock, note)
 
     def _hang_deadline(self, c: Child) -> float | None:
+        """When a silent child counts as hung: `start_timeout_s` after its start until it says
+        ready (importing a role's code takes seconds on a busy machine), then its role's
+        `hang_timeout_s` after its last word (systemd's TimeoutStartSec and WatchdogSec)."""
         if c.process is None or c.killed_as_hung is not None:
             return None
+        if c.state == "starting":
+            return c.started_at + self.cfg.supervisor.start_timeout_s
         return c.last_beat + self.policies[c.role].hang_timeout_s
 
     def _next_timer_in(self) -> float | None:
@@ -235,7 +233,8 @@ class Supervisor:
             deadline = self._hang_deadline(c)
             if deadline is not None and now >= deadline and c.process is not None and not self._stop_requested:
                 c.killed_as_hung = now - c.last_beat
-                log.error("%s (pid %s) sent no heartbeat for %.1f s: killing it", c.name, c.pid, c.killed_as_hung)
+                what = "was not ready" if c.state == "starting" else "sent no heartbeat"
+                log.error("%s (pid %s) %s for %.1f s: killing it", c.name, c.pid, what, c.killed_as_hung)
                 c.process.kill()
 
     def _restart_due(self) -> None:
@@ -249,31 +248,32 @@ class Supervisor:
 
     # -- state for the front and for people ------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> group.Group:
         now = time.monotonic()
         for role in ROLES:
             self.metrics.live.labels(role).set(sum(1 for c in self.children if c.role == role and c.state == "running"))
-        return {"run_id": self.run_id, "pid": os.getpid(), "metrics_port": self.metrics_port,
-                "actors": [c.snapshot(now) for c in self.children]}
+        return group.Group(self.run_id, os.getpid(), self.metrics_port, [c.snapshot(now) for c in self.children])
 
     def _publish(self) -> None:
-        """Write the children table atomically; the front's health and actors routes read it."""
-        path = Path(self.run_dir, STATE_FILE)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.snapshot()))
-        os.replace(tmp, path)
+        """Write the children table; the fronts' health, actors and metrics routes read it."""
+        group.publish(self.run_dir, self.snapshot())
 
     # -- shutdown --------------------------------------------------------------------
 
     def _shutdown(self) -> None:
         self._stop_requested = True
         sup = self.cfg.supervisor
-        for child in reversed(self.children):
-            if child.process is not None:
-                # The front drains its sessions first; everything behind it keeps running meanwhile.
-                child.stop(sup.stop_timeout_s + (sup.drain_s if child.role == "front" else 0.0))
-                log.info("stopped %s: %s", child.name, child.last_exit)
-            child.restart_at = None
+        # One role at a time, in reverse start order, every process of a role at once: the fronts
+        # drain their sessions together while everything behind them still runs.
+        for role in dict.fromkeys(c.role for c in reversed(self.children)):
+            mine = [c for c in self.children if c.role == role]
+            for child in mine:
+                child.restart_at = None
+                child.terminate()
+            for child in mine:
+                if child.process is not None:
+                    child.stop(sup.stop_timeout_s + (sup.drain_s if role == "front" else 0.0))
+                    log.info("stopped %s: %s", child.name, child.last_exit)
         self._zctx.destroy(linger=0)
         for pool in self.pools.values():
             pool.close()
@@ -282,7 +282,8 @@ class Supervisor:
         if not self.cfg.server.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         else:  # a directory we were given: take back only what we put there
-            for leftover in [*Path(self.run_dir).glob("*.sock"), Path(self.run_dir, STATE_FILE)]:
+            for leftover in [*Path(self.run_dir).glob("*.sock"), Path(self.run_dir, group.STATE_FILE),
+                             Path(self.run_dir, SEATS_FILE)]:
                 leftover.unlink(missing_ok=True)
         os.close(self._wake_r)
         os.close(self._wake_w)

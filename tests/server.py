@@ -58,6 +58,7 @@ class Server:
             "STREAMER_SERVER_PORT": str(self.port),
             "STREAMER_SERVER_RUN_DIR": str(self.run_dir),
             "STREAMER_ACTORS_MODELS": "2",
+            "STREAMER_ACTORS_FRONTS": "2",
             "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.01",
             "STREAMER_METRICS_BASE_PORT": "0",
         })
@@ -72,7 +73,7 @@ class Server:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-                if self.health()[0] == 200:
+                if self.health()[0] == 200 and self.all_running():
                     return self
                 time.sleep(0.1)
             raise TimeoutError(f"server not healthy within {timeout} s:\n{self.log()}")
@@ -89,6 +90,14 @@ class Server:
                 return e.code, json.loads(e.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
             return 0, {}  # not up yet, or not our server on that port
+
+    def all_running(self) -> bool:
+        """Every child is up (health needs one process per role; with several fronts the others
+        may still be importing)."""
+        try:
+            return all(a["state"] == "running" for a in self.actors())
+        except (OSError, ValueError, KeyError):
+            return False
 
     def actors(self) -> list[dict[str, Any]]:
         data = json.loads((self.run_dir / "actors.json").read_text())

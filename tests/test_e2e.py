@@ -56,7 +56,10 @@ def test_segmented_route_one_final_per_region_after_its_inactive(server: Server,
 
 def test_interim_results_come_before_their_final(server: Server) -> None:
     sp = speech(SENTENCES[:2])
-    t = asyncio.run(converse(server.ws("segmented"), stream_steps(sp.samples[None], 16000, False, interim=True)))
+    # In real time: audio sent faster leaves every interim of a region waiting at once, and only
+    # the newest of them, then the final, is worth a model call (see the next test).
+    t = asyncio.run(converse(server.ws("segmented"), stream_steps(sp.samples[None], 16000, False, interim=True),
+                             pace_s=0.1))
     check_segmented_order(t, 0)
     interims = [m for m in t.of_type("segment") if m["is_final"] is False]
     assert len(interims) >= 4

@@ -17,8 +17,8 @@ from wire import check_simple_counts, converse, stream_steps
 def test_processes_show_their_role_in_ps(fresh_server: Server) -> None:
     fresh_server.start()
     titles = {p.cmdline()[0] for p in fresh_server.descendants()}
-    assert {"streamer: front", "streamer: decoder", "streamer: segmenter", "streamer: model-0",
-            "streamer: model-1"} <= titles
+    assert {"streamer: front-0", "streamer: front-1", "streamer: decoder", "streamer: segmenter",
+            "streamer: model-0", "streamer: model-1"} <= titles
     assert psutil.Process(fresh_server.proc.pid).cmdline()[0] == "streamer: supervisor"  # type: ignore[union-attr]
 
 
@@ -27,7 +27,7 @@ def test_stop_signal_leaves_no_segment_and_no_process(fresh_server: Server, sig:
     fresh_server.start()
     run_id = fresh_server.run_id()
     children = fresh_server.descendants()
-    assert len(children) >= 5 and len(shm_segments(run_id)) == 3
+    assert len(children) >= 6 and len(shm_segments(run_id)) == 4  # a pool per front, the decoder's, the segmenter's
     fresh_server.signal(sig)
     assert fresh_server.wait(30) == 0
     assert shm_segments(run_id) == []
@@ -68,6 +68,7 @@ def test_supervisor_killed_outright_takes_its_children_and_segments_with_it(fres
     children = fresh_server.descendants()
     fresh_server.signal(signal.SIGKILL)
     fresh_server.wait(10)
-    wait_for(lambda: alive(children) == [])
+    left = alive(children, grace_s=20)
+    assert left == [], [(p.pid, p.cmdline()) for p in left]
     # the resource tracker (also gone now) unlinks what the dead supervisor registered
     wait_for(lambda: shm_segments(run_id) == [])

@@ -111,7 +111,7 @@ def test_actors_table_shows_cpu_rising_with_work_and_restarts_after_kill(tmp_pat
     try:
         table = get_json(f"{srv.http}/api/v1/actors")
         names = {a["name"] for a in table["actors"]}
-        assert names == {"supervisor", "front", "decoder", "segmenter", "model-0"}
+        assert names == {"supervisor", "front-0", "front-1", "decoder", "segmenter", "model-0"}
         model = next(a for a in table["actors"] if a["name"] == "model-0")
         steps = stream_steps(tone(6.0)[None, :], 16000, False)
         done = threading.Event()

@@ -1,8 +1,14 @@
-"""Everything that crosses a ZeroMQ socket, as typed msgpack structs.
+"""Everything that crosses a ZeroMQ socket: packets of typed msgpack items.
 
-Audio never appears here: messages that concern audio carry a `BufferRef`. Each message
-names the stream it belongs to (a stream is one start..stop on one WebSocket), so actors
-keep state per stream and a late message of an ended stream is recognised and dropped.
+One ZeroMQ message is one `Packet`: the items a process has for one destination in one turn
+of its loop, and at most one shared-memory allocation (`slab`) holding all of their audio.
+An item that concerns audio says where in the slab its bytes are (`Slice`). A hop therefore
+costs one send, one wake-up and one allocation per turn, whatever the number of streams.
+
+Each item names the stream it belongs to (a stream is one start..stop on one WebSocket of
+one front), so actors keep state per stream and a late item of an ended stream is
+recognised and dropped. Items a stream's results follow carry `front`: the front process
+that owns the stream, whose inbox the results go to.
 """
 
 from __future__ import annotations
@@ -16,10 +22,18 @@ from transport.shm import BufferRef
 Route = Literal["segmented", "simple"]
 
 
-class StreamStart(msgspec.Struct, tag="start"):
+class Slice(msgspec.Struct, array_like=True, frozen=True):
+    """Where an item's bytes lie in its packet's slab."""
+
+    offset: int
+    nbytes: int
+
+
+class Open(msgspec.Struct, tag="open", array_like=True):
     """Front -> decoder -> segmenter: a stream begins with this format."""
 
     stream: str
+    front: int
     route: Route
     channels: int
     sample_rate: int
@@ -29,37 +43,35 @@ class StreamStart(msgspec.Struct, tag="start"):
     trace: str | None = None
 
 
-class PcmChunk(msgspec.Struct, tag="pcm"):
+class Pcm(msgspec.Struct, tag="pcm", array_like=True):
     """Front -> decoder: raw client bytes (interleaved, maybe split mid-sample)."""
 
     stream: str
-    seq: int
-    buf: BufferRef
+    at: Slice
 
 
-class Frames(msgspec.Struct, tag="frames"):
+class Frames(msgspec.Struct, tag="frames", array_like=True):
     """Decoder -> segmenter: float32 at 16 kHz, channel-major (channels x frames)."""
 
     stream: str
-    seq: int
     channels: int
     frames: int
-    buf: BufferRef | None  # None when a chunk decoded to no frame yet
+    at: Slice
 
 
-class StreamStop(msgspec.Struct, tag="stop"):
-    """Flush everything buffered for the stream, then report its end."""
+class Close(msgspec.Struct, tag="close", array_like=True):
+    """The client said `stop`: flush everything buffered for the stream, then report its end."""
 
     stream: str
 
 
-class StreamAbort(msgspec.Struct, tag="abort"):
+class Abort(msgspec.Struct, tag="abort", array_like=True):
     """The client is gone: drop the stream's state, produce nothing more."""
 
     stream: str
 
 
-class Event(msgspec.Struct, tag="event"):
+class Event(msgspec.Struct, tag="event", array_like=True):
     """Segmenter -> front: voice activity changed on a channel."""
 
     stream: str
@@ -68,23 +80,34 @@ class Event(msgspec.Struct, tag="event"):
     time: float
 
 
-class Work(msgspec.Struct, tag="work"):
-    """Segmenter -> model: run the model on one piece of audio (16 kHz float32 mono)."""
+WorkKind = Literal["final", "interim", "chunk"]
+
+
+class Work(msgspec.Struct, tag="work", array_like=True):
+    """Segmenter -> model: run the model on one piece of audio (16 kHz float32 mono).
+
+    `seq` is the piece's place among its channel's finals (or chunks); an interim carries the
+    `seq` of the final it comes before, so the front can place it and drop it once stale."""
 
     work_id: int
     stream: str
+    front: int
     channel: int
     seq: int
     events_before: int
     start_time: float
     end_time: float
-    is_final: bool | None
-    buf: BufferRef | None  # filled in when the item is handed to an actor
+    kind: WorkKind
+    at: Slice
     attempt: int = 1
     trace: str | None = None
 
+    @property
+    def is_final(self) -> bool | None:
+        return None if self.kind == "chunk" else self.kind == "final"
 
-class Result(msgspec.Struct, tag="result"):
+
+class Result(msgspec.Struct, tag="result", array_like=True):
     """Model -> front: the answer for one `Work` (or why there is none)."""
 
     stream: str
@@ -98,38 +121,23 @@ class Result(msgspec.Struct, tag="result"):
     error: str | None = None
 
 
-class StreamEnd(msgspec.Struct, tag="end"):
-    """Segmenter -> front: the stream is flushed; this many results per channel will come."""
+class StreamEnd(msgspec.Struct, tag="end", array_like=True):
+    """Segmenter -> front: the stream is flushed; this many finals (or chunks) and events per
+    channel will have come."""
 
     stream: str
     results: list[int]
     events: list[int]
 
 
-class StreamFailed(msgspec.Struct, tag="failed"):
+class Failed(msgspec.Struct, tag="failed", array_like=True):
     """Any actor -> front: the stream cannot go on (bad data, lost state)."""
 
     stream: str
     message: str
 
 
-class Ready(msgspec.Struct, tag="ready"):
-    """Model -> segmenter: this incarnation of a slot is up and takes `capacity` items."""
-
-    slot: int
-    pid: int
-    capacity: int
-
-
-class Done(msgspec.Struct, tag="done"):
-    """Model -> segmenter: an item is answered; its buffer may go and a credit returns."""
-
-    slot: int
-    pid: int
-    work_id: int
-
-
-class Notice(msgspec.Struct, tag="notice"):
+class Notice(msgspec.Struct, tag="notice", array_like=True):
     """Any actor -> front: something the client should know that does not end the stream
     (audio the server had to drop, and how much)."""
 
@@ -137,22 +145,57 @@ class Notice(msgspec.Struct, tag="notice"):
     message: str
 
 
-class Progress(msgspec.Struct, tag="progress"):
-    """Segmenter -> front: the stream's audio up to `time` is taken in, and these results per
-    channel cover it; once the front has released them, that audio is answered. The front
-    bounds each stream's unanswered audio with it (backpressure per session)."""
+class Progress(msgspec.Struct, tag="progress", array_like=True):
+    """Segmenter -> front: the stream's audio up to `time` is taken in, and these finals (or
+    chunks) per channel cover it; once the front has released them, that audio is answered.
+    The front bounds each stream's unanswered audio with it (backpressure per session)."""
 
     stream: str
     time: float
     results: list[int]
 
 
-class Exited(msgspec.Struct, tag="exited"):
-    """Supervisor -> front, decoder, segmenter: a child process died (or was killed as hung).
+class Load(msgspec.Struct, tag="load", array_like=True):
+    """Segmenter -> every front, twice a second: what the model actors are asked to do, for
+    admission. `busy` is the model actors' wall time spent in model calls per second over the
+    last seconds (1.0 = one actor always busy); `per_stream` the same, per stream, learned
+    from streams open long enough to have a history (0 until there is one); `queue_delay_s`
+    is how long the oldest final has waited for an actor."""
 
-    Sent at once, before any restart, so whoever held state in or work on that process
-    acts now: the segmenter redoes a model's items elsewhere, the front fails the streams
-    whose state lived in a dead decoder or segmenter, the decoder forgets a dead front's.
+    streams: int
+    actors: int
+    busy: float
+    per_stream: float
+    queue_delay_s: float
+    queued_audio_s: float
+
+
+class Ready(msgspec.Struct, tag="ready", array_like=True):
+    """Model -> segmenter: this incarnation of a slot is up; it takes `capacity` packets at a
+    time, each of up to `max_batch` items."""
+
+    slot: int
+    pid: int
+    capacity: int
+    max_batch: int
+
+
+class Done(msgspec.Struct, tag="done", array_like=True):
+    """Model -> segmenter: a packet's items are answered (their results already went to the
+    fronts); a credit returns. `busy_s` is the wall time the model call took."""
+
+    slot: int
+    pid: int
+    work_ids: list[int]
+    busy_s: float
+
+
+class Exited(msgspec.Struct, tag="exited", array_like=True):
+    """Supervisor -> fronts, decoder, segmenter: a child process died (or was killed as hung).
+
+    Sent at once, before any restart, so whoever held state in or work on that process acts
+    now: the segmenter redoes a model's items elsewhere, a front fails the streams whose state
+    lived in a dead decoder or segmenter, the decoder forgets a dead front's streams.
     """
 
     role: str
@@ -162,17 +205,33 @@ class Exited(msgspec.Struct, tag="exited"):
 
 
 Message = (
-    StreamStart | PcmChunk | Frames | StreamStop | StreamAbort | Event | Work | Result
-    | StreamEnd | StreamFailed | Ready | Done | Exited | Progress | Notice
+    Open | Pcm | Frames | Close | Abort | Event | Work | Result | StreamEnd | Failed | Notice | Progress | Load
+    | Ready | Done | Exited
 )
 
+
+class Packet(msgspec.Struct, array_like=True):
+    """One ZeroMQ message: items for one destination, and the slab their audio lives in.
+
+    The receiver releases the slab once it has read it (the producer never frees it)."""
+
+    slab: BufferRef | None
+    items: list[Message]
+
+
 _encoder = msgspec.msgpack.Encoder()
-_decoder: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
+_decoder: msgspec.msgpack.Decoder[Packet] = msgspec.msgpack.Decoder(Packet)
 
 
-def encode(msg: Message) -> bytes:
-    return _encoder.encode(msg)
+def encode(packet: Packet) -> bytes:
+    return _encoder.encode(packet)
 
 
-def decode(data: bytes | memoryview) -> Message:
+def decode(data: bytes | memoryview) -> Packet:
     return _decoder.decode(data)
+
+
+def stream_of(msg: Message) -> str | None:
+    """The stream an item concerns (None for process-level items: Ready, Done, Exited, Load)."""
+    stream: str | None = getattr(msg, "stream", None)
+    return stream

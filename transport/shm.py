@@ -13,7 +13,10 @@ Ownership, written down because every process relies on it:
 * A reader checks the id before and after it copies; a mismatch means the ref is stale
   (its slots were reclaimed and reused after a crash) and raises `StaleBuffer` instead of
   handing out someone else's audio.
-* A full pool raises `PoolFull`: the producer waits (backpressure), nothing is overwritten.
+* A full pool answers `alloc` with None (and `write` with `PoolFull`): the producer waits
+  (backpressure), nothing is overwritten.
+* A reader checks every slot of the ref, and a release frees only the slots that still carry
+  its id, so a stale ref can neither read nor free a newer allocation that overlaps it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from multiprocessing import shared_memory
 import msgspec
 import numpy as np
 import numpy.typing as npt
+
+Payload = bytes | memoryview | npt.NDArray[np.generic]
 
 _MAGIC = 0x5354524D42554631  # "STRMBUF1"
 _HEADER_WORDS = 8  # magic, next_alloc, nslots, slot_size, reserved...
@@ -133,27 +138,52 @@ class BufferPool:
 
     # -- producer side -------------------------------------------------------------
 
-    def write(self, payload: bytes | memoryview | npt.NDArray[np.generic]) -> BufferRef:
-        """Copy `payload` into free slots and return its ref; raises `PoolFull`."""
-        raw = memoryview(payload).cast("B") if not isinstance(payload, np.ndarray) else None
-        nbytes = raw.nbytes if raw is not None else int(payload.nbytes)  # type: ignore[union-attr]
+    def alloc(self, nbytes: int) -> tuple[BufferRef, memoryview] | None:
+        """Take free slots for `nbytes` and return the ref and a writable view of them, or None
+        while the pool is full (the caller waits: backpressure, never an overwrite)."""
         k = max(1, -(-nbytes // self.spec.slot_size))
         if k > self.spec.nslots:
             raise ValueError(f"{nbytes} bytes can never fit pool {self.spec.name!r}")
         slot = self._find_free(k)
+        if slot < 0:
+            return None
         alloc = int(self._header[1])
         self._header[1] = alloc + 1
         self._ids[slot : slot + k] = alloc
-        start = slot * self.spec.slot_size
-        if raw is not None:
-            self._bytes[start : start + nbytes] = raw
-        else:
-            dest = self._data[start : start + nbytes]
-            dest.view(payload.dtype)[:] = np.ascontiguousarray(payload).reshape(-1)  # type: ignore[union-attr]
         self._cursor = (slot + k) % self.spec.nslots
-        return BufferRef(self.spec.name, slot, k, alloc, nbytes)
+        start = slot * self.spec.slot_size
+        return BufferRef(self.spec.name, slot, k, alloc, nbytes), self._bytes[start : start + nbytes]
+
+    def write_many(self, payloads: list[Payload]) -> tuple[BufferRef, list[int]] | None:
+        """Copy every payload into one allocation, each at an 8-byte aligned offset; the ref and
+        the offsets, or None while the pool is full. One allocation per batch of items is what
+        keeps a hop's cost per message, not per item."""
+        raws = [memoryview(np.ascontiguousarray(p) if isinstance(p, np.ndarray) else p).cast("B")  # type: ignore[arg-type]
+                for p in payloads]
+        offsets = []
+        total = 0
+        for raw in raws:
+            at = -(-total // 8) * 8
+            offsets.append(at)
+            total = at + raw.nbytes
+        got = self.alloc(max(total, 1))
+        if got is None:
+            return None
+        ref, view = got
+        for raw, at in zip(raws, offsets, strict=True):
+            view[at : at + raw.nbytes] = raw
+        return ref, offsets
+
+    def write(self, payload: Payload) -> BufferRef:
+        """Copy one payload into free slots and return its ref; raises `PoolFull`."""
+        got = self.write_many([payload])
+        if got is None:
+            raise PoolFull(self.spec.name)
+        ref, _ = got
+        return ref
 
     def _find_free(self, k: int) -> int:
+        """The first slot of a free run of `k` at or after the cursor (wrapping), -1 if none."""
         n = self.spec.nslots
         c = self._cursor
         if k == 1 and self._ids[c] == 0:
@@ -167,7 +197,7 @@ class BufferPool:
             runs = np.lib.stride_tricks.sliding_window_view(free, k).all(axis=1)
             idx = np.flatnonzero(runs)
         if idx.size == 0:
-            raise PoolFull(self.spec.name)
+            return -1
         after = idx[idx >= c]
         return int(after[0] if after.size else idx[0])
 
@@ -187,7 +217,8 @@ class BufferPool:
     # -- holder side ---------------------------------------------------------------
 
     def _check(self, ref: BufferRef) -> None:
-        if int(self._ids[ref.slot]) != ref.alloc:
+        ids = self._ids[ref.slot : ref.slot + ref.nslots]
+        if ids.shape[0] != ref.nslots or not (ids == ref.alloc).all():
             raise StaleBuffer(f"{ref.pool}:{ref.slot} alloc {ref.alloc} was reclaimed")
 
     def read_bytes(self, ref: BufferRef) -> bytes:
@@ -207,10 +238,15 @@ class BufferPool:
         return arr
 
     def release(self, ref: BufferRef) -> bool:
-        """Give the slots back; False when they were already reclaimed (nothing to do)."""
-        if int(self._ids[ref.slot]) != ref.alloc:
+        """Give the slots back; False when they were already reclaimed (nothing to do).
+
+        Only slots still stamped with this allocation's id are freed: after a reclaim, a
+        stale ref's range may overlap newer allocations, which keep their slots."""
+        ids = self._ids[ref.slot : ref.slot + ref.nslots]
+        mine = ids == ref.alloc
+        if not mine.any():
             return False
-        self._ids[ref.slot : ref.slot + ref.nslots] = 0
+        ids[mine] = 0
         return True
 
     # -- accounting ----------------------------------------------------------------

@@ -2,25 +2,30 @@
 
 Every socket gets a short linger: ZeroMQ's default (wait forever for unsent messages)
 turns a stopped peer into a hung shutdown. Endpoints are named by what they receive, and
-the stable side binds: each actor binds its own inbox, producers connect to it.
+the stable side binds: each process binds its own inboxes, producers connect to them.
+
+Nothing here raises on the hot path: readiness is read from `ZMQ_EVENTS` before every
+receive and send (an exception per empty poll was most of a stage's cost per frame).
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import prometheus_client
 import zmq
 
-from transport.messages import Message, decode, encode
-
 LINGER_MS = 200
 
-MESSAGES = prometheus_client.Counter("streamer_messages", "ZeroMQ messages this process sent or received",
+MESSAGES = prometheus_client.Counter("streamer_messages", "ZeroMQ messages (packets) this process sent or received",
                                      ["direction"])
 _sent, _received = MESSAGES.labels("out"), MESSAGES.labels("in")
+
+Socket = zmq.Socket[bytes]
 
 
 def endpoint(run_dir: str | Path, name: str) -> str:
@@ -31,15 +36,8 @@ def endpoint(run_dir: str | Path, name: str) -> str:
     return f"ipc://{path}"
 
 
-def inbox(ctx: zmq.Context[zmq.Socket[bytes]], run_dir: str | Path, name: str) -> zmq.Socket[bytes]:
-    """A bound PULL socket: what this process receives."""
-    sock = ctx.socket(zmq.PULL)
-    bind_inbox(sock, run_dir, name)
-    return sock
-
-
 def bind_inbox(sock: zmq.Socket[Any], run_dir: str | Path, name: str) -> None:
-    """Bind `sock` (sync or asyncio) as the inbox called `name`."""
+    """Bind `sock` as the inbox called `name`."""
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     addr = endpoint(run_dir, name)
     path = addr.removeprefix("ipc://")
@@ -48,13 +46,11 @@ def bind_inbox(sock: zmq.Socket[Any], run_dir: str | Path, name: str) -> None:
     sock.bind(addr)
 
 
-def outbox(
-    ctx: zmq.Context[zmq.Socket[bytes]], run_dir: str | Path, name: str, *, immediate: bool = False
-) -> zmq.Socket[bytes]:
+def outbox(ctx: zmq.Context[Socket], run_dir: str | Path, name: str, *, immediate: bool = False) -> Socket:
     """A PUSH socket connected to another process's inbox.
 
-    `immediate` makes sends fail (EAGAIN) while the peer is not connected instead of
-    queueing for it: used where the sender keeps its own record of what it handed out.
+    `immediate` makes a send impossible while the peer is not connected instead of queueing
+    for it: used where the sender keeps its own record of what it handed out (model slots).
     """
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
@@ -64,27 +60,78 @@ def outbox(
     return sock
 
 
-def send(sock: zmq.Socket[bytes], msg: Message, *, block: bool = True) -> bool:
-    """Send one message; with block=False, False means it could not go now."""
+def events(sock: zmq.Socket[Any]) -> int:
+    """ZMQ_EVENTS: what the socket could do now (POLLIN, POLLOUT), without blocking."""
+    return cast(int, sock.get(zmq.EVENTS))
+
+
+def fd(sock: zmq.Socket[Any]) -> int:
+    """The file descriptor an event loop watches: it turns readable when `events` may have changed."""
+    return cast(int, sock.get(zmq.FD))
+
+
+def drain(sock: Socket, limit: int) -> list[bytes]:
+    """Up to `limit` waiting messages, without blocking and without `zmq.Again`."""
+    out: list[bytes] = []
+    while len(out) < limit and events(sock) & zmq.POLLIN:
+        out.append(sock.recv(copy=True))
+    _received.inc(len(out))
+    return out
+
+
+def try_send(sock: Socket, data: bytes) -> bool:
+    """Send if the socket can take it now (a peer is connected and its queue has room)."""
+    if not events(sock) & zmq.POLLOUT:
+        return False
     try:
-        sock.send(encode(msg), 0 if block else zmq.NOBLOCK)
-    except zmq.Again:
+        sock.send(data, zmq.NOBLOCK)
+    except zmq.Again:  # the peer went between the check and the send: rare, not the hot path
         return False
     _sent.inc()
     return True
 
 
-def recv(sock: zmq.Socket[bytes]) -> Message:
-    msg = decode(sock.recv(copy=True))
-    _received.inc()
-    return msg
+class ZmqLink:
+    """`transport.link.Link` over ZeroMQ: bound PULL inboxes, lazily connected PUSH outboxes."""
 
+    def __init__(self, run_dir: str, inboxes: Sequence[str], immediate: Callable[[str], bool],
+                 peers: Sequence[str] = ()) -> None:
+        self.ctx: zmq.Context[Socket] = zmq.Context()
+        self.run_dir = run_dir
+        self._inboxes: dict[str, Socket] = {}
+        for name in inboxes:
+            sock = self.ctx.socket(zmq.PULL)
+            bind_inbox(sock, run_dir, name)
+            self._inboxes[name] = sock
+        self._outboxes: dict[str, Socket] = {}
+        self._immediate = immediate
+        self._pollers: dict[tuple[str, ...], zmq.Poller] = {}
+        for dest in peers:  # connected now, so the first send does not find the connection still opening
+            self._outbox(dest)
 
-def try_recv(sock: zmq.Socket[bytes]) -> Message | None:
-    """The next message if one is waiting, else None (never blocks)."""
-    try:
-        raw = sock.recv(zmq.NOBLOCK)
-    except zmq.Again:
-        return None
-    _received.inc()
-    return decode(raw)
+    def wait(self, inboxes: Sequence[str], timeout_s: float) -> bool:
+        key = tuple(inboxes)
+        if not key:  # everything held back: just let time pass
+            time.sleep(timeout_s)
+            return False
+        if any(events(self._inboxes[i]) & zmq.POLLIN for i in key):
+            return True
+        poller = self._pollers.get(key)
+        if poller is None:
+            poller = self._pollers[key] = zmq.Poller()
+            for i in key:
+                poller.register(self._inboxes[i], zmq.POLLIN)
+        return bool(poller.poll(max(0, int(timeout_s * 1000))))
+
+    def take(self, inbox: str, limit: int) -> list[bytes]:
+        return drain(self._inboxes[inbox], limit)
+
+    def send(self, dest: str, data: bytes) -> bool:
+        return try_send(self._outboxes.get(dest) or self._outbox(dest), data)
+
+    def _outbox(self, dest: str) -> Socket:
+        sock = self._outboxes[dest] = outbox(self.ctx, self.run_dir, dest, immediate=self._immediate(dest))
+        return sock
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=LINGER_MS)

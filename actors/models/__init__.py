@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.models.base import Model, ModelError
+from actors.models.base import BatchModel, Model, ModelError, run_batch
 
 
 def build(name: str, settings: dict[str, Any], seed: int | None = None) -> Model:
@@ -16,4 +16,4 @@ def build(name: str, settings: dict[str, Any], seed: int | None = None) -> Model
     raise ValueError(f"unknown model {name!r} (known: fake)")
 
 
-__all__ = ["Model", "ModelError", "build"]
+__all__ = ["BatchModel", "Model", "ModelError", "build", "run_batch"]

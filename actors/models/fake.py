@@ -3,6 +3,11 @@
 Its cost is burnt on a core (numeric work until the thread's CPU clock has advanced by the
 computed time), not slept, so CPU metrics, real-time factors and capacity planning made
 with it mean something. `mode = "sleep"` stands in for an I/O-bound model instead.
+
+It has a batch call: `delay` is paid once per call and `constant_factor` per second of audio,
+the way a GPU kernel launch or an ONNX session call costs once however many items it takes.
+`failure_rate` fails each item on its own; `panic_rate` is drawn per item and kills the
+process, batch and all.
 """
 
 from __future__ import annotations
@@ -13,9 +18,8 @@ import time
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from actors.models.base import ModelError
+from actors.models.base import Audio, ModelError
 
 
 class FakeModel:
@@ -43,21 +47,27 @@ class FakeModel:
         self._calls = 0
 
     def cost(self, samples: int) -> float:
-        """Seconds this call will take (without the random parts)."""
+        """Seconds one call on `samples` samples in all will take (without the random parts)."""
         base = self.delay + self.constant_factor * samples / 16000
         return base + (self.warmup_penalty if self._calls == 0 else 0.0)
 
-    def process(self, audio: npt.NDArray[np.float32], is_final: bool | None) -> dict[str, Any]:
-        cost = self.cost(audio.shape[0])
+    def process(self, audio: Audio, is_final: bool | None) -> dict[str, Any]:
+        out = self.process_batch([(audio, is_final)])[0]
+        if isinstance(out, ModelError):
+            raise out
+        return out
+
+    def process_batch(self, items: list[tuple[Audio, bool | None]]) -> list[dict[str, Any] | ModelError]:
+        cost = self.cost(sum(audio.shape[0] for audio, _ in items))
         if self.jitter:
             cost += self._rng.uniform(-self.jitter, self.jitter)
         self._calls += 1
-        if self.panic_rate and self._rng.random() < self.panic_rate:
+        if self.panic_rate and any(self._rng.random() < self.panic_rate for _ in items):
             os.abort()  # dies like a native crash: SIGABRT, no cleanup, no goodbye
         _spend(max(cost, 0.0), self.mode)
-        if self.failure_rate and self._rng.random() < self.failure_rate:
-            raise ModelError("fake model failure (failure_rate)")
-        return {"count": int(audio.shape[0])}
+        return [ModelError("fake model failure (failure_rate)")
+                if self.failure_rate and self._rng.random() < self.failure_rate
+                else {"count": int(audio.shape[0])} for audio, _ in items]
 
 
 def _spend(seconds: float, mode: str) -> None:

@@ -1,0 +1,261 @@
+"""The one skeleton every actor process runs on.
+
+An actor is a small class that says what it does with a message; the base does the rest.
+Hooks, all optional:
+
+* `on_start()`: once the link and pools are up, before the first message.
+* `on_message(msg, slab)`: one item of a packet. `slab` holds the bytes of the packet's
+  shared-memory allocation (copied out and already released), None when the packet carried
+  none, or when its allocation was reclaimed after a crash (then every item with a `Slice`
+  has lost its audio, and the actor must say so rather than read it).
+* `on_exit(note)`: another process of the group died (the supervisor's `Exited`).
+* `on_idle()`: after every turn, also when nothing came: dispatch, timers, periodic reports.
+* `on_stop()`: last, once the fate of what was queued is settled.
+* `accepting()`: False holds the data inboxes back (the actor's own backpressure).
+* `stats()`: running totals for the heartbeat (`/api/v1/actors`, `streamer top`).
+
+One turn: wait for input (at most `POLL_S`), take what is waiting on the control inboxes,
+then on the data inboxes (at most `turn_limit` packets each, unless held back), hand every
+item to its hook, run `on_idle`, then `flush`: everything the actor `emit`ted during the
+turn goes out as one packet per destination, with one allocation in the actor's own pool
+for all of that packet's audio. Nothing waits for a timer: a packet holds what was waiting
+when the turn began.
+
+Backpressure: when the pool is full, or a destination cannot take a packet, the packet
+stays pending and the data inboxes are not read until it has gone; the loop keeps turning
+(and beating) meanwhile, polling every `HELD_POLL_S`. A stage never sleeps in a handler.
+
+The fate of messages at stop, one rule for every actor (pykka's: the stop queues behind what
+is already in the mailbox). On SIGTERM the actor stops taking new work from its peers'
+point of view but handles every packet already waiting, for up to `stop_drain_s` by its
+clock; what is still waiting then is dropped and counted in the log. A handler that is
+running always finishes: a process never stops mid-message. Then `on_stop`, then one last
+flush; packets that cannot go are dropped and counted. What a dead or stopped actor never
+answered is the business of whoever handed it out (the segmenter redoes a model's items;
+fronts fail the streams of a dead stage).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from runtime.clock import Clock, MonotonicClock
+from runtime.config import Config
+from runtime.process import ChildContext, enter_child
+from runtime.topology import Place, Topology
+from transport.link import Link
+from transport.messages import Exited, Message, Packet, Slice, decode, encode
+from transport.shm import BufferPool, StaleBuffer
+
+log = logging.getLogger("actor")
+
+POLL_S = 0.1  # longest wait for input: on_idle timers run at least this often
+HELD_POLL_S = 0.002  # while output is pending, how often the flush is retried
+
+Payload = bytes | memoryview | npt.NDArray[np.generic]
+
+
+@dataclass
+class Env:
+    """What an actor is given: who it is, its configuration, its link, its pools, its clock."""
+
+    place: Place
+    cfg: Config
+    link: Link
+    pools: dict[str, BufferPool]
+    clock: Clock = field(default_factory=MonotonicClock)
+    beat: Callable[[], None] = lambda: None
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(self.cfg)
+
+
+@dataclass
+class _Outgoing:
+    """Items for one destination not yet sent; `packet` once their audio is in the pool."""
+
+    items: list[Message] = field(default_factory=list)
+    payloads: list[tuple[int, Payload]] = field(default_factory=list)  # (index of the item, its bytes)
+    packet: bytes | None = None
+
+
+class Actor:
+    role: ClassVar[str]
+    stop_drain_s: ClassVar[float] = 2.0
+    turn_limit: ClassVar[int] = 64  # packets taken from one inbox per turn
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.cfg = env.cfg
+        self.clock = env.clock
+        self.place = env.place
+        topo = env.topology
+        self._control = topo.control_inboxes(env.place)
+        self._data = tuple(i for i in topo.inboxes(env.place) if i not in self._control)
+        own = topo.writes(env.place)
+        self.pool: BufferPool | None = env.pools.get(own) if own else None
+        self._out: dict[str, _Outgoing] = {}
+        self.dropped_at_stop = 0
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        pass
+
+    def on_message(self, msg: Message, slab: bytes | None) -> None:
+        pass
+
+    def on_exit(self, note: Exited) -> None:
+        pass
+
+    def on_idle(self) -> None:
+        pass
+
+    def on_stop(self) -> None:
+        pass
+
+    def accepting(self) -> bool:
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    # -- output ----------------------------------------------------------------------------
+
+    def emit(self, dest: str, msg: Message, payload: Payload | None = None) -> None:
+        """Queue `msg` for `dest` in this turn's packet; `payload` goes into the packet's slab and
+        `msg.at` is filled in with where."""
+        out = self._out.get(dest)
+        if out is None:
+            out = self._out[dest] = _Outgoing()
+        if payload is not None:
+            out.payloads.append((len(out.items), payload))
+        out.items.append(msg)
+
+    def pack(self, items: list[Message], payloads: list[tuple[int, Payload]]) -> bytes | None:
+        """One encoded packet, its audio written into one allocation of our pool (None: the pool is
+        full, try again later). Items that carry audio get their `at` filled in."""
+        slab = None
+        if payloads:
+            assert self.pool is not None, f"{self.place.name} has no pool to write audio into"
+            written = self.pool.write_many([p for _, p in payloads])
+            if written is None:
+                return None
+            slab, offsets = written
+            for (i, p), offset in zip(payloads, offsets, strict=True):
+                items[i].at = Slice(offset, len(p) if isinstance(p, bytes) else p.nbytes)  # type: ignore[union-attr]
+        return encode(Packet(slab, items))
+
+    def release_packet(self, packet: bytes) -> None:
+        """Take back the slab of a packet that will never be sent."""
+        slab = decode(packet).slab
+        if slab is not None and self.pool is not None:
+            self.pool.release(slab)
+
+    def flush(self) -> bool:
+        """Send every destination its pending packet; True when nothing is left pending."""
+        for dest, out in list(self._out.items()):
+            if out.packet is None:
+                out.packet = self.pack(out.items, out.payloads)
+                if out.packet is None:
+                    continue  # pool full: keep the items, retry next turn
+            if self.env.link.send(dest, out.packet):
+                del self._out[dest]
+        return not self._out
+
+    @property
+    def held(self) -> bool:
+        """Output is waiting for room: input stays where it is until it has gone."""
+        return bool(self._out)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def turn(self, timeout_s: float | None = None) -> None:
+        """Wait for input, handle what is waiting, run `on_idle`, flush."""
+        reading = self._control + (self._data if self.accepting() and not self.held else ())
+        wait = HELD_POLL_S if self.held else POLL_S
+        self.env.link.wait(reading, wait if timeout_s is None else timeout_s)
+        for inbox in reading:
+            for raw in self.env.link.take(inbox, self.turn_limit):
+                self._handle(raw)
+        self.on_idle()
+        self.flush()
+        self.env.beat()
+
+    def _handle(self, raw: bytes) -> None:
+        packet = decode(raw)
+        slab: bytes | None = None
+        if packet.slab is not None:
+            pool = self.env.pools[packet.slab.pool]
+            try:
+                slab = pool.read_bytes(packet.slab)
+            except StaleBuffer:
+                log.warning("a packet's audio was reclaimed before it was read (its producer restarted)")
+            pool.release(packet.slab)
+        for item in packet.items:
+            if isinstance(item, Exited):
+                self.on_exit(item)
+            else:
+                self.on_message(item, slab)
+
+    def run(self) -> None:
+        """Turn until told to stop, then settle the fate of what is queued (see the module doc)."""
+        self.on_start()
+        while not self.env.stopping.is_set():
+            self.turn()
+        self.stop()
+
+    def stop(self) -> None:
+        deadline = self.clock.now() + self.stop_drain_s
+        inboxes = self._control + self._data
+        while self.clock.now() < deadline and self.env.link.wait(inboxes, 0):
+            self.turn(0)
+        self.dropped_at_stop = sum(len(self.env.link.take(i, 1 << 30)) for i in inboxes)
+        self.on_stop()
+        self.flush()
+        unsent = sum(len(o.items) for o in self._out.values())
+        for out in self._out.values():
+            if out.packet is not None:
+                self.release_packet(out.packet)
+        self._out.clear()
+        if self.dropped_at_stop or unsent:
+            log.warning("stopping: dropped %d queued packets and %d unsent items", self.dropped_at_stop, unsent)
+
+
+def attach_pools(topo: Topology, place: Place, run_id: str) -> dict[str, BufferPool]:
+    names = set(topo.reads(place)) | ({w} if (w := topo.writes(place)) else set())
+    return {n: BufferPool.attach(topo.pools[n], run_id) for n in sorted(names)}
+
+
+def run_process(ctx: ChildContext, cls: type[Actor]) -> None:
+    """The body of an actor process: set up, serve until SIGTERM, stop as the base says."""
+    from transport.sockets import ZmqLink
+
+    enter_child(ctx)
+    cfg = ctx.cfg()
+    topo = Topology(cfg)
+    place = ctx.place
+    pools = attach_pools(topo, place, ctx.run_id)
+    own = topo.writes(place)
+    if own:
+        pools[own].reclaim()  # our previous incarnation's buffers are nobody's now
+    link = ZmqLink(ctx.run_dir, topo.inboxes(place), topo.immediate, peers=topo.sends_to(place))
+    actor = cls(Env(place, cfg, link, pools, beat=ctx.beat, stopping=ctx.stopping))
+    ctx.stats = actor.stats
+    ctx.ready()
+    log.info("ready")
+    try:
+        actor.run()
+    finally:
+        link.close()
+        for pool in pools.values():
+            pool.close()
