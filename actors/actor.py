@@ -217,8 +217,13 @@ class Actor:
     def stop(self) -> None:
         deadline = self.clock.now() + self.stop_drain_s
         inboxes = self._control + self._data
-        while self.clock.now() < deadline and self.env.link.wait(inboxes, 0):
-            self.turn(0)
+        while self.clock.now() < deadline:  # one packet at a time: the deadline is checked between them
+            raw = next((r for inbox in inboxes for r in self.env.link.take(inbox, 1)), None)
+            if raw is None:
+                break
+            self._handle(raw)
+            self.on_idle()
+            self.flush()
         self.dropped_at_stop = sum(len(self.env.link.take(i, 1 << 30)) for i in inboxes)
         self.on_stop()
         self.flush()

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 from opentelemetry.trace import Span
 
 from actors.actor import Actor, Env, run_process
@@ -38,7 +37,7 @@ class Decoding:
     front: int
     trace_id: str
     span: Span
-    pending: list[npt.NDArray[np.float32]] = field(default_factory=list)  # decoded this turn, not yet sent
+    raw: list[memoryview] = field(default_factory=list)  # client bytes of this turn, not yet decoded
 
 
 class Decoder(Actor):
@@ -66,12 +65,8 @@ class Decoder(Actor):
             if slab is None:
                 self._fail(msg.stream, "audio was lost in the pipeline (a front or the decoder restarted)")
                 return
-            t0 = time.perf_counter()
-            audio = d.pcm.feed(memoryview(slab)[msg.at.offset : msg.at.offset + msg.at.nbytes])
-            self._busy += time.perf_counter() - t0
+            d.raw.append(memoryview(slab)[msg.at.offset : msg.at.offset + msg.at.nbytes])
             self._items += 1
-            if audio.shape[1]:
-                d.pending.append(audio)
         elif isinstance(msg, Open):
             self._open(msg)
         elif isinstance(msg, Close):
@@ -92,18 +87,29 @@ class Decoder(Actor):
 
     def on_idle(self) -> None:
         for stream, d in self.streams.items():
-            if d.pending:
+            if d.raw:
                 self._send_audio(stream, d)
         if self._items:
             self.meter.done(self._busy, self._audio, self._items)
             self._busy = self._audio = 0.0
             self._items = 0
 
-    def _send_audio(self, stream: str, d: Decoding) -> None:
-        audio = d.pending[0] if len(d.pending) == 1 else np.concatenate(d.pending, axis=1)
-        d.pending.clear()
-        self._audio += audio.shape[1] / MODEL_RATE
-        self.emit("segmenter", Frames(stream, audio.shape[0], audio.shape[1], NOWHERE), audio)
+    def _send_audio(self, stream: str, d: Decoding, last: bool = False) -> None:
+        """Decode what the stream's frames of this turn hold (one call however many came: the
+        per-call cost is the decoder's main cost at 20 ms frames) and queue it for the segmenter;
+        `last` also drains the resampler."""
+        t0 = time.perf_counter()
+        parts = []
+        if d.raw:
+            parts.append(d.pcm.feed(d.raw[0] if len(d.raw) == 1 else b"".join(d.raw)))
+            d.raw.clear()
+        if last:
+            parts.append(d.pcm.flush())
+        audio = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        self._busy += time.perf_counter() - t0
+        if audio.shape[1]:
+            self._audio += audio.shape[1] / MODEL_RATE
+            self.emit("segmenter", Frames(stream, audio.shape[0], audio.shape[1], NOWHERE), audio)
 
     def _open(self, msg: Open) -> None:
         span = _tracer.start_span("decode", context=telemetry.context_of(msg.trace), attributes={
@@ -123,11 +129,7 @@ class Decoder(Actor):
         d = self.streams.pop(msg.stream, None)
         if d is None:
             return
-        tail = d.pcm.flush()
-        if tail.shape[1]:
-            d.pending.append(tail)
-        if d.pending:
-            self._send_audio(msg.stream, d)
+        self._send_audio(msg.stream, d, last=True)
         if d.pcm.dangling_bytes:
             with logs.bound(msg.stream, d.trace_id):
                 log.warning("stream ended mid-sample: %d bytes dropped", d.pcm.dangling_bytes)

@@ -87,12 +87,17 @@ class SpeechRegions:
     def feed(self, samples: npt.NDArray[np.float32]) -> list[Output]:
         self._win.append(samples)
         out: list[Output] = []
-        while self._next_frame + FRAME <= self._win.end:
-            start = self._next_frame
-            frame = self._win.get(start, start + FRAME)
-            pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-            self._step(start, self._vad.is_speech(pcm, MODEL_RATE), out)
-            self._next_frame = start + FRAME
+        first = self._next_frame
+        frames = (self._win.end - first) // FRAME
+        if frames:
+            # One conversion for every whole frame this feed completes: numpy's per-call cost,
+            # paid per 30 ms frame, was most of the segmenter's time.
+            pcm = (np.clip(self._win.view(first, first + frames * FRAME), -1.0, 1.0) * 32767.0).astype("<i2")
+            raw = pcm.tobytes()
+            for k in range(frames):
+                self._step(first + k * FRAME, self._vad.is_speech(raw[k * 2 * FRAME : (k + 1) * 2 * FRAME], MODEL_RATE),
+                           out)
+            self._next_frame = first + frames * FRAME
         self._trim()
         return out
 

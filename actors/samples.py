@@ -33,9 +33,13 @@ class SampleWindow:
 
     def get(self, start: int, end: int) -> npt.NDArray[np.float32]:
         """A copy of samples [start, end); both must lie inside the window."""
+        return self.view(start, end).copy()
+
+    def view(self, start: int, end: int) -> npt.NDArray[np.float32]:
+        """Samples [start, end) without a copy: valid only until the next append or discard."""
         if start < self.start or end > self.end or start > end:
             raise IndexError(f"[{start}, {end}) outside window [{self.start}, {self.end})")
-        return self._buf[start - self.start : end - self.start].copy()
+        return self._buf[start - self.start : end - self.start]
 
     def discard_before(self, index: int) -> None:
         """Forget samples before `index` (no-op for what is already gone)."""

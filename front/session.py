@@ -95,8 +95,10 @@ class Session:
         self._moved = asyncio.Event()  # the stream's answered audio moved (or it ended)
         self._closed = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
-        loop = asyncio.get_running_loop()
-        self._opened = self._active = loop.time()
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on Python 3.11, and the
+        # audio path asks for the time on every frame.
+        self._loop = asyncio.get_running_loop()
+        self._opened = self._active = self._loop.time()
         self._waiting_on_us = False  # reading is paused by our backpressure or a flush: not idle
         self._warned_idle = self._warned_length = False
 
@@ -167,7 +169,7 @@ class Session:
         self.link.send(Open(stream_id, self.link.slot, self.route, f.channels, f.sample_rate, f.bit_depth,
                             f.is_float, interim, carried))
         self.phase = Phase.STREAMING
-        self._active = asyncio.get_running_loop().time()
+        self._active = self._loop.time()
         logs.bind(stream_id, self.stream.trace_id)  # this task's log lines name the stream from here on
         log.info("stream started: %s, %d ch, %d Hz, %d-bit%s%s", self.route, f.channels, f.sample_rate,
                  f.bit_depth, " float" if f.is_float else "", ", interim" if interim else "")
@@ -199,7 +201,7 @@ class Session:
             await asyncio.wait_for(self._done.wait(), timeout)
         except TimeoutError:
             stream.fail(late)
-        self._active = asyncio.get_running_loop().time()
+        self._active = self._loop.time()
 
     def _forget_stream(self, aborted: bool) -> None:
         stream = self.stream
@@ -229,12 +231,12 @@ class Session:
                 return
         self.link.send(Pcm(stream.id, NOWHERE), data)
         stream.fed(len(data))
-        self._active = asyncio.get_running_loop().time()
+        self._active = self._loop.time()
         self._warned_idle = False
 
     async def _wait_for_room(self, stream: Stream) -> None:
         limits = self.cfg.limits
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         slow_since: float | None = None
         while self.phase is Phase.STREAMING and stream.failed is None:
             if self.outbox.qsize() > limits.max_outbox:
@@ -291,7 +293,7 @@ class Session:
     async def _watch(self) -> None:
         """Idle and length limits, checked when they fall due (one timer per session)."""
         limits = self.cfg.limits
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         lead = min(10.0, limits.max_session_s / 2)
         while True:
             # Deadlines from the state of now, not of when the timer was set: audio that came in

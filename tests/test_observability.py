@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
-from otlp import Got, Receiver
 
 from audio import speech, tone
+from otlp import Got, Receiver
 from server import Server, actor, free_port, wait_for
 from wire import check_regions_answered, converse, stream_steps
 

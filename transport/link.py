@@ -44,6 +44,7 @@ class MemoryLink:
     def __init__(self) -> None:
         self.inboxes: defaultdict[str, deque[bytes]] = defaultdict(deque)
         self.sent: defaultdict[str, list[bytes]] = defaultdict(list)
+        self.order: list[str] = []  # the destination of every packet sent, in sending order
         self.refusing: set[str] = set()  # destinations whose send answers False (absent, full)
 
     def put(self, inbox: str, *items: Message, slab: BufferRef | None = None) -> None:
@@ -69,6 +70,7 @@ class MemoryLink:
         if dest in self.refusing:
             return False
         self.sent[dest].append(data)
+        self.order.append(dest)
         return True
 
     def close(self) -> None:

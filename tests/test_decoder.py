@@ -1,0 +1,136 @@
+"""The decoder actor on its own: packets in from fronts, one packet per turn out to the segmenter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from actors.decoder import Decoder
+from actors.pcm import PcmDecoder, expected_frames
+from runtime.topology import Place
+from transport.messages import Abort, Close, Exited, Failed, Frames, Notice, Open, Pcm, Slice
+
+from audio import noise, pcm_bytes
+from rig import Rig
+
+NOWHERE = Slice(0, 0)
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig(Decoder, Place("decoder"), fronts=2)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def opened(stream: str = "s-1", front: int = 0, rate: int = 16000, channels: int = 1, bits: int = 16) -> Open:
+    return Open(stream, front, "segmented", channels, rate, bits, bits == 32, False)
+
+
+def frames_sent(rig: Rig) -> list[tuple[Frames, np.ndarray]]:
+    out = []
+    for packet in rig.packets("segmenter"):
+        for item in packet.items:
+            if isinstance(item, Frames):
+                out.append((item, rig.read(packet, item.at).reshape(item.channels, item.frames).copy()))
+    return out
+
+
+def test_a_turn_decodes_every_frame_of_a_stream_at_once_and_sends_one_packet(rig: Rig) -> None:
+    x = noise(0.3)
+    data = pcm_bytes(x[None, :], False)
+    pieces = [data[:641], data[641:1300], data[1300:]]  # split mid-sample, as a client may
+    rig.put("decoder", opened(), *[Pcm("s-1", NOWHERE) for _ in pieces], audio=[None, *pieces], pool="front-0")
+    rig.turn()
+    (packet,) = rig.packets("segmenter")
+    assert [type(i) for i in packet.items] == [Open, Frames]
+    frames = packet.items[1]
+    assert isinstance(frames, Frames)
+    alone = PcmDecoder(1, 16000, 16, False).feed(data)
+    np.testing.assert_array_equal(rig.read(packet, frames.at).reshape(1, -1), alone)
+    assert rig.pools["front-0"].used_slots() == 0  # the front's slab is released once read
+
+
+def test_many_streams_of_one_turn_share_one_packet_and_one_allocation(rig: Rig) -> None:
+    items: list[Open | Pcm] = []
+    audio: list[bytes | None] = []
+    for k in range(5):
+        items += [opened(f"s-{k}"), Pcm(f"s-{k}", NOWHERE)]
+        audio += [None, pcm_bytes(noise(0.02, seed=k)[None, :], False)]
+    rig.put("decoder", *items, audio=audio, pool="front-0")
+    rig.turn()
+    packets = rig.packets("segmenter")
+    assert len(packets) == 1
+    assert sum(isinstance(i, Frames) for i in packets[0].items) == 5
+    assert packets[0].slab is not None and rig.pools["decoder"].used_slots() == packets[0].slab.nslots
+
+
+def test_close_sends_the_resampler_tail_and_pins_the_total(rig: Rig) -> None:
+    x = noise(1.0, rate=44100)
+    data = pcm_bytes(x[None, :], False)
+    rig.put("decoder", opened(rate=44100), Pcm("s-1", NOWHERE), audio=[None, data], pool="front-0")
+    rig.turn()
+    rig.put("decoder", Close("s-1"))
+    rig.turn()
+    sent = frames_sent(rig)
+    assert sum(f.frames for f, _ in sent) == expected_frames(x.shape[0], 44100)
+    rig.put("decoder", Pcm("s-1", NOWHERE), audio=[data[:100]], pool="front-0")
+    rig.turn()
+    assert rig.sent("segmenter") == []  # a late frame of an ended stream goes nowhere
+
+
+def test_a_stream_ending_mid_sample_is_told_what_was_dropped(rig: Rig) -> None:
+    rig.put("decoder", opened(front=1), Pcm("s-1", NOWHERE), audio=[None, b"\x01\x02\x03"], pool="front-1")
+    rig.turn()
+    rig.put("decoder", Close("s-1"))
+    rig.turn()
+    (notice,) = rig.sent("front-1")
+    assert isinstance(notice, Notice) and "1 bytes" in notice.message
+    assert [type(i) for i in rig.sent("segmenter")] == [Open, Frames, Close]
+
+
+def test_an_unsupported_format_fails_the_stream_at_its_front(rig: Rig) -> None:
+    rig.put("decoder", Open("s-1", 1, "segmented", 1, 16000, 24, False, False))
+    rig.turn()
+    (failed,) = rig.sent("front-1")
+    assert isinstance(failed, Failed) and "bit_depth 24" in failed.message
+    assert rig.sent("segmenter") == []
+
+
+def test_audio_whose_buffer_was_reclaimed_fails_the_stream_instead_of_decoding_garbage(rig: Rig) -> None:
+    rig.put("decoder", opened())
+    rig.turn()
+    rig.sent("segmenter")
+    rig.put("decoder", Pcm("s-1", NOWHERE), audio=[b"\x00" * 640], pool="front-0")
+    rig.pools["front-0"].reclaim()  # the front restarted before the decoder read it
+    rig.turn()
+    (failed,) = rig.sent("front-0")
+    assert isinstance(failed, Failed) and "lost" in failed.message
+    assert [type(i) for i in rig.sent("segmenter")] == [Abort]
+
+
+def test_a_dead_front_aborts_its_own_streams_only(rig: Rig) -> None:
+    rig.put("decoder", opened("a", front=0), opened("b", front=1), opened("c", front=1))
+    rig.turn()
+    rig.sent("segmenter")
+    rig.put("decoder", Exited("front", 1, 4242, "signal SIGKILL"))
+    rig.turn()
+    assert sorted(i.stream for i in rig.sent("segmenter", Abort)) == ["b", "c"]
+    assert set(rig.actor.streams) == {"a"}  # type: ignore[attr-defined]
+
+
+def test_a_full_segmenter_holds_the_decoders_input_back_without_losing_anything(rig: Rig) -> None:
+    data = pcm_bytes(noise(0.1)[None, :], False)
+    rig.put("decoder", opened(), Pcm("s-1", NOWHERE), audio=[None, data[:1600]], pool="front-0")
+    rig.link.refusing.add("segmenter")
+    rig.turn()
+    rig.put("decoder", Pcm("s-1", NOWHERE), audio=[data[1600:]], pool="front-0")
+    rig.turn(3)
+    assert rig.sent("segmenter") == [] and len(rig.link.inboxes["decoder"]) == 1  # held: not read
+    rig.link.refusing.clear()
+    rig.turn(2)
+    assert sum(f.frames for f, _ in frames_sent(rig)) == 1600

@@ -1,0 +1,181 @@
+"""The segmenter actor and its dispatcher on their own: frames in, events to the front, work to
+model slots by credit (finals first, batched, redone after a death), load reports by the clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from actors.segmenter import LOAD_EVERY_S, Segmenter
+from runtime.topology import SEGMENTER_CONTROL, Place
+from transport.messages import (
+    Abort,
+    Close,
+    Done,
+    Event,
+    Exited,
+    Frames,
+    Load,
+    Open,
+    Packet,
+    Ready,
+    Result,
+    Slice,
+    StreamEnd,
+    Work,
+)
+
+from audio import noise, speech
+from rig import Rig
+
+NOWHERE = Slice(0, 0)
+TWO = ("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning.")
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig(Segmenter, Place("segmenter"), fronts=2, models=2)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def stream_in(rig: Rig, x: np.ndarray, stream: str = "s-1", front: int = 0, route: str = "segmented",
+              interim: bool = False, step: int = 1600, close: bool = True) -> None:
+    """Open, then the audio in `step`-sample Frames, one packet and one turn each, then Close."""
+    rig.put("segmenter", Open(stream, front, route, 1, 16000, 16, False, interim))  # type: ignore[arg-type]
+    for i in range(0, x.shape[0], step):
+        piece = np.ascontiguousarray(x[i : i + step], np.float32)
+        rig.put("segmenter", Frames(stream, 1, piece.shape[0], NOWHERE), audio=[piece], pool="decoder")
+        rig.turn()
+    if close:
+        rig.put("segmenter", Close(stream))
+        rig.turn()
+
+
+def ready(rig: Rig, slot: int, pid: int, capacity: int = 2, max_batch: int = 8) -> None:
+    rig.put(SEGMENTER_CONTROL, Ready(slot, pid, capacity, max_batch))
+
+
+def work_packets(rig: Rig, slot: int) -> list[Packet]:
+    return rig.packets(f"model-{slot}")
+
+
+def done(rig: Rig, slot: int, pid: int, packet: Packet) -> None:
+    rig.put(SEGMENTER_CONTROL, Done(slot, pid, [w.work_id for w in packet.items if isinstance(w, Work)], 0.01))
+
+
+def test_speech_gives_events_to_its_front_and_finals_to_a_model_with_credit(rig: Rig) -> None:
+    sp = speech(TWO)
+    stream_in(rig, sp.samples, front=1)
+    told = rig.sent("front-1")
+    assert [e.kind for e in told if isinstance(e, Event)] == ["active", "inactive", "active", "inactive"]
+    (end,) = [i for i in told if isinstance(i, StreamEnd)]
+    assert end.results == [2] and end.events == [4]
+    assert work_packets(rig, 0) == [] and work_packets(rig, 1) == []  # no credit announced yet: nothing sent
+    ready(rig, 0, 100)
+    rig.turn()
+    (packet,) = work_packets(rig, 0)  # both finals waiting: one packet, one allocation
+    works = [w for w in packet.items if isinstance(w, Work)]
+    assert [(w.seq, w.kind, w.front) for w in works] == [(0, "final", 1), (1, "final", 1)]
+    for w in works:
+        audio = rig.read(packet, w.at)
+        assert audio.shape[0] == round((w.end_time - w.start_time) * 16000)
+
+
+def test_a_slot_never_holds_more_packets_than_its_credit(rig: Rig) -> None:
+    ready(rig, 0, 100, capacity=1, max_batch=1)
+    stream_in(rig, speech(TWO).samples)
+    first = work_packets(rig, 0)
+    assert len(first) == 1  # the second final waits for a credit
+    done(rig, 0, 100, first[0])
+    rig.turn()
+    assert len(work_packets(rig, 0)) == 1
+
+
+def test_finals_go_ahead_of_interims_and_one_interim_per_channel_waits(rig: Rig) -> None:
+    sp = speech(TWO, gap_s=1.0)
+    stream_in(rig, sp.samples, interim=True)
+    d = rig.actor.dispatcher  # type: ignore[attr-defined]
+    assert d.superseded > 0  # interims of a region replaced by newer ones while nobody could take them
+    assert d.queued == 2  # the two finals; each region's waiting interim gave way to its final
+    ready(rig, 0, 100, capacity=1, max_batch=8)
+    rig.turn()
+    (packet,) = work_packets(rig, 0)
+    assert [w.kind for w in packet.items if isinstance(w, Work)] == ["final", "final"]
+
+
+def test_work_of_a_dead_model_is_redone_elsewhere_and_only_the_running_packet_spends_an_attempt(rig: Rig) -> None:
+    ready(rig, 0, 100, capacity=2, max_batch=1)
+    stream_in(rig, speech(TWO).samples)
+    running, queued = work_packets(rig, 0)
+    ready(rig, 1, 200, capacity=2, max_batch=1)
+    rig.put(SEGMENTER_CONTROL, Exited("model", 0, 100, "signal SIGKILL"))
+    rig.turn()
+    again = work_packets(rig, 1)
+    attempts = {w.seq: w.attempt for p in again for w in p.items if isinstance(w, Work)}
+    assert attempts == {running.items[0].seq: 2, queued.items[0].seq: 1}  # type: ignore[union-attr]
+    # The dead slot's allocations are taken back here (only the segmenter knows them); only the
+    # packets now with model-1 hold slots.
+    assert rig.pools["segmenter"].used_slots() == sum(p.slab.nslots for p in again if p.slab is not None)
+
+
+def test_an_item_that_kills_every_model_gets_one_error_and_takes_nobody_with_it(rig: Rig) -> None:
+    stream_in(rig, speech(TWO).samples)
+    pid = 100
+    errors: list[Result] = []
+    for _ in range(6):
+        ready(rig, 0, pid, capacity=1, max_batch=8)
+        rig.turn()
+        packets = work_packets(rig, 0)
+        errors += [r for r in rig.sent("front-0", Result) if r.error]
+        if not packets:
+            break
+        (packet,) = packets
+        works = [w for w in packet.items if isinstance(w, Work)]
+        if works[0].seq == 0:  # the poison: kills whoever runs it
+            rig.put(SEGMENTER_CONTROL, Exited("model", 0, pid, "signal SIGABRT"))
+            pid += 1
+        else:
+            done(rig, 0, pid, packet)
+        rig.turn()
+        errors += [r for r in rig.sent("front-0", Result) if r.error]
+    assert [(e.seq, "died 3 times" in (e.error or "")) for e in errors] == [(0, True)]
+
+
+def test_abort_forgets_a_streams_waiting_work(rig: Rig) -> None:
+    stream_in(rig, speech(TWO).samples, close=False)
+    rig.put("segmenter", Close("s-1"), Abort("s-2"))
+    rig.turn()
+    assert rig.actor.dispatcher.queued == 2  # type: ignore[attr-defined]
+    rig.put("segmenter", Abort("s-1"))
+    rig.turn()
+    assert rig.actor.dispatcher.queued == 0  # type: ignore[attr-defined]
+
+
+def test_simple_route_chunks_every_sample(rig: Rig) -> None:
+    x = noise(1.3)
+    stream_in(rig, x, route="simple", step=1000)
+    (end,) = rig.sent("front-0", StreamEnd)
+    assert end.results == [3] and end.events == [0]
+    ready(rig, 0, 100, capacity=4, max_batch=8)
+    rig.turn()
+    works = [w for p in work_packets(rig, 0) for w in p.items if isinstance(w, Work)]
+    assert [w.kind for w in works] == ["chunk"] * 3
+    assert sum(round((w.end_time - w.start_time) * 16000) for w in works) == x.shape[0]
+
+
+def test_every_front_hears_the_load_twice_a_second_by_the_clock(rig: Rig) -> None:
+    rig.turn()
+    assert len(rig.sent("front-0", Load)) == 1 and len(rig.sent("front-1", Load)) == 1
+    rig.clock.advance(LOAD_EVERY_S / 2)
+    rig.turn()
+    assert rig.sent("front-0", Load) == []
+    rig.clock.advance(LOAD_EVERY_S / 2)
+    ready(rig, 0, 100)
+    rig.turn()
+    (load,) = rig.sent("front-1", Load)
+    assert load.actors == 1 and load.streams == 0
