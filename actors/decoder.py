@@ -47,9 +47,6 @@ class Decoder(Actor):
         super().__init__(env)
         self.streams: dict[str, Decoding] = {}
         self.meter = StageMeter()
-        self._busy = 0.0
-        self._audio = 0.0
-        self._items = 0
 
     def stats(self) -> dict[str, object]:
         self.meter.set_inflight(len(self.streams))
@@ -66,7 +63,6 @@ class Decoder(Actor):
                 self._fail(msg.stream, "audio was lost in the pipeline (a front or the decoder restarted)")
                 return
             d.raw.append(memoryview(slab)[msg.at.offset : msg.at.offset + msg.at.nbytes])
-            self._items += 1
         elif isinstance(msg, Open):
             self._open(msg)
         elif isinstance(msg, Close):
@@ -89,10 +85,6 @@ class Decoder(Actor):
         for stream, d in self.streams.items():
             if d.raw:
                 self._send_audio(stream, d)
-        if self._items:
-            self.meter.done(self._busy, self._audio, self._items)
-            self._busy = self._audio = 0.0
-            self._items = 0
 
     def _send_audio(self, stream: str, d: Decoding, last: bool = False) -> None:
         """Decode what the stream's frames of this turn hold (one call however many came: the
@@ -106,9 +98,8 @@ class Decoder(Actor):
         if last:
             parts.append(d.pcm.flush())
         audio = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-        self._busy += time.perf_counter() - t0
+        self.meter.add(time.perf_counter() - t0, audio.shape[1] / MODEL_RATE)
         if audio.shape[1]:
-            self._audio += audio.shape[1] / MODEL_RATE
             self.emit("segmenter", Frames(stream, audio.shape[0], audio.shape[1], NOWHERE), audio)
 
     def _open(self, msg: Open) -> None:

@@ -13,6 +13,7 @@ import numpy.typing as npt
 import soxr
 
 MODEL_RATE = 16000
+_S16_SCALE = np.float32(1.0 / 32768.0)
 
 Audio = npt.NDArray[np.float32]
 
@@ -61,8 +62,8 @@ class PcmDecoder:
         samples = np.frombuffer(data, self._dtype, whole // self._dtype.itemsize)
         frames = samples.reshape(-1, self.channels)
         self.frames_in += frames.shape[0]
-        if self._dtype.kind == "i":
-            floats = frames.astype(np.float32) * np.float32(1.0 / 32768.0)
+        if self._dtype.kind == "i":  # one numpy call: converts and scales
+            floats = np.multiply(frames, _S16_SCALE, dtype=np.float32)
         else:
             floats = frames.astype(np.float32)
         out = floats if self._resampler is None else self._resampler.resample_chunk(floats)

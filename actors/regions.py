@@ -47,6 +47,7 @@ class Piece:
     end: int
     audio: npt.NDArray[np.float32]
     is_final: bool | None  # None on the simple route (chunks are neither interim nor final)
+    voiced_end: int = 0  # a final's last voiced sample (end of its last voiced VAD frame), for latency
 
 
 Output = Activity | Piece
@@ -149,7 +150,7 @@ class SpeechRegions:
     def _close(self, end: int, out: list[Output]) -> None:
         start = self._region_start
         out.append(Activity("inactive", end))
-        out.append(Piece(start, end, self._win.get(start, end), True))
+        out.append(Piece(start, end, self._win.get(start, end), True, self._last_voiced_end))
         self._speaking = False
         self._candidate = None
         self._voiced = 0

@@ -123,8 +123,6 @@ class Segmenter(Actor):
         self._next_work = self.pool.next_alloc << 20  # unique across our restarts, no coordination needed
         self._last_load = -LOAD_EVERY_S
         self._fronts = [front_inbox(k) for k in range(env.topology.fronts)]
-        self._busy_s = self._audio_s = 0.0
-        self._items = 0
 
     def stats(self) -> dict[str, object]:
         self.meter.set_inflight(self.dispatcher.inflight + self.dispatcher.queued)
@@ -180,9 +178,7 @@ class Segmenter(Actor):
         audio = audio.reshape(msg.channels, msg.frames)
         for ch, cutter in enumerate(state.cutters):
             self._deliver(msg.stream, state, ch, cutter.feed(audio[ch]))
-        self._busy_s += time.perf_counter() - t0
-        self._audio_s += msg.frames / MODEL_RATE
-        self._items += 1
+        self.meter.add(time.perf_counter() - t0, msg.frames / MODEL_RATE)
         state.taken_s += msg.frames / MODEL_RATE
         if state.taken_s - state.told_s >= PROGRESS_EVERY_S:
             state.told_s = state.taken_s
@@ -220,10 +216,6 @@ class Segmenter(Actor):
                 work.is_final, error=f"inference failed for {work.start_time:.2f}-{work.end_time:.2f}: "
                 f"model actor died {work.attempt} times"))
         self.dispatcher.failed.clear()
-        if self._items:
-            self.meter.done(self._busy_s, self._audio_s, self._items)
-            self._busy_s = self._audio_s = 0.0
-            self._items = 0
         now = self.clock.now()
         if now - self._last_load >= LOAD_EVERY_S:
             self._last_load = now

@@ -15,7 +15,6 @@ factor of its work (busy seconds per audio second), and a summary for the heartb
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,8 @@ from runtime.topology import Place, Topology
 
 RTF_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
-RTF = Histogram("streamer_stage_rtf", "Real-time factor of this stage's work per item (busy s / audio s)",
+RTF = Histogram("streamer_stage_rtf", "Real-time factor of this stage's work (busy s / audio s), per model call "
+                "or per heartbeat of a stage",
                 buckets=RTF_BUCKETS)
 PROCESSED = Counter("streamer_stage_items", "Items this stage finished (chunks, frames, inferences)")
 BUSY = Counter("streamer_stage_busy_seconds", "Wall seconds this stage spent working on items")
@@ -56,56 +56,54 @@ def serve(cfg: Config, place: Place | None = None) -> int:
 
 @dataclass
 class StageMeter:
-    """One stage's running totals, fed per item, read by Prometheus and by the heartbeat."""
+    """One stage's running totals, read by Prometheus and by the heartbeat.
+
+    A stage adds work as it goes (`add`, a few attribute updates) and Prometheus hears of it
+    once per heartbeat (`publish`, from `summary`): its counters and locks cost more than the
+    work of a 20 ms frame. A model call is heavy enough to be published at once (`done`)."""
 
     processed: int = 0
     busy_s: float = 0.0
     audio_s: float = 0.0
     inflight: int = 0
-    last_busy_s: float = 0.0
+    _items: int = 0  # since the last publish
+    _busy: float = 0.0
+    _audio: float = 0.0
+
+    def add(self, busy_s: float, audio_s: float, items: int = 1) -> None:
+        """Record work done: `items` items that took `busy_s` and covered `audio_s` of audio."""
+        self._items += items
+        self._busy += busy_s
+        self._audio += audio_s
 
     def done(self, busy_s: float, audio_s: float, items: int = 1) -> None:
-        """Record work done: `items` items (a turn's worth in a stage, one call in a model) that
-        took `busy_s` and covered `audio_s` of audio."""
-        self.processed += items
-        self.last_busy_s = busy_s
-        self.busy_s += busy_s
-        self.audio_s += audio_s
-        PROCESSED.inc(items)
-        BUSY.inc(busy_s)
-        AUDIO.inc(audio_s)
-        if audio_s > 0:
-            RTF.observe(busy_s / audio_s)
+        self.add(busy_s, audio_s, items)
+        self.publish()
 
-    def timed(self) -> _Timer:
-        return _Timer(self)
+    def publish(self) -> None:
+        """Hand what was added since the last call to Prometheus (the real-time factor is observed
+        once per call: per model call, or per heartbeat of a stage)."""
+        if not self._items:
+            return
+        self.processed += self._items
+        self.busy_s += self._busy
+        self.audio_s += self._audio
+        PROCESSED.inc(self._items)
+        BUSY.inc(self._busy)
+        AUDIO.inc(self._audio)
+        if self._audio > 0:
+            RTF.observe(self._busy / self._audio)
+        self._items, self._busy, self._audio = 0, 0.0, 0.0
 
     def set_inflight(self, n: int) -> None:
         self.inflight = n
         INFLIGHT.set(n)
 
     def summary(self) -> dict[str, Any]:
+        self.publish()
         rtf = self.busy_s / self.audio_s if self.audio_s > 0 else None
         return {"processed": self.processed, "inflight": self.inflight,
                 "rtf": None if rtf is None else round(rtf, 5)}
-
-
-class _Timer:
-    """`with meter.timed() as t: ...; t.audio_s = n; t.items = k` records a piece of work."""
-
-    def __init__(self, meter: StageMeter) -> None:
-        self.meter = meter
-        self.audio_s = 0.0
-        self.items = 1
-        self._t0 = 0.0
-
-    def __enter__(self) -> _Timer:
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.items:
-            self.meter.done(time.perf_counter() - self._t0, self.audio_s, self.items)
 
 
 def watch_pool(name: str, used: int, slots: int) -> None:

@@ -96,14 +96,16 @@ class BufferPool:
         self._shm = shm
         buf = shm.buf
         assert buf is not None
-        self._header: npt.NDArray[np.uint64] = np.ndarray((_HEADER_WORDS,), np.uint64, buf, 0)
-        self._ids: npt.NDArray[np.uint64] = np.ndarray(
-            (spec.nslots,), np.uint64, buf, _HEADER_WORDS * 8
-        )
+        ids_end = (_HEADER_WORDS + spec.nslots) * 8
+        # The hot paths (one slot checked, stamped or freed per hop) index plain memoryviews: a
+        # numpy scalar read or write costs several times more than the work it stands for.
+        # numpy views of the same bytes serve the rare scans (a free run, a reclaim).
+        self._hdr = buf[: _HEADER_WORDS * 8].cast("Q")
+        self._idv = buf[_HEADER_WORDS * 8 : ids_end].cast("Q")
+        self._ids: npt.NDArray[np.uint64] = np.ndarray((spec.nslots,), np.uint64, buf, _HEADER_WORDS * 8)
         self._data: npt.NDArray[np.uint8] = np.ndarray(
             (spec.nslots * spec.slot_size,), np.uint8, buf, spec.data_offset
         )
-        # Plain memoryview for byte copies: ~5x cheaper per call than numpy for small payloads.
         self._bytes = buf[spec.data_offset : spec.data_offset + spec.nslots * spec.slot_size]
         self._cursor = 0
         self._closed = False
@@ -119,11 +121,8 @@ class BufferPool:
             # Reserve the tmpfs pages now so a full /dev/shm fails here, not as a SIGBUS later.
             os.posix_fallocate(fd, 0, spec.total_size)
         pool = cls(spec, shm)
-        pool._header[:] = 0
-        pool._header[0] = _MAGIC
-        pool._header[1] = 1
-        pool._header[2] = spec.nslots
-        pool._header[3] = spec.slot_size
+        for i, word in enumerate((_MAGIC, 1, spec.nslots, spec.slot_size)):
+            pool._hdr[i] = word
         pool._ids[:] = 0
         return pool
 
@@ -131,7 +130,7 @@ class BufferPool:
     def attach(cls, spec: PoolSpec, run_id: str) -> BufferPool:
         shm = shared_memory.SharedMemory(spec.segment_name(run_id), create=False)
         pool = cls(spec, shm)
-        if int(pool._header[0]) != _MAGIC or int(pool._header[2]) != spec.nslots:
+        if pool._hdr[0] != _MAGIC or pool._hdr[2] != spec.nslots:
             pool.close()
             raise RuntimeError(f"segment {spec.segment_name(run_id)} is not a pool of this shape")
         return pool
@@ -147,9 +146,11 @@ class BufferPool:
         slot = self._find_free(k)
         if slot < 0:
             return None
-        alloc = int(self._header[1])
-        self._header[1] = alloc + 1
-        self._ids[slot : slot + k] = alloc
+        alloc = self._hdr[1]
+        self._hdr[1] = alloc + 1
+        idv = self._idv
+        for i in range(slot, slot + k):
+            idv[i] = alloc
         self._cursor = (slot + k) % self.spec.nslots
         start = slot * self.spec.slot_size
         return BufferRef(self.spec.name, slot, k, alloc, nbytes), self._bytes[start : start + nbytes]
@@ -186,9 +187,8 @@ class BufferPool:
         """The first slot of a free run of `k` at or after the cursor (wrapping), -1 if none."""
         n = self.spec.nslots
         c = self._cursor
-        if k == 1 and self._ids[c] == 0:
-            return c
-        if c + k <= n and not self._ids[c : c + k].any():
+        idv = self._idv
+        if c + k <= n and not any(idv[i] for i in range(c, c + k)):
             return c
         free = self._ids == 0
         if k == 1:
@@ -212,13 +212,14 @@ class BufferPool:
 
     @property
     def next_alloc(self) -> int:
-        return int(self._header[1])
+        return int(self._hdr[1])
 
     # -- holder side ---------------------------------------------------------------
 
     def _check(self, ref: BufferRef) -> None:
-        ids = self._ids[ref.slot : ref.slot + ref.nslots]
-        if ids.shape[0] != ref.nslots or not (ids == ref.alloc).all():
+        idv, alloc = self._idv, ref.alloc
+        end = ref.slot + ref.nslots
+        if end > len(idv) or any(idv[i] != alloc for i in range(ref.slot, end)):
             raise StaleBuffer(f"{ref.pool}:{ref.slot} alloc {ref.alloc} was reclaimed")
 
     def read_bytes(self, ref: BufferRef) -> bytes:
@@ -242,12 +243,13 @@ class BufferPool:
 
         Only slots still stamped with this allocation's id are freed: after a reclaim, a
         stale ref's range may overlap newer allocations, which keep their slots."""
-        ids = self._ids[ref.slot : ref.slot + ref.nslots]
-        mine = ids == ref.alloc
-        if not mine.any():
-            return False
-        ids[mine] = 0
-        return True
+        idv, alloc = self._idv, ref.alloc
+        freed = False
+        for i in range(ref.slot, min(ref.slot + ref.nslots, len(idv))):
+            if idv[i] == alloc:
+                idv[i] = 0
+                freed = True
+        return freed
 
     # -- accounting ----------------------------------------------------------------
 
@@ -260,8 +262,9 @@ class BufferPool:
             return
         self._closed = True
         atexit.unregister(self.close)
-        self._bytes.release()
-        del self._header, self._ids, self._data, self._bytes
+        for view in (self._bytes, self._hdr, self._idv):
+            view.release()
+        del self._hdr, self._idv, self._ids, self._data, self._bytes
         try:
             self._shm.close()
         except BufferError:
