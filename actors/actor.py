@@ -22,7 +22,8 @@ for all of that packet's audio. Nothing waits for a timer: a packet holds what w
 when the turn began.
 
 Backpressure: when the pool is full, or a destination cannot take a packet, the packet
-stays pending and the data inboxes are not read until it has gone; the loop keeps turning
+stays pending (what the actor emits for that destination meanwhile queues behind it, in
+order) and the data inboxes are not read until it has gone; the loop keeps turning
 (and beating) meanwhile, polling every `HELD_POLL_S`. A stage never sleeps in a handler.
 
 The fate of messages at stop, one rule for every actor (pykka's: the stop queues behind what
@@ -103,7 +104,7 @@ class Actor:
         self._data = tuple(i for i in topo.inboxes(env.place) if i not in self._control)
         own = topo.writes(env.place)
         self.pool: BufferPool | None = env.pools.get(own) if own else None
-        self._out: dict[str, _Outgoing] = {}
+        self._out: dict[str, list[_Outgoing]] = {}  # per destination, oldest first; only the last one open
         self.dropped_at_stop = 0
 
     # -- hooks ---------------------------------------------------------------------------
@@ -134,9 +135,12 @@ class Actor:
     def emit(self, dest: str, msg: Message, payload: Payload | None = None) -> None:
         """Queue `msg` for `dest` in this turn's packet; `payload` goes into the packet's slab and
         `msg.at` is filled in with where."""
-        out = self._out.get(dest)
-        if out is None:
-            out = self._out[dest] = _Outgoing()
+        queue = self._out.get(dest)
+        if queue is None:
+            queue = self._out[dest] = [_Outgoing()]
+        elif queue[-1].packet is not None:  # already packed and waiting: this goes in the next one
+            queue.append(_Outgoing())
+        out = queue[-1]
         if payload is not None:
             out.payloads.append((len(out.items), payload))
         out.items.append(msg)
@@ -162,13 +166,18 @@ class Actor:
             self.pool.release(slab)
 
     def flush(self) -> bool:
-        """Send every destination its pending packet; True when nothing is left pending."""
-        for dest, out in list(self._out.items()):
-            if out.packet is None:
-                out.packet = self.pack(out.items, out.payloads)
+        """Send every destination its pending packets, in order; True when nothing is left pending."""
+        for dest, queue in list(self._out.items()):
+            while queue:
+                out = queue[0]
                 if out.packet is None:
-                    continue  # pool full: keep the items, retry next turn
-            if self.env.link.send(dest, out.packet):
+                    out.packet = self.pack(out.items, out.payloads)
+                    if out.packet is None:
+                        break  # pool full: keep the items, retry next turn
+                if not self.env.link.send(dest, out.packet):
+                    break
+                queue.pop(0)
+            if not queue:
                 del self._out[dest]
         return not self._out
 
@@ -227,8 +236,9 @@ class Actor:
         self.dropped_at_stop = sum(len(self.env.link.take(i, 1 << 30)) for i in inboxes)
         self.on_stop()
         self.flush()
-        unsent = sum(len(o.items) for o in self._out.values())
-        for out in self._out.values():
+        left = [out for queue in self._out.values() for out in queue]
+        unsent = sum(len(out.items) for out in left)
+        for out in left:
             if out.packet is not None:
                 self.release_packet(out.packet)
         self._out.clear()

@@ -42,6 +42,7 @@ from transport.messages import (
     Done,
     Event,
     Exited,
+    Failed,
     Frames,
     Load,
     Message,
@@ -171,7 +172,10 @@ class Segmenter(Actor):
 
     def _frames(self, msg: Frames, slab: bytes | None) -> None:
         state = self.streams.get(msg.stream)
-        if state is None or slab is None:
+        if state is None:
+            return  # ended or failed: late audio goes nowhere
+        if slab is None:  # its buffer was reclaimed after a restart: the stream has a hole, say so
+            self._fail(msg.stream, "audio was lost in the pipeline (the decoder or the segmenter restarted)")
             return
         t0 = time.perf_counter()
         audio = np.frombuffer(slab, np.float32, msg.channels * msg.frames, msg.at.offset)
@@ -197,6 +201,12 @@ class Segmenter(Actor):
             if kind != "interim":
                 state.results[ch] += 1
             self.dispatcher.submit(work, o.audio)
+
+    def _fail(self, stream: str, message: str) -> None:
+        state = self.streams.pop(stream)
+        telemetry.finish(state.span, message)
+        self.dispatcher.cancel(stream)
+        self.emit(state.front, Failed(stream, message))
 
     def _close(self, stream: str) -> None:
         state = self.streams.pop(stream, None)

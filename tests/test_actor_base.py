@@ -79,3 +79,14 @@ def test_waiting_output_holds_the_data_inbox_but_not_control() -> None:
         assert len(rig.link.inboxes["segmenter"]) == 0
     finally:
         rig.close()
+
+
+def test_what_is_emitted_while_a_packet_waits_goes_out_after_it_not_lost(relay: Rig) -> None:
+    relay.link.refusing.add("segmenter")
+    relay.put("decoder", Close("first"))
+    relay.turn()  # packed, refused: waits
+    relay.actor.emit("segmenter", Abort("second"))  # e.g. a report from on_idle while held
+    relay.turn()
+    relay.link.refusing.clear()
+    relay.turn(2)
+    assert [i.stream for i in relay.sent("segmenter")] == ["first", "second"]

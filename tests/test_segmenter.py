@@ -16,6 +16,7 @@ from transport.messages import (
     Done,
     Event,
     Exited,
+    Failed,
     Frames,
     Load,
     Open,
@@ -179,3 +180,15 @@ def test_every_front_hears_the_load_twice_a_second_by_the_clock(rig: Rig) -> Non
     rig.turn()
     (load,) = rig.sent("front-1", Load)
     assert load.actors == 1 and load.streams == 0
+
+
+def test_audio_whose_buffer_was_reclaimed_fails_the_stream_instead_of_vanishing(rig: Rig) -> None:
+    rig.put("segmenter", Open("s-1", 1, "segmented", 1, 16000, 16, False, False))
+    rig.turn()
+    piece = speech(TWO).samples[:16000]
+    rig.put("segmenter", Frames("s-1", 1, piece.shape[0], NOWHERE), audio=[piece], pool="decoder")
+    rig.pools["decoder"].reclaim()  # the decoder restarted before the segmenter read it
+    rig.turn()
+    (failed,) = rig.sent("front-1", Failed)
+    assert "lost" in failed.message
+    assert "s-1" not in rig.actor.streams  # type: ignore[attr-defined]
