@@ -12,6 +12,8 @@ Hooks, all optional:
 * `on_idle()`: after every turn, also when nothing came: dispatch, timers, periodic reports.
 * `on_stop()`: last, once the fate of what was queued is settled.
 * `accepting()`: False holds the data inboxes back (the actor's own backpressure).
+* `contain(item, error)`: a handler raised; end what the item concerns (its stream) and go
+  on (True), or let the process die (False, the default).
 * `stats()`: running totals for the heartbeat (`/api/v1/actors`, `streamer top`).
 
 One turn: wait for input (at most `POLL_S`), take what is waiting on the control inboxes,
@@ -211,10 +213,20 @@ class Actor:
                 log.warning("a packet's audio was reclaimed before it was read (its producer restarted)")
             pool.release(packet.slab)
         for item in packet.items:
-            if isinstance(item, Exited):
-                self.on_exit(item)
-            else:
-                self.on_message(item, slab)
+            try:
+                if isinstance(item, Exited):
+                    self.on_exit(item)
+                else:
+                    self.on_message(item, slab)
+            except Exception as e:
+                if not self.contain(item, e):
+                    raise
+
+    def contain(self, item: Message, error: Exception) -> bool:
+        """A handler raised on `item`: end what it concerns (a stream) and go on, or return False
+        and let the process die and be restarted. One stream's bad state must never take down
+        every stream of the process."""
+        return False
 
     def run(self) -> None:
         """Turn until told to stop, then settle the fate of what is queued (see the module doc)."""

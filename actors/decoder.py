@@ -19,10 +19,10 @@ from opentelemetry.trace import Span
 from actors.actor import Actor, Env, run_process
 from actors.pcm import MODEL_RATE, PcmDecoder, UnsupportedFormat
 from runtime import logs, telemetry
-from runtime.metrics import StageMeter, watch_pool
+from runtime.metrics import STREAM_CRASHES, StageMeter, watch_pool
 from runtime.process import ChildContext
 from runtime.topology import front_inbox
-from transport.messages import Abort, Close, Exited, Failed, Frames, Message, Notice, Open, Pcm, Slice
+from transport.messages import Abort, Close, Exited, Failed, Frames, Message, Notice, Open, Pcm, Slice, stream_of
 
 log = logging.getLogger("decoder")
 _tracer = telemetry.tracer("streamer.decoder")
@@ -38,6 +38,7 @@ class Decoding:
     trace_id: str
     span: Span
     raw: list[memoryview] = field(default_factory=list)  # client bytes of this turn, not yet decoded
+    lost: bool = False  # some of its audio was reclaimed: nothing more until the front's replay
 
 
 class Decoder(Actor):
@@ -57,10 +58,14 @@ class Decoder(Actor):
     def on_message(self, msg: Message, slab: bytes | None) -> None:
         if isinstance(msg, Pcm):
             d = self.streams.get(msg.stream)
-            if d is None:
-                return  # a stream that ended or failed: its late bytes go nowhere
+            if d is None or d.lost:
+                return  # ended, failed, or waiting for its replay: these bytes go nowhere
             if slab is None:
-                self._fail(msg.stream, "audio was lost in the pipeline (a front or the decoder restarted)")
+                # Reclaimed: a process of the pipeline died after the front sent it. The front heard
+                # of that death too and plays the stream again from its last checkpoint; until
+                # that Open arrives, decoding on would only put a hole in the audio.
+                d.lost = True
+                d.raw.clear()
                 return
             d.raw.append(memoryview(slab)[msg.at.offset : msg.at.offset + msg.at.nbytes])
         elif isinstance(msg, Open):
@@ -82,9 +87,29 @@ class Decoder(Actor):
             self.emit("segmenter", Abort(stream))
 
     def on_idle(self) -> None:
-        for stream, d in self.streams.items():
+        for stream, d in list(self.streams.items()):
             if d.raw:
-                self._send_audio(stream, d)
+                try:
+                    self._send_audio(stream, d)
+                except Exception as e:
+                    self._crashed(stream, e)
+
+    def contain(self, item: Message, error: Exception) -> bool:
+        stream = stream_of(item)
+        if stream in self.streams:
+            self._crashed(stream, error)
+            return True
+        if isinstance(item, Open):
+            log.exception("opening stream %s failed", item.stream, exc_info=error)
+            self.emit(front_inbox(item.front), Failed(item.stream, f"internal error: {type(error).__name__}"))
+            return True
+        return False
+
+    def _crashed(self, stream: str, error: Exception) -> None:
+        with logs.bound(stream, self.streams[stream].trace_id):
+            log.error("failing the stream: its decoding raised", exc_info=error)
+        STREAM_CRASHES.inc()
+        self._fail(stream, f"internal error in the decoder: {type(error).__name__}")
 
     def _send_audio(self, stream: str, d: Decoding, last: bool = False) -> None:
         """Decode what the stream's frames of this turn hold (one call however many came: the
@@ -106,8 +131,15 @@ class Decoder(Actor):
         span = _tracer.start_span("decode", context=telemetry.context_of(msg.trace), attributes={
             "streamer.stream": msg.stream, "audio.channels": msg.channels,
             "audio.sample_rate": msg.sample_rate, "audio.bit_depth": msg.bit_depth})
+        old = self.streams.pop(msg.stream, None)
+        if old is not None:  # a replay after the segmenter died: start again from its checkpoint
+            telemetry.finish(old.span, "replayed")
         try:
-            pcm = PcmDecoder(msg.channels, msg.sample_rate, msg.bit_depth, msg.is_float)
+            if msg.resume is None:
+                pcm = PcmDecoder(msg.channels, msg.sample_rate, msg.bit_depth, msg.is_float)
+            else:
+                first, preroll = msg.resume.input_frames(msg.sample_rate)
+                pcm = PcmDecoder.resume(msg.channels, msg.sample_rate, msg.bit_depth, msg.is_float, first, preroll)
         except UnsupportedFormat as e:
             telemetry.finish(span, str(e))
             self.emit(front_inbox(msg.front), Failed(msg.stream, str(e)))
@@ -117,9 +149,10 @@ class Decoder(Actor):
         self.emit("segmenter", msg)
 
     def _close(self, msg: Close) -> None:
-        d = self.streams.pop(msg.stream, None)
-        if d is None:
-            return
+        d = self.streams.get(msg.stream)
+        if d is None or d.lost:
+            return  # a lost stream's replay says `stop` again
+        del self.streams[msg.stream]
         self._send_audio(msg.stream, d, last=True)
         if d.pcm.dangling_bytes:
             with logs.bound(msg.stream, d.trace_id):

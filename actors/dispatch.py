@@ -139,9 +139,16 @@ class Dispatcher:
         self.superseded += 1
         SUPERSEDED.inc()
 
-    def cancel(self, stream: str) -> None:
-        """Forget a stream's waiting items (its in-flight ones finish and are ignored)."""
-        self._finals = deque(i for i in self._finals if i.work.stream != stream)
+    def cancel(self, stream: str, keep_below: list[int] | None = None) -> None:
+        """Forget a stream's waiting items (its in-flight ones finish and are ignored); with
+        `keep_below`, keep its finals whose `seq` on their channel is below that (a replay
+        makes the rest again)."""
+        def kept(i: Item) -> bool:
+            w = i.work
+            return w.stream != stream or (keep_below is not None and w.kind != "interim"
+                                          and w.seq < keep_below[w.channel])
+
+        self._finals = deque(i for i in self._finals if kept(i))
         self._interims = {k: i for k, i in self._interims.items() if k[0] != stream}
         self._queued_samples = sum(i.audio.shape[0] for i in (*self._finals, *self._interims.values()))
 

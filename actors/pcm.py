@@ -12,7 +12,8 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-MODEL_RATE = 16000
+from transport.messages import MODEL_RATE as MODEL_RATE
+
 _S16_SCALE = np.float32(1.0 / 32768.0)
 
 Audio = npt.NDArray[np.float32]
@@ -50,6 +51,20 @@ class PcmDecoder:
             if sample_rate == MODEL_RATE
             else soxr.ResampleStream(sample_rate, MODEL_RATE, channels, dtype="float32", quality="HQ")
         )
+        self._discard = 0  # output frames still to drop (a replay's resampler warm-up)
+
+    @classmethod
+    def resume(cls, channels: int, sample_rate: int, bit_depth: int, is_float: bool, first_frame: int,
+               preroll: int) -> PcmDecoder:
+        """A decoder for a stream played again from input frame `first_frame - preroll`: the
+        output of the `preroll` frames only warms the resampler up and is dropped, so the first
+        frame out is the one at `first_frame`, and the stream's totals go on as if unbroken.
+        Both counts fall on whole output samples (`transport.messages.align`)."""
+        d = cls(channels, sample_rate, bit_depth, is_float)
+        d.frames_in = first_frame - preroll
+        d.frames_out = d.frames_in * MODEL_RATE // sample_rate
+        d._discard = preroll * MODEL_RATE // sample_rate
+        return d
 
     def feed(self, data: bytes | memoryview) -> Audio:
         """Decode what whole frames `data` completes; returns (channels, n) float32."""
@@ -90,4 +105,8 @@ class PcmDecoder:
 
     def _emit(self, frames: npt.NDArray[np.float32]) -> Audio:
         self.frames_out += frames.shape[0]
+        if self._discard:
+            drop = min(self._discard, frames.shape[0])
+            self._discard -= drop
+            frames = frames[drop:]
         return np.ascontiguousarray(frames.T, dtype=np.float32)

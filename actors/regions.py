@@ -9,6 +9,15 @@ context. `FixedChunks` (simple route) cuts every sample into equal chunks.
 
 Both are pure: samples in, `Activity` and `Piece` out, in audio order. No I/O here, so the
 segmenter's rules are tested without processes.
+
+Checkpoints. A cutter says at any moment from which sample a fresh one could rebuild it
+(`checkpoint()`: the start of what it still keeps, whether a region is open there, and how
+many finals and events it had emitted before that point). A replacement built with
+`resume(cp, replay_from)` and fed the same audio again from `replay_from` emits what the
+original would have from there on: the same regions (webrtcvad's adaptive state starts fresh,
+so a boundary may move by a frame) with the same numbering. That is what lets a segmenter's
+death go unnoticed: the front keeps each stream's audio since its last checkpoint and plays
+it again.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import webrtcvad
 
 from actors.pcm import MODEL_RATE
 from actors.samples import SampleWindow
+from transport.messages import CutState
 
 FRAME = MODEL_RATE * 30 // 1000  # webrtcvad takes 10, 20 or 30 ms frames
 BLOCK = MODEL_RATE // 100  # 10 ms, the resolution of the tail trim
@@ -56,6 +66,14 @@ Output = Activity | Piece
 class Cutter(Protocol):
     def feed(self, samples: npt.NDArray[np.float32]) -> list[Output]: ...
     def flush(self) -> list[Output]: ...
+    def checkpoint(self) -> CutState: ...
+
+
+def _skipped(samples: npt.NDArray[np.float32], skip: int) -> tuple[npt.NDArray[np.float32], int]:
+    """Drop the first `skip` samples (audio a replay sends again from before this cutter's own
+    checkpoint); returns what is left and how many are still to skip."""
+    n = min(skip, samples.shape[0])
+    return samples[n:], skip - n
 
 
 @dataclass(frozen=True)
@@ -84,8 +102,33 @@ class SpeechRegions:
         self._speaking = False
         self._region_start = 0
         self._last_interim = 0
+        self.finals = 0  # emitted so far
+        self.events = 0
+        self._skip = 0
+
+    @classmethod
+    def resume(cls, rules: RegionRules, interim: bool, cp: CutState, replay_from: int) -> SpeechRegions:
+        """A cutter in the state `cp` describes, to be fed the audio again from `replay_from`."""
+        c = cls(rules, interim)
+        c._win = SampleWindow(start=cp.sample)
+        c._next_frame = -(-cp.sample // FRAME) * FRAME  # frames lie on the stream's own 30 ms grid
+        c._skip = cp.sample - replay_from
+        c.finals, c.events = cp.finals, cp.events
+        if cp.speaking:  # the region open at cp.sample goes on; its `active` is already out
+            c._speaking = True
+            c._region_start = c._last_interim = c._last_voiced_end = cp.sample
+        return c
+
+    def checkpoint(self) -> CutState:
+        if self._speaking:
+            return CutState(self._region_start, True, self.finals, self.events)
+        if self._candidate is not None:
+            return CutState(max(self._candidate - self._pad, self._win.start), False, self.finals, self.events)
+        return CutState(max(self._next_frame - self._pad, self._win.start), False, self.finals, self.events)
 
     def feed(self, samples: npt.NDArray[np.float32]) -> list[Output]:
+        if self._skip:
+            samples, self._skip = _skipped(samples, self._skip)
         self._win.append(samples)
         out: list[Output] = []
         first = self._next_frame
@@ -135,8 +178,11 @@ class SpeechRegions:
             self._candidate = None
         if self._speaking:
             if end - self._region_start >= self._max_len:
-                self._close(end, out)
-                self._open(end, out)
+                if self._last_voiced_end < end:  # in the hangover: the speech has already ended
+                    self._close(self._voiced_end(), out)
+                else:  # still speaking: cut here and go on in a new region
+                    self._close(end, out)
+                    self._open(end, out)
             elif self._interim_every and end - self._last_interim >= self._interim_every:
                 self._last_interim += self._interim_every  # exactly every interval of audio
                 at = self._last_interim
@@ -145,10 +191,13 @@ class SpeechRegions:
     def _open(self, start: int, out: list[Output]) -> None:
         self._speaking = True
         self._region_start = self._last_interim = start
+        self.events += 1
         out.append(Activity("active", start))
 
     def _close(self, end: int, out: list[Output]) -> None:
         start = self._region_start
+        self.events += 1
+        self.finals += 1
         out.append(Activity("inactive", end))
         out.append(Piece(start, end, self._win.get(start, end), True, self._last_voiced_end))
         self._speaking = False
@@ -169,14 +218,31 @@ class FixedChunks:
     def __init__(self, chunk_s: float) -> None:
         self._size = max(1, round(chunk_s * MODEL_RATE))
         self._win = SampleWindow(self._size * 2)
+        self.finals = 0
+        self._skip = 0
+
+    @classmethod
+    def resume(cls, chunk_s: float, cp: CutState, replay_from: int) -> FixedChunks:
+        c = cls(chunk_s)
+        c._win = SampleWindow(c._size * 2, start=cp.sample)
+        c.finals = cp.finals
+        c._skip = cp.sample - replay_from
+        return c
+
+    def checkpoint(self) -> CutState:
+        """The start of the chunk being filled: every chunk before it is out."""
+        return CutState(self._win.start, False, self.finals, 0)
 
     def feed(self, samples: npt.NDArray[np.float32]) -> list[Output]:
+        if self._skip:
+            samples, self._skip = _skipped(samples, self._skip)
         self._win.append(samples)
         out: list[Output] = []
         while self._win.end - self._win.start >= self._size:
             start = self._win.start
             out.append(Piece(start, start + self._size, self._win.get(start, start + self._size), None))
             self._win.discard_before(start + self._size)
+            self.finals += 1
         return out
 
     def flush(self) -> list[Output]:
@@ -185,4 +251,5 @@ class FixedChunks:
             return []
         piece = Piece(start, end, self._win.get(start, end), None)
         self._win.discard_before(end)
+        self.finals += 1
         return [piece]

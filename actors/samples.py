@@ -12,10 +12,10 @@ import numpy.typing as npt
 
 
 class SampleWindow:
-    def __init__(self, capacity: int = 16000) -> None:
+    def __init__(self, capacity: int = 16000, start: int = 0) -> None:
         self._buf = np.zeros(capacity, np.float32)
         self._len = 0
-        self.start = 0  # absolute index of self._buf[0]
+        self.start = start  # absolute index of self._buf[0]
 
     @property
     def end(self) -> int:

@@ -31,13 +31,14 @@ from actors.actor import Actor, Env, run_process
 from actors.dispatch import Dispatcher
 from actors.pcm import MODEL_RATE
 from actors.regions import Activity, Cutter, FixedChunks, Output, RegionRules, SpeechRegions
-from runtime import telemetry
+from runtime import logs, telemetry
 from runtime.config import Config
-from runtime.metrics import QUEUED, StageMeter, watch_pool
+from runtime.metrics import QUEUED, STREAM_CRASHES, StageMeter, watch_pool
 from runtime.process import ChildContext
 from runtime.topology import front_inbox
 from transport.messages import (
     Abort,
+    Checkpoint,
     Close,
     Done,
     Event,
@@ -54,6 +55,8 @@ from transport.messages import (
     StreamEnd,
     Work,
     WorkKind,
+    align,
+    stream_of,
 )
 
 log = logging.getLogger("segmenter")
@@ -79,6 +82,7 @@ class Cuts:
     told_s: float = 0.0  # last `Progress` sent
     opened: float = 0.0
     model_s: float = 0.0  # model call time spent on its items
+    lost: bool = False  # some of its audio was reclaimed: nothing more until the front's replay
 
     @property
     def front(self) -> str:
@@ -86,12 +90,25 @@ class Cuts:
 
 
 def cutters_for(start: Open, cfg: Config) -> list[Cutter]:
+    """A stream's cutters: fresh, or rebuilt from the checkpoint a replay starts at."""
     s = cfg.segmenter
+    cp = start.resume
     if start.route == "simple":
-        return [FixedChunks(s.chunk_s) for _ in range(start.channels)]
+        if cp is None:
+            return [FixedChunks(s.chunk_s) for _ in range(start.channels)]
+        return [FixedChunks.resume(s.chunk_s, c, cp.sample) for c in cp.channels]
     rules = RegionRules(s.vad_aggressiveness, s.min_speech_ms, s.hangover_ms, s.pad_ms,
                         s.max_segment_s, s.interim_interval_s)
-    return [SpeechRegions(rules, start.interim) for _ in range(start.channels)]
+    if cp is None:
+        return [SpeechRegions(rules, start.interim) for _ in range(start.channels)]
+    return [SpeechRegions.resume(rules, start.interim, c, cp.sample) for c in cp.channels]
+
+
+def checkpoint_of(state: Cuts) -> Checkpoint:
+    """Where the stream could be rebuilt from now: every channel's own point, and the replay's
+    start at or before all of them, on a whole input sample."""
+    channels = [c.checkpoint() for c in state.cutters]
+    return Checkpoint(align(min(c.sample for c in channels), state.start.sample_rate), channels)
 
 
 @dataclass
@@ -153,11 +170,7 @@ class Segmenter(Actor):
         elif isinstance(msg, Ready):
             self.dispatcher.on_ready(msg)
         elif isinstance(msg, Open):
-            span = _tracer.start_span("segment", context=telemetry.context_of(msg.trace),
-                                      attributes={"streamer.stream": msg.stream, "streamer.route": msg.route})
-            self.streams[msg.stream] = Cuts(msg, cutters_for(msg, self.cfg), [0] * msg.channels,
-                                            [0] * msg.channels, span, telemetry.traceparent_of(span) or msg.trace,
-                                            opened=self.clock.now())
+            self._open(msg)
         elif isinstance(msg, Close):
             self._close(msg.stream)
         elif isinstance(msg, Abort):
@@ -166,16 +179,35 @@ class Segmenter(Actor):
                 telemetry.finish(gone.span, "aborted")
             self.dispatcher.cancel(msg.stream)
 
+    def _open(self, msg: Open) -> None:
+        cp = msg.resume
+        old = self.streams.pop(msg.stream, None)
+        if old is not None:  # a replay after the decoder died: what this process knew is superseded
+            telemetry.finish(old.span, "replayed")
+        if cp is not None:  # work already handed out before the checkpoint stays; the rest comes again
+            self.dispatcher.cancel(msg.stream, keep_below=[c.finals for c in cp.channels])
+        span = _tracer.start_span("segment", context=telemetry.context_of(msg.trace), attributes={
+            "streamer.stream": msg.stream, "streamer.route": msg.route,
+            "streamer.replay_from": -1 if cp is None else cp.sample})
+        cp = cp or Checkpoint.start(msg.channels)
+        taken = cp.sample / MODEL_RATE
+        self.streams[msg.stream] = Cuts(msg, cutters_for(msg, self.cfg), [c.finals for c in cp.channels],
+                                        [c.events for c in cp.channels], span,
+                                        telemetry.traceparent_of(span) or msg.trace, taken_s=taken, told_s=taken,
+                                        opened=self.clock.now())
+
     def on_exit(self, note: Exited) -> None:
         if note.role == "model":
             self.dispatcher.on_exit(note.slot, note.pid)
 
     def _frames(self, msg: Frames, slab: bytes | None) -> None:
         state = self.streams.get(msg.stream)
-        if state is None:
-            return  # ended or failed: late audio goes nowhere
-        if slab is None:  # its buffer was reclaimed after a restart: the stream has a hole, say so
-            self._fail(msg.stream, "audio was lost in the pipeline (the decoder or the segmenter restarted)")
+        if state is None or state.lost:
+            return  # ended, failed, or waiting for its replay: late audio goes nowhere
+        if slab is None:
+            # Reclaimed: the decoder restarted (or this process did) after it was sent. The front
+            # plays the stream again from its last checkpoint; until then, nothing more of it.
+            state.lost = True
             return
         t0 = time.perf_counter()
         audio = np.frombuffer(slab, np.float32, msg.channels * msg.frames, msg.at.offset)
@@ -186,13 +218,13 @@ class Segmenter(Actor):
         state.taken_s += msg.frames / MODEL_RATE
         if state.taken_s - state.told_s >= PROGRESS_EVERY_S:
             state.told_s = state.taken_s
-            self.emit(state.front, Progress(msg.stream, state.taken_s, list(state.results)))
+            self.emit(state.front, Progress(msg.stream, state.taken_s, list(state.results), checkpoint_of(state)))
 
     def _deliver(self, stream: str, state: Cuts, ch: int, outputs: list[Output]) -> None:
         for o in outputs:
             if isinstance(o, Activity):
+                self.emit(state.front, Event(stream, ch, o.kind, o.time, state.events[ch]))  # type: ignore[arg-type]
                 state.events[ch] += 1
-                self.emit(state.front, Event(stream, ch, o.kind, o.time))  # type: ignore[arg-type]
                 continue
             kind: WorkKind = "chunk" if o.is_final is None else "final" if o.is_final else "interim"
             self._next_work += 1
@@ -202,6 +234,17 @@ class Segmenter(Actor):
                 state.results[ch] += 1
             self.dispatcher.submit(work, o.audio)
 
+    def contain(self, item: Message, error: Exception) -> bool:
+        stream = stream_of(item)
+        state = self.streams.get(stream or "")
+        if stream is None or state is None:
+            return False
+        with logs.bound(stream, logs.trace_of(state.start.trace)):
+            log.error("failing the stream: handling its %s raised", type(item).__name__, exc_info=error)
+        STREAM_CRASHES.inc()
+        self._fail(stream, f"internal error in the segmenter: {type(error).__name__}")
+        return True
+
     def _fail(self, stream: str, message: str) -> None:
         state = self.streams.pop(stream)
         telemetry.finish(state.span, message)
@@ -209,9 +252,10 @@ class Segmenter(Actor):
         self.emit(state.front, Failed(stream, message))
 
     def _close(self, stream: str) -> None:
-        state = self.streams.pop(stream, None)
-        if state is None:
-            return
+        state = self.streams.get(stream)
+        if state is None or state.lost:
+            return  # a lost stream's replay says `stop` again
+        del self.streams[stream]
         for ch, cutter in enumerate(state.cutters):
             self._deliver(stream, state, ch, cutter.flush())
         state.span.set_attribute("streamer.results", sum(state.results))

@@ -11,7 +11,8 @@ final it comes before: it goes out once the finals before it are out, unless its
 is already out or a newer interim of the region already went (then it is stale and
 dropped). While it waits, a newer interim of the channel replaces it.
 
-A duplicate (an item redone after a crash whose first answer did arrive) is dropped.
+A duplicate (an item redone after a crash whose first answer did arrive, or an event or a
+final that a replay makes again) is dropped.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class StreamOrder:
 
     def on_event(self, e: Event) -> list[dict[str, Any]]:
         ch = self.channels[e.channel]
+        if e.index < ch.events:
+            return []  # sent already: a replay after a stage's death makes it again
         return [render_event(e)] + [render_result(r) for r in ch.event()]
 
     def on_result(self, r: Result) -> list[dict[str, Any]]:

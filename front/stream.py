@@ -18,22 +18,21 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from opentelemetry.trace import INVALID_SPAN, Span, StatusCode
 
 from front.metrics import FIRST_RESULT, PEAK_INFLIGHT, SPEECH_END_TO_FINAL
 from front.reorder import StreamOrder
-from transport.messages import Event, Result, StreamEnd
+from transport.messages import Checkpoint, Event, Open, Progress, Result, StreamEnd
 
 log = logging.getLogger("front.stream")
 
 
 @dataclass
 class Stream:
-    id: str
-    channels: int
+    opened: Open  # what the pipeline was told at the start (a replay tells it again, with a checkpoint)
     span: Span = INVALID_SPAN
     trace_id: str = "-"
-    bytes_per_s: int = 32000
     order: StreamOrder = field(init=False)
     failed: str | None = None
     started: float = field(default_factory=time.monotonic)
@@ -41,13 +40,33 @@ class Stream:
     fed_bytes: int = 0
     answered_s: float = 0.0  # audio up to here is taken in and every result covering it released
     peak_inflight_s: float = 0.0
+    replays: int = 0
+    warned_held: bool = False  # told it is held back (once per stream)
     _marks: deque[tuple[float, list[int]]] = field(default_factory=deque)
+    _checkpoints: deque[Checkpoint] = field(default_factory=deque)  # not yet usable: finals outstanding
+    _restart: Checkpoint = field(init=False)  # the latest usable one
+    _kept: deque[bytes] = field(default_factory=deque)  # the client's bytes from `_kept_from` on
+    _kept_from: int = 0
     _speech_ends: list[deque[float]] = field(default_factory=list)
     _ended: bool = False
+    frame_bytes: int = field(init=False)  # one sample of every channel
+    bytes_per_s: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.order = StreamOrder(self.channels)
-        self._speech_ends = [deque() for _ in range(self.channels)]
+        o = self.opened
+        self.order = StreamOrder(o.channels)
+        self._speech_ends = [deque() for _ in range(o.channels)]
+        self._restart = Checkpoint.start(o.channels)
+        self.frame_bytes = o.channels * o.bit_depth // 8
+        self.bytes_per_s = self.frame_bytes * o.sample_rate
+
+    @property
+    def id(self) -> str:
+        return self.opened.stream
+
+    @property
+    def channels(self) -> int:
+        return self.opened.channels
 
     @property
     def inflight_s(self) -> float:
@@ -58,19 +77,53 @@ class Stream:
     def complete(self) -> bool:
         return self.order.complete
 
-    def fed(self, nbytes: int) -> None:
-        self.fed_bytes += nbytes
+    def fed(self, data: bytes) -> None:
+        self.fed_bytes += len(data)
+        self._kept.append(data)
         if self.inflight_s > self.peak_inflight_s:
             self.peak_inflight_s = self.inflight_s
 
-    def on_progress(self, time_s: float, results: list[int]) -> None:
-        self._marks.append((time_s, results))
+    @property
+    def kept_bytes(self) -> int:
+        """The client's bytes held for a replay: from the last usable checkpoint (less the
+        resampler's pre-roll) to now."""
+        return self.fed_bytes - self._kept_from
+
+    def on_progress(self, p: Progress) -> None:
+        self._marks.append((p.time, p.results))
+        self._checkpoints.append(p.checkpoint)
         self._advance()
 
+    def _released_all(self, counts: list[int]) -> bool:
+        return all(c.released >= n for c, n in zip(self.order.channels, counts, strict=False))
+
     def _advance(self) -> None:
-        while self._marks and all(c.released >= n for c, n in zip(self.order.channels, self._marks[0][1],
-                                                                    strict=False)):
-            self.answered_s = self._marks.popleft()[0]
+        while self._marks and self._released_all(self._marks[0][1]):
+            self.answered_s = max(self.answered_s, self._marks.popleft()[0])
+        usable = None
+        while self._checkpoints and self._released_all([c.finals for c in self._checkpoints[0].channels]):
+            usable = self._checkpoints.popleft()
+        if usable is not None and usable.sample > self._restart.sample:
+            self._restart = usable
+            self._forget_before(self._replay_from())
+
+    def _replay_from(self) -> int:
+        first, preroll = self._restart.input_frames(self.opened.sample_rate)
+        return (first - preroll) * self.frame_bytes
+
+    def _forget_before(self, offset: int) -> None:
+        while self._kept and self._kept_from + len(self._kept[0]) <= offset:
+            self._kept_from += len(self._kept.popleft())
+
+    def replay(self) -> tuple[Open, list[bytes]]:
+        """A decoder or segmenter lost this stream's state: the Open that rebuilds it from the
+        last usable checkpoint, and the client's bytes to send again after it."""
+        self.replays += 1
+        offset = self._replay_from()
+        chunks = list(self._kept)
+        if chunks and offset > self._kept_from:
+            chunks[0] = chunks[0][offset - self._kept_from :]
+        return msgspec.structs.replace(self.opened, resume=self._restart), chunks
 
     def on_event(self, e: Event) -> list[dict[str, Any]]:
         return self._observe(self.order.on_event(e))
@@ -115,5 +168,6 @@ class Stream:
         self.span.end()  # a no-op for the invalid span of an untraced stream
         PEAK_INFLIGHT.observe(self.peak_inflight_s)
         outcome = self.failed or ("complete" if self.complete else "aborted")
-        log.info("stream ended: %s, %.2f s of audio, peak unanswered %.2f s", outcome,
-                 self.fed_bytes / self.bytes_per_s, self.peak_inflight_s)
+        log.info("stream ended: %s, %.2f s of audio, peak unanswered %.2f s%s", outcome,
+                 self.fed_bytes / self.bytes_per_s, self.peak_inflight_s,
+                 f", replayed {self.replays} times" if self.replays else "")

@@ -34,6 +34,8 @@ BUSY = Counter("streamer_stage_busy_seconds", "Wall seconds this stage spent wor
 AUDIO = Counter("streamer_stage_audio_seconds", "Seconds of audio this stage worked through")
 QUEUED = Gauge("streamer_stage_queue_depth", "Items waiting in this stage for a worker (not yet handed out)")
 INFLIGHT = Gauge("streamer_stage_inflight", "Items this stage holds now (streams, queued or running work)")
+STREAM_CRASHES = Counter("streamer_stream_crashes", "Streams this process failed because handling them raised "
+                         "(the process went on with the others)")
 POOL_USED = Gauge("streamer_pool_used_slots", "Shared-memory slots in use in a pool this process produces into",
                   ["pool"])
 POOL_SLOTS = Gauge("streamer_pool_slots", "Shared-memory slots of a pool this process produces into", ["pool"])

@@ -10,7 +10,20 @@ import pytest
 from actors.decoder import Decoder
 from actors.pcm import PcmDecoder, expected_frames
 from runtime.topology import Place
-from transport.messages import Abort, Close, Exited, Failed, Frames, Notice, Open, Pcm, Slice
+from transport.messages import (
+    Abort,
+    Checkpoint,
+    Close,
+    CutState,
+    Exited,
+    Failed,
+    Frames,
+    Notice,
+    Open,
+    Pcm,
+    Slice,
+    align,
+)
 
 from audio import noise, pcm_bytes
 from rig import Rig
@@ -101,16 +114,45 @@ def test_an_unsupported_format_fails_the_stream_at_its_front(rig: Rig) -> None:
     assert rig.sent("segmenter") == []
 
 
-def test_audio_whose_buffer_was_reclaimed_fails_the_stream_instead_of_decoding_garbage(rig: Rig) -> None:
+def test_reclaimed_audio_stops_the_stream_until_its_replay_rebuilds_it(rig: Rig) -> None:
+    x = noise(1.0)
+    data = pcm_bytes(x[None, :], False)
     rig.put("decoder", opened())
     rig.turn()
     rig.sent("segmenter")
-    rig.put("decoder", Pcm("s-1", NOWHERE), audio=[b"\x00" * 640], pool="front-0")
-    rig.pools["front-0"].reclaim()  # the front restarted before the decoder read it
+    rig.put("decoder", Pcm("s-1", NOWHERE), audio=[data[:6400]], pool="front-0")
+    rig.pools["front-0"].reclaim()  # a stage died after the front sent it: the front will replay
+    rig.put("decoder", Pcm("s-1", NOWHERE), Close("s-1"), audio=[data[6400:12800], None], pool="front-0")
     rig.turn()
-    (failed,) = rig.sent("front-0")
-    assert isinstance(failed, Failed) and "lost" in failed.message
-    assert [type(i) for i in rig.sent("segmenter")] == [Abort]
+    assert rig.sent("segmenter") == [] and rig.sent("front-0") == []  # no hole, no error: waiting
+    replay = Open("s-1", 0, "segmented", 1, 16000, 16, False, False, resume=Checkpoint.start(1))
+    rig.put("decoder", replay, Pcm("s-1", NOWHERE), Close("s-1"), audio=[None, data, None], pool="front-0")
+    rig.turn()
+    sent = rig.packets("segmenter")
+    items = [i for p in sent for i in p.items]
+    assert [type(i) for i in items] == [Open, Frames, Close]
+    (packet,) = sent
+    np.testing.assert_array_equal(rig.read(packet, items[1].at), PcmDecoder(1, 16000, 16, False).feed(data)[0])  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("rate", [16000, 44100, 48000, 22050, 8000])
+def test_a_replay_from_a_checkpoint_gives_the_undisturbed_samples_from_there_on(rig: Rig, rate: int) -> None:
+    """What a replay needs from the decoder: from the checkpoint's sample on, the same number of
+    samples at the same places, nearly the same values (the resampler starts 50 ms early)."""
+    x = noise(3.0, rate=rate, amp=0.5)
+    data = pcm_bytes(x[None, :], False)
+    whole = PcmDecoder(1, rate, 16, False)
+    undisturbed = np.concatenate([whole.feed(data), whole.flush()], axis=1)[0]
+    cp = Checkpoint(align(20000, rate), [CutState(align(20000, rate), False, 3, 0)])
+    first, preroll = cp.input_frames(rate)
+    replay = Open("s-1", 0, "simple", 1, rate, 16, False, False, resume=cp)
+    rest = data[(first - preroll) * 2 :]
+    rig.put("decoder", replay, Pcm("s-1", NOWHERE), audio=[None, rest], pool="front-0")
+    rig.put("decoder", Close("s-1"))
+    rig.turn(2)
+    got = np.concatenate([a[0] for _, a in frames_sent(rig)])
+    assert got.shape[0] == undisturbed.shape[0] - cp.sample
+    assert np.max(np.abs(got - undisturbed[cp.sample :])) < (1e-6 if rate == 16000 else 2e-3)
 
 
 def test_a_dead_front_aborts_its_own_streams_only(rig: Rig) -> None:
@@ -133,4 +175,17 @@ def test_a_full_segmenter_holds_the_decoders_input_back_without_losing_anything(
     assert rig.sent("segmenter") == [] and len(rig.link.inboxes["decoder"]) == 1  # held: not read
     rig.link.refusing.clear()
     rig.turn(2)
+    assert sum(f.frames for f, _ in frames_sent(rig)) == 1600
+
+
+def test_a_stream_whose_decoding_raises_fails_alone_and_the_others_go_on(rig: Rig) -> None:
+    rig.put("decoder", opened("good"))
+    # More channels than the front would let through: the resampler raises on them.
+    rig.put("decoder", Open("bad", 1, "segmented", 100_000, 44100, 16, False, False))
+    rig.turn()
+    data = pcm_bytes(noise(0.1)[None, :], False)
+    rig.put("decoder", Pcm("good", NOWHERE), Pcm("bad", NOWHERE), audio=[data, data], pool="front-0")
+    rig.turn()
+    (failed,) = rig.sent("front-1", Failed)
+    assert failed.stream == "bad" and failed.message == "internal error: ValueError"
     assert sum(f.frames for f, _ in frames_sent(rig)) == 1600

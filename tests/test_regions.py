@@ -90,3 +90,70 @@ def test_fixed_chunks_cover_every_sample_once(total: int) -> None:
     assert [p.start for p in pieces] == list(range(0, total, 8000))
     if pieces:
         np.testing.assert_array_equal(np.concatenate([p.audio for p in pieces]), x)
+
+
+@pytest.mark.parametrize("voiced_s", [29.7, 29.8, 29.9, 30.0, 30.2])
+def test_a_cut_at_the_maximum_inside_the_hangover_ends_the_region_cleanly(voiced_s: float) -> None:
+    """Regression: the cut fell inside the hangover, the new region began after the last voiced
+    frame, and closing it asked the window for [start, end) with start > end (IndexError, and
+    the segmenter died with every stream on the server)."""
+    loud = (0.5 * np.sign(np.sin(2 * np.pi * 150 * np.arange(int(voiced_s * 16000)) / 16000))).astype(np.float32)
+    x = np.concatenate([np.zeros(8000, np.float32), loud * noise(voiced_s, amp=1.0, seed=3),
+                        np.zeros(32000, np.float32)])
+    out = run(SpeechRegions(RULES, interim=True), x)
+    kinds = [o.kind if isinstance(o, Activity) else ("final" if o.is_final else "interim") for o in out]
+    assert kinds.count("active") == kinds.count("inactive") == kinds.count("final") >= 1
+    for p in finals(out):
+        assert 0 < p.end - p.start <= 30 * 16000 and p.audio.shape[0] == p.end - p.start
+
+
+def numbered(out: list[Output], finals_before: int, events_before: int) -> tuple[dict[int, Piece], dict[int, Activity]]:
+    finals_by: dict[int, Piece] = {}
+    events_by: dict[int, Activity] = {}
+    f, e = finals_before, events_before
+    for o in out:
+        if isinstance(o, Activity):
+            events_by[e] = o
+            e += 1
+        elif o.is_final is not False:
+            finals_by[f] = o
+            f += 1
+    return finals_by, events_by
+
+
+@pytest.mark.parametrize("cut_s", [0.3, 1.7, 2.4, 3.9, 6.05, 8.8])
+@pytest.mark.parametrize("earlier", [0, 160, 4000])
+def test_a_cutter_resumed_from_its_checkpoint_goes_on_as_the_original(cut_s: float, earlier: int) -> None:
+    """What a replacement segmenter does: rebuild each channel from its last checkpoint and the
+    audio since (sent again from a point at or before it), then go on as if nothing happened."""
+    sp = speech(SENTENCES[:3], gap_s=0.9)
+    x = sp.samples
+    original = SpeechRegions(RULES, interim=True)
+    cut = int(cut_s * 16000)
+    before = run(original, x[:cut], flush=False)
+    cp = original.checkpoint()
+    after = run(original, x[cut:])
+    replay_from = max(0, cp.sample - earlier)
+    again = SpeechRegions.resume(RULES, True, cp, replay_from)
+    redone = run(again, x[replay_from:])
+    want_finals, want_events = numbered(before + after, 0, 0)
+    got_finals, got_events = numbered(redone, cp.finals, cp.events)
+    assert set(got_finals) == {k for k in want_finals if k >= cp.finals}
+    assert set(got_events) == {k for k in want_events if k >= cp.events}
+    for k, p in got_finals.items():
+        assert abs(p.start - want_finals[k].start) <= 480 and abs(p.end - want_finals[k].end) <= 480, k
+    for k, e in got_events.items():
+        assert e.kind == want_events[k].kind and abs(e.sample - want_events[k].sample) <= 480, k
+
+
+@pytest.mark.parametrize("cut", [0, 7999, 8000, 12345, 40000])
+def test_fixed_chunks_resumed_from_a_checkpoint_count_every_sample_once(cut: int) -> None:
+    x = noise(3.3)
+    original = FixedChunks(0.5)
+    before = [o for o in run(original, x[:cut], step=500, flush=False) if isinstance(o, Piece)]
+    cp = original.checkpoint()
+    assert cp.finals == len(before) and cp.sample == 8000 * len(before)
+    again = FixedChunks.resume(0.5, cp, max(0, cp.sample - 321))
+    redone = [o for o in run(again, x[max(0, cp.sample - 321):], step=640) if isinstance(o, Piece)]
+    assert sum(p.end - p.start for p in before + redone) == x.shape[0]
+    assert [p.start for p in before + redone] == list(range(0, x.shape[0], 8000))

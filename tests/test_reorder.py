@@ -28,7 +28,7 @@ def test_a_final_waits_for_the_inactive_that_precedes_it() -> None:
 def test_events_never_wait_for_slow_results() -> None:
     order = StreamOrder(1)
     assert order.on_result(res(0, events_before=0)) != []
-    assert order.on_event(Event("s", 0, "active", 1.0)) == [{"type": "active", "channel": 0, "time": 1.0}]
+    assert order.on_event(Event("s", 0, "active", 1.0, 0)) == [{"type": "active", "channel": 0, "time": 1.0}]
 
 
 def test_duplicate_answers_are_dropped() -> None:
@@ -48,10 +48,10 @@ def test_channels_are_independent() -> None:
 
 def test_stream_is_complete_when_everything_announced_is_out() -> None:
     order = StreamOrder(1)
-    order.on_event(Event("s", 0, "active", 0.0))
+    order.on_event(Event("s", 0, "active", 0.0, 0))
     order.end = StreamEnd("s", results=[1], events=[2])
     assert not order.complete
-    order.on_event(Event("s", 0, "inactive", 1.0))
+    order.on_event(Event("s", 0, "inactive", 1.0, 1))
     assert not order.complete
     rendered = order.on_result(res(0, events_before=2, final=True))
     assert rendered == [{"type": "segment", "channel": 0, "start_time": 0.0, "end_time": 0.5, "is_final": True,
@@ -64,3 +64,10 @@ def test_errors_render_as_protocol_errors_naming_their_region() -> None:
     assert StreamOrder(1).on_result(r) == [{"type": "error", "channel": 0,
                                             "message": "inference failed for 1.00-2.00",
                                             "start_time": 1.0, "end_time": 2.0, "is_final": True}]
+
+
+def test_events_a_replay_makes_again_are_dropped() -> None:
+    order = StreamOrder(1)
+    assert order.on_event(Event("s", 0, "active", 1.0, 0)) != []
+    assert order.on_event(Event("s", 0, "active", 1.01, 0)) == []  # the replay's copy
+    assert order.on_event(Event("s", 0, "inactive", 2.0, 1)) != []

@@ -13,6 +13,7 @@ that owns the stream, whose inbox the results go to.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import msgspec
@@ -29,8 +30,63 @@ class Slice(msgspec.Struct, array_like=True, frozen=True):
     nbytes: int
 
 
+class CutState(msgspec.Struct, array_like=True, frozen=True):
+    """One channel's cutter at a checkpoint: it keeps audio from `sample` (16 kHz index), a region
+    is open there or not, and it had emitted `finals` finals (or chunks) and `events` events."""
+
+    sample: int
+    speaking: bool
+    finals: int
+    events: int
+
+
+class Checkpoint(msgspec.Struct, array_like=True, frozen=True):
+    """Where a stream's pipeline state can be rebuilt from: every channel's cutter, and the
+    16 kHz sample from which its audio must be played again (at or before every channel's own
+    point, and on a whole input sample: see `align`)."""
+
+    sample: int
+    channels: list[CutState]
+
+    @classmethod
+    def start(cls, channels: int) -> Checkpoint:
+        """The stream's beginning: nothing emitted yet."""
+        return cls(0, [CutState(0, False, 0, 0) for _ in range(channels)])
+
+    def input_frames(self, rate: int) -> tuple[int, int]:
+        """The replay in the client's own sample frames: the frame at `sample`, and how many frames
+        before it go in first to warm a resampler up (their output is dropped)."""
+        step_in, _ = _steps(rate)
+        first = self.sample * rate // MODEL_RATE
+        if rate == MODEL_RATE:
+            return first, 0
+        preroll = -(-int(PREROLL_S * rate) // step_in) * step_in
+        return first, min(preroll, first)
+
+
+MODEL_RATE = 16000
+PREROLL_S = 0.05  # of audio before a replay's first sample, for the resampler's filter
+
+
+def _steps(rate: int) -> tuple[int, int]:
+    """The smallest whole numbers of input frames and 16 kHz samples that last the same time."""
+    g = math.gcd(rate, MODEL_RATE)
+    return rate // g, MODEL_RATE // g
+
+
+def align(sample: int, rate: int) -> int:
+    """The latest 16 kHz sample at or before `sample` that falls on a whole input frame at `rate`
+    (a replay can only start on one)."""
+    _, step_out = _steps(rate)
+    return sample - sample % step_out
+
+
 class Open(msgspec.Struct, tag="open", array_like=True):
-    """Front -> decoder -> segmenter: a stream begins with this format."""
+    """Front -> decoder -> segmenter: a stream begins with this format.
+
+    With `resume`, the stream already ran and a decoder or segmenter lost its state: whoever
+    holds state for it drops it and rebuilds it from the checkpoint; the front then sends the
+    stream's audio again from the checkpoint's sample (less the resampler's pre-roll)."""
 
     stream: str
     front: int
@@ -41,6 +97,7 @@ class Open(msgspec.Struct, tag="open", array_like=True):
     is_float: bool
     interim: bool
     trace: str | None = None
+    resume: Checkpoint | None = None
 
 
 class Pcm(msgspec.Struct, tag="pcm", array_like=True):
@@ -72,12 +129,14 @@ class Abort(msgspec.Struct, tag="abort", array_like=True):
 
 
 class Event(msgspec.Struct, tag="event", array_like=True):
-    """Segmenter -> front: voice activity changed on a channel."""
+    """Segmenter -> front: voice activity changed on a channel. `index` is its place among the
+    channel's events: a replay sends some again, and the front drops those it already sent."""
 
     stream: str
     channel: int
     kind: Literal["active", "inactive"]
     time: float
+    index: int
 
 
 WorkKind = Literal["final", "interim", "chunk"]
@@ -148,11 +207,15 @@ class Notice(msgspec.Struct, tag="notice", array_like=True):
 class Progress(msgspec.Struct, tag="progress", array_like=True):
     """Segmenter -> front: the stream's audio up to `time` is taken in, and these finals (or
     chunks) per channel cover it; once the front has released them, that audio is answered.
-    The front bounds each stream's unanswered audio with it (backpressure per session)."""
+    The front bounds each stream's unanswered audio with it (backpressure per session).
+
+    `checkpoint` is where the stream could be rebuilt from now; once the front has released
+    every final it counts, the front keeps the stream's audio from there on only."""
 
     stream: str
     time: float
     results: list[int]
+    checkpoint: Checkpoint
 
 
 class Load(msgspec.Struct, tag="load", array_like=True):

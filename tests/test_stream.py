@@ -1,0 +1,47 @@
+"""The front's record of one stream for a replay: what it keeps, from which checkpoint, and what
+it sends again (no processes: the front's side of the decoder's and segmenter's checkpoints)."""
+
+from __future__ import annotations
+
+from front.stream import Stream
+from transport.messages import Checkpoint, CutState, Open, Progress, Result
+
+MONO16 = Open("s-1", 0, "segmented", 1, 16000, 16, False, False)
+
+
+def progress(time: float, finals: int, at: int) -> Progress:
+    return Progress("s-1", time, [finals], Checkpoint(at, [CutState(at, False, finals, 0)]))
+
+
+def test_bytes_before_the_last_usable_checkpoint_are_forgotten() -> None:
+    s = Stream(MONO16)
+    chunks = [bytes([k]) * 3200 for k in range(10)]  # 0.1 s each
+    for c in chunks:
+        s.fed(c)
+    assert s.kept_bytes == 32000
+    s.on_progress(progress(0.5, 0, 4000))  # nothing emitted before it: usable at once
+    assert s.kept_bytes == 32000 - 6400  # whole chunks before byte 8000 go
+    opened, again = s.replay()
+    assert opened.resume is not None and opened.resume.sample == 4000
+    assert b"".join(again) == b"".join(chunks)[8000:]
+
+
+def test_a_checkpoint_waits_until_every_final_before_it_is_released() -> None:
+    s = Stream(MONO16)
+    for _ in range(10):
+        s.fed(b"\x00" * 3200)
+    s.on_progress(progress(1.0, 1, 12000))  # one final before it, not answered yet
+    assert s.kept_bytes == 32000 and s.replay()[0].resume == Checkpoint.start(1)
+    s.on_result(Result("s-1", 0, 0, 0, 0.1, 0.6, True, output={"count": 1}))
+    s.on_progress(progress(1.0, 1, 12000))
+    assert s.replay()[0].resume.sample == 12000  # type: ignore[union-attr]
+
+
+def test_a_resampled_stream_keeps_the_resamplers_preroll() -> None:
+    s = Stream(Open("s-1", 0, "simple", 2, 44100, 16, False, False))
+    for _ in range(20):
+        s.fed(b"\x00" * 4 * 4410)  # 0.1 s of stereo s16
+    s.on_progress(Progress("s-1", 1.0, [0, 0], Checkpoint(16000, [CutState(16000, False, 0, 0)] * 2)))
+    first, preroll = Checkpoint(16000, []).input_frames(44100)
+    assert (first, preroll) == (44100, 2205)
+    assert sum(len(c) for c in s.replay()[1]) == 20 * 4 * 4410 - (first - preroll) * 4
