@@ -172,6 +172,9 @@ def stream_route(route: Route) -> Any:
         if sock is not None and cfg.limits.socket_send_buffer > 0:
             # Bounds what a client that reads nothing can park in the kernel on our side.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.limits.socket_send_buffer)
+        if sock is not None and cfg.limits.socket_receive_buffer > 0:
+            # Bounds the audio that can sit in front of a client's ping when we stop reading it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.limits.socket_receive_buffer)
         if offered is not None and not token_ok(cfg.security, offered):
             REFUSED.labels("auth").inc()
             await ws.send_json(protocol.error("authentication failed"))
@@ -221,16 +224,16 @@ def build_app(cfg: Config, link: FrontLink, run_dir: str, slot: int, fronts: int
 
 
 def stage_died(live: Live, note: Exited) -> None:
-    """A decoder or segmenter held every open stream's state (resampler, VAD, regions): those
-    streams fail now, with a clear error, rather than hang or return wrong times."""
+    """A decoder or segmenter held every open stream's state (resampler, VAD, regions): each
+    open stream is played to the pipeline again from its last checkpoint, so its client gets
+    what an undisturbed run would have given."""
     if note.role not in ("decoder", "segmenter"):
         return
-    lost = [s for s in live.sessions if s.stream is not None]
-    if lost:
-        log.warning("%s died (%s): failing %d open streams", note.role, note.how, len(lost))
-    for session in lost:
-        session.fail(f"the {note.role} process died ({note.how}) and this stream's state was lost; "
-                     "results sent so far stand: start a new stream for the rest")
+    open_ = [s for s in live.sessions if s.stream is not None]
+    if open_:
+        log.warning("%s died (%s): replaying %d open streams", note.role, note.how, len(open_))
+    for session in open_:
+        session.replay(f"the {note.role} died ({note.how})")
 
 
 async def serve(ctx: ChildContext) -> None:

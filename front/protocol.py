@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
 import msgspec
 
@@ -28,9 +29,9 @@ class Format(msgspec.Struct, forbid_unknown_fields=True):
 
 class Start(msgspec.Struct, tag_field="request", tag="start", forbid_unknown_fields=True):
     format: Format
-    trace_id: str | None = None
+    trace_id: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     interim_results: bool = False
-    token: str | None = None
+    token: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
 
 
 class Stop(msgspec.Struct, tag_field="request", tag="stop", forbid_unknown_fields=True):
@@ -57,6 +58,14 @@ def parse(text: str) -> Start | Stop:
         raise ProtocolError(f"invalid request: {e}", INVALID) from None
     except msgspec.DecodeError as e:
         raise ProtocolError(f"invalid JSON: {e}", INVALID) from None
+
+
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def is_traceparent(value: str) -> bool:
+    """A W3C traceparent: a client's trace context, and nothing else, reaches our spans and logs."""
+    return _TRACEPARENT.fullmatch(value) is not None
 
 
 def check_format(fmt: Format, limits: Limits) -> None:

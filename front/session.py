@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import secrets
 from typing import Any
 
@@ -40,6 +41,7 @@ from opentelemetry.trace import Span
 
 from front import protocol
 from front.guard import token_ok
+from front.intake import Intake
 from front.link import FrontLink
 from front.protocol import ProtocolError, Start, Stop
 from front.stream import Stream
@@ -88,6 +90,7 @@ class Session:
         self.phase = Phase.IDLE
         self.stream: Stream | None = None
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self.intake = Intake(ws, cfg.limits.read_ahead_bytes, self._client_spoke)
         self.authenticated = authenticated
         self.draining = False
         self._streams = 0
@@ -95,6 +98,7 @@ class Session:
         self._moved = asyncio.Event()  # the stream's answered audio moved (or it ended)
         self._closed = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
+        self._reader: asyncio.Task[None] | None = None
         # Kept: asyncio.get_running_loop() costs a getpid() system call on Python 3.11, and the
         # audio path asks for the time on every frame.
         self._loop = asyncio.get_running_loop()
@@ -109,13 +113,15 @@ class Session:
             self._group = group
             sender = group.create_task(self._send_loop())
             watchdog = group.create_task(self._watch())
+            self._reader = group.create_task(self.intake.run())
             try:
                 await self._read_loop()
             except ProtocolError as e:
-                log.info("closing %d: %s", e.code or protocol.INTERNAL, e.message)
+                log.info("closing %d: %r", e.code or protocol.INTERNAL, e.message)  # repr: client text
                 await self._close_with(e.message, e.code or protocol.INTERNAL)
             finally:
                 watchdog.cancel()
+                self._reader.cancel()
                 self._forget_stream(aborted=True)
                 self.outbox.put_nowait(None)
                 # A client that reads nothing must not hold the session forever.
@@ -125,7 +131,9 @@ class Session:
 
     async def _read_loop(self) -> None:
         while self.phase not in (Phase.CLOSING, Phase.CLOSED):
-            msg = await self.ws.receive()
+            msg = await self.intake.next()
+            if self.outbox.qsize() > self.cfg.limits.max_outbox:
+                await self._wait_for_reader()  # whatever the frame: text frames make replies too
             if msg.type == WSMsgType.BINARY:
                 if self.phase in (Phase.FLUSHING, Phase.CLOSING) or self.draining:
                     continue  # the stream was stopped at a limit or for shutdown: the rest is not taken
@@ -157,17 +165,21 @@ class Session:
         f = req.format
         self._streams += 1
         stream_id = f"{self.id}-{self._streams}"
-        span = _tracer.start_span("session", context=telemetry.context_of(req.trace_id), attributes={
+        parent = req.trace_id
+        if parent is not None and not protocol.is_traceparent(parent):
+            self._say(protocol.warning("trace_id ignored: not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"))
+            parent = None
+        span = _tracer.start_span("session", context=telemetry.context_of(parent), attributes={
             "streamer.session": self.id, "streamer.stream": stream_id, "streamer.route": self.route,
             "audio.channels": f.channels, "audio.sample_rate": f.sample_rate, "audio.bit_depth": f.bit_depth})
-        carried = telemetry.traceparent_of(span) or req.trace_id
+        carried = telemetry.traceparent_of(span) or parent
         interim = req.interim_results and self.route == "segmented"
-        self.stream = Stream(stream_id, f.channels, span, logs.trace_of(carried),
-                             bytes_per_s=f.channels * f.sample_rate * f.bit_depth // 8)
+        opened = Open(stream_id, self.link.slot, self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
+                      interim, carried)
+        self.stream = Stream(opened, span, logs.trace_of(carried))
         self._done.clear()
         self.link.routes[stream_id] = self.on_pipeline
-        self.link.send(Open(stream_id, self.link.slot, self.route, f.channels, f.sample_rate, f.bit_depth,
-                            f.is_float, interim, carried))
+        self.link.send(opened)
         self.phase = Phase.STREAMING
         self._active = self._loop.time()
         logs.bind(stream_id, self.stream.trace_id)  # this task's log lines name the stream from here on
@@ -230,29 +242,50 @@ class Session:
             if self.phase is not Phase.STREAMING:
                 return
         self.link.send(Pcm(stream.id, NOWHERE), data)
-        stream.fed(len(data))
+        stream.fed(data)
         self._active = self._loop.time()
         self._warned_idle = False
 
-    async def _wait_for_room(self, stream: Stream) -> None:
+    async def _wait_for_reader(self) -> None:
+        """Results pile up for a client that does not read them: take nothing more from it until it
+        does, and close it (1008) if it has not within `send_timeout_s`."""
         limits = self.cfg.limits
-        loop = self._loop
-        slow_since: float | None = None
-        while self.phase is Phase.STREAMING and stream.failed is None:
-            if self.outbox.qsize() > limits.max_outbox:
-                slow_since = slow_since or loop.time()
-                if loop.time() - slow_since > limits.send_timeout_s:
+        since = self._loop.time()
+        self._waiting_on_us = True
+        try:
+            while self.outbox.qsize() > limits.max_outbox and self.phase not in (Phase.CLOSING, Phase.CLOSED):
+                if self._loop.time() - since > limits.send_timeout_s:
                     raise ProtocolError(f"the client read no results for {limits.send_timeout_s:g} s",
                                         protocol.POLICY)
                 await asyncio.sleep(0.05)
+        finally:
+            self._waiting_on_us = False
+
+    async def _wait_for_room(self, stream: Stream) -> None:
+        limits = self.cfg.limits
+        since = self._loop.time()
+        while self.phase is Phase.STREAMING and stream.failed is None:
+            if not stream.warned_held and self._loop.time() - since >= limits.held_warning_s:
+                stream.warned_held = True
+                self._say(protocol.warning(
+                    f"held back for {limits.held_warning_s:g} s: the stream is sending audio faster than the "
+                    "server works through it; it waits, nothing is lost"))
+            if self.outbox.qsize() > limits.max_outbox:
+                await self._wait_for_reader()
             elif not self.link.room.is_set():
-                await self.link.room.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.link.room.wait(), 1.0)
             elif stream.inflight_s > limits.max_inflight_audio_s:
                 self._moved.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._moved.wait(), 1.0)
             else:
                 return
+
+    def _client_spoke(self) -> None:
+        """The intake read a frame: the client is not idle, whatever the pipeline is doing."""
+        self._active = self._loop.time()
+        self._warned_idle = False
 
     # -- what the pipeline says -----------------------------------------------------------------
 
@@ -266,7 +299,7 @@ class Session:
         elif isinstance(msg, Result):
             self._deliver(stream.on_result(msg), stream)
         elif isinstance(msg, Progress):
-            stream.on_progress(msg.time, msg.results)
+            stream.on_progress(msg)
         elif isinstance(msg, StreamEnd):
             stream.on_end(msg)
         elif isinstance(msg, Failed):
@@ -277,6 +310,23 @@ class Session:
         self._moved.set()
         if stream.complete:
             self._done.set()
+
+    def replay(self, why: str) -> None:
+        """The decoder or the segmenter died with this stream's state: send the pipeline the
+        stream again from its last usable checkpoint (and `stop` again if it was stopping).
+        The results it makes again are dropped here, so the client notices nothing."""
+        stream = self.stream
+        if stream is None or stream.complete or stream.failed is not None:
+            return
+        opened, chunks = stream.replay()
+        self.link.send(opened)
+        for chunk in chunks:
+            self.link.send(Pcm(stream.id, NOWHERE), chunk)
+        if self.phase is Phase.FLUSHING:
+            self.link.send(Close(stream.id))
+        assert opened.resume is not None
+        log.info("replaying the stream from %.2f s (%d bytes) after %s", opened.resume.sample / 16000,
+                 sum(len(c) for c in chunks), why)
 
     def fail(self, message: str) -> None:
         """The stream cannot go on (a stage died, bad audio): one error, then close 1011."""
@@ -300,11 +350,16 @@ class Session:
             # while it slept moved the idle deadline.
             idle_at = self._active + limits.idle_timeout_s * (1.0 if self._warned_idle else 0.5)
             end_at = self._opened + limits.max_session_s - (0.0 if self._warned_length else lead)
+            auth_at = self._opened + self.cfg.security.auth_timeout_s if not self.authenticated else math.inf
             now = loop.time()
-            if now < min(idle_at, end_at):
-                await asyncio.sleep(max(0.01, min(idle_at, end_at) - now))
+            if now < min(idle_at, end_at, auth_at):
+                await asyncio.sleep(max(0.01, min(idle_at, end_at, auth_at) - now))
                 continue
             if self.phase in (Phase.CLOSING, Phase.CLOSED):
+                return
+            if now >= auth_at:  # a seat is not held by someone who cannot say who they are
+                await self._close_with(f"authentication failed: no token within {self.cfg.security.auth_timeout_s:g} s",
+                                       protocol.POLICY)
                 return
             if self._waiting_on_us or self.phase is Phase.FLUSHING:
                 self._active = now  # our own backpressure or flush is not the client being idle
@@ -359,6 +414,9 @@ class Session:
         except TimeoutError:
             log.warning("client read nothing for %g s while closing", timeout)
         try:
+            # The intake's receive() must not be pending: aiohttp would then drop the transport at
+            # once (with the client's frames unread: a reset) instead of waiting for its close frame.
+            await self._stop_reading()
             await asyncio.wait_for(self.ws.close(code=code, message=(reason or message or "").encode()[:120]),
                                    timeout)
         except TimeoutError:
@@ -366,6 +424,13 @@ class Session:
         finally:
             self.phase = Phase.CLOSED
             self._closed.set()
+
+    async def _stop_reading(self) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
     def _say(self, item: dict[str, Any]) -> None:
         self.outbox.put_nowait((item, None))

@@ -120,11 +120,15 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True):
     max_outbox: int
     send_timeout_s: float
     socket_send_buffer: int
+    socket_receive_buffer: int
+    read_ahead_bytes: int
+    held_warning_s: float
 
 
 class Security(msgspec.Struct, forbid_unknown_fields=True):
     token: str
     origins: list[str]
+    auth_timeout_s: float
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):

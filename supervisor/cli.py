@@ -38,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging("supervisor", cfg.server.log_level)
     setproctitle.setproctitle("streamer: supervisor")
-    return Supervisor(cfg).run()
+    try:
+        supervisor = Supervisor(cfg)
+    except RuntimeError as e:  # a run directory that is not ours to use
+        print(f"streamer: {e}", file=sys.stderr)
+        return 2
+    return supervisor.run()
 
 
 if __name__ == "__main__":

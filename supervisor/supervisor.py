@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import tempfile
 import time
 from multiprocessing.connection import wait
@@ -44,6 +45,9 @@ from transport.shm import BufferPool, ensure_room
 
 log = logging.getLogger("supervisor")
 
+NOTICE_RETRY_S = 0.01
+NOTICE_TIMEOUT_S = 10.0
+
 
 class SupervisorMetrics:
     """Made by the supervisor, not at import: `spawn` re-imports the parent's main module
@@ -60,13 +64,37 @@ class SupervisorMetrics:
 
 
 def make_run_dir(configured: str, run_id: str) -> str:
-    """A private directory for ipc sockets (0700: other users cannot connect to them)."""
+    """A private directory for ipc sockets (0700: other users cannot connect to them).
+
+    A configured directory that exists is used only if it is already private and ours, and no
+    live server runs in it: its mode is never changed behind the user's back (it may be their
+    home), and two servers in one directory would take each other's sockets."""
     if configured:
-        os.makedirs(configured, mode=0o700, exist_ok=True)
-        os.chmod(configured, 0o700)
+        try:
+            os.mkdir(configured, mode=0o700)
+        except FileExistsError:
+            st = os.stat(configured)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+                raise RuntimeError(f"[server] run_dir {configured} exists and is not a private directory of this "
+                                   f"user (mode {stat.S_IMODE(st.st_mode):o}): give a new path, a 0700 directory, "
+                                   "or leave run_dir empty") from None
+            running = group.read(configured)
+            if running is not None and _alive(running.pid):
+                raise RuntimeError(f"[server] run_dir {configured} belongs to a running server (pid {running.pid})"
+                                   ) from None
         return configured
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     return tempfile.mkdtemp(prefix=f"streamer-{run_id}-", dir=base)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
 
 
 class Supervisor:
@@ -81,6 +109,7 @@ class Supervisor:
         self._zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._tell = [sockets.outbox(self._zctx, self.run_dir, name, immediate=True)
                       for name in self.topology.listeners()]
+        self._undelivered: list[tuple[sockets.Socket, bytes, float]] = []  # (to, notice, give up at)
         self._stop_requested = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -154,6 +183,7 @@ class Supervisor:
                     elif what == "exit" and child is not None and child.process is not None \
                             and child.process.sentinel == obj:
                         self._on_exit(child)
+            self._deliver()
             self._kill_hung()
             self._restart_due()
 
@@ -206,8 +236,24 @@ class Supervisor:
             if freed:
                 log.info("reclaimed %d %s-pool slots held by dead %s", freed, pool.spec.name, child.name)
         note = encode(Packet(None, [Exited(child.role, child.slot, pid, how)]))
-        for sock in self._tell:
-            sockets.try_send(sock, note)
+        give_up = time.monotonic() + NOTICE_TIMEOUT_S
+        self._undelivered += [(sock, note, give_up) for sock in self._tell]
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand out the death notices that could not go yet. A listener's inbox may be full for a
+        moment (it is busy), and a notice it never gets leaves a stream waiting on a dead
+        process; a listener that is itself down gets its notices once its replacement binds,
+        or not at all after NOTICE_TIMEOUT_S (a fresh process holds no state about the dead)."""
+        now = time.monotonic()
+        waiting: list[tuple[sockets.Socket, bytes, float]] = []
+        blocked: set[int] = set()  # a listener's notices go in order
+        for sock, note, until in self._undelivered:
+            if id(sock) in blocked or not sockets.try_send(sock, note):
+                if now < until:
+                    waiting.append((sock, note, until))
+                    blocked.add(id(sock))
+        self._undelivered = waiting
 
     def _hang_deadline(self, c: Child) -> float | None:
         """When a silent child counts as hung: `start_timeout_s` after its start until it says
@@ -220,6 +266,8 @@ class Supervisor:
         return c.last_beat + self.policies[c.role].hang_timeout_s
 
     def _next_timer_in(self) -> float | None:
+        if self._undelivered:
+            return NOTICE_RETRY_S
         due = [c.restart_at for c in self.children if c.restart_at is not None]
         due += [d for c in self.children if (d := self._hang_deadline(c)) is not None]
         if not due:

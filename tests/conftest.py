@@ -32,7 +32,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def fresh_server(tmp_path: Path) -> Iterator[Server]:
     """A server of the test's own, for tests that kill or stop it."""
     srv = Server(tmp_path / "run")
-    srv.run_dir.mkdir()
     try:
         yield srv
     finally:

@@ -72,7 +72,6 @@ async def clients(srv: Server, steps: list[dict[str, object] | bytes | str], ref
 def test_sessions_survive_killed_actors(tmp_path: Path) -> None:
     srv = Server(tmp_path / "run", env={"STREAMER_MODEL_FAKE_MODE": "sleep", "STREAMER_MODEL_FAKE_DELAY": "0.2",
                                         "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.05"})
-    srv.run_dir.mkdir()
     srv.start()
     run_id = srv.run_id()
     s = speech(("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning.",

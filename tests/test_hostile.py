@@ -208,7 +208,6 @@ def test_admin_endpoints_and_private_resources(guarded: Server) -> None:
 
 def test_the_session_length_limit_warns_then_finishes_the_stream(tmp_path: Path) -> None:
     srv = Server(tmp_path / "run", env={"STREAMER_LIMITS_MAX_SESSION_S": "4"})
-    srv.run_dir.mkdir()
     srv.start()
     try:
         s = speech(gap_s=0.6)
@@ -270,7 +269,6 @@ def test_a_client_that_never_reads_is_bounded_and_closed(tmp_path: Path) -> None
     # 10 ms chunks: a hundred small results per audio second, to fill the socket buffers soon.
     srv = Server(tmp_path / "run", env={"STREAMER_SEGMENTER_CHUNK_S": "0.01", "STREAMER_LIMITS_MAX_OUTBOX": "20",
                                         "STREAMER_LIMITS_SEND_TIMEOUT_S": "3"})
-    srv.run_dir.mkdir()
     srv.start()
     try:
         _never_read(srv)
@@ -332,7 +330,6 @@ def test_admin_endpoints_answer_loopback_clients_only(tmp_path: Path) -> None:
     if outward is None:
         pytest.skip("this machine has no non-loopback address to call from")
     srv = Server(tmp_path / "run", env={"STREAMER_SERVER_HOST": "0.0.0.0"})
-    srv.run_dir.mkdir()
     srv.start()
     try:
         for path in ("/metrics", "/api/v1/actors"):

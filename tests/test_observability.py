@@ -29,7 +29,6 @@ from wire import check_regions_answered, converse, stream_steps
 
 def started(tmp_path: Path, **env: str) -> Server:
     srv = Server(tmp_path / "run", env=env)
-    srv.run_dir.mkdir()
     return srv.start()
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from audio import speech
+from audio import SENTENCES, model_samples, speech
 from server import Server, actor, alive, shm_segments, wait_for
-from wire import check_regions_answered, converse, stream_steps
+from wire import Transcript, check_regions_answered, check_simple_counts, converse, stream_steps
 
 SLOW_MODEL = {  # every item stays in flight for a while, without eating the test machine's CPU
     "STREAMER_MODEL_FAKE_MODE": "sleep",
@@ -24,7 +24,6 @@ SLOW_MODEL = {  # every item stays in flight for a while, without eating the tes
 
 def started(tmp_path: Path, **env: str) -> Server:
     srv = Server(tmp_path / "run", env=env)
-    srv.run_dir.mkdir()
     return srv.start()
 
 
@@ -100,20 +99,35 @@ def test_panic_rate_over_a_long_stream_answers_every_region(tmp_path: Path) -> N
         srv.stop()
 
 
-@pytest.mark.parametrize("role", ["decoder", "segmenter"])
-def test_a_dead_stage_fails_its_streams_with_an_error_and_1011_and_heals(tmp_path: Path, role: str) -> None:
+def regions(t: Transcript) -> list[tuple[float, float]]:
+    return [(m["start_time"], m["end_time"]) for m in t.finals(0)]
+
+
+def close_enough(got: list[tuple[float, float]], want: list[tuple[float, float]], tolerance: float = 0.03) -> bool:
+    return len(got) == len(want) and all(abs(a - c) <= tolerance and abs(b - d) <= tolerance
+                                         for (a, b), (c, d) in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize(("role", "rate", "route"), [("decoder", 16000, "segmented"), ("segmenter", 16000, "simple"),
+                                                     ("decoder", 44100, "simple"), ("segmenter", 48000, "segmented")])
+def test_a_dead_stage_goes_unnoticed_its_streams_are_replayed_from_their_checkpoints(
+        tmp_path: Path, role: str, rate: int, route: str) -> None:
     srv = started(tmp_path)
     try:
-        s = speech()
-        kill_later(srv, role, 1.0)
-        t = asyncio.run(converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False), pace_s=0.05))
-        check_regions_answered(t, 0)
-        assert t.close_code == 1011
-        assert f"the {role} process died (signal SIGKILL)" in t.messages[-1]["message"]
-        wait_for(lambda: srv.health()[0] == 200, 15)
-        again = asyncio.run(converse(srv.ws(), two_sentences()))
-        assert check_regions_answered(again, 0) == (2, 0)
-        assert actor(srv, role)["restarts"] == 1
+        s = speech(SENTENCES[:3], rate=rate, gap_s=0.8)
+        steps = stream_steps(s.samples[None, :], rate, False)
+        alone = asyncio.run(converse(srv.ws(route), steps, pace_s=0.03))
+        kill_later(srv, role, 1.6)  # into the second sentence
+        t = asyncio.run(converse(srv.ws(route), steps, pace_s=0.03))
+        assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
+        if route == "segmented":
+            check_regions_answered(t, 0)
+            assert close_enough(regions(t), regions(alone)), (regions(t), regions(alone))
+        else:
+            check_simple_counts(t, 0, model_samples(s.samples.shape[0], rate))
+            assert [m["count"] for m in t.of_type("segment")] == [m["count"] for m in alone.of_type("segment")]
+        wait_for(lambda: actor(srv, role)["restarts"] == 1, 10)
+        assert "replaying the stream" in srv.log()
     finally:
         srv.stop()
 
