@@ -4,7 +4,9 @@ The supervisor's published table says who is running (role, slot, pid, state, re
 uptime, last exit) and what each stage last reported in its heartbeat (processed,
 in-flight, RTF). CPU and memory come from the kernel via psutil, sampled once a second by
 a background task, so a request never waits and `cpu_percent` is the share of one core
-over the last second (200 means two cores busy).
+over the last second (200 means two cores busy). It samples only while someone is looking
+(a request in the last `WATCHED_S`): every front has a sampler, and psutil calls for every
+process each second are not free when nobody reads them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import psutil
 from runtime import group
 
 SAMPLE_EVERY_S = 1.0
+WATCHED_S = 60.0
 
 
 class CpuSampler:
@@ -29,6 +32,7 @@ class CpuSampler:
         self._procs: dict[int, psutil.Process] = {}
         self.cpu: dict[int, float] = {}
         self.rss: dict[int, int] = {}
+        self._asked = -WATCHED_S  # monotonic time of the last request for the table
 
     def sample(self) -> None:
         state = group.read(self.run_dir)
@@ -52,12 +56,19 @@ class CpuSampler:
                 self._procs.pop(pid, None)
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            with contextlib.suppress(Exception):  # a sampling hiccup must never end the task
-                self.sample()
+            if loop.time() - self._asked < WATCHED_S:
+                with contextlib.suppress(Exception):  # a sampling hiccup must never end the task
+                    self.sample()
             await asyncio.sleep(SAMPLE_EVERY_S)
 
     def table(self) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._asked >= WATCHED_S:  # nobody was looking: start from a fresh baseline
+            with contextlib.suppress(Exception):
+                self.sample()
+        self._asked = loop.time()
         state = group.read(self.run_dir)
         if state is None:
             return {"run_id": None, "front_pid": os.getpid(), "actors": []}
