@@ -135,7 +135,8 @@ class Segmenter(Actor):
         super().__init__(env)
         assert self.pool is not None
         self.streams: dict[str, Cuts] = {}
-        self.dispatcher = Dispatcher(self.pool, env.link.send, env.topology.model_inboxes(), self.clock)
+        self.dispatcher = Dispatcher(self.pool, env.link.send, env.topology.model_inboxes(), self.clock,
+                                     max_attempts=self.cfg.model.max_attempts)
         self.meter = StageMeter()
         self.busy = BusyWindow(LOAD_WINDOW_S, self.clock.now())
         self._next_work = self.pool.next_alloc << 20  # unique across our restarts, no coordination needed
@@ -199,6 +200,12 @@ class Segmenter(Actor):
     def on_exit(self, note: Exited) -> None:
         if note.role == "model":
             self.dispatcher.on_exit(note.slot, note.pid)
+        elif note.role == "front":
+            # Its sessions died with it. The decoder says so too (Abort), but not if it was down
+            # itself at the time: nobody else would ever end these streams.
+            for stream in [k for k, c in self.streams.items() if c.start.front == note.slot]:
+                telemetry.finish(self.streams.pop(stream).span, "front died")
+                self.dispatcher.cancel(stream)
 
     def _frames(self, msg: Frames, slab: bytes | None) -> None:
         state = self.streams.get(msg.stream)
@@ -273,7 +280,9 @@ class Segmenter(Actor):
         now = self.clock.now()
         if now - self._last_load >= LOAD_EVERY_S:
             self._last_load = now
-            load = Load(len(self.streams), self.dispatcher.live_slots, round(self.busy.share(now), 4),
+            # Capacity counts every model slot, live or restarting: a slot's death lasts a restart
+            # (a few hundred ms), and refusing sessions for it would let a client notice it.
+            load = Load(len(self.streams), len(self.dispatcher.slots), round(self.busy.share(now), 4),
                         round(self.per_stream(now), 4), round(self.dispatcher.queue_delay(), 4),
                         round(self.dispatcher.queued_seconds, 3))
             for front in self._fronts:

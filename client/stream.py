@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -65,6 +66,7 @@ class Report:
     messages: list[dict[str, Any]] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
     close_code: int | None = None
+    reconnects: int = 0
     started: float = 0.0
     finished: float = 0.0
     audio_s: float = 0.0
@@ -85,46 +87,97 @@ class Report:
         return (f"time to first result: {'-' if first is None else f'{first:.3f} s'}; total: {total:.3f} s; "
                 f"segments: {len(self.of_type('segment'))}; errors: {len(self.of_type('error'))}; "
                 f"audio: {self.audio_s:.2f} s; {self.audio_s / total if total else 0:.1f} audio s per wall s; "
-                f"close code {self.close_code}")
+                f"close code {self.close_code}" + (f"; reconnected {self.reconnects} times" if self.reconnects else ""))
+
+
+RECONNECT_CODES = {1006, 1011, 1012, 1013}  # the connection or the server failed, not the request
+TIME_FIELDS = ("time", "start_time", "end_time")
 
 
 async def stream(url: str, pcm: Pcm, *, chunk_bytes: int = 0, real_time: bool = False,
-                 interim: bool = False, trace_id: str | None = None, echo: bool = False) -> Report:
-    """Send `pcm` as one stream and collect every message until the server closes."""
-    chunk = chunk_bytes or max(pcm.frame_bytes, pcm.frame_bytes * pcm.sample_rate // 10)
+                 interim: bool = False, trace_id: str | None = None, echo: bool = False,
+                 reconnects: int = 5) -> Report:
+    """Send `pcm` as one stream and collect every message until the server closes.
+
+    If the connection is lost (1006: our front died) or the server gives up on the stream
+    (1011, 1012, 1013, or a 503 at the handshake), it says so, connects again and sends the
+    rest as a new stream, from the end of the last final it got (the region it was in is
+    heard again); times in that stream's messages are moved by where it began, so the report
+    reads as one stream. At most `reconnects` times."""
     report = Report(audio_s=pcm.seconds)
+    report.started = time.monotonic()
+    resume_s = 0.0
+    for attempt in range(reconnects + 1):
+        try:
+            code = await _stream_once(url, pcm, report, resume_s, chunk_bytes=chunk_bytes, real_time=real_time,
+                                      interim=interim, trace_id=trace_id, echo=echo)
+        except aiohttp.WSServerHandshakeError as e:
+            if e.status != 503 or attempt == reconnects:
+                raise
+            wait = float(e.headers.get("Retry-After", "1") if e.headers else 1)
+            print(f"server busy (503): connecting again in {wait:g} s", file=sys.stderr, flush=True)
+            await asyncio.sleep(wait)
+            continue
+        except aiohttp.ClientConnectorError as e:  # nobody listening: the server is restarting
+            if attempt == reconnects:
+                raise
+            print(f"cannot connect ({e.os_error}): trying again", file=sys.stderr, flush=True)
+            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+            continue
+        report.close_code = code
+        if code not in RECONNECT_CODES or attempt == reconnects:
+            break
+        finals = [m["end_time"] for m in report.of_type("segment") if m.get("is_final") is not False]
+        resume_s = max([resume_s, *finals])
+        report.reconnects += 1
+        print(f"connection lost (close code {code}): reconnecting, resuming at {resume_s:.2f} s",
+              file=sys.stderr, flush=True)
+        await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+    report.finished = time.monotonic()
+    return report
+
+
+async def _stream_once(url: str, pcm: Pcm, report: Report, from_s: float, *, chunk_bytes: int, real_time: bool,
+                       interim: bool, trace_id: str | None, echo: bool) -> int | None:
+    chunk = chunk_bytes or max(pcm.frame_bytes, pcm.frame_bytes * pcm.sample_rate // 10)
     start: dict[str, Any] = {"request": "start", "format": pcm.format(), "interim_results": interim}
     if trace_id:
         start["trace_id"] = trace_id
+    first = int(from_s * pcm.sample_rate) * pcm.frame_bytes
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
-        report.started = time.monotonic()
+        began = time.monotonic()
 
         async def receive() -> None:
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     item = json.loads(msg.data)
+                    for key in TIME_FIELDS:  # as times of the whole file, not of this stream
+                        if from_s and key in item:
+                            item[key] = round(item[key] + from_s, 4)
                     report.messages.append(item)
                     report.arrivals.append(time.monotonic())
                     if echo:
-                        print(f"{time.monotonic() - report.started:8.3f}s {msg.data}", flush=True)
+                        print(f"{time.monotonic() - report.started:8.3f}s {json.dumps(item)}", flush=True)
 
         reader = asyncio.create_task(receive())
         await ws.send_json(start)
         bytes_per_s = pcm.frame_bytes * pcm.sample_rate
-        for sent in range(0, len(pcm.data), chunk):
+        for sent in range(first, len(pcm.data), chunk):
             if ws.closed:
                 break
-            await ws.send_bytes(pcm.data[sent : sent + chunk])
+            try:
+                await ws.send_bytes(pcm.data[sent : sent + chunk])
+            except (ConnectionError, aiohttp.ClientError):
+                break
             if real_time:
-                ahead = (sent + chunk) / bytes_per_s - (time.monotonic() - report.started)
+                ahead = (sent + chunk - first) / bytes_per_s - (time.monotonic() - began)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         if not ws.closed:
-            await ws.send_json({"request": "stop", "disconnect": True})
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                await ws.send_json({"request": "stop", "disconnect": True})
         await reader
-        report.close_code = ws.close_code
-        report.finished = time.monotonic()
-    return report
+        return ws.close_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-time", action="store_true", help="send at the audio's own pace")
     parser.add_argument("--interim-results", action="store_true", help="ask for interim results")
     parser.add_argument("--trace-id", help="W3C traceparent to parent the server's spans on")
+    parser.add_argument("--reconnects", type=int, default=5,
+                        help="how often to reconnect after a lost connection or server failure (default 5)")
     args = parser.parse_args(argv)
     try:
         pcm = read_file(args.input)
@@ -152,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         traceparent = telemetry.traceparent_of(span) or args.trace_id
         try:
             report = asyncio.run(stream(args.addr, pcm, chunk_bytes=args.chunk_size, real_time=args.real_time,
-                                        interim=args.interim_results, trace_id=traceparent, echo=True))
+                                        interim=args.interim_results, trace_id=traceparent, echo=True,
+                                        reconnects=args.reconnects))
         except aiohttp.ClientError as e:
             print(f"streamer-client: {e}", file=sys.stderr)
             return 1

@@ -116,6 +116,11 @@ class Session:
             self._reader = group.create_task(self.intake.run())
             try:
                 await self._read_loop()
+                if self.phase is Phase.CLOSING:
+                    # Another task (a drain, a limit, a failed stream) is closing: let it finish. This
+                    # handler's return would make aiohttp close the socket itself, with 1000.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closed.wait(), 2 * self.cfg.limits.send_timeout_s)
             except ProtocolError as e:
                 log.info("closing %d: %r", e.code or protocol.INTERNAL, e.message)  # repr: client text
                 await self._close_with(e.message, e.code or protocol.INTERNAL)
@@ -263,8 +268,13 @@ class Session:
 
     async def _wait_for_room(self, stream: Stream) -> None:
         limits = self.cfg.limits
-        since = self._loop.time()
+        since = moved_at = self._loop.time()
         while self.phase is Phase.STREAMING and stream.failed is None:
+            if self._moved.is_set():
+                moved_at = self._loop.time()
+            elif self._loop.time() - moved_at > limits.stall_timeout_s:  # a safety net: replays heal deaths
+                raise ProtocolError(f"the server made no progress on this stream for {limits.stall_timeout_s:g} s",
+                                    protocol.INTERNAL)
             if not stream.warned_held and self._loop.time() - since >= limits.held_warning_s:
                 stream.warned_held = True
                 self._say(protocol.warning(

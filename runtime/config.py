@@ -84,6 +84,7 @@ class Model(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     max_inflight: int
     max_batch: int
+    max_attempts: int
     fake: FakeModel
 
 
@@ -123,6 +124,7 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True):
     socket_receive_buffer: int
     read_ahead_bytes: int
     held_warning_s: float
+    stall_timeout_s: float
 
 
 class Security(msgspec.Struct, forbid_unknown_fields=True):

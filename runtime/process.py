@@ -80,10 +80,16 @@ class ChildContext:
         self._tell(("metrics", os.getpid(), port))
 
     def _tell(self, msg: object) -> None:
+        """Never blocks: the pipe is non-blocking in the child (`enter_child`), and a message of a
+        few hundred bytes is written whole or not at all (under PIPE_BUF). A supervisor busy
+        stopping the group may not read for a while; a beat it misses is worth less than a
+        main loop stuck on it."""
         if self.link is None:
             return
         try:
             self.link.send(msg)
+        except BlockingIOError:
+            pass  # the supervisor is not reading just now: this word is lost, the next one will do
         except (BrokenPipeError, OSError):
             pass  # the supervisor is gone; the death signal will follow
 
@@ -106,6 +112,8 @@ def enter_child(ctx: ChildContext) -> None:
     """Call first thing in a child: name, logging, and signals that end its loop cleanly."""
     setproctitle.setproctitle(f"streamer: {ctx.name}")
     _die_with_parent(ctx.parent_pid)
+    if ctx.link is not None:
+        os.set_blocking(ctx.link.fileno(), False)
     setup_logging(ctx.name, str(ctx.config["server"]["log_level"]))
     cfg = ctx.cfg()
     telemetry.setup(ctx.role, ctx.slot if ctx.role in ("model", "front") else None)

@@ -52,7 +52,7 @@ class Server:
     def ws(self, route: str = "segmented") -> str:
         return f"ws://127.0.0.1:{self.port}/api/v1/{route}"
 
-    def start(self, timeout: float = 60.0) -> Server:
+    def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update({
             "STREAMER_SERVER_PORT": str(self.port),
@@ -63,9 +63,12 @@ class Server:
             "STREAMER_METRICS_BASE_PORT": "0",
         })
         env.update(self.env)
+        return env
+
+    def start(self, timeout: float = 60.0) -> Server:
         self.log_path = self.run_dir.parent / f"server-{self.port}.log"
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "serve"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "serve"], env=self.environment(),
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout

@@ -1,11 +1,17 @@
-"""Chaos: ten sessions stream speech while model actors are SIGKILLed about every second and
-the decoder and the segmenter once each. Every session ends; every region gets exactly one
-final or exactly one error; restarts are counted; nothing is left behind."""
+"""Chaos: six sessions stream speech at four times real time into a busy-CPU model while, for
+30 s, a random actor of any role but the front is SIGKILLed every 0.5 s (the decoder and the
+segmenter several times each). No client notices: every region gets exactly one final, no
+error, no duplicate, every session ends 1000. The clients are the `websockets` library with
+its default keepalive, which drops a connection whose pongs stop for 20 s.
+
+The restart intensity, the back-off ceiling and the attempt limit are raised here: escalation
+and the poison-item limit are tested on their own (test_supervision.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -13,92 +19,98 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-import aiohttp
+from websockets.asyncio.client import connect
 
 from audio import speech
 from server import Server, alive, shm_segments, wait_for
-from wire import Transcript, check_regions_answered, converse, stream_steps
+from wire import Transcript, audio_frames, check_regions_answered, start_msg
 
-CHAOS_S = 10.0
-SESSIONS = 10
+CHAOS_S = 30.0
+KILL_EVERY_S = 0.5
+SESSIONS = 6
+SPEED = 4.0  # times real time
+TARGETS = ("model-0", "model-1", "decoder", "segmenter")
+ENV = {
+    "STREAMER_MODEL_FAKE_MODE": "cpu", "STREAMER_MODEL_FAKE_DELAY": "0.02",
+    "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.05", "STREAMER_MODEL_MAX_ATTEMPTS": "50",
+    "STREAMER_ADMISSION_MAX_BUSY": "1000", "STREAMER_ADMISSION_MAX_QUEUE_DELAY_S": "1000",
+    **{f"STREAMER_SUPERVISOR_{role.upper()}_{key}": value for role in ("model", "decoder", "segmenter")
+       for key, value in (("INTENSITY", "1000"), ("BACKOFF_MAX_S", "0.4"))},
+}
 
 
 def killer(srv: Server, stop: threading.Event, kills: Counter[str], seed: int) -> None:
-    """A model about every second; the decoder at 3 s and the segmenter at 6.5 s."""
+    """Every KILL_EVERY_S, the next of a shuffled round of every target that is running."""
     rng = random.Random(seed)
     began = time.monotonic()
-    plan = [(3.0, "decoder"), (6.5, "segmenter")]
-    next_model = 0.7
+    queue: list[str] = []
     while not stop.is_set() and time.monotonic() - began < CHAOS_S:
-        now = time.monotonic() - began
-        target: str | None = None
-        if plan and now >= plan[0][0]:
-            target = plan.pop(0)[1]
-        elif now >= next_model:
-            target = "model"
-            next_model = now + rng.uniform(0.6, 1.4)
-        if target is not None:
-            rows = [a for a in srv.actors() if a["role"] == target and a["state"] == "running" and a["pid"]]
-            if rows:
-                row = rng.choice(rows)
-                with contextlib.suppress(ProcessLookupError):  # it may be dying already
-                    os.kill(row["pid"], signal.SIGKILL)
-                    kills[row["name"]] += 1
-        time.sleep(0.05)
+        if not queue:
+            queue = rng.sample(TARGETS, len(TARGETS))
+        name = queue.pop()
+        row = next((a for a in srv.actors() if a["name"] == name), None)
+        if row is not None and row["state"] == "running" and row["pid"]:
+            with contextlib.suppress(ProcessLookupError):  # it may be dying already
+                os.kill(row["pid"], signal.SIGKILL)
+                kills[name] += 1
+        stop.wait(KILL_EVERY_S)
 
 
-async def clients(srv: Server, steps: list[dict[str, object] | bytes | str], refused: list[int]) -> list[Transcript]:
+async def one_stream(url: str, frames: list[bytes]) -> Transcript:
+    messages: list[dict[str, Any]] = []
+    async with connect(url) as ws:  # the library's defaults: ping every 20 s, give up 20 s later
+        async def read() -> None:
+            async for msg in ws:
+                messages.append(json.loads(msg))
+
+        reader = asyncio.create_task(read())
+        await ws.send(json.dumps(start_msg(1, 16000, False)))
+        for frame in frames:
+            await ws.send(frame)
+            await asyncio.sleep(0.1 / SPEED)
+        await ws.send(json.dumps({"request": "stop", "disconnect": True}))
+        await asyncio.wait_for(reader, 120)
+        return Transcript(messages, ws.close_code)
+
+
+async def clients(url: str, frames: list[bytes]) -> list[Transcript]:
     done: list[Transcript] = []
     end = time.monotonic() + CHAOS_S
 
     async def one_after_another(i: int) -> None:
-        await asyncio.sleep(i * 0.1)
+        await asyncio.sleep(i * 0.15)
         while time.monotonic() < end:
-            try:
-                done.append(await converse(srv.ws(), steps, timeout=60, pace_s=0.02))
-            except aiohttp.WSServerHandshakeError as e:
-                assert e.status == 503, e  # models restarting: the server sheds new sessions for a moment
-                refused.append(i)
-                await asyncio.sleep(0.3)
-                continue
-            if done[-1].close_code == 1011:
-                await asyncio.sleep(0.3)  # a stage is restarting: reconnect as a client would
+            done.append(await one_stream(url, frames))
 
     await asyncio.gather(*(one_after_another(i) for i in range(SESSIONS)))
     return done
 
 
-def test_sessions_survive_killed_actors(tmp_path: Path) -> None:
-    srv = Server(tmp_path / "run", env={"STREAMER_MODEL_FAKE_MODE": "sleep", "STREAMER_MODEL_FAKE_DELAY": "0.2",
-                                        "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.05"})
-    srv.start()
+def test_no_session_notices_actors_dying_every_half_second(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "run", env=ENV).start()
     run_id = srv.run_id()
     s = speech(("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning.",
                 "Every region gets exactly one final result."), gap_s=0.8)
-    steps = stream_steps(s.samples[None, :], 16000, False)
+    frames = audio_frames(s.samples[None, :], False)
     kills: Counter[str] = Counter()
     stop = threading.Event()
     chaos = threading.Thread(target=killer, args=(srv, stop, kills, int(time.time())), daemon=True)
     try:
         chaos.start()
-        refused: list[int] = []
-        transcripts = asyncio.run(clients(srv, steps, refused))
+        transcripts = asyncio.run(clients(srv.ws(), frames))
         stop.set()
         chaos.join()
-        answered = [check_regions_answered(t, 0) for t in transcripts]  # every rule, every session
-        complete = [t for t in transcripts if t.close_code == 1000]
-        assert all(f + e == 3 for (f, e), t in zip(answered, transcripts, strict=True) if t.close_code == 1000)
-        assert complete, "no session got through"
-        assert kills["decoder"] == kills["segmenter"] == 1 and sum(kills.values()) >= 8
+        print(f"\n{len(transcripts)} streams, kills {dict(kills)}")
+        assert [t.close_code for t in transcripts] == [1000] * len(transcripts)
+        assert [m for t in transcripts for m in t.messages if m["type"] == "error"] == []
+        assert all(check_regions_answered(t, 0) == (3, 0) for t in transcripts)  # one final each, in order
+        assert kills["decoder"] >= 3 and kills["segmenter"] >= 3 and sum(kills.values()) >= 40, kills
         wait_for(lambda: srv.health()[0] == 200, 20)
         restarts = {a["name"]: a["restarts"] for a in srv.actors()}
         assert all(restarts[name] == n for name, n in kills.items()), (restarts, kills)
         children = srv.descendants()
-        print(f"\n{len(transcripts)} sessions ({len(complete)} complete, {len(transcripts) - len(complete)} "
-              f"failed by a stage's death), kills {dict(kills)}, finals {sum(f for f, _ in answered)}, "
-              f"region errors {sum(e for _, e in answered)}, handshakes refused while models restarted "
-              f"{len(refused)}")
     finally:
         stop.set()
         srv.stop()

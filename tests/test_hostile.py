@@ -346,3 +346,62 @@ def test_admin_endpoints_answer_loopback_clients_only(tmp_path: Path) -> None:
             socket.create_connection((outward, model_port), timeout=2).close()
     finally:
         srv.stop()
+
+
+def test_an_unauthenticated_socket_gives_its_seat_back_within_the_auth_timeout(guarded: Server) -> None:
+    """Regression: with a token configured, sockets that never presented it held a session seat
+    until the idle timeout (30 s): a hundred of them locked everyone out with 503."""
+    began = time.monotonic()
+    t = asyncio.run(converse(guarded.ws(), [], timeout=10))
+    assert t.close_code == 1008 and time.monotonic() - began < 5
+    assert t.messages == [{"type": "error", "channel": 0, "message": "authentication failed: no token within 2 s"}]
+
+
+def test_a_trace_id_that_is_no_traceparent_is_ignored_and_never_reaches_the_log_raw(strict: Server) -> None:
+    forged = "x\n2026-11-29 00:00:00,000 front-0[1] ERROR forged: line"
+    steps = stream_steps(noise(1.0)[None, :], 16000, False)
+    steps[0] = {**steps[0], "trace_id": forged}  # type: ignore[dict-item]
+    t = asyncio.run(converse(strict.ws("simple"), steps))
+    assert t.close_code == 1000
+    assert t.messages[0] == {"type": "warning", "channel": 0,
+                             "message": "trace_id ignored: not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"}
+    check_simple_counts(t, 0, 16000)
+    assert "forged: line" not in strict.log()
+    steps[0] = {**steps[0], "trace_id": "00-" + "a" * 200}  # type: ignore[dict-item]
+    long = asyncio.run(converse(strict.ws("simple"), steps))
+    assert long.close_code == 1007 and "length" in long.of_type("error")[0]["message"]
+
+
+def test_text_frames_cannot_grow_the_outbox_of_a_client_that_reads_nothing(tmp_path: Path) -> None:
+    """Regression: repeated `stop` frames each queue an error; `max_outbox` was checked only for
+    audio, so a client that never read could grow the front's memory without bound."""
+    srv = Server(tmp_path / "run", env={"STREAMER_LIMITS_MAX_OUTBOX": "20", "STREAMER_LIMITS_SEND_TIMEOUT_S": "3"})
+    srv.start()
+    try:
+        host, port = "127.0.0.1", srv.port
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw_handshake(sock, host, port, "/api/v1/segmented")
+            stop = raw_frame(0x1, json.dumps({"request": "stop", "disconnect": False}).encode())
+            sock.settimeout(0.5)
+            began = time.monotonic()
+            while time.monotonic() - began < 30:
+                try:
+                    sock.sendall(stop * 50)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+        wait_for(lambda: "read no results for 3 s" in srv.log(), 15)
+    finally:
+        srv.stop()
+
+
+def test_a_run_dir_open_to_others_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    srv = Server(shared)
+    with pytest.raises(RuntimeError, match="not a private directory"):
+        srv.start(timeout=20)
+    assert oct(shared.stat().st_mode & 0o777) == oct(0o755)

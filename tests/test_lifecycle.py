@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -72,3 +76,26 @@ def test_supervisor_killed_outright_takes_its_children_and_segments_with_it(fres
     assert left == [], [(p.pid, p.cmdline()) for p in left]
     # the resource tracker (also gone now) unlinks what the dead supervisor registered
     wait_for(lambda: shm_segments(run_id) == [])
+
+
+def test_a_supervisor_killed_while_its_children_still_start_leaves_no_orphan(tmp_path: Path) -> None:
+    """Regression: a child whose supervisor died before the child set PR_SET_PDEATHSIG (which it
+    does after the spawn bootstrap and its imports) was never signalled: it lived on, holding
+    the pools and the port. Children now check their parent once the setting is in force."""
+    srv = Server(tmp_path / "run")
+    port_holders: list[psutil.Process] = []
+    for delay in (0.3, 0.6, 0.9):
+        srv.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "serve"], env=srv.environment(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            time.sleep(delay)
+            children = srv.descendants()
+            srv.signal(signal.SIGKILL)
+            srv.wait(10)
+            left = alive(children, grace_s=20)
+            port_holders += left
+            assert left == [], [(p.pid, p.cmdline()) for p in left]
+        finally:
+            srv.stop()
+            for p in port_holders:
+                p.kill()

@@ -119,3 +119,20 @@ def test_refuses_to_start_when_tmpfs_is_too_small() -> None:
     huge = PoolSpec("huge", slot_size=1 << 30, nslots=1 << 16)
     with pytest.raises(RuntimeError, match="MiB free"):
         ensure_room([huge])
+
+
+def test_a_stale_ref_over_several_slots_neither_reads_nor_frees_a_newer_overlapping_one(
+        pool: tuple[BufferPool, str]) -> None:
+    """Regression: only the first slot's id was checked, so a stale release could free the tail
+    of a newer allocation, which then held another stream's audio while passing both checks."""
+    p, _ = pool
+    old = p.write(b"o" * 3000)  # slots 0..2
+    p.reclaim()
+    head = p.write(b"h" * 1024)  # slot 3 (the cursor moved on)...
+    p.release(head)
+    fresh = [p.write(b"n" * 1024) for _ in range(SPEC.nslots)]  # ...every slot reused, one each
+    tail = next(r for r in fresh if r.slot == old.slot + 2)
+    with pytest.raises(StaleBuffer):
+        p.read_bytes(old)
+    assert not p.release(old)
+    assert p.read_bytes(tail) == b"n" * 1024  # still taken, still its own

@@ -4,13 +4,17 @@ with one error, streams whose state died fail cleanly, crash loops escalate, SIG
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import soundfile
 
 from audio import SENTENCES, model_samples, speech
 from server import Server, actor, alive, shm_segments, wait_for
@@ -172,3 +176,47 @@ def test_sigterm_mid_stream_delivers_finals_then_closes_1001(tmp_path: Path) -> 
     assert not t.of_type("error")
     assert srv.wait(30) == 0
     assert alive(children) == [] and shm_segments(run_id) == []
+
+
+def test_a_dead_front_drops_only_its_own_sessions(tmp_path: Path) -> None:
+    """Twelve sessions spread by the kernel over two fronts; front-0 is SIGKILLed mid-stream: its
+    sessions see 1006, every other one finishes as if nothing happened."""
+    srv = started(tmp_path)
+    try:
+        s = speech(SENTENCES[:3], gap_s=0.8)
+        steps = stream_steps(s.samples[None, :], 16000, False)
+
+        async def all_of_them() -> list[Transcript]:
+            return list(await asyncio.gather(*(converse(srv.ws(), steps, pace_s=0.03) for _ in range(12))))
+
+        kill_later(srv, "front-0", 1.5)
+        transcripts = asyncio.run(all_of_them())
+        codes = sorted(t.close_code or 0 for t in transcripts)
+        assert set(codes) <= {1000, 1006} and 1000 in codes and 1006 in codes, codes
+        for t in transcripts:
+            if t.close_code == 1000:
+                assert check_regions_answered(t, 0) == (3, 0)
+        wait_for(lambda: actor(srv, "front-0")["restarts"] == 1, 10)
+    finally:
+        srv.stop()
+
+
+def test_the_client_script_reconnects_when_its_front_dies_and_says_so(tmp_path: Path) -> None:
+    srv = started(tmp_path, STREAMER_ACTORS_FRONTS="1")
+    try:
+        s = speech(SENTENCES[:3], gap_s=0.8)
+        wav = tmp_path / "speech.wav"
+        soundfile.write(wav, s.samples, 16000, subtype="PCM_16")
+        kill_later(srv, "front-0", 2.0)
+        out = subprocess.run([sys.executable, "-m", "client.stream", "-i", str(wav), "--addr", srv.ws(),
+                              "--real-time"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "connection lost (close code 1006): reconnecting, resuming at" in out.stderr
+        assert "reconnected 1 times" in out.stdout
+        finals = [json.loads(line.split("s ", 1)[1]) for line in out.stdout.splitlines()
+                  if '"is_final": true' in line]
+        ends = [f["end_time"] for f in finals]
+        assert ends == sorted(ends) and len(finals) >= 3  # every sentence answered, in order, once or more
+        assert abs(ends[-1] - s.truth[-1][1]) < 0.2
+    finally:
+        srv.stop()
