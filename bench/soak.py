@@ -1,0 +1,173 @@
+"""Soak: half capacity for half an hour, a model actor SIGKILLed every 10 s; does anything grow?
+
+    python bench/soak.py --minutes 30 --sessions 12 --kill-every 10
+
+Starts ours on its defaults (two model actors, the fake model at 0.05 CPU-s per audio second),
+keeps `--sessions` clients streaming speech with pauses in real time (each one stream after
+another, 60 s of audio each), and SIGKILLs a random model actor every `--kill-every` s.
+Every 30 s it reads, per process: RSS, open file descriptors, and the shared-memory segments
+of the run. After a warm-up (a sixth of the run, at least 2 minutes) the last sample is
+compared with the first: the table shows both and the growth. Sessions must see no error
+and end 1000. A model actor restarts after each kill, so its row is that of its latest
+incarnation. Writes `bench/results/soak.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+import load  # noqa: E402
+import loadgen  # noqa: E402
+
+from runtime import group  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+SAMPLE_EVERY_S = 30.0
+
+
+@dataclass
+class Sample:
+    at: float
+    rss: dict[str, int] = field(default_factory=dict)
+    fds: dict[str, int] = field(default_factory=dict)
+    shm: int = 0
+
+
+def name_of(p: psutil.Process) -> str:
+    try:
+        title = p.cmdline()[0]
+    except (psutil.Error, IndexError):
+        return "?"
+    return title.removeprefix("streamer: ") if title.startswith("streamer: ") else "tracker"
+
+
+def sample(system: load.System, began: float) -> Sample:
+    s = Sample(time.monotonic() - began)
+    for p in system.tree():
+        try:
+            name = name_of(p)
+            s.rss[name] = p.memory_info().rss
+            s.fds[name] = p.num_fds()
+        except psutil.Error:
+            continue
+    state = group.read(str(system.workdir / f"run-{system.port}"))
+    run_id = state.run_id if state is not None else "?"
+    s.shm = sum(1 for n in os.listdir("/dev/shm") if n.startswith(f"streamer-{run_id}-"))
+    return s
+
+
+async def streamer(url: str, until: float, stats: dict[str, int], errors: list[str]) -> None:
+    pcm = loadgen.track()
+    rng = random.Random()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        while time.monotonic() < until:
+            frames = len(pcm) // loadgen.FRAME_BYTES
+            s = await loadgen.one_session(http, url, pcm, rng.randrange(frames) * loadgen.FRAME_BYTES,
+                                          time.monotonic(), min(60.0, max(1.0, until - time.monotonic())), False)
+            stats["streams"] += 1
+            stats["finals"] += len(s.finals)
+            errors += s.errors
+            if s.close_code != 1000:
+                errors.append(f"closed {s.close_code}")
+
+
+def killer(system: load.System, every_s: float, stop: threading.Event, kills: list[int]) -> None:
+    rng = random.Random()
+    while not stop.wait(every_s):
+        models = [p for p in system.tree() if name_of(p).startswith("model-")]
+        if models:
+            victim = rng.choice(models)
+            try:
+                os.kill(victim.pid, signal.SIGKILL)
+                kills.append(victim.pid)
+            except ProcessLookupError:
+                pass
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--sessions", type=int, default=12)
+    parser.add_argument("--kill-every", type=float, default=10.0)
+    args = parser.parse_args()
+    seconds = args.minutes * 60
+    warm = max(120.0, seconds / 6)
+    stats = {"streams": 0, "finals": 0}
+    errors: list[str] = []
+    kills: list[int] = []
+    samples: list[Sample] = []
+    with tempfile.TemporaryDirectory() as work:
+        system = load.System("ours", {"STREAMER_SUPERVISOR_MODEL_INTENSITY": "1000"}, Path(work))
+        system.start({})
+        try:
+            began = time.monotonic()
+            stop = threading.Event()
+
+            def watch() -> None:
+                while not stop.wait(SAMPLE_EVERY_S):
+                    samples.append(sample(system, began))
+                    last = samples[-1]
+                    print(f"{last.at:6.0f} s: rss {sum(last.rss.values()) / 2**20:.1f} MiB, "
+                          f"fds {sum(last.fds.values())}, shm {last.shm}, streams {stats['streams']}, "
+                          f"errors {len(errors)}, kills {len(kills)}", flush=True)
+
+            threads = [threading.Thread(target=watch, daemon=True),
+                       threading.Thread(target=killer, args=(system, args.kill_every, stop, kills), daemon=True)]
+            for t in threads:
+                t.start()
+
+            async def everyone() -> None:
+                until = began + seconds
+                await asyncio.gather(*(streamer(system.url(), until, stats, errors) for _ in range(args.sessions)))
+
+            asyncio.run(everyone())
+            stop.set()
+            samples.append(sample(system, began))
+        finally:
+            system.stop()
+    first = next(s for s in samples if s.at >= warm)
+    last = samples[-1]
+    rows = ["| process | RSS after warm-up | RSS at end | growth | fds after warm-up | fds at end |",
+            "|---|---:|---:|---:|---:|---:|"]
+    worst = 0.0
+    for name in sorted(last.rss):
+        a, b = first.rss.get(name), last.rss[name]
+        growth = None if a is None else 100 * (b - a) / a
+        if growth is not None and not name.startswith("model-"):
+            worst = max(worst, growth)
+        rows.append(f"| {name} | {'-' if a is None else f'{a / 2**20:.1f} MiB'} | {b / 2**20:.1f} MiB "
+                    f"| {'-' if growth is None else f'{growth:+.1f} %'} | {first.fds.get(name, '-')} "
+                    f"| {last.fds[name]} |")
+    text = (f"soak: {args.minutes:g} min, {args.sessions} real-time sessions, a model actor SIGKILLed every "
+            f"{args.kill_every:g} s ({len(kills)} kills); {stats['streams']} streams, {stats['finals']} finals, "
+            f"{len(errors)} errors; warm-up {warm:.0f} s; shm segments {first.shm} -> {last.shm}; largest RSS "
+            f"growth of a process that was never killed: {worst:+.1f} %\n\n" + "\n".join(rows) + "\n")
+    print(text)
+    if errors:
+        print("errors:", errors[:10])
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "soak.md").write_text(text)
+    return 0 if not errors and worst < 5 and first.shm == last.shm else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
