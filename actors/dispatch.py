@@ -38,6 +38,7 @@ import numpy.typing as npt
 import prometheus_client
 from opentelemetry.trace import StatusCode
 
+from actors.affinity import Affinities, Item
 from runtime import logs, telemetry
 from runtime.clock import Clock
 from transport.messages import Done, Packet, Ready, Slice, Work, encode
@@ -52,17 +53,6 @@ SUPERSEDED = prometheus_client.Counter("streamer_interims_superseded",
                                        "Interims dropped while waiting: a newer interim or the region's final came")
 BATCH = prometheus_client.Histogram("streamer_dispatch_batch_items", "Items per packet handed to a model actor",
                                     buckets=(1, 2, 4, 8, 16, 32, 64))
-
-
-@dataclass
-class Item:
-    work: Work
-    audio: npt.NDArray[np.float32]
-    queued_at: float
-
-    @property
-    def channel_key(self) -> tuple[str, int]:
-        return self.work.stream, self.work.channel
 
 
 @dataclass
@@ -96,16 +86,22 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self.failed: list[Work] = []  # items past their attempts: the caller reports them
         self.superseded = 0
+        self.sequential = Affinities(max_attempts)  # streams bound to one slot (stateful models)
+
+    @property
+    def failed_streams(self) -> list[tuple[str, str]]:
+        return self.sequential.failed
 
     # -- what is waiting -------------------------------------------------------------------
 
     @property
     def queued(self) -> int:
+        """Items waiting in the shared queue (the sequential streams' wait on their own slots)."""
         return len(self._finals) + len(self._interims)
 
     @property
     def queued_seconds(self) -> float:
-        return self._queued_samples / 16000
+        return (self._queued_samples + self.sequential.waiting_samples) / 16000
 
     @property
     def inflight(self) -> int:
@@ -118,6 +114,10 @@ class Dispatcher:
     def queue_delay(self) -> float:
         """How long the oldest waiting final has waited (0 when none waits)."""
         return self._clock.now() - self._finals[0].queued_at if self._finals else 0.0
+
+    def submit_sequential(self, work: Work, audio: npt.NDArray[np.float32]) -> None:
+        """An item of a sequential stream: it goes to the slot the stream is bound to, in order."""
+        self.sequential.submit(Item(work, audio, self._clock.now()))
 
     def submit(self, work: Work, audio: npt.NDArray[np.float32]) -> None:
         item = Item(work, audio, self._clock.now())
@@ -151,6 +151,11 @@ class Dispatcher:
         self._finals = deque(i for i in self._finals if kept(i))
         self._interims = {k: i for k, i in self._interims.items() if k[0] != stream}
         self._queued_samples = sum(i.audio.shape[0] for i in (*self._finals, *self._interims.values()))
+        if keep_below is not None:
+            self.sequential.reset(stream)
+        else:
+            abort = Work(0, stream, 0, 0, 0, 0, 0.0, 0.0, "abort", Slice(0, 0))
+            self.sequential.abort(stream, Item(abort, np.zeros(0, np.float32), self._clock.now()))
 
     # -- the model slots --------------------------------------------------------------------
 
@@ -166,6 +171,7 @@ class Dispatcher:
         if slot.pid != msg.pid:
             if slot.pid:
                 self._requeue(slot)  # the old pid is gone and nobody told us yet
+                self.sequential.on_death(msg.slot)
             slot.pid = msg.pid
         slot.capacity, slot.max_batch = msg.capacity, max(1, msg.max_batch)
 
@@ -176,6 +182,7 @@ class Dispatcher:
             slot = self.slots[index]
             self._requeue(slot)
             slot.pid, slot.capacity = 0, 0
+            self.sequential.on_death(index)
 
     def on_done(self, msg: Done) -> list[Work]:
         """The items answered (none if the `Done` is from a process we no longer count on)."""
@@ -189,32 +196,54 @@ class Dispatcher:
                 done.append(batch.items.pop(work_id).work)
             if not batch.items:
                 slot.batches.remove(batch)
+        self.sequential.done(msg.slot, [w for w in done if w.sequential], msg.points)
         return done
 
     # -- handing out ------------------------------------------------------------------------
 
     def pump(self) -> None:
-        """Send waiting items to slots with credit, the least loaded first, finals first."""
+        """Send waiting items to slots with credit: first each sequential stream's to its own slot,
+        then the shared queue's, the least loaded slot first, finals first. What is waiting is
+        shared among the slots that are idle: two items and two idle actors make two calls at
+        once, not a batch of two on one actor while the other waits."""
+        if self.sequential.waiting:
+            self.sequential.bind(i for i, s in enumerate(self.slots) if s.pid)
+            for index, bound_to in enumerate(self.slots):
+                while bound_to.pid and len(bound_to.batches) < bound_to.capacity:
+                    ordered = self.sequential.take(index, bound_to.max_batch)
+                    if not ordered:
+                        break
+                    if not self._hand(bound_to, ordered):
+                        self.sequential.put_back(ordered)
+                        break
+                    self.sequential.handed(ordered)
         while self.queued:
             slot = self._pick()
             if slot is None:
                 return
-            items = self._take(slot.max_batch)
-            written = self._pool.write_many([i.audio for i in items])
-            if written is None:  # the pool is full until models read what they were given
+            idle = sum(1 for s in self.slots if s.pid and not s.batches and s.capacity) or 1
+            items = self._take(min(slot.max_batch, -(-self.queued // idle)))
+            if not self._hand(slot, items):
                 self._put_back(items)
-                return
-            slab, offsets = written
-            for item, offset in zip(items, offsets, strict=True):
-                item.work.at = Slice(offset, item.audio.nbytes)
-            if not self._send(slot.dest, encode(Packet(slab, [i.work for i in items]))):
-                # The peer is not connected (dead, restarting): stop offering it work.
-                self._pool.release(slab)
-                self._put_back(items)
-                slot.capacity = 0
-                continue
-            BATCH.observe(len(items))
-            slot.batches.append(Batch(slab, {i.work.work_id: i for i in items}))
+                if slot.capacity:  # the pool is full until models read what they were given
+                    return
+
+    def _hand(self, slot: Slot, items: list[Item]) -> bool:
+        """One packet of `items` to `slot`; False if it could not go (the pool is full, or the slot
+        is not connected: then it is offered nothing more until it announces itself)."""
+        written = self._pool.write_many([i.audio for i in items])
+        if written is None:
+            return False
+        slab, offsets = written
+        for item, offset in zip(items, offsets, strict=True):
+            item.work.at = Slice(offset, item.audio.nbytes)
+        if not self._send(slot.dest, encode(Packet(slab, [i.work for i in items]))):
+            self._pool.release(slab)
+            slot.capacity = 0
+            return False
+        BATCH.observe(len(items))
+        slot.batches.append(Batch(slab, {i.work.work_id: i for i in items}))
+        return True
 
     def _pick(self) -> Slot | None:
         free = [s for s in self.slots if s.pid and len(s.batches) < s.capacity]
@@ -257,7 +286,8 @@ class Dispatcher:
         for i, batch in enumerate(slot.batches):
             if batch.slab is not None:
                 self._pool.release(batch.slab)  # a no-op if the model had read (and released) it
-            again += [item for item in batch.items.values() if self._redo(item, slot.pid, ran=i == 0)]
+            again += [item for item in batch.items.values()  # (a sequential stream's go again from its checkpoint)
+                      if not item.work.sequential and self._redo(item, slot.pid, ran=i == 0)]
         slot.batches.clear()
         self._put_back(again)
 

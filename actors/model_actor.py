@@ -25,11 +25,12 @@ from opentelemetry.trace import StatusCode
 from actors import models
 from actors.actor import Actor, Env, run_process
 from actors.models.base import Audio
+from actors.stateful import Streams, in_stream_time
 from runtime import logs, telemetry
 from runtime.metrics import StageMeter
 from runtime.process import ChildContext
 from runtime.topology import SEGMENTER_CONTROL, front_inbox
-from transport.messages import Done, Message, Ready, Result, Work
+from transport.messages import Done, Failed, Message, Point, Ready, Result, Work
 
 log = logging.getLogger("model")
 _tracer = telemetry.tracer("streamer.model")
@@ -37,6 +38,7 @@ LATENCY = prometheus_client.Histogram("streamer_inference_seconds", "Wall time o
                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 FAILURES = prometheus_client.Counter("streamer_inference_failures", "Items the model answered with an error")
 
+NO_AUDIO = np.zeros(0, np.float32)
 READY_EVERY_S = 1.0  # re-announce so a restarted segmenter learns this actor's credit
 
 
@@ -53,7 +55,9 @@ class ModelActor(Actor):
         self._work: list[tuple[Work, bytes | None]] = []
         self._owed: list[int] = []  # work ids answered but not yet acknowledged to the segmenter
         self._owed_busy = 0.0
+        self._points: list[Point] = []  # checkpoints of sequential streams, for the same Done
         self._last_hello = -READY_EVERY_S
+        self.streams = Streams(self.model) if isinstance(self.model, models.StreamModel) else None
 
     def stats(self) -> dict[str, object]:
         return self.meter.summary()
@@ -67,8 +71,9 @@ class ModelActor(Actor):
             work, self._work = self._work, []
             self._answer(work)
         if self._owed and self.flush():  # results out first, then the credit
-            self.emit(SEGMENTER_CONTROL, Done(self.place.slot, self.pid, self._owed, round(self._owed_busy, 6)))
-            self._owed, self._owed_busy = [], 0.0
+            self.emit(SEGMENTER_CONTROL, Done(self.place.slot, self.pid, self._owed, round(self._owed_busy, 6),
+                                              self._points))
+            self._owed, self._owed_busy, self._points = [], 0.0, []
         now = self.clock.now()
         if now - self._last_hello >= READY_EVERY_S:
             self._last_hello = now
@@ -76,11 +81,15 @@ class ModelActor(Actor):
                                                max(1, self.cfg.model.max_batch)))
 
     def _answer(self, batch: list[tuple[Work, bytes | None]]) -> None:
-        todo = [(w, np.frombuffer(slab, np.float32, w.at.nbytes // 4, w.at.offset))
-                for w, slab in batch if slab is not None]
+        todo = [(w, np.frombuffer(slab, np.float32, w.at.nbytes // 4, w.at.offset) if slab is not None else NO_AUDIO)
+                for w, slab in batch if slab is not None or not w.at.nbytes]
         if len(todo) < len(batch):
             log.info("%d items were stale (their segmenter restarted): skipped", len(batch) - len(todo))
         self._owed += [w.work_id for w, _ in batch]
+        ordered = [(w, a) for w, a in todo if w.sequential]
+        if ordered:
+            self._answer_in_order(ordered)
+        todo = [(w, a) for w, a in todo if not w.sequential]
         if not todo:
             return
         self.meter.set_inflight(len(todo))
@@ -101,10 +110,27 @@ class ModelActor(Actor):
                 span.set_status(StatusCode.ERROR, str(out))
             span.end()
 
+    def _answer_in_order(self, items: list[tuple[Work, Audio]]) -> None:
+        """Sequential streams' items, one at a time, in the order they came."""
+        if self.streams is None:
+            for w in {w.stream: w for w, _ in items}.values():
+                self.emit(front_inbox(w.front), Failed(w.stream, f"the model {self.cfg.model.name!r} has no stream "
+                                                                 "interface (open/feed/close): no sequential route"))
+            return
+        t0 = time.perf_counter()
+        for w, audio in items:
+            said: list[Message] = []
+            self.streams.handle(w, audio, said, self._points)
+            for msg in said:
+                self.emit(front_inbox(w.front), msg)
+        busy = time.perf_counter() - t0
+        self._owed_busy += busy
+        self.meter.done(busy, sum(a.shape[0] for _, a in items) / 16000, len(items))
+
     def _result(self, w: Work, audio: Audio, out: dict[str, Any] | Exception) -> Result:
         result = Result(w.stream, w.channel, w.seq, w.events_before, w.start_time, w.end_time, w.is_final)
         if isinstance(out, dict):
-            result.output = out
+            result.output = in_stream_time(out, w.start_time)
             return result
         where = f"{w.start_time:.2f}-{w.end_time:.2f}"
         FAILURES.inc()

@@ -253,3 +253,35 @@ class FixedChunks:
         self._win.discard_before(end)
         self.finals += 1
         return [piece]
+
+
+class Passthrough:
+    """The sequential route: every sample goes on as it comes, in order, to a stateful model,
+    which finds its own boundaries. Where a replay starts is the model's business (its
+    checkpoints); this only keeps the count of samples and skips what a replay sends twice."""
+
+    def __init__(self, start: int = 0, skip: int = 0) -> None:
+        self._at = start
+        self._skip = skip
+
+    @classmethod
+    def resume(cls, cp: CutState, replay_from: int) -> Passthrough:
+        return cls(cp.sample, cp.sample - replay_from)
+
+    def checkpoint(self) -> CutState:
+        return CutState(self._at, False, 0, 0)
+
+    def feed(self, samples: npt.NDArray[np.float32]) -> list[Output]:
+        if self._skip:
+            samples, self._skip = _skipped(samples, self._skip)
+        if not samples.shape[0]:
+            return []
+        start, self._at = self._at, self._at + samples.shape[0]
+        return [Piece(start, self._at, np.array(samples, np.float32), None)]
+
+    def flush(self) -> list[Output]:
+        return []
+
+    @property
+    def at(self) -> int:
+        return self._at

@@ -23,14 +23,16 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from actors.actor import Actor, Env, run_process
 from actors.dispatch import Dispatcher
 from actors.pcm import MODEL_RATE
-from actors.regions import Activity, Cutter, FixedChunks, Output, RegionRules, SpeechRegions
+from actors.regions import Activity, Cutter, FixedChunks, Output, Passthrough, RegionRules, SpeechRegions
 from runtime import logs, telemetry
 from runtime.config import Config
 from runtime.metrics import QUEUED, STREAM_CRASHES, StageMeter, watch_pool
@@ -66,6 +68,7 @@ LOAD_EVERY_S = 0.5
 LOAD_WINDOW_S = 5.0
 MATURE_S = 10.0  # a stream's model demand is known once it has been open this long
 NOWHERE = Slice(0, 0)
+NO_AUDIO = np.zeros(0, np.float32)
 
 
 @dataclass
@@ -93,6 +96,10 @@ def cutters_for(start: Open, cfg: Config) -> list[Cutter]:
     """A stream's cutters: fresh, or rebuilt from the checkpoint a replay starts at."""
     s = cfg.segmenter
     cp = start.resume
+    if start.route == "sequential":
+        if cp is None:
+            return [Passthrough() for _ in range(start.channels)]
+        return [Passthrough.resume(c, cp.sample) for c in cp.channels]
     if start.route == "simple":
         if cp is None:
             return [FixedChunks(s.chunk_s) for _ in range(start.channels)]
@@ -192,10 +199,14 @@ class Segmenter(Actor):
             "streamer.replay_from": -1 if cp is None else cp.sample})
         cp = cp or Checkpoint.start(msg.channels)
         taken = cp.sample / MODEL_RATE
-        self.streams[msg.stream] = Cuts(msg, cutters_for(msg, self.cfg), [c.finals for c in cp.channels],
-                                        [c.events for c in cp.channels], span,
-                                        telemetry.traceparent_of(span) or msg.trace, taken_s=taken, told_s=taken,
-                                        opened=self.clock.now())
+        state = self.streams[msg.stream] = Cuts(msg, cutters_for(msg, self.cfg), [c.finals for c in cp.channels],
+                                                [c.events for c in cp.channels], span,
+                                                telemetry.traceparent_of(span) or msg.trace, taken_s=taken,
+                                                told_s=taken, opened=self.clock.now())
+        if msg.route == "sequential":  # the model's state for each channel, from scratch or the checkpoint's
+            for ch, c in enumerate(cp.channels):
+                self._sequential(msg.stream, state, ch, "restore", c.sample, c.sample, None, seq=c.finals,
+                                 model_state=c.model)
 
     def on_exit(self, note: Exited) -> None:
         if note.role == "model":
@@ -223,7 +234,8 @@ class Segmenter(Actor):
             self._deliver(msg.stream, state, ch, cutter.feed(audio[ch]))
         self.meter.add(time.perf_counter() - t0, msg.frames / MODEL_RATE)
         state.taken_s += msg.frames / MODEL_RATE
-        if state.taken_s - state.told_s >= PROGRESS_EVERY_S:
+        if state.taken_s - state.told_s >= PROGRESS_EVERY_S and state.start.route != "sequential":
+            # (a sequential stream's progress and checkpoints are its model's: its actor says them)
             state.told_s = state.taken_s
             self.emit(state.front, Progress(msg.stream, state.taken_s, list(state.results), checkpoint_of(state)))
 
@@ -233,6 +245,9 @@ class Segmenter(Actor):
                 self.emit(state.front, Event(stream, ch, o.kind, o.time, state.events[ch]))  # type: ignore[arg-type]
                 state.events[ch] += 1
                 continue
+            if state.start.route == "sequential":
+                self._sequential(stream, state, ch, "feed", o.start, o.end, o.audio)
+                continue
             kind: WorkKind = "chunk" if o.is_final is None else "final" if o.is_final else "interim"
             self._next_work += 1
             work = Work(self._next_work, stream, state.start.front, ch, state.results[ch], state.events[ch],
@@ -240,6 +255,16 @@ class Segmenter(Actor):
             if kind != "interim":
                 state.results[ch] += 1
             self.dispatcher.submit(work, o.audio)
+
+    def _sequential(self, stream: str, state: Cuts, ch: int, kind: WorkKind, start: int, end: int,
+                    audio: npt.NDArray[np.float32] | None, seq: int = 0,
+                    model_state: dict[str, Any] | None = None) -> None:
+        """One item of a sequential stream's channel, for the model actor that holds its state."""
+        self._next_work += 1
+        work = Work(self._next_work, stream, state.start.front, ch, seq, 0, start / MODEL_RATE, end / MODEL_RATE,
+                    kind, NOWHERE, trace=state.work_trace, interim=state.start.interim,
+                    channels=state.start.channels, state=model_state)
+        self.dispatcher.submit_sequential(work, audio if audio is not None else NO_AUDIO)
 
     def contain(self, item: Message, error: Exception) -> bool:
         stream = stream_of(item)
@@ -265,8 +290,13 @@ class Segmenter(Actor):
         del self.streams[stream]
         for ch, cutter in enumerate(state.cutters):
             self._deliver(stream, state, ch, cutter.flush())
-        state.span.set_attribute("streamer.results", sum(state.results))
         telemetry.finish(state.span)
+        if state.start.route == "sequential":  # how many finals there were is the model's to say
+            for ch, cutter in enumerate(state.cutters):
+                at = cutter.checkpoint().sample
+                self._sequential(stream, state, ch, "close", at, at, None)
+            return
+        state.span.set_attribute("streamer.results", sum(state.results))
         self.emit(state.front, StreamEnd(stream, state.results, state.events))
 
     def on_idle(self) -> None:
@@ -277,6 +307,10 @@ class Segmenter(Actor):
                 work.is_final, error=f"inference failed for {work.start_time:.2f}-{work.end_time:.2f}: "
                 f"model actor died {work.attempt} times"))
         self.dispatcher.failed.clear()
+        for stream, why in self.dispatcher.failed_streams:
+            if stream in self.streams:
+                self._fail(stream, why)
+        self.dispatcher.failed_streams.clear()
         now = self.clock.now()
         if now - self._last_load >= LOAD_EVERY_S:
             self._last_load = now

@@ -107,7 +107,8 @@ class System:
             run_dir = self.workdir / f"run-{self.port}"
             run_dir.mkdir(mode=0o700)
             env.update(STREAMER_SERVER_PORT=str(self.port), STREAMER_SERVER_RUN_DIR=str(run_dir),
-                       STREAMER_ACTORS_MODELS=str(CORES), STREAMER_METRICS_BASE_PORT="0")
+                       STREAMER_ACTORS_MODELS=str(CORES), STREAMER_METRICS_BASE_PORT="0",
+                       STREAMER_LIMITS_MAX_SESSIONS="1000")
             if self.name == "ours-unbatched":
                 env["STREAMER_MODEL_MAX_BATCH"] = "1"
             cmd = [sys.executable, "-m", "supervisor.cli", "serve"]

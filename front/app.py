@@ -217,6 +217,7 @@ def build_app(cfg: Config, link: FrontLink, run_dir: str, slot: int, fronts: int
     link.on_exited = lambda note: stage_died(app[LIVE], note)
     app.router.add_get("/api/v1/segmented", stream_route("segmented"))
     app.router.add_get("/api/v1/simple", stream_route("simple"))
+    app.router.add_get("/api/v1/sequential", stream_route("sequential"))
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/actors", actors)

@@ -178,7 +178,7 @@ class Session:
             "streamer.session": self.id, "streamer.stream": stream_id, "streamer.route": self.route,
             "audio.channels": f.channels, "audio.sample_rate": f.sample_rate, "audio.bit_depth": f.bit_depth})
         carried = telemetry.traceparent_of(span) or parent
-        interim = req.interim_results and self.route == "segmented"
+        interim = req.interim_results and self.route in ("segmented", "sequential")
         opened = Open(stream_id, self.link.slot, self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
                       interim, carried)
         self.stream = Stream(opened, span, logs.trace_of(carried))

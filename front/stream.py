@@ -23,7 +23,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, StatusCode
 
 from front.metrics import FIRST_RESULT, PEAK_INFLIGHT, SPEECH_END_TO_FINAL
 from front.reorder import StreamOrder
-from transport.messages import Checkpoint, Event, Open, Progress, Result, StreamEnd
+from transport.messages import Checkpoint, Event, Open, Progress, Result, StreamEnd, align
 
 log = logging.getLogger("front.stream")
 
@@ -104,7 +104,8 @@ class Stream:
         while self._checkpoints and self._released_all([c.finals for c in self._checkpoints[0].channels]):
             usable = self._checkpoints.popleft()
         if usable is not None and usable.sample > self._restart.sample:
-            self._restart = usable
+            # On a whole input sample: a stateful model's checkpoints fall wherever its audio did.
+            self._restart = msgspec.structs.replace(usable, sample=align(usable.sample, self.opened.sample_rate))
             self._forget_before(self._replay_from())
 
     def _replay_from(self) -> int:

@@ -7,6 +7,7 @@ to write by accident and a typo in a file is an error, not a silent default.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -78,6 +79,16 @@ class FakeModel(msgspec.Struct, forbid_unknown_fields=True):
     panic_rate: float
     warmup_penalty: float
     mode: str
+    final_every_s: float
+
+
+class PocketsphinxModel(msgspec.Struct, forbid_unknown_fields=True):
+    grammar: str
+    keyphrase: str
+    kws_threshold: float
+    hangover_ms: int
+    max_utterance_s: float
+    vad_aggressiveness: int
 
 
 class Model(msgspec.Struct, forbid_unknown_fields=True):
@@ -85,7 +96,9 @@ class Model(msgspec.Struct, forbid_unknown_fields=True):
     max_inflight: int
     max_batch: int
     max_attempts: int
+    options: dict[str, Any]
     fake: FakeModel
+    pocketsphinx: PocketsphinxModel
 
 
 class Segmenter(msgspec.Struct, forbid_unknown_fields=True):
@@ -165,11 +178,18 @@ def defaults() -> dict[str, Any]:
     return tomllib.loads(text)
 
 
+FREE_FORM = {"model.options"}  # tables whose keys are the user's (a plug-in model's arguments)
+
+
 def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str = "") -> None:
     for key, value in over.items():
         if key not in base:
             raise ValueError(f"unknown configuration key {where}{key}")
-        if isinstance(base[key], dict):
+        if f"{where}{key}" in FREE_FORM:
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}{key} must be a table")
+            base[key] = dict(value)
+        elif isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ValueError(f"{where}{key} must be a table")
             _merge(base[key], value, f"{where}{key}.")
@@ -197,12 +217,24 @@ def _parse_env(raw: str, like: object, name: str) -> object:
 def _apply_env(tree: dict[str, Any], env: Mapping[str, str], path: tuple[str, ...] = ()) -> None:
     for key, value in tree.items():
         here = (*path, key)
-        if isinstance(value, dict):
-            _apply_env(value, env, here)
-            continue
         name = "_".join((ENV_PREFIX, *here)).upper()
-        if name in env:
+        if ".".join(here) in FREE_FORM:
+            if name in env:
+                tree[key] = _parse_table(env[name], name)
+        elif isinstance(value, dict):
+            _apply_env(value, env, here)
+        elif name in env:
             tree[key] = _parse_env(env[name], value, name)
+
+
+def _parse_table(raw: str, name: str) -> dict[str, Any]:
+    try:
+        table = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name} must be a JSON object: {e}") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"{name} must be a JSON object")
+    return table
 
 
 def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:

@@ -10,7 +10,7 @@ import pytest
 
 from actors.model_actor import READY_EVERY_S, ModelActor
 from runtime.topology import SEGMENTER_CONTROL, Place
-from transport.messages import Done, Ready, Result, Slice, Work
+from transport.messages import Checkpoint, Done, Progress, Ready, Result, Slice, StreamEnd, Work
 
 from audio import noise
 from rig import Rig
@@ -101,3 +101,53 @@ def test_a_packet_whose_buffer_was_reclaimed_is_acknowledged_and_not_run(rig: Ri
     rig.turn()
     assert rig.sent("front-0", Result) == []
     assert [d.work_ids for d in rig.sent(SEGMENTER_CONTROL, Done)] == [[1]]
+
+
+def seq_work(work_id: int, kind: str, start: int, end: int, seq: int = 0, state: dict[str, Any] | None = None,
+             interim: bool = False) -> Work:
+    return Work(work_id, "s-0", 0, 0, seq, 0, start / 16000, end / 16000, kind, NOWHERE,  # type: ignore[arg-type]
+                interim=interim, state=state)
+
+
+def test_a_sequential_stream_runs_in_order_through_the_stateful_model_with_checkpoints_at_its_finals() -> None:
+    rig = make(final_every_s=1.0)
+    try:
+        x = noise(2.5)
+        pieces = [(0, 7000), (7000, 20000), (20000, 40000)]  # cut anywhere: finals at 16000 and 32000
+        rig.put("model-1", seq_work(1, "restore", 0, 0))
+        rig.turn()
+        for k, (a, b) in enumerate(pieces):
+            rig.put("model-1", seq_work(2 + k, "feed", a, b, interim=True), audio=[x[a:b]], pool="segmenter")
+            rig.turn()
+        rig.put("model-1", seq_work(9, "close", 40000, 40000))
+        rig.turn()
+        told = rig.sent("front-0")
+        finals = [r for r in told if isinstance(r, Result) and r.is_final]
+        assert [(r.seq, r.start_time, r.end_time, r.output) for r in finals] == [
+            (0, 0.0, 1.0, {"count": 16000, "total": 16000}), (1, 1.0, 2.0, {"count": 16000, "total": 32000}),
+            (2, 2.0, 2.5, {"count": 8000, "total": 40000})]
+        interims = [r for r in told if isinstance(r, Result) and r.is_final is False]
+        assert [(r.seq, r.end_time) for r in interims] == [(0, 7000 / 16000), (1, 1.25), (2, 2.5)]
+        (end,) = [m for m in told if isinstance(m, StreamEnd)]
+        assert end.results == [3]
+        points = [p for d in rig.sent(SEGMENTER_CONTROL, Done) for p in d.points]
+        assert [(p.sample, p.finals, p.state) for p in points] == [(20000, 1, {"start": 16000, "total": 20000}),
+                                                                   (40000, 2, {"start": 32000, "total": 40000})]
+        assert all(isinstance(m.checkpoint, Checkpoint) for m in told if isinstance(m, Progress))
+    finally:
+        rig.close()
+
+
+def test_a_restored_state_goes_on_exactly_as_the_undisturbed_one() -> None:
+    rig = make(final_every_s=1.0)
+    try:
+        x = noise(2.5)
+        rig.put("model-1", seq_work(1, "restore", 20000, 20000, seq=1, state={"start": 16000, "total": 20000}))
+        rig.put("model-1", seq_work(2, "feed", 20000, 40000), audio=[x[20000:40000]], pool="segmenter")
+        rig.turn(2)
+        rig.put("model-1", seq_work(3, "close", 40000, 40000))
+        rig.turn()
+        finals = [(r.seq, r.output) for r in rig.sent("front-0", Result) if r.is_final]
+        assert finals == [(1, {"count": 16000, "total": 32000}), (2, {"count": 8000, "total": 40000})]
+    finally:
+        rig.close()

@@ -20,7 +20,7 @@ import msgspec
 
 from transport.shm import BufferRef
 
-Route = Literal["segmented", "simple"]
+Route = Literal["segmented", "simple", "sequential"]
 
 
 class Slice(msgspec.Struct, array_like=True, frozen=True):
@@ -31,13 +31,15 @@ class Slice(msgspec.Struct, array_like=True, frozen=True):
 
 
 class CutState(msgspec.Struct, array_like=True, frozen=True):
-    """One channel's cutter at a checkpoint: it keeps audio from `sample` (16 kHz index), a region
-    is open there or not, and it had emitted `finals` finals (or chunks) and `events` events."""
+    """One channel at a checkpoint: its audio is needed again from `sample` (16 kHz index), a
+    region is open there or not, `finals` finals (or chunks) and `events` events came before it,
+    and, on the sequential route, the stateful model's own state there (None: a fresh one)."""
 
     sample: int
     speaking: bool
     finals: int
     events: int
+    model: dict[str, Any] | None = None
 
 
 class Checkpoint(msgspec.Struct, array_like=True, frozen=True):
@@ -139,14 +141,20 @@ class Event(msgspec.Struct, tag="event", array_like=True):
     index: int
 
 
-WorkKind = Literal["final", "interim", "chunk"]
+WorkKind = Literal["final", "interim", "chunk", "feed", "close", "restore", "abort"]
 
 
 class Work(msgspec.Struct, tag="work", array_like=True):
     """Segmenter -> model: run the model on one piece of audio (16 kHz float32 mono).
 
     `seq` is the piece's place among its channel's finals (or chunks); an interim carries the
-    `seq` of the final it comes before, so the front can place it and drop it once stale."""
+    `seq` of the final it comes before, so the front can place it and drop it once stale.
+
+    On the sequential route a channel's audio goes to one model actor, in order: `feed` (the
+    next piece; `interim` if the client asked for interim results), `close` (the end; then the
+    actor reports the stream's end once all `channels` are closed), `restore` (start the
+    channel's state again from `state`, None for a fresh one, with `seq` finals already made,
+    at `start_time`: before a replay) and `abort` (forget the stream)."""
 
     work_id: int
     stream: str
@@ -160,6 +168,13 @@ class Work(msgspec.Struct, tag="work", array_like=True):
     at: Slice
     attempt: int = 1
     trace: str | None = None
+    interim: bool = False
+    channels: int = 1
+    state: dict[str, Any] | None = None
+
+    @property
+    def sequential(self) -> bool:
+        return self.kind in ("feed", "close", "restore", "abort")
 
     @property
     def is_final(self) -> bool | None:
@@ -244,14 +259,28 @@ class Ready(msgspec.Struct, tag="ready", array_like=True):
     max_batch: int
 
 
+class Point(msgspec.Struct, array_like=True, frozen=True):
+    """A checkpoint of a stateful model: after `work_id`, the channel's state is `state` (None: a
+    fresh one) at `sample`, with `finals` finals made. The audio before it is never needed again."""
+
+    stream: str
+    channel: int
+    work_id: int
+    sample: int
+    finals: int
+    state: dict[str, Any] | None = None
+
+
 class Done(msgspec.Struct, tag="done", array_like=True):
     """Model -> segmenter: a packet's items are answered (their results already went to the
-    fronts); a credit returns. `busy_s` is the wall time the model call took."""
+    fronts); a credit returns. `busy_s` is the wall time the model call took; `points` the
+    checkpoints its stateful work reached."""
 
     slot: int
     pid: int
     work_ids: list[int]
     busy_s: float
+    points: list[Point] = []
 
 
 class Exited(msgspec.Struct, tag="exited", array_like=True):

@@ -8,6 +8,12 @@ It has a batch call: `delay` is paid once per call and `constant_factor` per sec
 the way a GPU kernel launch or an ONNX session call costs once however many items it takes.
 `failure_rate` fails each item on its own; `panic_rate` is drawn per item and kills the
 process, batch and all.
+
+It is also a stateful model (the sequential route): a running count. Every `final_every_s`
+of a stream's audio is a `Final` with that stretch's `count` and the stream's `total` so
+far, at sample positions that do not depend on how the audio was cut, so a run disturbed by
+a death can be compared with an undisturbed one exactly; each feed also gives a `Partial`
+for the stretch so far. Its state is two numbers (`snapshot`/`restore`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.models.base import Audio, ModelError
+from actors.models.base import Audio, Final, ModelError, Partial, Said
 
 
 class FakeModel:
@@ -32,6 +38,7 @@ class FakeModel:
         panic_rate: float = 0.0,
         warmup_penalty: float = 0.0,
         mode: str = "cpu",
+        final_every_s: float = 2.0,
         seed: int | None = None,
     ) -> None:
         if mode not in ("cpu", "sleep"):
@@ -45,6 +52,7 @@ class FakeModel:
         self.mode = mode
         self._rng = random.Random(seed)
         self._calls = 0
+        self.final_every = max(1, round(final_every_s * 16000))
 
     def cost(self, samples: int) -> float:
         """Seconds one call on `samples` samples in all will take (without the random parts)."""
@@ -68,6 +76,42 @@ class FakeModel:
         return [ModelError("fake model failure (failure_rate)")
                 if self.failure_rate and self._rng.random() < self.failure_rate
                 else {"count": int(audio.shape[0])} for audio, _ in items]
+
+
+    # -- stateful: a running count ------------------------------------------------------------
+
+    def open(self) -> dict[str, int]:
+        return {"start": 0, "total": 0}
+
+    def feed(self, state: dict[str, int], audio: Audio, at: int) -> list[Said]:
+        """`state`: where the stretch being counted began, and how many samples were fed in all
+        (a replay that fed audio twice, or skipped some, shows in `total`)."""
+        out = self.process_batch([(audio, None)])[0]
+        if isinstance(out, ModelError):
+            raise out
+        if state["total"] == 0:
+            state["start"] = at
+        fed_before, end = state["total"], at + audio.shape[0]
+        said: list[Said] = []
+        while end - state["start"] >= self.final_every:
+            stop = state["start"] + self.final_every
+            said.append(Final(state["start"], stop, {"count": self.final_every, "total": fed_before + stop - at}))
+            state["start"] = stop
+        state["total"] = fed_before + audio.shape[0]
+        if end > state["start"]:
+            said.append(Partial(state["start"], end, {"count": end - state["start"], "total": state["total"]}))
+        return said
+
+    def close(self, state: dict[str, int], at: int) -> list[Said]:
+        if at <= state["start"]:
+            return []
+        return [Final(state["start"], at, {"count": at - state["start"], "total": state["total"]})]
+
+    def snapshot(self, state: dict[str, int]) -> dict[str, int]:
+        return dict(state)
+
+    def restore(self, snapshot: dict[str, int]) -> dict[str, int]:
+        return dict(snapshot)
 
 
 def _spend(seconds: float, mode: str) -> None:

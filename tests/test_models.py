@@ -1,0 +1,73 @@
+"""Bring your own model: a built-in by name, a `module:Class`, or an installed package's entry
+point, configured by `[model] options`; streamed through end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actors import models
+from actors.models.fake import FakeModel
+from runtime import config
+
+from audio import noise
+from server import Server
+from wire import check_simple_counts, converse, stream_steps
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "streamer-loudness"
+
+
+def test_a_model_named_module_colon_class_is_built_with_the_options() -> None:
+    model = models.build("actors.models.fake:FakeModel", {"options": {"constant_factor": 0.0, "delay": 0.0}})
+    assert isinstance(model, FakeModel) and model.process(noise(0.5), True) == {"count": 8000}
+
+
+def test_an_unknown_model_is_an_error_that_says_what_is_known() -> None:
+    with pytest.raises(ValueError, match=r"unknown model 'nope': not built in \(fake, pocketsphinx\)"):
+        models.build("nope", {})
+
+
+def test_options_come_from_a_file_or_from_json_in_the_environment(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[model]\nname = "loudness"\n[model.options]\nfloor_db = -40\nmode = "x"\n')
+    assert config.load(env={"STREAMER_CONFIG": str(f)}).model.options == {"floor_db": -40, "mode": "x"}
+    assert config.load(env={"STREAMER_MODEL_OPTIONS": '{"floor_db": -30}'}).model.options == {"floor_db": -30}
+    with pytest.raises(ValueError, match="JSON object"):
+        config.load(env={"STREAMER_MODEL_OPTIONS": "[1]"})
+
+
+@pytest.fixture(scope="module")
+def loudness_installed() -> None:
+    """The example package, pip-installed into this environment as a user would."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--disable-pip-version-check", str(EXAMPLE)], check=True, timeout=300)
+
+
+def test_an_installed_packages_model_is_found_by_its_entry_point_and_streamed_through(
+        loudness_installed: None, tmp_path: Path) -> None:
+    assert "loudness" in models.installed()
+    srv = Server(tmp_path / "run", env={"STREAMER_MODEL_NAME": "loudness",
+                                        "STREAMER_MODEL_OPTIONS": '{"floor_db": -20}'}).start()
+    try:
+        quiet_then_loud = np.concatenate([noise(1.0, amp=0.01), noise(1.0, amp=0.5, seed=1)])
+        t = asyncio.run(converse(srv.ws("simple"), stream_steps(quiet_then_loud[None, :], 16000, False)))
+        assert t.close_code == 1000
+        segs = t.of_type("segment")
+        assert [s["loud"] for s in segs] == [False, False, True, True]  # floor_db from the options
+        assert all(s["rms_db"] < -40 for s in segs[:2]) and all(s["rms_db"] > -15 for s in segs[2:])
+    finally:
+        srv.stop()
+
+
+def test_the_fake_model_is_still_built_in_by_name(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "run", env={"STREAMER_MODEL_NAME": "fake"}).start()
+    try:
+        t = asyncio.run(converse(srv.ws("simple"), stream_steps(noise(1.0)[None, :], 16000, False)))
+        check_simple_counts(t, 0, 16000)
+    finally:
+        srv.stop()

@@ -1,0 +1,120 @@
+"""The sequential route: every sample of a stream through one stateful model, in order, and the
+model's state carried over the death of any process but the front (results equal an
+undisturbed run, exactly, with the fake model's running count)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audio import noise
+from server import Server, actor, wait_for
+from wire import Transcript, converse, stream_steps
+
+SECONDS = 9.0
+FINAL_EVERY = 1.5
+ENV = {"STREAMER_MODEL_FAKE_FINAL_EVERY_S": str(FINAL_EVERY), "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.05"}
+
+
+def finals(t: Transcript) -> list[tuple[float, float, int, int]]:
+    return [(m["start_time"], m["end_time"], m["count"], m["total"]) for m in t.of_type("segment") if m["is_final"]]
+
+
+def expected(seconds: float, every: float, rate: int = 16000) -> list[tuple[float, float, int, int]]:
+    out, start, total = [], 0, int(seconds * 16000)
+    step = int(every * 16000)
+    while start < total:
+        end = min(start + step, total)
+        out.append((round(start / 16000, 4), round(end / 16000, 4), end - start, end))
+        start = end
+    return out
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Any:
+    s = Server(tmp_path / "run", env=ENV).start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def test_every_sample_goes_through_the_stateful_model_in_order(srv: Server) -> None:
+    steps = stream_steps(noise(SECONDS)[None, :], 16000, False, interim=True)
+    t = asyncio.run(converse(srv.ws("sequential"), steps, pace_s=0.01))
+    assert t.close_code == 1000 and not t.of_type("error")
+    assert finals(t) == expected(SECONDS, FINAL_EVERY)
+    interims = [m for m in t.of_type("segment") if m["is_final"] is False]
+    assert interims and all(m["total"] <= m["end_time"] * 16000 for m in interims)
+
+
+def test_two_channels_each_keep_their_own_state(srv: Server) -> None:
+    x = noise(4.0)[None, :].repeat(2, axis=0)
+    t = asyncio.run(converse(srv.ws("sequential"), stream_steps(x, 16000, False)))
+    assert t.close_code == 1000
+    for ch in (0, 1):
+        got = [(m["start_time"], m["end_time"], m["count"], m["total"]) for m in t.of_type("segment", ch)
+               if m["is_final"]]
+        assert got == expected(4.0, FINAL_EVERY)
+
+
+@pytest.mark.parametrize("role", ["model", "decoder", "segmenter"])
+def test_a_death_mid_stream_leaves_the_results_of_an_undisturbed_run(srv: Server, role: str) -> None:
+    """The process holding the stream's state (or the audio on its way) is SIGKILLed halfway:
+    the stream goes on elsewhere from its last checkpoint and every final, count and running
+    total is what it would have been."""
+    steps = stream_steps(noise(SECONDS)[None, :], 16000, False)
+    kills: list[str] = []
+
+    def kill_when_busy() -> None:
+        time.sleep(SECONDS / 2 * 0.5)  # pace 0.05 s per 0.1 s frame: halfway through the audio
+        rows = [a for a in srv.actors() if a["role"] == role and a["pid"]]
+        busiest = max(rows, key=lambda a: a.get("processed") or 0)  # the model holding the stream
+        os.kill(busiest["pid"], signal.SIGKILL)
+        kills.append(busiest["name"])
+
+    threading.Thread(target=kill_when_busy, daemon=True).start()
+    t = asyncio.run(converse(srv.ws("sequential"), steps, pace_s=0.05))
+    assert kills and t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
+    assert finals(t) == expected(SECONDS, FINAL_EVERY)
+    wait_for(lambda: actor(srv, kills[0])["restarts"] == 1, 10)
+
+
+COMMANDS = "#JSGF V1.0;\ngrammar c;\npublic <c> = <verb> the <thing>;\n<verb> = open | close | start | stop;\n" \
+    "<thing> = door | window | music;\n"
+
+
+@pytest.mark.parametrize("grammar", [COMMANDS, ""], ids=["grammar", "free"])
+def test_pocketsphinx_transcribes_a_stream_utterance_by_utterance(tmp_path: Path, grammar: str) -> None:
+    """The real recognizer on the sequential route: one final per utterance (it finds them
+    itself), partial hypotheses as it decodes, word times in the stream's time. With a grammar
+    the espeak-ng commands come back word for word; free decoding of espeak-ng's voice is poor
+    (see the README's table), so only its shape is checked."""
+    from audio import speech
+
+    said = ("open the door", "stop the music", "close the window")
+    s = speech(said, gap_s=1.0)
+    srv = Server(tmp_path / "run", env={"STREAMER_MODEL_NAME": "pocketsphinx", "STREAMER_ACTORS_MODELS": "1",
+                                        "STREAMER_MODEL_POCKETSPHINX_GRAMMAR": grammar}).start()
+    try:
+        t = asyncio.run(converse(srv.ws("sequential"), stream_steps(s.samples[None, :], 16000, False, interim=True),
+                                 timeout=120))
+        assert t.close_code == 1000 and not t.of_type("error")
+        done = [m for m in t.of_type("segment") if m["is_final"]]
+        assert len(done) == 3, [m["text"] for m in done]
+        for m, (lo, hi) in zip(done, s.truth, strict=True):
+            assert m["start_time"] <= lo + 0.05 and m["end_time"] >= hi, (m, lo, hi)
+            assert all(m["start_time"] - 0.05 <= w["start"] < w["end"] <= m["end_time"] + 0.05 for w in m["words"])
+        if grammar:
+            assert [m["text"] for m in done] == list(said)
+        else:
+            assert all(m["text"] for m in done)
+    finally:
+        srv.stop()
