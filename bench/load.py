@@ -75,7 +75,7 @@ NULL_MODEL = {"STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0", "STREAMER_MODEL_FAKE_D
 BUSY_MODEL = {"STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.25", "STREAMER_MODEL_FAKE_MODE": "cpu"}
 NO_ADMISSION = {"STREAMER_ADMISSION_MAX_BUSY": "1000", "STREAMER_ADMISSION_MAX_QUEUE_DELAY_S": "1000"}
 SCENARIOS = {
-    "overhead": Scenario(["ours", "process", "thread"], [50, 100], NULL_MODEL,
+    "overhead": Scenario(["ours", "ours-1front", "process", "thread"], [50, 100, 150], NULL_MODEL,
                          note="null model: every CPU second is the pipeline's own"),
     "capacity": Scenario(["ours", "process", "thread"], [6, 8, 10, 12, 14, 16], BUSY_MODEL, ours_env=dict(NO_ADMISSION),
                          note="fake model burning 0.25 CPU-s per audio second, one worker per core"),
@@ -111,6 +111,8 @@ class System:
                        STREAMER_LIMITS_MAX_SESSIONS="1000")
             if self.name == "ours-unbatched":
                 env["STREAMER_MODEL_MAX_BATCH"] = "1"
+            if self.name == "ours-1front":
+                env["STREAMER_ACTORS_FRONTS"] = "1"
             cmd = [sys.executable, "-m", "supervisor.cli", "serve"]
         else:
             pool, _, loop = self.name.partition("+")
@@ -284,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--streams", help="comma-separated stream counts (default: the scenario's)")
-    parser.add_argument("--systems", help="comma-separated: ours, ours-unbatched, process, thread, process+uvloop")
+    parser.add_argument("--systems", help="comma-separated: ours, ours-1front, ours-unbatched, process, thread, "
+                                          "process+uvloop")
     parser.add_argument("--seconds", type=float, help="audio each session streams")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra STREAMER_* setting for ours only (repeatable)")
