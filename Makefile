@@ -9,6 +9,8 @@ $(BIN)/streamer: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	# Silero VAD's ONNX file, without the torch its package asks for: onnxruntime runs it.
+	$(BIN)/pip install -q --no-deps silero-vad
 	@touch $@
 
 setup: $(BIN)/streamer

@@ -1,6 +1,7 @@
 """Cutting one channel's 16 kHz audio into what the model sees.
 
-`SpeechRegions` (segmented route) runs webrtcvad on 30 ms frames and smooths it:
+`SpeechRegions` (segmented route) runs a VAD (`actors/vad.py`: webrtcvad on 30 ms frames, or
+Silero on 32 ms) and smooths it:
 a region starts once it holds `min_speech_ms` of voiced frames (so a click is not speech;
 the start is back-dated to its first voiced frame), and ends after `hangover_ms` of
 silence (the end is back-dated to its last voiced frame, then past the quiet tail that
@@ -27,13 +28,12 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-import webrtcvad
 
+from actors import vad
 from actors.pcm import MODEL_RATE
 from actors.samples import SampleWindow
 from transport.messages import CutState
 
-FRAME = MODEL_RATE * 30 // 1000  # webrtcvad takes 10, 20 or 30 ms frames
 BLOCK = MODEL_RATE // 100  # 10 ms, the resolution of the tail trim
 TAIL_FLOOR = 0.01  # a tail block quieter than 1% (-40 dB) of the region's peak is not speech
 MAX_TAIL_TRIM = MODEL_RATE * 300 // 1000
@@ -84,16 +84,21 @@ class RegionRules:
     pad_ms: int = 30
     max_segment_s: float = 30.0
     interim_interval_s: float = 0.5
+    interim_growth: float = 1.0  # each interval this many times the one before (1: a fixed interval)
+    vad: str = "webrtc"  # or "silero" (actors/vad.py)
 
 
 class SpeechRegions:
     def __init__(self, rules: RegionRules, interim: bool) -> None:
-        self._vad = webrtcvad.Vad(rules.aggressiveness)
-        self._min_voiced = -(-rules.min_speech_ms * MODEL_RATE // 1000 // FRAME)
+        self._vad = vad.make(rules.vad, rules.aggressiveness)
+        self._frame = frame = self._vad.frame
+        self._min_voiced = -(-rules.min_speech_ms * MODEL_RATE // 1000 // frame)
         self._hangover = rules.hangover_ms * MODEL_RATE // 1000
         self._pad = rules.pad_ms * MODEL_RATE // 1000
         self._max_len = int(rules.max_segment_s * MODEL_RATE)
         self._interim_every = int(rules.interim_interval_s * MODEL_RATE) if interim else 0
+        self._growth = max(1.0, rules.interim_growth)
+        self._next_interim = self._interim_every  # region length at which the next interim is due
         self._win = SampleWindow()
         self._next_frame = 0  # absolute index of the next frame to classify
         self._candidate: int | None = None  # first voiced sample of a region not yet confirmed
@@ -101,7 +106,6 @@ class SpeechRegions:
         self._last_voiced_end = 0
         self._speaking = False
         self._region_start = 0
-        self._last_interim = 0
         self.finals = 0  # emitted so far
         self.events = 0
         self._skip = 0
@@ -111,12 +115,12 @@ class SpeechRegions:
         """A cutter in the state `cp` describes, to be fed the audio again from `replay_from`."""
         c = cls(rules, interim)
         c._win = SampleWindow(start=cp.sample)
-        c._next_frame = -(-cp.sample // FRAME) * FRAME  # frames lie on the stream's own 30 ms grid
+        c._next_frame = -(-cp.sample // c._frame) * c._frame  # frames lie on the stream's own grid
         c._skip = cp.sample - replay_from
         c.finals, c.events = cp.finals, cp.events
         if cp.speaking:  # the region open at cp.sample goes on; its `active` is already out
             c._speaking = True
-            c._region_start = c._last_interim = c._last_voiced_end = cp.sample
+            c._region_start = c._last_voiced_end = cp.sample
         return c
 
     def checkpoint(self) -> CutState:
@@ -131,17 +135,12 @@ class SpeechRegions:
             samples, self._skip = _skipped(samples, self._skip)
         self._win.append(samples)
         out: list[Output] = []
-        first = self._next_frame
-        frames = (self._win.end - first) // FRAME
+        first, frame = self._next_frame, self._frame
+        frames = (self._win.end - first) // frame
         if frames:
-            # One conversion for every whole frame this feed completes: numpy's per-call cost,
-            # paid per 30 ms frame, was most of the segmenter's time.
-            pcm = (np.clip(self._win.view(first, first + frames * FRAME), -1.0, 1.0) * 32767.0).astype("<i2")
-            raw = pcm.tobytes()
-            for k in range(frames):
-                self._step(first + k * FRAME, self._vad.is_speech(raw[k * 2 * FRAME : (k + 1) * 2 * FRAME], MODEL_RATE),
-                           out)
-            self._next_frame = first + frames * FRAME
+            for k, voiced in enumerate(self._vad.voiced(self._win.view(first, first + frames * frame))):
+                self._step(first + k * frame, voiced, out)
+            self._next_frame = first + frames * frame
         self._trim()
         return out
 
@@ -163,7 +162,7 @@ class SpeechRegions:
         return min(end + self._pad, self._win.end)
 
     def _step(self, start: int, voiced: bool, out: list[Output]) -> None:
-        end = start + FRAME
+        end = start + self._frame
         if voiced:
             if not self._speaking and self._candidate is None:
                 self._candidate, self._voiced = start, 0
@@ -183,14 +182,16 @@ class SpeechRegions:
                 else:  # still speaking: cut here and go on in a new region
                     self._close(end, out)
                     self._open(end, out)
-            elif self._interim_every and end - self._last_interim >= self._interim_every:
-                self._last_interim += self._interim_every  # exactly every interval of audio
-                at = self._last_interim
+            elif self._interim_every and end - self._region_start >= self._next_interim:
+                at = self._region_start + self._next_interim  # exactly at the interval, wherever frames fall
+                self._next_interim = max(self._next_interim + self._interim_every,
+                                         round(self._next_interim * self._growth))
                 out.append(Piece(self._region_start, at, self._win.get(self._region_start, at), False))
 
     def _open(self, start: int, out: list[Output]) -> None:
         self._speaking = True
-        self._region_start = self._last_interim = start
+        self._region_start = start
+        self._next_interim = self._interim_every
         self.events += 1
         out.append(Activity("active", start))
 

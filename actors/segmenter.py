@@ -105,7 +105,7 @@ def cutters_for(start: Open, cfg: Config) -> list[Cutter]:
             return [FixedChunks(s.chunk_s) for _ in range(start.channels)]
         return [FixedChunks.resume(s.chunk_s, c, cp.sample) for c in cp.channels]
     rules = RegionRules(s.vad_aggressiveness, s.min_speech_ms, s.hangover_ms, s.pad_ms,
-                        s.max_segment_s, s.interim_interval_s)
+                        s.max_segment_s, s.interim_interval_s, s.interim_growth, s.vad)
     if cp is None:
         return [SpeechRegions(rules, start.interim) for _ in range(start.channels)]
     return [SpeechRegions.resume(rules, start.interim, c, cp.sample) for c in cp.channels]

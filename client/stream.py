@@ -81,6 +81,15 @@ class Report:
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if m.get("type") == kind]
 
+    def transcript(self) -> dict[int, str]:
+        """The text of every final, in audio order, per channel (for a model that gives text)."""
+        finals = sorted((m["channel"], m["start_time"], m["text"]) for m in self.of_type("segment")
+                        if m.get("is_final") is not False and m.get("text"))
+        out: dict[int, str] = {}
+        for ch, _, text in finals:
+            out[ch] = f"{out[ch]} {text}" if ch in out else text
+        return out
+
     def summary(self) -> str:
         total = self.finished - self.started
         first = self.first_result_s
@@ -158,6 +167,10 @@ async def _stream_once(url: str, pcm: Pcm, report: Report, from_s: float, *, chu
                     report.arrivals.append(time.monotonic())
                     if echo:
                         print(f"{time.monotonic() - report.started:8.3f}s {json.dumps(item)}", flush=True)
+                        if item.get("type") == "segment" and item.get("text"):
+                            final = "final" if item.get("is_final") is not False else "so far"
+                            print(f"{'':10}[{item['start_time']:.2f}-{item['end_time']:.2f} ch{item['channel']} "
+                                  f"{final}] {item['text']}", flush=True)
 
         reader = asyncio.create_task(receive())
         await ws.send_json(start)
@@ -213,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"streamer-client: {e}", file=sys.stderr)
             return 1
     print(report.summary(), flush=True)
+    for ch, text in sorted(report.transcript().items()):
+        print(f"transcript (channel {ch}): {text}", flush=True)
     if traceparent:
         print(f"trace id: {logs.trace_of(traceparent)}", flush=True)
     return 0 if report.close_code == 1000 else 1

@@ -102,6 +102,7 @@ class Model(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Segmenter(msgspec.Struct, forbid_unknown_fields=True):
+    vad: str
     vad_aggressiveness: int
     onset_ms: int
     hangover_ms: int
@@ -109,6 +110,7 @@ class Segmenter(msgspec.Struct, forbid_unknown_fields=True):
     pad_ms: int
     max_segment_s: float
     interim_interval_s: float
+    interim_growth: float
     chunk_s: float
     max_pending_s: float
 

@@ -71,3 +71,26 @@ def test_the_fake_model_is_still_built_in_by_name(tmp_path: Path) -> None:
         check_simple_counts(t, 0, 16000)
     finally:
         srv.stop()
+
+
+def test_the_client_prints_the_text_and_the_transcript_of_a_recognizer(tmp_path: Path) -> None:
+    """pocketsphinx on the segmented route, one region per command, through the client script."""
+    import soundfile
+
+    from audio import speech
+
+    grammar = ("#JSGF V1.0;\ngrammar c;\npublic <c> = <verb> the <thing>;\n<verb> = open | close | start | stop;\n"
+               "<thing> = door | window | music;\n")
+    s = speech(("open the door", "stop the music", "close the window"), gap_s=1.0)
+    wav = tmp_path / "commands.wav"
+    soundfile.write(wav, s.samples, 16000, subtype="PCM_16")
+    srv = Server(tmp_path / "run", env={"STREAMER_MODEL_NAME": "pocketsphinx",
+                                        "STREAMER_MODEL_POCKETSPHINX_GRAMMAR": grammar}).start()
+    try:
+        out = subprocess.run([sys.executable, "-m", "client.stream", "-i", str(wav), "--addr", srv.ws()],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "transcript (channel 0): open the door stop the music close the window" in out.stdout
+        assert "final] stop the music" in out.stdout
+    finally:
+        srv.stop()

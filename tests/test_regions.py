@@ -157,3 +157,19 @@ def test_fixed_chunks_resumed_from_a_checkpoint_count_every_sample_once(cut: int
     redone = [o for o in run(again, x[max(0, cp.sample - 321):], step=640) if isinstance(o, Piece)]
     assert sum(p.end - p.start for p in before + redone) == x.shape[0]
     assert [p.start for p in before + redone] == list(range(0, x.shape[0], 8000))
+
+
+def test_growing_interim_intervals_keep_interim_work_in_proportion_to_the_region() -> None:
+    """A stateless model re-runs the region so far for each interim: at a fixed 0.5 s interval an
+    utterance of L seconds costs ~L^2 seconds of interims; doubling the interval keeps it under 2 L."""
+    long_speech = speech(SENTENCES * 2, gap_s=0.0)  # mostly one long region: no pause as long as the hangover
+    costs = {}
+    for growth in (1.0, 2.0):
+        out = run(SpeechRegions(RegionRules(interim_growth=growth), interim=True), long_speech.samples)
+        final = max(finals(out), key=lambda p: p.end - p.start)
+        assert final.end - final.start > 10 * 16000
+        interims = [p for p in out if isinstance(p, Piece) and p.is_final is False and p.start == final.start]
+        costs[growth] = sum(p.end - p.start for p in interims) / (final.end - final.start)
+        if growth == 2.0:
+            assert [(p.end - p.start) / 16000 for p in interims] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0][: len(interims)]
+    assert costs[1.0] > 15 and costs[2.0] < 2.0, costs

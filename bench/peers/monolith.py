@@ -57,7 +57,7 @@ class Monolith:
     def __init__(self, cfg: config.Config, pool: concurrent.futures.Executor) -> None:
         s = cfg.segmenter
         self.rules = RegionRules(s.vad_aggressiveness, s.min_speech_ms, s.hangover_ms, s.pad_ms,
-                                 s.max_segment_s, s.interim_interval_s)
+                                 s.max_segment_s, s.interim_interval_s, interim_growth=1.0)  # the straightforward way
         self.model_settings = cfg.to_dict()["model"]["fake"]
         self.pool = pool
 
