@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup lint bench clean
+.PHONY: run test setup lint bench clean proto
 
 $(BIN)/streamer: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,8 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+# The gRPC code in api/ is made from api/streamer.proto (and committed): after changing the
+# .proto, in any environment with grpcio-tools.
+proto:
+	$(PYTHON) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. api/streamer.proto

@@ -108,7 +108,7 @@ class System:
             run_dir.mkdir(mode=0o700)
             env.update(STREAMER_SERVER_PORT=str(self.port), STREAMER_SERVER_RUN_DIR=str(run_dir),
                        STREAMER_ACTORS_MODELS=str(CORES), STREAMER_METRICS_BASE_PORT="0",
-                       STREAMER_LIMITS_MAX_SESSIONS="1000")
+                       STREAMER_LIMITS_MAX_SESSIONS="1000", STREAMER_SERVER_GRPC_PORT="0")
             if self.name == "ours-unbatched":
                 env["STREAMER_MODEL_MAX_BATCH"] = "1"
             if self.name == "ours-1front":

@@ -41,7 +41,8 @@ class Server:
         self.port = free_port()
         self.run_dir = Path(workdir, f"run-{self.port}")
         self.run_dir.mkdir(mode=0o700)
-        full = dict(os.environ, STREAMER_SERVER_PORT=str(self.port), STREAMER_SERVER_RUN_DIR=str(self.run_dir),
+        full = dict(os.environ, STREAMER_SERVER_PORT=str(self.port), STREAMER_SERVER_GRPC_PORT="0",
+                    STREAMER_SERVER_RUN_DIR=str(self.run_dir),
                     STREAMER_ACTORS_MODELS="2", STREAMER_SERVER_LOG_LEVEL="WARNING", STREAMER_METRICS_BASE_PORT="0",
                     **env)
         self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "serve"], cwd=ROOT, env=full,

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +66,7 @@ def read_file(path: str) -> Pcm:
 class Report:
     messages: list[dict[str, Any]] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
-    close_code: int | None = None
+    close_code: int | str | None = None  # a WebSocket close code, or a gRPC status name
     reconnects: int = 0
     started: float = 0.0
     finished: float = 0.0
@@ -100,26 +101,30 @@ class Report:
 
 
 RECONNECT_CODES = {1006, 1011, 1012, 1013}  # the connection or the server failed, not the request
+# The gRPC statuses that mean the same as those close codes.
+GRPC_AS_CLOSE = {"UNAVAILABLE": 1013, "INTERNAL": 1011, "UNKNOWN": 1006, "CANCELLED": 1006}
 TIME_FIELDS = ("time", "start_time", "end_time")
 
 
 async def stream(url: str, pcm: Pcm, *, chunk_bytes: int = 0, real_time: bool = False,
                  interim: bool = False, trace_id: str | None = None, echo: bool = False,
-                 reconnects: int = 5) -> Report:
+                 reconnects: int = 5, token: str | None = None, grpc_route: str | None = None) -> Report:
     """Send `pcm` as one stream and collect every message until the server closes.
 
     If the connection is lost (1006: our front died) or the server gives up on the stream
     (1011, 1012, 1013, or a 503 at the handshake), it says so, connects again and sends the
     rest as a new stream, from the end of the last final it got (the region it was in is
     heard again); times in that stream's messages are moved by where it began, so the report
-    reads as one stream. At most `reconnects` times."""
+    reads as one stream. At most `reconnects` times. With `grpc_route`, `url` is a gRPC
+    address (host:port) and the stream goes over gRPC to that route."""
     report = Report(audio_s=pcm.seconds)
     report.started = time.monotonic()
     resume_s = 0.0
     for attempt in range(reconnects + 1):
+        once = _stream_once if grpc_route is None else _grpc_stream_once
         try:
-            code = await _stream_once(url, pcm, report, resume_s, chunk_bytes=chunk_bytes, real_time=real_time,
-                                      interim=interim, trace_id=trace_id, echo=echo)
+            code = await once(url, pcm, report, resume_s, chunk_bytes=chunk_bytes, real_time=real_time,
+                              interim=interim, trace_id=trace_id, echo=echo, token=token, route=grpc_route)
         except aiohttp.WSServerHandshakeError as e:
             if e.status != 503 or attempt == reconnects:
                 raise
@@ -146,12 +151,64 @@ async def stream(url: str, pcm: Pcm, *, chunk_bytes: int = 0, real_time: bool = 
     return report
 
 
+def _heard(report: Report, item: dict[str, Any], from_s: float, echo: bool) -> None:
+    for key in TIME_FIELDS:  # as times of the whole file, not of this stream
+        if from_s and key in item:
+            item[key] = round(item[key] + from_s, 4)
+    report.messages.append(item)
+    report.arrivals.append(time.monotonic())
+    if echo:
+        print(f"{time.monotonic() - report.started:8.3f}s {json.dumps(item)}", flush=True)
+        if item.get("type") == "segment" and item.get("text"):
+            final = "final" if item.get("is_final") is not False else "so far"
+            print(f"{'':10}[{item['start_time']:.2f}-{item['end_time']:.2f} ch{item['channel']} "
+                  f"{final}] {item['text']}", flush=True)
+
+
+async def _grpc_stream_once(addr: str, pcm: Pcm, report: Report, from_s: float, *, chunk_bytes: int,
+                            real_time: bool, interim: bool, trace_id: str | None, echo: bool, token: str | None,
+                            route: str | None) -> int | str | None:
+    import grpc
+
+    from api import streamer_pb2 as pb
+    from api import streamer_pb2_grpc as pb_grpc
+    from api.convert import from_response, start_request
+
+    chunk = chunk_bytes or max(pcm.frame_bytes, pcm.frame_bytes * pcm.sample_rate // 10)
+    first = int(from_s * pcm.sample_rate) * pcm.frame_bytes
+    bytes_per_s = pcm.frame_bytes * pcm.sample_rate
+
+    async def requests() -> AsyncIterator[pb.Request]:
+        yield start_request(pcm.format(), interim, trace_id or "")
+        began = time.monotonic()
+        for sent in range(first, len(pcm.data), chunk):
+            yield pb.Request(audio=pcm.data[sent : sent + chunk])
+            if real_time and (ahead := (sent + chunk - first) / bytes_per_s - (time.monotonic() - began)) > 0:
+                await asyncio.sleep(ahead)
+        yield pb.Request(stop=pb.Stop(disconnect=True))
+
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = pb_grpc.StreamerStub(channel)  # type: ignore[no-untyped-call]
+        method = getattr(stub, (route or "segmented").capitalize())
+        try:
+            async for r in method(requests(), metadata=(("token", token),) if token else None):
+                _heard(report, from_response(r), from_s, echo)
+        except grpc.aio.AioRpcError as e:
+            print(f"streamer-client: {e.code().name}: {e.details()}", file=sys.stderr, flush=True)
+            name: str = e.code().name
+            return GRPC_AS_CLOSE.get(name, name)
+    return "OK"
+
+
 async def _stream_once(url: str, pcm: Pcm, report: Report, from_s: float, *, chunk_bytes: int, real_time: bool,
-                       interim: bool, trace_id: str | None, echo: bool) -> int | None:
+                       interim: bool, trace_id: str | None, echo: bool, token: str | None,
+                       route: str | None) -> int | str | None:
     chunk = chunk_bytes or max(pcm.frame_bytes, pcm.frame_bytes * pcm.sample_rate // 10)
     start: dict[str, Any] = {"request": "start", "format": pcm.format(), "interim_results": interim}
     if trace_id:
         start["trace_id"] = trace_id
+    if token:
+        start["token"] = token
     first = int(from_s * pcm.sample_rate) * pcm.frame_bytes
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
         began = time.monotonic()
@@ -159,18 +216,7 @@ async def _stream_once(url: str, pcm: Pcm, report: Report, from_s: float, *, chu
         async def receive() -> None:
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
-                    item = json.loads(msg.data)
-                    for key in TIME_FIELDS:  # as times of the whole file, not of this stream
-                        if from_s and key in item:
-                            item[key] = round(item[key] + from_s, 4)
-                    report.messages.append(item)
-                    report.arrivals.append(time.monotonic())
-                    if echo:
-                        print(f"{time.monotonic() - report.started:8.3f}s {json.dumps(item)}", flush=True)
-                        if item.get("type") == "segment" and item.get("text"):
-                            final = "final" if item.get("is_final") is not False else "so far"
-                            print(f"{'':10}[{item['start_time']:.2f}-{item['end_time']:.2f} ch{item['channel']} "
-                                  f"{final}] {item['text']}", flush=True)
+                    _heard(report, json.loads(msg.data), from_s, echo)
 
         reader = asyncio.create_task(receive())
         await ws.send_json(start)
@@ -201,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-time", action="store_true", help="send at the audio's own pace")
     parser.add_argument("--interim-results", action="store_true", help="ask for interim results")
     parser.add_argument("--trace-id", help="W3C traceparent to parent the server's spans on")
+    parser.add_argument("--grpc", metavar="HOST:PORT", help="speak gRPC to this address instead of the WebSocket")
+    parser.add_argument("--route", default="segmented", choices=("segmented", "simple", "sequential"),
+                        help="with --grpc: the route (default segmented); a WebSocket's is in --addr")
+    parser.add_argument("--token", help="the server's token, if it has one")
     parser.add_argument("--reconnects", type=int, default=5,
                         help="how often to reconnect after a lost connection or server failure (default 5)")
     args = parser.parse_args(argv)
@@ -219,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             "audio.file": os.path.basename(args.input), "audio.seconds": pcm.seconds}) as span:
         traceparent = telemetry.traceparent_of(span) or args.trace_id
         try:
-            report = asyncio.run(stream(args.addr, pcm, chunk_bytes=args.chunk_size, real_time=args.real_time,
-                                        interim=args.interim_results, trace_id=traceparent, echo=True,
-                                        reconnects=args.reconnects))
+            report = asyncio.run(stream(args.grpc or args.addr, pcm, chunk_bytes=args.chunk_size,
+                                        real_time=args.real_time, interim=args.interim_results, trace_id=traceparent,
+                                        echo=True, reconnects=args.reconnects, token=args.token,
+                                        grpc_route=args.route if args.grpc else None))
         except aiohttp.ClientError as e:
             print(f"streamer-client: {e}", file=sys.stderr)
             return 1
@@ -230,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"transcript (channel {ch}): {text}", flush=True)
     if traceparent:
         print(f"trace id: {logs.trace_of(traceparent)}", flush=True)
-    return 0 if report.close_code == 1000 else 1
+    return 0 if report.close_code in (1000, "OK") else 1
 
 
 if __name__ == "__main__":

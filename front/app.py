@@ -14,19 +14,22 @@ import ipaddress
 import logging
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 import prometheus_client
 from aiohttp import web
 
-from front import protocol
+from front import grpc_api, protocol
 from front.admission import Admission
+from front.doors import RETRY_AFTER_S, Live, Refused
 from front.guard import SUBPROTOCOL, QuietAccessLogger, handshake_token, origin_ok, token_ok
 from front.link import FrontLink
 from front.metrics import REFUSED, SESSIONS, SESSIONS_TOTAL, group_page
 from front.processes import CpuSampler
 from front.seats import Seat, Seats
 from front.session import Session
+from front.wire import WebSocketWire
 from runtime import group
 from runtime.config import Config
 from runtime.process import ChildContext, enter_child
@@ -39,28 +42,11 @@ CFG: web.AppKey[Config] = web.AppKey("cfg", Config)
 LINK: web.AppKey[FrontLink] = web.AppKey("link", FrontLink)
 RUN_DIR: web.AppKey[str] = web.AppKey("run_dir", str)
 SAMPLER: web.AppKey[CpuSampler] = web.AppKey("sampler", CpuSampler)
-ADMISSION: web.AppKey[Admission] = web.AppKey("admission", Admission)
 SLOT: web.AppKey[int] = web.AppKey("slot", int)
 LINGER_S = 0.5
+WEB = Path(__file__).resolve().parent.parent / "web"
 ADMIN_PATHS = frozenset({"/metrics", "/api/v1/actors"})
-RETRY_AFTER = {"Retry-After": "5"}
-
-
-class Live:
-    """The sessions of this process, and whether it is draining for shutdown."""
-
-    def __init__(self, seats: Seats) -> None:
-        self.sessions: set[Session] = set()
-        self.seats = seats  # `[limits] max_sessions`, counted over every front
-        self.draining = False
-
-    async def drain(self, timeout: float) -> None:
-        """Stop admitting, let every session finish what it has within `timeout`, close them 1001."""
-        self.draining = True
-        sessions = list(self.sessions)
-        if sessions:
-            log.info("draining %d sessions (up to %.1f s)", len(sessions), timeout)
-        await asyncio.gather(*(s.drain(timeout) for s in sessions), return_exceptions=True)
+RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_S)}
 
 
 LIVE: web.AppKey[Live] = web.AppKey("live", Live)
@@ -69,6 +55,11 @@ LIVE: web.AppKey[Live] = web.AppKey("live", Live)
 def missing_roles(state: group.Group | None) -> list[str]:
     up = state.running_roles() if state is not None else set()
     return [r for r in ROLES if r not in up]
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    """The microphone page (`web/`): plain files, no build step, nothing from another host."""
+    return web.FileResponse(WEB / "index.html")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -146,21 +137,13 @@ def stream_route(route: Route) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         cfg = request.app[CFG]
         live = request.app[LIVE]
-        if live.draining:
-            REFUSED.labels("draining").inc()
-            raise web.HTTPServiceUnavailable(text="server shutting down", headers=RETRY_AFTER)
         if not origin_ok(cfg.security, request):
             REFUSED.labels("origin").inc()
             raise web.HTTPForbidden(text="origin not allowed")
-        refusal = request.app[ADMISSION].refusal()
-        if refusal is not None:
-            REFUSED.labels("load").inc()
-            raise web.HTTPServiceUnavailable(text=f"server is at capacity: {refusal}", headers=RETRY_AFTER)
-        seat = live.seats.take()
-        if seat is None:
-            REFUSED.labels("session_limit").inc()
-            raise web.HTTPServiceUnavailable(text=f"server is at its session limit ({cfg.limits.max_sessions})",
-                                             headers=RETRY_AFTER)
+        try:
+            seat = live.admit()
+        except Refused as e:
+            raise web.HTTPServiceUnavailable(text=e.text, headers=RETRY_AFTER) from None
         with seat:
             return await seated(request, live, cfg, seat)
 
@@ -182,11 +165,11 @@ def stream_route(route: Route) -> Any:
             seat.release()  # the session is over for the client: its seat is free while we linger
             await asyncio.sleep(LINGER_S)
             return ws
-        request.app[ADMISSION].admitted()
+        live.admission.admitted()
         SESSIONS.inc()
         SESSIONS_TOTAL.inc()
         transport = request.transport
-        session = Session(ws, request.app[LINK], route, cfg,
+        session = Session(WebSocketWire(ws), request.app[LINK], route, cfg,
                           authenticated=not cfg.security.token or offered is not None)
         live.sessions.add(session)
         try:
@@ -211,14 +194,17 @@ def build_app(cfg: Config, link: FrontLink, run_dir: str, slot: int, fronts: int
     app[LINK] = link
     app[RUN_DIR] = run_dir
     app[SLOT] = slot
-    app[LIVE] = Live(Seats(run_dir, slot, fronts, cfg.limits.max_sessions))
-    app[ADMISSION] = Admission(cfg.admission.max_busy, cfg.admission.max_queue_delay_s)
-    link.on_load = app[ADMISSION].update
+    admission = Admission(cfg.admission.max_busy, cfg.admission.max_queue_delay_s)
+    app[LIVE] = Live(Seats(run_dir, slot, fronts, cfg.limits.max_sessions), admission, cfg.limits.max_sessions)
+    link.on_load = admission.update
     link.on_exited = lambda note: stage_died(app[LIVE], note)
     app.router.add_get("/api/v1/segmented", stream_route("segmented"))
     app.router.add_get("/api/v1/simple", stream_route("simple"))
     app.router.add_get("/api/v1/sequential", stream_route("sequential"))
     app.router.add_get("/api/v1/health", health)
+    if WEB.is_dir():  # a source checkout (make run): the page and its files
+        app.router.add_get("/", page)
+        app.router.add_static("/web", WEB, follow_symlinks=False)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/actors", actors)
     return app
@@ -247,6 +233,7 @@ async def serve(ctx: ChildContext) -> None:
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True, reuse_port=True)
     await site.start()
     log.info("listening on http://%s:%d", cfg.server.host, cfg.server.port)
+    rpc = await grpc_api.serve(cfg, link, app[LIVE])
     ctx.ready()
     stopped = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
@@ -256,6 +243,8 @@ async def serve(ctx: ChildContext) -> None:
         await stopped.wait()
         log.info("stopping")
         await app[LIVE].drain(cfg.supervisor.drain_s)
+        if rpc is not None:
+            await rpc.stop(1.0)
         beating.cancel()
         sampling.cancel()
     await runner.cleanup()

@@ -1,4 +1,4 @@
-"""Reading a client's frames ahead of the session, so pings are answered while it is held back.
+"""Reading a client's messages ahead of the session, so pings are answered while it is held back.
 
 aiohttp answers a client's PING only inside `receive()`. A session that stops calling it to
 push back on a fast client also stops answering pings, and a client with a keepalive (the
@@ -19,17 +19,15 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from aiohttp import WSMessage, WSMsgType, web
-
-_DATA = (WSMsgType.BINARY, WSMsgType.TEXT)
+from front.wire import END, Incoming, Wire
 
 
 class Intake:
-    def __init__(self, ws: web.WebSocketResponse, limit: int, on_frame: Callable[[], None]) -> None:
-        self._ws = ws
+    def __init__(self, wire: Wire, limit: int, on_frame: Callable[[], None]) -> None:
+        self._wire = wire
         self._limit = limit
         self._on_frame = on_frame  # the client sent something (not idle)
-        self._frames: deque[WSMessage] = deque()
+        self._frames: deque[Incoming] = deque()
         self._bytes = 0
         self._room = asyncio.Event()
         self._room.set()
@@ -40,27 +38,32 @@ class Intake:
         return self._bytes
 
     async def run(self) -> None:
-        """Read until the socket closes (a CLOSE, CLOSING, CLOSED or ERROR message is the last one queued)."""
+        """Read until the client has gone (the `end` is the last message queued)."""
         while True:
             await self._room.wait()
-            msg = await self._ws.receive()
+            msg = await self._wire.receive()
             self._frames.append(msg)
             self._arrived.set()
-            if msg.type not in _DATA:
+            if msg.kind == "end":
                 return
             self._on_frame()
-            if msg.type is WSMsgType.BINARY:
+            if msg.kind == "binary":
                 self._bytes += len(msg.data)
                 if self._bytes >= self._limit:
                     self._room.clear()
 
-    async def next(self) -> WSMessage:
-        """The client's next frame, in order."""
+    def end(self) -> None:
+        """No more reading (the session is closing): whoever waits in `next` gets the end."""
+        self._frames.append(END)
+        self._arrived.set()
+
+    async def next(self) -> Incoming:
+        """The client's next message, in order."""
         while not self._frames:
             self._arrived.clear()
             await self._arrived.wait()
         msg = self._frames.popleft()
-        if msg.type is WSMsgType.BINARY:
+        if msg.kind == "binary":
             self._bytes -= len(msg.data)
             if self._bytes < self._limit:
                 self._room.set()

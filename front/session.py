@@ -35,7 +35,6 @@ import math
 import secrets
 from typing import Any
 
-from aiohttp import WSMsgType, web
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
@@ -45,6 +44,7 @@ from front.intake import Intake
 from front.link import FrontLink
 from front.protocol import ProtocolError, Start, Stop
 from front.stream import Stream
+from front.wire import Wire
 from runtime import logs, telemetry
 from runtime.config import Config
 from transport.messages import (
@@ -80,9 +80,8 @@ class Phase(enum.Enum):
 
 
 class Session:
-    def __init__(self, ws: web.WebSocketResponse, link: FrontLink, route: Route, cfg: Config,
-                 authenticated: bool = True) -> None:
-        self.ws = ws
+    def __init__(self, wire: Wire, link: FrontLink, route: Route, cfg: Config, authenticated: bool = True) -> None:
+        self.wire = wire
         self.link = link
         self.route = route
         self.cfg = cfg
@@ -90,7 +89,7 @@ class Session:
         self.phase = Phase.IDLE
         self.stream: Stream | None = None
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
-        self.intake = Intake(ws, cfg.limits.read_ahead_bytes, self._client_spoke)
+        self.intake = Intake(wire, cfg.limits.read_ahead_bytes, self._client_spoke)
         self.authenticated = authenticated
         self.draining = False
         self._streams = 0
@@ -139,16 +138,16 @@ class Session:
             msg = await self.intake.next()
             if self.outbox.qsize() > self.cfg.limits.max_outbox:
                 await self._wait_for_reader()  # whatever the frame: text frames make replies too
-            if msg.type == WSMsgType.BINARY:
+            if msg.kind == "binary":
                 if self.phase in (Phase.FLUSHING, Phase.CLOSING) or self.draining:
                     continue  # the stream was stopped at a limit or for shutdown: the rest is not taken
                 if self.phase is not Phase.STREAMING or self.stream is None:
                     raise ProtocolError("binary audio before start", protocol.UNSUPPORTED)
-                await self._feed(self.stream, msg.data)
-            elif msg.type == WSMsgType.TEXT:
+                await self._feed(self.stream, msg.data if isinstance(msg.data, bytes) else msg.data.encode())
+            elif msg.kind == "text":
                 if self.draining:
                     continue
-                request = protocol.parse(msg.data)
+                request = protocol.parse(msg.data if isinstance(msg.data, str) else msg.data.decode(errors="replace"))
                 if isinstance(request, Start):
                     self._start(request)
                 else:
@@ -427,7 +426,7 @@ class Session:
             # The intake's receive() must not be pending: aiohttp would then drop the transport at
             # once (with the client's frames unread: a reset) instead of waiting for its close frame.
             await self._stop_reading()
-            await asyncio.wait_for(self.ws.close(code=code, message=(reason or message or "").encode()[:120]),
+            await asyncio.wait_for(self.wire.close(code, reason or message or ""),
                                    timeout)
         except TimeoutError:
             log.warning("client took no close frame within %g s", timeout)
@@ -441,6 +440,7 @@ class Session:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+        self.intake.end()  # a read loop waiting for the client's next message ends instead
 
     def _say(self, item: dict[str, Any]) -> None:
         self.outbox.put_nowait((item, None))
@@ -453,14 +453,14 @@ class Session:
         while (out := await self.outbox.get()) is not None:
             item, span = out
             try:
-                if self.ws.closed:
+                if self.wire.closed:
                     continue
                 if span is not None and item["type"] in ("segment", "error"):
                     with _tracer.start_as_current_span("deliver", context=trace.set_span_in_context(span),
                                                        attributes={"streamer.result": item["type"]}):
-                        await self.ws.send_json(item)
+                        await self.wire.send(item)
                 else:
-                    await self.ws.send_json(item)
+                    await self.wire.send(item)
             except (ConnectionError, RuntimeError):
                 pass  # the client went away; the read loop ends the session
             finally:

@@ -22,6 +22,7 @@ ENV_PREFIX = "STREAMER"
 class Server(msgspec.Struct, forbid_unknown_fields=True):
     host: str
     port: int
+    grpc_port: int
     run_dir: str
     stop_timeout_s: float
     log_level: str

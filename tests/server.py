@@ -42,12 +42,17 @@ class Server:
     run_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def ws(self, route: str = "segmented") -> str:
         return f"ws://127.0.0.1:{self.port}/api/v1/{route}"
@@ -56,6 +61,7 @@ class Server:
         env = dict(os.environ)
         env.update({
             "STREAMER_SERVER_PORT": str(self.port),
+            "STREAMER_SERVER_GRPC_PORT": str(self.grpc_port),
             "STREAMER_SERVER_RUN_DIR": str(self.run_dir),
             "STREAMER_ACTORS_MODELS": "2",
             "STREAMER_ACTORS_FRONTS": "2",

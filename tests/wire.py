@@ -21,7 +21,7 @@ from audio import pcm_bytes
 @dataclass
 class Transcript:
     messages: list[dict[str, Any]]
-    close_code: int | None
+    close_code: int | str | None  # a WebSocket close code, or a gRPC status name
 
     def channel(self, ch: int) -> list[dict[str, Any]]:
         return [m for m in self.messages if m.get("channel") == ch]
@@ -196,3 +196,52 @@ def raw_handshake(sock: socket.socket, host: str, port: int, path: str) -> None:
             raise ConnectionError("closed during handshake")
         reply += chunk
     assert reply.startswith(b"HTTP/1.1 101"), reply
+
+
+def grpc_requests(steps: list[dict[str, Any] | bytes | str]) -> list[Any]:
+    """The same steps as gRPC requests (a raw text step has no gRPC form: an empty request)."""
+    from api import streamer_pb2 as pb
+
+    out = []
+    for step in steps:
+        if isinstance(step, bytes):
+            out.append(pb.Request(audio=step))
+        elif isinstance(step, dict) and step.get("request") == "start":
+            f = step.get("format")
+            start = pb.Start(interim_results=bool(step.get("interim_results")), trace_id=step.get("trace_id", ""))
+            if f is not None:
+                start.format.CopyFrom(pb.Format(**f))
+            out.append(pb.Request(start=start))
+        elif isinstance(step, dict) and step.get("request") == "stop":
+            out.append(pb.Request(stop=pb.Stop(disconnect=step.get("disconnect", True))))
+        else:
+            out.append(pb.Request())
+    return out
+
+
+async def grpc_converse(addr: str, route: str, steps: list[dict[str, Any] | bytes | str], timeout: float = 60.0,
+                        pace_s: float = 0.0, token: str | None = None) -> Transcript:
+    """`converse` over gRPC: the close code is the call's status name (OK, INVALID_ARGUMENT ...)."""
+    import grpc
+
+    from api import streamer_pb2_grpc as pb_grpc
+    from api.convert import from_response
+
+    async def requests() -> Any:
+        for req in grpc_requests(steps):
+            yield req
+            if pace_s and req.WhichOneof("request") == "audio":
+                await asyncio.sleep(pace_s)
+
+    messages: list[dict[str, Any]] = []
+    async with grpc.aio.insecure_channel(addr) as channel:
+        call = getattr(pb_grpc.StreamerStub(channel), route.capitalize())(
+            requests(), metadata=(("token", token),) if token else None)
+        status = "OK"
+        try:
+            async with asyncio.timeout(timeout):
+                async for r in call:
+                    messages.append(from_response(r))
+        except grpc.aio.AioRpcError as e:
+            status = e.code().name
+    return Transcript(messages, status)

@@ -1,0 +1,63 @@
+"""Who gets in, on either transport: the sessions of this front, and the rules for a new one.
+
+A new session (a WebSocket upgrade, a gRPC call) is refused while the front drains for
+shutdown, when the models are at capacity (`front/admission.py`), and past `[limits]
+max_sessions` counted over every front (`front/seats.py`). Each refusal is counted by reason
+and says when to come back (5 s). Both transports ask `admit`, so the rules are the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from front.admission import Admission
+from front.metrics import REFUSED
+from front.seats import Seat, Seats
+from front.session import Session
+
+log = logging.getLogger("front")
+RETRY_AFTER_S = 5
+
+
+class Refused(Exception):
+    def __init__(self, reason: str, text: str) -> None:
+        super().__init__(text)
+        self.reason = reason  # the metric's label: draining, load, session_limit
+        self.text = text
+
+
+class Live:
+    """The sessions of this process, and whether it is draining for shutdown."""
+
+    def __init__(self, seats: Seats, admission: Admission, max_sessions: int) -> None:
+        self.sessions: set[Session] = set()
+        self.seats = seats  # `[limits] max_sessions`, counted over every front
+        self.admission = admission
+        self.max_sessions = max_sessions
+        self.draining = False
+
+    def admit(self) -> Seat:
+        """A seat for a new session, or `Refused` saying why not."""
+        if self.draining:
+            raise self._refuse("draining", "server shutting down")
+        refusal = self.admission.refusal()
+        if refusal is not None:
+            raise self._refuse("load", f"server is at capacity: {refusal}")
+        seat = self.seats.take()
+        if seat is None:
+            raise self._refuse("session_limit", f"server is at its session limit ({self.max_sessions})")
+        return seat
+
+    @staticmethod
+    def _refuse(reason: str, text: str) -> Refused:
+        REFUSED.labels(reason).inc()
+        return Refused(reason, text)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop admitting, let every session finish what it has within `timeout`, close them 1001."""
+        self.draining = True
+        sessions = list(self.sessions)
+        if sessions:
+            log.info("draining %d sessions (up to %.1f s)", len(sessions), timeout)
+        await asyncio.gather(*(s.drain(timeout) for s in sessions), return_exceptions=True)
