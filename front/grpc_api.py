@@ -77,19 +77,46 @@ def as_request(req: pb.Request) -> Incoming:
 
 
 class GrpcWire:
-    """A call as a session's wire: requests in, responses out through a queue the RPC drains."""
+    """A call as a session's wire: requests in, responses out through a queue the RPC drains.
+
+    Its own task reads the requests (at most `INBOX` ahead): the session's reader may be
+    cancelled at any moment, and cancelling a read of grpc's request stream in the middle ends
+    the stream."""
+
+    INBOX = 64
 
     def __init__(self, requests: AsyncIterator[pb.Request]) -> None:
-        self._requests = requests
         self.out: asyncio.Queue[pb.Response | None] = asyncio.Queue()
         self.code: int | None = None
         self.reason = ""
+        self._in: asyncio.Queue[Incoming] = asyncio.Queue(self.INBOX)
+        self._reading = asyncio.ensure_future(self._read(requests))
+
+    async def _read(self, requests: AsyncIterator[pb.Request]) -> None:
+        try:
+            async for req in requests:
+                await self._in.put(as_request(req))
+        except (grpc.RpcError, grpc.aio.AioRpcError):
+            pass  # the client went away
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._in.put_nowait(END)
 
     async def receive(self) -> Incoming:
-        try:
-            return as_request(await anext(self._requests))
-        except (StopAsyncIteration, grpc.RpcError, asyncio.CancelledError):
-            return END  # the client half-closed, or went away
+        msg = await self._in.get()
+        if msg.kind == "end":
+            self._in.put_nowait(END)  # and for whoever asks next
+        return msg
+
+    async def linger(self) -> None:
+        """Read (and drop) what the client still sends, for a moment (see `_linger`)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER_S):
+                while (await self._in.get()).kind != "end":
+                    pass
+
+    def stop(self) -> None:
+        self._reading.cancel()
 
     async def send(self, item: dict[str, Any]) -> None:
         if self.code is None:
@@ -154,7 +181,9 @@ class Servicer(pb_grpc.StreamerServicer):
                 running.cancel()
         code = wire.code if wire.code is not None else protocol.NORMAL
         if code != protocol.NORMAL:
-            await _linger(requests)
+            await wire.linger()
+        wire.stop()
+        if code != protocol.NORMAL:
             await context.abort(status_of(code, wire.reason), wire.reason or "closed")
 
 
