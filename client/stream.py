@@ -68,6 +68,7 @@ class Report:
     arrivals: list[float] = field(default_factory=list)
     close_code: int | str | None = None  # a WebSocket close code, or a gRPC status name
     reconnects: int = 0
+    sent_all: bool = False  # the last connection took the whole file
     started: float = 0.0
     finished: float = 0.0
     audio_s: float = 0.0
@@ -139,7 +140,9 @@ async def stream(url: str, pcm: Pcm, *, chunk_bytes: int = 0, real_time: bool = 
             await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
             continue
         report.close_code = code
-        if code not in RECONNECT_CODES or attempt == reconnects:
+        # 1001: the server is shutting down; if that cut the stream short, go on elsewhere.
+        cut_short = code == 1001 and not report.sent_all
+        if (code not in RECONNECT_CODES and not cut_short) or attempt == reconnects:
             break
         finals = [m["end_time"] for m in report.of_type("segment") if m.get("is_final") is not False]
         resume_s = max([resume_s, *finals])
@@ -185,6 +188,7 @@ async def _grpc_stream_once(addr: str, pcm: Pcm, report: Report, from_s: float, 
             yield pb.Request(audio=pcm.data[sent : sent + chunk])
             if real_time and (ahead := (sent + chunk - first) / bytes_per_s - (time.monotonic() - began)) > 0:
                 await asyncio.sleep(ahead)
+        report.sent_all = True
         yield pb.Request(stop=pb.Stop(disconnect=True))
 
     async with grpc.aio.insecure_channel(addr) as channel:
@@ -232,6 +236,8 @@ async def _stream_once(url: str, pcm: Pcm, report: Report, from_s: float, *, chu
                 ahead = (sent + chunk - first) / bytes_per_s - (time.monotonic() - began)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
+        else:
+            report.sent_all = not ws.closed
         if not ws.closed:
             with contextlib.suppress(ConnectionError, aiohttp.ClientError):
                 await ws.send_json({"request": "stop", "disconnect": True})

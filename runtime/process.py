@@ -95,13 +95,17 @@ class ChildContext:
 
 
 def _die_with_parent(parent: int) -> None:
-    """SIGTERM this process if the supervisor dies, so a SIGKILLed supervisor leaves no orphan.
+    """SIGKILL this process if the supervisor dies, so a SIGKILLed supervisor leaves no orphan.
+
+    SIGKILL, not SIGTERM: without its supervisor the group is gone (its pipeline stops at the
+    same moment), and a front draining for `drain_s` would only keep its clients from
+    reconnecting to another instance; they see 1006 at once instead.
 
     The setting comes after the spawn bootstrap and its imports: a supervisor that died before
     it would never deliver the signal, so the parent is checked once the setting is in force."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
     if parent and os.getppid() != parent:

@@ -1,0 +1,161 @@
+"""Past one machine: instances behind Debian's HAProxy (deploy/haproxy.cfg), on loopback.
+
+Two instances and HAProxy; twenty sessions stream through it. One instance is stopped with
+SIGTERM mid-run: its sessions get their finals and 1001, new sessions go to the other one,
+none is refused or loses a result. Then an instance's supervisor is SIGKILLed: its sessions
+see 1006, the client script reconnects through HAProxy, the other sessions go on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from audio import speech
+from server import Server, alive, free_port, wait_for
+from wire import Transcript, check_regions_answered, converse, stream_steps
+
+ROOT = Path(__file__).resolve().parent.parent
+SENTENCES = ("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning.",
+             "Every region gets exactly one final result.")
+
+
+class Balancer:
+    def __init__(self, a: Server, b: Server) -> None:
+        self.port = free_port()
+        env = dict(os.environ, STREAMER_LB_PORT=str(self.port), STREAMER_A=f"127.0.0.1:{a.port}",
+                   STREAMER_B=f"127.0.0.1:{b.port}")
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg")], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: self.health() == 200, 20)
+
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/v1/segmented"
+
+    def health(self) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/health", timeout=2) as r:
+                return int(r.status)
+        except OSError:
+            return 0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def active_sessions(srv: Server) -> float:
+    try:
+        with urllib.request.urlopen(f"{srv.http}/metrics", timeout=5) as r:
+            page = r.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(v) for v in re.findall(r"streamer_front_sessions_active\{[^}]*\} (\S+)", page))
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[Server, Server, Balancer]]:
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is required (bash .ci/run installs it)")
+    a = Server(tmp_path / "a", env={"STREAMER_SUPERVISOR_DRAIN_S": "20"}).start()
+    b = Server(tmp_path / "b", env={"STREAMER_SUPERVISOR_DRAIN_S": "20"}).start()
+    lb = Balancer(a, b)
+    try:
+        yield a, b, lb
+    finally:
+        lb.stop()
+        a.stop()
+        b.stop()
+
+
+async def sessions(url: str, steps: list[object], n: int, stagger_s: float = 0.05) -> list[Transcript]:
+    async def one(i: int) -> Transcript:
+        await asyncio.sleep(i * stagger_s)
+        return await converse(url, steps, pace_s=0.05, timeout=90)  # type: ignore[arg-type]
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def test_a_draining_instance_finishes_its_sessions_and_new_ones_go_elsewhere(
+        pair: tuple[Server, Server, Balancer]) -> None:
+    a, _, lb = pair
+    steps = stream_steps(speech(SENTENCES, gap_s=0.8).samples[None, :], 16000, False)
+    late: list[Transcript] = []
+
+    def drain_a_then_start_more() -> None:
+        time.sleep(2.5)
+        a.signal(signal.SIGTERM)
+        time.sleep(0.3)  # sessions opening now may still be sent to `a`: HAProxy retries them elsewhere
+        late.extend(asyncio.run(sessions(lb.ws(), steps, 5)))
+
+    t = threading.Thread(target=drain_a_then_start_more)
+    t.start()
+    first = asyncio.run(sessions(lb.ws(), steps, 20))
+    t.join()
+    assert a.wait(30) == 0
+    drained = [x for x in first if x.close_code == 1001]
+    assert drained and len(drained) < 20, [x.close_code for x in first]
+    for x in first:
+        assert x.close_code in (1000, 1001) and not x.of_type("error"), (x.close_code, x.messages[-2:])
+        finals, errors = check_regions_answered(x, 0) if x.close_code == 1000 else _answered_so_far(x)
+        assert errors == 0 and (x.close_code == 1001 or finals == 3)
+    assert [x.close_code for x in late] == [1000] * 5 and all(check_regions_answered(x, 0) == (3, 0) for x in late)
+
+
+def _answered_so_far(t: Transcript) -> tuple[int, int]:
+    """A drained session: every region announced got its final before the 1001."""
+    announced = len(t.of_type("inactive"))
+    finals = len(t.finals(0))
+    assert finals == announced and len(t.of_type("active")) == announced, t.messages
+    return finals, 0
+
+
+def test_a_killed_instance_drops_its_sessions_and_the_client_reconnects_through_the_balancer(
+        pair: tuple[Server, Server, Balancer], tmp_path: Path) -> None:
+    a, b, lb = pair
+    s = speech(SENTENCES, gap_s=0.8)
+    wav = tmp_path / "speech.wav"
+    soundfile.write(wav, s.samples, 16000, subtype="PCM_16")
+    client = subprocess.Popen([sys.executable, "-m", "client.stream", "-i", str(wav), "--addr", lb.ws(),
+                               "--real-time"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: active_sessions(a) + active_sessions(b) >= 1, 10)
+    victim, other = (a, b) if active_sessions(a) >= 1 else (b, a)
+    steps = stream_steps(s.samples[None, :], 16000, False)
+    others: list[Transcript] = []
+    children = victim.descendants()
+
+    def kill_later() -> None:
+        time.sleep(2.0)
+        victim.signal(signal.SIGKILL)
+
+    t = threading.Thread(target=kill_later)
+    t.start()
+    others = asyncio.run(sessions(lb.ws(), steps, 10, stagger_s=0.1))
+    t.join()
+    out, err = client.communicate(timeout=90)
+    assert client.returncode == 0, err
+    assert "connection lost (close code 1006): reconnecting" in err
+    assert "reconnected 1 times" in out and out.count('"is_final": true') >= 3
+    codes = sorted(x.close_code or 0 for x in others)
+    assert set(codes) <= {1000, 1006}, codes
+    for x in others:
+        if x.close_code == 1000:  # on the instance that lived: untouched
+            assert check_regions_answered(x, 0) == (3, 0)
+    assert other.health()[0] == 200
+    assert alive(children) == []
