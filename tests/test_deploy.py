@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +160,64 @@ def test_a_killed_instance_drops_its_sessions_and_the_client_reconnects_through_
             assert check_regions_answered(x, 0) == (3, 0)
     assert other.health()[0] == 200
     assert alive(children) == []
+
+
+def test_the_kubernetes_manifests_validate_against_a_current_kubernetes() -> None:
+    import kubernetes_validate
+    import yaml
+
+    docs = [d for f in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+            for d in yaml.safe_load_all(f.read_text()) if d]
+    assert {d["kind"] for d in docs} == {"Deployment", "Service", "PodDisruptionBudget"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.37.0", strict=True)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/api/v1/health"
+    assert pod["terminationGracePeriodSeconds"] >= 10 + 5 * 4 + 3  # drain, each role's stop, the pre-stop pause
+    shm = next(v for v in pod["volumes"] if v["name"] == "shm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+
+
+def test_the_load_balancer_and_prometheus_configurations_are_valid() -> None:
+    assert subprocess.run(["haproxy", "-c", "-q", "-f", str(ROOT / "deploy" / "haproxy.cfg")]).returncode == 0
+    for f in ("prometheus.yml", "prometheus-instances.yml"):
+        out = subprocess.run(["promtool", "check", "config", str(ROOT / "deploy" / f)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_prometheus_finds_every_instance_in_a_targets_file_and_grafana_splits_by_instance(
+        pair: tuple[Server, Server, Balancer], tmp_path: Path) -> None:
+    import json
+
+    a, b, _ = pair
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    config = (ROOT / "deploy" / "prometheus-instances.yml").read_text().replace('"targets/*.json"',
+                                                                                   f'"{targets}/*.json"')
+    (tmp_path / "prometheus.yml").write_text(config.replace("scrape_interval: 5s", "scrape_interval: 1s"))
+    port = free_port()
+    prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--web.listen-address=127.0.0.1:{port}", f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # An instance appears by writing its file: no restart, no hand-kept list.
+        (targets / "a.json").write_text(json.dumps([{"targets": [f"127.0.0.1:{a.port}"]}]))
+        (targets / "b.json").write_text(json.dumps([{"targets": [f"127.0.0.1:{b.port}"]}]))
+
+        def instances() -> set[str]:
+            q = urllib.parse.urlencode({"query": 'sum by (instance) (process_cpu_seconds_total{role="front"})'})
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?{q}", timeout=5) as r:
+                    return {x["metric"]["instance"] for x in json.loads(r.read())["data"]["result"]}
+            except OSError:
+                return set()
+
+        wait_for(lambda: instances() == {f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"}, 60)
+    finally:
+        prom.terminate()
+        prom.wait(10)
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert all("sum by (" not in e or "sum by (instance" in e for e in exprs), exprs
