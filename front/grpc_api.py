@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from grpc_reflection.v1alpha import reflection
 
 from api import streamer_pb2 as pb
 from api import streamer_pb2_grpc as pb_grpc
@@ -207,6 +208,9 @@ async def serve(cfg: Config, link: FrontLink, live: Live) -> grpc.aio.Server | N
         ("grpc.keepalive_permit_without_calls", 1),
     ])
     pb_grpc.add_StreamerServicer_to_server(Servicer(cfg, link, live), server)  # type: ignore[no-untyped-call]
+    # Reflection: generic tools (grpcurl, grpc_requests, Postman) can call it without the .proto.
+    reflection.enable_server_reflection((pb.DESCRIPTOR.services_by_name["Streamer"].full_name,
+                                         reflection.SERVICE_NAME), server)
     server.add_insecure_port(f"{cfg.server.host}:{cfg.server.grpc_port}")
     await server.start()
     log.info("gRPC on %s:%d", cfg.server.host, cfg.server.grpc_port)

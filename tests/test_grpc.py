@@ -124,3 +124,22 @@ def test_the_client_script_speaks_grpc(srv: Server, tmp_path: Path) -> None:
                           "--route", "simple", "--token", "s3cret"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count('"type": "segment"') == 4 and "close code OK" in out.stdout
+
+
+def test_a_generic_client_calls_it_by_reflection_without_the_proto(srv: Server) -> None:
+    """grpc_requests (a generic client: it learns the service from the server's reflection) with
+    plain dictionaries, audio as base64, as grpcurl would take JSON."""
+    import base64
+
+    from grpc_requests import Client
+
+    from audio import pcm_bytes
+
+    client = Client.get_by_endpoint(srv.grpc)
+    assert "streamer.v1.Streamer" in client.service_names
+    data = pcm_bytes(noise(1.5)[None, :], False)
+    requests = [{"start": {"format": {"channels": 1, "sample_rate": 16000, "bit_depth": 16}}},
+                *({"audio": base64.b64encode(data[i : i + 8000]).decode()} for i in range(0, len(data), 8000)),
+                {"stop": {"disconnect": True}}]
+    replies = list(client.request("streamer.v1.Streamer", "Simple", iter(requests), metadata=[("token", "s3cret")]))
+    assert [r["output"]["count"] for r in replies] == [8000, 8000, 8000]
