@@ -58,6 +58,7 @@ class ModelActor(Actor):
         self._points: list[Point] = []  # checkpoints of sequential streams, for the same Done
         self._last_hello = -READY_EVERY_S
         self.streams = Streams(self.model) if isinstance(self.model, models.StreamModel) else None
+        self.max_batch = models.batch_limit(self.model, self.cfg.model.max_batch)
 
     def stats(self) -> dict[str, object]:
         return self.meter.summary()
@@ -78,7 +79,7 @@ class ModelActor(Actor):
         if now - self._last_hello >= READY_EVERY_S:
             self._last_hello = now
             self.emit(SEGMENTER_CONTROL, Ready(self.place.slot, self.pid, self.cfg.model.max_inflight,
-                                               max(1, self.cfg.model.max_batch)))
+                                               self.max_batch))
 
     def _answer(self, batch: list[tuple[Work, bytes | None]]) -> None:
         todo = [(w, np.frombuffer(slab, np.float32, w.at.nbytes // 4, w.at.offset) if slab is not None else NO_AUDIO)

@@ -58,6 +58,19 @@ def test_a_packet_is_one_model_call_answered_to_each_front_before_the_credit_ret
     assert rig.pools["segmenter"].used_slots() == 0  # read and released before the call
 
 
+@pytest.mark.parametrize(("delay", "max_batch"), [(0.0, 1), (0.02, 8)])
+def test_the_slot_asks_for_batches_only_when_its_model_gains_from_them(delay: float, max_batch: int) -> None:
+    """A batch runs on one actor, its pieces one after another: a model with no cost per call
+    takes one piece at a time, so waiting pieces spread over the actors as a pool's would."""
+    r = make(delay=delay)
+    try:
+        r.turn()
+        (hello,) = r.sent(SEGMENTER_CONTROL, Ready)
+        assert hello.max_batch == max_batch == min(max_batch, r.cfg.model.max_batch)
+    finally:
+        r.close()
+
+
 def test_no_credit_returns_while_a_result_cannot_reach_its_front(rig: Rig) -> None:
     rig.turn()
     rig.sent(SEGMENTER_CONTROL)

@@ -19,7 +19,18 @@ import importlib
 from importlib import metadata
 from typing import Any
 
-from actors.models.base import BatchModel, Final, Model, ModelError, Partial, Said, Snapshots, StreamModel, run_batch
+from actors.models.base import (
+    BatchModel,
+    Final,
+    Model,
+    ModelError,
+    Partial,
+    Said,
+    Snapshots,
+    StreamModel,
+    batch_limit,
+    run_batch,
+)
 
 ENTRY_POINTS = "streamer.models"
 BUILT_IN = ("fake", "pocketsphinx")
@@ -60,5 +71,5 @@ def installed() -> list[str]:
     return sorted(ep.name for ep in metadata.entry_points(group=ENTRY_POINTS))
 
 
-__all__ = ["BatchModel", "Final", "Model", "ModelError", "Partial", "Said", "Snapshots", "StreamModel", "build",
-           "installed", "resolve", "run_batch"]
+__all__ = ["BatchModel", "Final", "Model", "ModelError", "Partial", "Said", "Snapshots", "StreamModel",
+           "batch_limit", "build", "installed", "resolve", "run_batch"]

@@ -5,8 +5,10 @@
   client's result. Used by the segmented and simple routes.
 * **Batched** (`BatchModel`): also `process_batch(items)`; a model that gains from doing
   several pieces at once (a GPU kernel launch, an ONNX session call, any fixed cost per call)
-  gets every item of a packet in one call (up to `[model] max_batch`, whatever was waiting:
-  the dispatcher never waits to fill a batch). `run_batch` is how the actor calls either.
+  gets every item of a packet in one call (up to `[model] max_batch`, or its own `max_batch`
+  attribute if smaller, whatever was waiting: the dispatcher never waits to fill a batch).
+  A model without a batch call gets one piece per call, spread over the actors. `run_batch`
+  is how the actor calls either.
 * **Stateful per stream** (`StreamModel`): `open()` a stream's state, `feed(state, audio, at)`
   every piece of its audio in order (`at`: the piece's first sample in the stream), getting
   `Partial` and `Final` outputs, and `close(state, at)` at its end. The sequential route
@@ -49,6 +51,16 @@ class BatchModel(Protocol):
     def process_batch(self, items: list[tuple[Audio, bool | None]]) -> list[dict[str, Any] | ModelError]:
         """Run on several pieces at once; one output (or the error for that piece) per item, in order."""
         ...
+
+
+def batch_limit(model: Model, configured: int) -> int:
+    """Pieces per call a model actor asks for: `[model] max_batch` for a model with a batch call,
+    capped by its own `max_batch` attribute if it has one; 1 for any other. Pieces of one
+    packet run one after another on one actor, so for a model that gains nothing from a batch
+    a packet of several would keep the later ones waiting while another actor could take them."""
+    if not isinstance(model, BatchModel):
+        return 1
+    return max(1, min(configured, getattr(model, "max_batch", configured)))
 
 
 def run_batch(model: Model, items: list[tuple[Audio, bool | None]]) -> list[dict[str, Any] | Exception]:

@@ -54,6 +54,12 @@ class FakeModel:
         self._calls = 0
         self.final_every = max(1, round(final_every_s * 16000))
 
+    @property
+    def max_batch(self) -> int:
+        """Its batch call saves only the per-call `delay`: without one, pieces go one per call, to
+        whichever actor is free, as a pool's would."""
+        return 1 << 16 if self.delay > 0 else 1
+
     def cost(self, samples: int) -> float:
         """Seconds one call on `samples` samples in all will take (without the random parts)."""
         base = self.delay + self.constant_factor * samples / 16000
