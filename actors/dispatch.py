@@ -8,10 +8,11 @@ actor never sits on work an idle one could do, and every item handed out is reme
 until its `Done` comes back.
 
 The queue. Finals (and the simple route's chunks) go out in arrival order, ahead of every
-interim. A channel has at most one interim waiting: a newer one replaces it (it covers the
-same region and more), and the region's final drops it; both are counted
-(`streamer_interims_superseded_total`). So when the models fall behind, interims thin out
-and finals keep their pace. A final is never dropped.
+interim, in calls of their own. Interims go only to a slot beside which another stays idle
+(when there are several), so a final never waits behind a call of interims. A channel has
+at most one interim waiting: a newer one replaces it (it covers the same region and more),
+and the region's final drops it; both are counted (`streamer_interims_superseded_total`).
+So when the models fall behind, interims thin out and finals keep their pace. A final is never dropped.
 
 Audio waits in this process's memory until its item is dispatched; then the packet's items
 are written into one allocation of the segmenter's pool, which the model releases as soon as
@@ -221,12 +222,22 @@ class Dispatcher:
             slot = self._pick()
             if slot is None:
                 return
+            finals = bool(self._finals)
+            if not finals and not self._spare_beside(slot):
+                return
+            waiting = len(self._finals) if finals else len(self._interims)
             idle = sum(1 for s in self.slots if s.pid and not s.batches and s.capacity) or 1
-            items = self._take(min(slot.max_batch, -(-self.queued // idle)))
+            items = self._take(min(slot.max_batch, -(-waiting // idle)), finals)
             if not self._hand(slot, items):
                 self._put_back(items)
                 if slot.capacity:  # the pool is full until models read what they were given
                     return
+
+    def _spare_beside(self, slot: Slot) -> bool:
+        """Whether interims may go to `slot`: only if another live slot stays idle for the next
+        final, so a final never waits behind a call of interims (one slot: no choice)."""
+        live = [s for s in self.slots if s.pid and s.capacity]
+        return len(live) <= 1 or any(s is not slot and not s.batches for s in live)
 
     def _hand(self, slot: Slot, items: list[Item]) -> bool:
         """One packet of `items` to `slot`; False if it could not go (the pool is full, or the slot
@@ -249,16 +260,17 @@ class Dispatcher:
         free = [s for s in self.slots if s.pid and len(s.batches) < s.capacity]
         return min(free, key=lambda s: len(s.batches)) if free else None
 
-    def _take(self, limit: int) -> list[Item]:
-        """Up to `limit` waiting items, finals first; a suspect (an item whose actor died running
-        it) goes alone, and nothing joins a batch behind one."""
+    def _take(self, limit: int, finals: bool) -> list[Item]:
+        """Up to `limit` waiting finals, or if `finals` is False interims: a final shares its call
+        with finals only, so no interim's work stands between it and its result. A suspect (an
+        item whose actor died running it) goes alone, and nothing joins a batch behind one."""
         out: list[Item] = []
-        while len(out) < limit and self.queued:
-            item = self._finals[0] if self._finals else next(iter(self._interims.values()))
+        while len(out) < limit and (self._finals if finals else self._interims):
+            item = self._finals[0] if finals else next(iter(self._interims.values()))
             suspect = item.work.attempt > 1
             if out and suspect:
                 break
-            if self._finals:
+            if finals:
                 self._finals.popleft()
             else:
                 del self._interims[item.channel_key]

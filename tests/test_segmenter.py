@@ -110,6 +110,29 @@ def test_finals_go_ahead_of_interims_and_one_interim_per_channel_waits(rig: Rig)
     assert [w.kind for w in packet.items if isinstance(w, Work)] == ["final", "final"]
 
 
+def test_interims_leave_a_slot_free_so_a_final_never_waits_behind_them(rig: Rig) -> None:
+    """Two slots: interims of two open regions run on one of them at most, and when a region
+    ends its final goes at once to the other, in a call of its own."""
+    ready(rig, 0, 100, capacity=1, max_batch=8)
+    ready(rig, 1, 200, capacity=1, max_batch=8)
+    sp = speech(TWO[:1])
+    mid = int((sp.truth[0][0] + 1.6) * 16000)  # 1.6 s into the sentence: interims at 0.5 and 1 s
+    stream_in(rig, sp.samples[:mid], stream="s-2", interim=True, close=False)
+    stream_in(rig, sp.samples[:mid], stream="s-1", interim=True, close=False)
+    running = work_packets(rig, 0) + work_packets(rig, 1)
+    assert len(running) == 1 and {w.kind for w in running[0].items if isinstance(w, Work)} == {"interim"}
+    d = rig.actor.dispatcher  # type: ignore[attr-defined]
+    busy = 0 if d.slots[0].batches else 1
+    assert d.queued == 2  # each stream's newest interim waits
+    for i in range(mid, sp.samples.shape[0], 1600):  # s-1's region ends
+        piece = np.ascontiguousarray(sp.samples[i : i + 1600], np.float32)
+        rig.put("segmenter", Frames("s-1", 1, piece.shape[0], NOWHERE), audio=[piece], pool="decoder")
+        rig.turn()
+    assert work_packets(rig, busy) == []
+    (packet,) = work_packets(rig, 1 - busy)
+    assert [(w.stream, w.kind) for w in packet.items if isinstance(w, Work)] == [("s-1", "final")]
+
+
 def test_work_of_a_dead_model_is_redone_elsewhere_and_only_the_running_packet_spends_an_attempt(rig: Rig) -> None:
     ready(rig, 0, 100, capacity=2, max_batch=1)
     stream_in(rig, speech(TWO).samples)
