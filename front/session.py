@@ -267,14 +267,17 @@ class Session:
 
     async def _wait_for_room(self, stream: Stream) -> None:
         limits = self.cfg.limits
-        since = moved_at = self._loop.time()
+        last = moved_at = self._loop.time()
         while self.phase is Phase.STREAMING and stream.failed is None:
+            now = self._loop.time()
+            stream.held_s += now - last  # summed over waits: a fast client is held many short times
+            last = now
             if self._moved.is_set():
-                moved_at = self._loop.time()
-            elif self._loop.time() - moved_at > limits.stall_timeout_s:  # a safety net: replays heal deaths
+                moved_at = now
+            elif now - moved_at > limits.stall_timeout_s:  # a safety net: replays heal deaths
                 raise ProtocolError(f"the server made no progress on this stream for {limits.stall_timeout_s:g} s",
                                     protocol.INTERNAL)
-            if not stream.warned_held and self._loop.time() - since >= limits.held_warning_s:
+            if not stream.warned_held and stream.held_s >= limits.held_warning_s:
                 stream.warned_held = True
                 self._say(protocol.warning(
                     f"held back for {limits.held_warning_s:g} s: the stream is sending audio faster than the "

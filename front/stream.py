@@ -41,6 +41,7 @@ class Stream:
     answered_s: float = 0.0  # audio up to here is taken in and every result covering it released
     peak_inflight_s: float = 0.0
     replays: int = 0
+    held_s: float = 0.0  # time its audio waited in the front for room, over the stream's life
     warned_held: bool = False  # told it is held back (once per stream)
     _marks: deque[tuple[float, list[int]]] = field(default_factory=deque)
     _checkpoints: deque[Checkpoint] = field(default_factory=deque)  # not yet usable: finals outstanding
@@ -169,6 +170,6 @@ class Stream:
         self.span.end()  # a no-op for the invalid span of an untraced stream
         PEAK_INFLIGHT.observe(self.peak_inflight_s)
         outcome = self.failed or ("complete" if self.complete else "aborted")
-        log.info("stream ended: %s, %.2f s of audio, peak unanswered %.2f s%s", outcome,
-                 self.fed_bytes / self.bytes_per_s, self.peak_inflight_s,
+        log.info("stream ended: %s, %.2f s of audio, peak unanswered %.2f s, held back %.2f s%s", outcome,
+                 self.fed_bytes / self.bytes_per_s, self.peak_inflight_s, self.held_s,
                  f", replayed {self.replays} times" if self.replays else "")

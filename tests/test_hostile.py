@@ -224,10 +224,11 @@ def test_the_session_length_limit_warns_then_finishes_the_stream(tmp_path: Path)
 
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Models that take 0.2 s per 0.5 s chunk (two of them: ~5 s of audio per second)."""
+    """Models that take 0.4 s per 0.5 s chunk, one chunk per call (two of them: ~2.5 s of audio
+    per second)."""
     srv = Server(tmp_path_factory.mktemp("slow"), env={
-        "STREAMER_MODEL_FAKE_MODE": "sleep", "STREAMER_MODEL_FAKE_DELAY": "0.2",
-        "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0", "STREAMER_LIMITS_MAX_INFLIGHT_AUDIO_S": "3",
+        "STREAMER_MODEL_FAKE_MODE": "sleep", "STREAMER_MODEL_FAKE_DELAY": "0",
+        "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.8", "STREAMER_LIMITS_MAX_INFLIGHT_AUDIO_S": "3",
         "STREAMER_SEGMENTER_CHUNK_S": "0.5"}).start()
     try:
         yield srv
@@ -263,6 +264,10 @@ def test_a_client_faster_than_the_pipeline_is_held_back_and_loses_nothing(slow: 
     peaks = [float(line.rsplit("peak unanswered ", 1)[1].split()[0])
              for line in slow.log().splitlines() if "stream ended: complete, 20.00 s" in line]
     assert peaks and 2.0 < peaks[-1] <= 3.1 + 1e-6, peaks
+    # Each answered chunk lets a few frames in, so no single wait is long, but the stream spent
+    # about 7 s held back in all: it is told so once.
+    held = [m["message"] for m in msgs if m["type"] == "warning"]
+    assert len(held) == 1 and held[0].startswith("held back for 3 s"), held
 
 
 def test_a_client_that_never_reads_is_bounded_and_closed(tmp_path: Path) -> None:
