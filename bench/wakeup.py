@@ -1,0 +1,151 @@
+"""What one message between two processes costs in CPU when messages come at a steady pace.
+
+    python bench/wakeup.py
+
+A hop's throughput (`bench/hop.py`) says what a burst costs; a real-time pipeline sends at
+a pace, and then every message wakes a sleeping receiver (and, with ZeroMQ, the I/O
+threads of both ends). This sends 640-byte messages at fixed rates from one process to
+another over a ZeroMQ PUSH/PULL pair on ipc (as the pipeline's hops do: the receiver polls,
+then drains what is waiting) and over a pipe (`os.write`/`os.read`, the floor for a wake-up
+between processes), and reads both processes' CPU with psutil. The sender's own pacing loop
+is measured alone and taken off. Writes `bench/results/wakeup.md`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import select
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.synchronize import Event
+from pathlib import Path
+
+import psutil
+import zmq
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RATES = (100, 1000, 5000)
+SECONDS = 5.0
+SIZE = 640
+
+
+def cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return t.user + t.system
+
+
+def paced(rate: int, send: Callable[[bytes], object] | None) -> None:
+    """Call `send()` `rate` times a second for SECONDS, then once with None (the end)."""
+    t0 = time.monotonic()
+    k = 0
+    data = b"x" * SIZE
+    while (now := time.monotonic()) - t0 < SECONDS:
+        if send is not None:
+            send(data)
+        k += 1
+        wait = t0 + k / rate - now
+        if wait > 0:
+            time.sleep(wait)
+
+
+def zmq_recv(addr: str, ready: Event) -> None:
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.PULL)
+    s.bind(addr)
+    poller = zmq.Poller()
+    poller.register(s, zmq.POLLIN)
+    ready.set()
+    while True:
+        if poller.poll(100):
+            while int(s.get(zmq.EVENTS)) & zmq.POLLIN:
+                if bytes(s.recv()) == b"end":
+                    return
+
+
+def zmq_send(addr: str, rate: int, ready: Event) -> None:
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.PUSH)
+    s.connect(addr)
+    ready.wait()
+    time.sleep(0.2)
+    paced(rate, s.send)
+    s.send(b"end")
+    time.sleep(0.2)
+
+
+def pipe_recv(fd: int, ready: Event) -> None:
+    ready.set()
+    while True:
+        select.select([fd], [], [], 0.1)
+        if b"E" in os.read(fd, 1 << 16):
+            return
+
+
+def pipe_send(fd: int, rate: int, ready: Event) -> None:
+    ready.wait()
+    time.sleep(0.2)
+    paced(rate, lambda data: os.write(fd, data))
+    os.write(fd, b"E")
+
+
+def idle_send(rate: int) -> None:
+    paced(rate, None)
+
+
+def measure(way: str, rate: int) -> tuple[float, float]:
+    """CPU microseconds per message: receiver, sender (pacing loop taken off)."""
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    with tempfile.TemporaryDirectory() as d:
+        if way == "zmq":
+            addr = f"ipc://{d}/hop"
+            r = ctx.Process(target=zmq_recv, args=(addr, ready))
+            w = ctx.Process(target=zmq_send, args=(addr, rate, ready))
+        elif way == "pipe":
+            rfd, wfd = os.pipe()
+            r = ctx.Process(target=pipe_recv, args=(rfd, ready))
+            w = ctx.Process(target=pipe_send, args=(wfd, rate, ready))
+        else:
+            r = ctx.Process(target=time.sleep, args=(SECONDS + 0.5,))
+            w = ctx.Process(target=idle_send, args=(rate,))
+            ready.set()
+        r.start()
+        w.start()
+        pr, pw = psutil.Process(r.pid), psutil.Process(w.pid)
+        ready.wait()
+        time.sleep(1.0)
+        a, b, t = cpu(pr), cpu(pw), time.monotonic()
+        time.sleep(SECONDS - 2.0)
+        a2, b2, t2 = cpu(pr), cpu(pw), time.monotonic()
+        r.join()
+        w.join()
+    n = rate * (t2 - t)
+    return 1e6 * (a2 - a) / n, 1e6 * (b2 - b) / n
+
+
+def main() -> int:
+    rows = []
+    for rate in RATES:
+        _, pacing = measure("none", rate)
+        for way in ("zmq", "pipe"):
+            recv_us, send_us = measure(way, rate)
+            rows.append((rate, way, recv_us, max(0.0, send_us - pacing)))
+            print(f"{rate:5d} msg/s {way:4s}: receiver {recv_us:6.1f} µs, sender {send_us - pacing:6.1f} µs "
+                  "per message", flush=True)
+    lines = [f"{SIZE}-byte messages at a steady pace, {os.cpu_count()} cores; CPU per message read by psutil "
+             "(the sender's pacing loop, measured alone, taken off)", "",
+             "| rate | way | receiver CPU per message | sender CPU per message | both |",
+             "|---:|---|---:|---:|---:|"]
+    lines += [f"| {rate:,} msg/s | {way} | {r:.0f} µs | {s:.0f} µs | {r + s:.0f} µs |" for rate, way, r, s in rows]
+    text = "\n".join(lines) + "\n"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "wakeup.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
