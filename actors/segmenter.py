@@ -13,7 +13,9 @@ reading their clients.
 
 Twice a second every front hears the load (`Load`): how busy the model actors were over the
 last `LOAD_WINDOW_S`, how much model time a stream costs (each `Done`'s call time is shared
-among its items' streams; the average over streams open at least `MATURE_S`), how long the
+among its items' streams, per second of the stream's audio that its finals have answered:
+known from a stream's first final, a few seconds after it starts speaking, not only once it
+has been open long; the average over the streams it is known for), how long the
 oldest final has waited, how many streams are open. The fronts admit new sessions by it.
 """
 
@@ -66,7 +68,8 @@ _tracer = telemetry.tracer("streamer.segmenter")
 PROGRESS_EVERY_S = 0.5  # how often a front hears how far a stream's audio is taken in
 LOAD_EVERY_S = 0.5
 LOAD_WINDOW_S = 5.0
-MATURE_S = 10.0  # a stream's model demand is known once it has been open this long
+MATURE_S = 10.0  # a stream that has had no final yet this long has a known demand (none)
+LAG_S = 5.0  # how far behind the audio taken in a speaking stream's latest final may lie
 NOWHERE = Slice(0, 0)
 NO_AUDIO = np.zeros(0, np.float32)
 
@@ -85,6 +88,7 @@ class Cuts:
     told_s: float = 0.0  # last `Progress` sent
     opened: float = 0.0
     model_s: float = 0.0  # model call time spent on its items
+    answered_s: float = 0.0  # the end of its latest answered final (stream seconds)
     lost: bool = False  # some of its audio was reclaimed: nothing more until the front's replay
 
     @property
@@ -157,9 +161,13 @@ class Segmenter(Actor):
             watch_pool("segmenter", self.pool.used_slots(), self.pool.spec.nslots)
         return self.meter.summary()
 
-    def per_stream(self, now: float) -> float:
-        """Model call time per second of a stream, over the streams open at least `MATURE_S`."""
-        rates = [s.model_s / (now - s.opened) for s in self.streams.values() if now - s.opened >= MATURE_S]
+    def per_stream(self) -> float:
+        """Model call time per second of a stream's audio. Counted over the audio its finals
+        cover, since a region's model time comes only once the region has ended: per second open,
+        a stream seems free for its first seconds, and a burst of new sessions all got in before
+        any had a cost. A stream that stays quiet counts its silence, less `LAG_S`."""
+        rates = [s.model_s / max(s.answered_s, s.taken_s - LAG_S) for s in self.streams.values()
+                 if s.answered_s > 0 or s.taken_s >= MATURE_S]
         return sum(rates) / len(rates) if rates else 0.0
 
     def accepting(self) -> bool:
@@ -175,6 +183,8 @@ class Segmenter(Actor):
                 for work in done:
                     if (state := self.streams.get(work.stream)) is not None:
                         state.model_s += msg.busy_s / len(done)
+                        if work.kind != "interim":
+                            state.answered_s = max(state.answered_s, work.end_time)
         elif isinstance(msg, Ready):
             self.dispatcher.on_ready(msg)
         elif isinstance(msg, Open):
@@ -317,7 +327,7 @@ class Segmenter(Actor):
             # Capacity counts every model slot, live or restarting: a slot's death lasts a restart
             # (a few hundred ms), and refusing sessions for it would let a client notice it.
             load = Load(len(self.streams), len(self.dispatcher.slots), round(self.busy.share(now), 4),
-                        round(self.per_stream(now), 4), round(self.dispatcher.queue_delay(), 4),
+                        round(self.per_stream(), 4), round(self.dispatcher.queue_delay(), 4),
                         round(self.dispatcher.queued_seconds, 3))
             for front in self._fronts:
                 self.emit(front, load)

@@ -9,8 +9,9 @@ when
   already behind), or
 * the model actors are already busier than `[admission] max_busy` of their time, or one
   more stream would make them so: (streams + 1) x per-stream demand > max_busy x actors.
-  The per-stream demand is learned from streams open long enough to have a history, so a
-  burst of new streams counts in full before any of them has spoken. Sessions this front
+  The per-stream demand is learned from the audio that streams' finals have answered (from a
+  stream's first final on), and a burst of new streams counts in full before any of them
+  has spoken. Sessions this front
   admitted since the last report count as streams already.
 
 So the streams already admitted keep real time: a server past its capacity says "later"

@@ -270,3 +270,19 @@ def test_a_stream_whose_handling_raises_fails_alone_and_the_others_go_on(rig: Ri
                 pool="decoder")
         rig.turn()
     assert [e.kind for e in rig.sent("front-1", Event)] == ["active", "inactive"] * 2
+
+
+def test_a_streams_model_demand_is_known_from_its_first_final(rig: Rig) -> None:
+    """Per second of answered audio, not per second open: a burst of new sessions must not all
+    get in while every stream still looks free (the admission sweep admitted 13 of 24 busy
+    streams, twice what two cores carry, before any stream was old enough to count)."""
+    ready(rig, 0, 100)
+    stream_in(rig, speech(TWO).samples, close=False)  # a few seconds: no clock time passes
+    works = [w for p in work_packets(rig, 0) for w in p.items if isinstance(w, Work)]
+    assert [w.kind for w in works] == ["final", "final"]
+    rig.put(SEGMENTER_CONTROL, Done(0, 100, [w.work_id for w in works], 1.2))
+    rig.clock.advance(LOAD_EVERY_S)
+    rig.turn()
+    load = rig.sent("front-0", Load)[-1]
+    assert load.streams == 1
+    assert load.per_stream == pytest.approx(1.2 / max(w.end_time for w in works), abs=1e-4)

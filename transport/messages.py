@@ -237,8 +237,8 @@ class Load(msgspec.Struct, tag="load", array_like=True):
     """Segmenter -> every front, twice a second: what the model actors are asked to do, for
     admission. `actors` is the number of model slots (live or restarting); `busy` is the model
     actors' wall time spent in model calls per second over the last seconds (1.0 = one actor
-    always busy); `per_stream` the same, per stream, learned
-    from streams open long enough to have a history (0 until there is one); `queue_delay_s`
+    always busy); `per_stream` the model time a stream costs per second of
+    its audio, learned from each stream's answered finals (0 until there is one); `queue_delay_s`
     is how long the oldest final has waited for an actor."""
 
     streams: int
