@@ -10,6 +10,7 @@ process and its own CPU is reported beside, not counted.
     python bench/load.py capacity            # busy-CPU model, streams kept in real time
     python bench/load.py capacity-interim    # the same, every session asking for interims
     python bench/load.py batching            # a model with a per-call cost, batched or not
+    python bench/load.py batching-launch     # the same, the per-call cost dominating
     python bench/load.py admission           # twice the capacity offered
     python bench/load.py overhead --streams 50,100 --systems ours,process --seconds 30
 
@@ -88,6 +89,10 @@ SCENARIOS = {
                          {"STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.02", "STREAMER_MODEL_FAKE_DELAY": "0.02"},
                          interim=True, ours_env=dict(NO_ADMISSION),
                          note="20 ms per model call plus 0.02 CPU-s per audio second"),
+    "batching-launch": Scenario(["ours", "ours-unbatched"], [10, 20, 30, 40, 60],
+                                {"STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.01", "STREAMER_MODEL_FAKE_DELAY": "0.1"},
+                                interim=True, ours_env=dict(NO_ADMISSION),
+                                note="100 ms per model call plus 0.01 CPU-s per audio second (a launch-bound model)"),
     "capacity-light": Scenario(["ours", "process"], [20, 30, 40, 50, 60], LIGHT_MODEL, ours_env=dict(NO_ADMISSION),
                                note="fake model burning 0.05 CPU-s per audio second, one worker per core"),
     "capacity-asr": Scenario(["ours"], [2, 3, 4, 5, 6, 8], {"STREAMER_MODEL_NAME": "pocketsphinx"},

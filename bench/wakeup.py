@@ -76,16 +76,21 @@ def zmq_send(addr: str, rate: int, ready: Event) -> None:
     time.sleep(0.2)
 
 
-def pipe_recv(fd: int, ready: Event) -> None:
+def pipe_recv(path: str, ready: Event) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO by name: spawned children inherit no fds
     ready.set()
     while True:
         select.select([fd], [], [], 0.1)
-        if b"E" in os.read(fd, 1 << 16):
-            return
+        try:
+            if b"E" in os.read(fd, 1 << 16):
+                return
+        except BlockingIOError:
+            pass
 
 
-def pipe_send(fd: int, rate: int, ready: Event) -> None:
+def pipe_send(path: str, rate: int, ready: Event) -> None:
     ready.wait()
+    fd = os.open(path, os.O_WRONLY)
     time.sleep(0.2)
     paced(rate, lambda data: os.write(fd, data))
     os.write(fd, b"E")
@@ -105,9 +110,10 @@ def measure(way: str, rate: int) -> tuple[float, float]:
             r = ctx.Process(target=zmq_recv, args=(addr, ready))
             w = ctx.Process(target=zmq_send, args=(addr, rate, ready))
         elif way == "pipe":
-            rfd, wfd = os.pipe()
-            r = ctx.Process(target=pipe_recv, args=(rfd, ready))
-            w = ctx.Process(target=pipe_send, args=(wfd, rate, ready))
+            fifo = f"{d}/hop"
+            os.mkfifo(fifo)
+            r = ctx.Process(target=pipe_recv, args=(fifo, ready))
+            w = ctx.Process(target=pipe_send, args=(fifo, rate, ready))
         else:
             r = ctx.Process(target=time.sleep, args=(SECONDS + 0.5,))
             w = ctx.Process(target=idle_send, args=(rate,))
