@@ -4,7 +4,7 @@ Three ways to hand N bytes from one process to another, each measured the way th
 pipeline uses it (the receiver ends up with its own copy of the bytes):
 
 * ``shm``    the project's ``BufferPool``: the sender copies the bytes into a slot and
-             sends a ``PcmChunk`` descriptor over ZeroMQ PUSH/PULL (ipc://); the receiver
+             sends a ``Packet`` with one ``Pcm`` descriptor over ZeroMQ PUSH/PULL (ipc://); the receiver
              copies them out and releases the slot. A full pool makes the sender wait.
 * ``zmq``    the same bytes inline in a ZeroMQ message over the same ipc:// socket
              (zero-copy send for large payloads, as pyzmq recommends).
@@ -36,7 +36,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from transport.messages import PcmChunk, decode, encode
+from transport.messages import Packet, Pcm, Slice, decode, encode
 from transport.shm import BufferPool, PoolFull, PoolSpec
 
 SIZES = {"640 B": 640, "64 KB": 64 * 1024, "2 MB": 2 * 1024 * 1024}
@@ -87,7 +87,7 @@ class Hop:
                 break
             except PoolFull:
                 time.sleep(20e-6)  # backpressure: wait for the receiver to release
-        self.sock.send(encode(PcmChunk(stream=str(stamp), seq=0, buf=ref)))
+        self.sock.send(encode(Packet(ref, [Pcm(str(stamp), Slice(0, len(payload)))])))
 
     def close(self) -> None:
         if self.sock is not None:
@@ -120,12 +120,13 @@ def _receiver(kind: str, workdir: str, run_id: str, queue: Any, count: int, ack:
             data = frame.bytes
         else:
             assert sock is not None
-            msg = decode(sock.recv())
-            assert isinstance(msg, PcmChunk)
+            packet = decode(sock.recv())
+            (msg,) = packet.items
+            assert isinstance(msg, Pcm) and packet.slab is not None
             if pool is None:
                 pool = BufferPool.attach(PoolSpec("bench", SLOT, SLOTS), run_id)
-            data = pool.read_bytes(msg.buf)
-            pool.release(msg.buf)
+            data = pool.read_bytes(packet.slab)  # msg.at is the whole slab: one payload
+            pool.release(packet.slab)
             stamp = int(msg.stream)
         latencies.append(_now() - stamp)
         del data
