@@ -79,13 +79,16 @@ def zmq_send(addr: str, rate: int, ready: Event) -> None:
 def pipe_recv(path: str, ready: Event) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO by name: spawned children inherit no fds
     ready.set()
+    heard = False
     while True:
         select.select([fd], [], [], 0.1)
         try:
-            if b"E" in os.read(fd, 1 << 16):
-                return
+            data = os.read(fd, 1 << 16)
         except BlockingIOError:
-            pass
+            continue
+        if b"E" in data or (heard and not data):  # the end, or the sender is gone
+            return
+        heard = heard or bool(data)
 
 
 def pipe_send(path: str, rate: int, ready: Event) -> None:
@@ -107,16 +110,16 @@ def measure(way: str, rate: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as d:
         if way == "zmq":
             addr = f"ipc://{d}/hop"
-            r = ctx.Process(target=zmq_recv, args=(addr, ready))
-            w = ctx.Process(target=zmq_send, args=(addr, rate, ready))
+            r = ctx.Process(target=zmq_recv, args=(addr, ready), daemon=True)
+            w = ctx.Process(target=zmq_send, args=(addr, rate, ready), daemon=True)
         elif way == "pipe":
             fifo = f"{d}/hop"
             os.mkfifo(fifo)
-            r = ctx.Process(target=pipe_recv, args=(fifo, ready))
-            w = ctx.Process(target=pipe_send, args=(fifo, rate, ready))
+            r = ctx.Process(target=pipe_recv, args=(fifo, ready), daemon=True)
+            w = ctx.Process(target=pipe_send, args=(fifo, rate, ready), daemon=True)
         else:
-            r = ctx.Process(target=time.sleep, args=(SECONDS + 0.5,))
-            w = ctx.Process(target=idle_send, args=(rate,))
+            r = ctx.Process(target=time.sleep, args=(SECONDS + 0.5,), daemon=True)
+            w = ctx.Process(target=idle_send, args=(rate,), daemon=True)
             ready.set()
         r.start()
         w.start()
