@@ -68,8 +68,8 @@ _tracer = telemetry.tracer("streamer.segmenter")
 PROGRESS_EVERY_S = 0.5  # how often a front hears how far a stream's audio is taken in
 LOAD_EVERY_S = 0.5
 LOAD_WINDOW_S = 5.0
-MATURE_S = 10.0  # a stream that has had no final yet this long has a known demand (none)
 LAG_S = 5.0  # how far behind the audio taken in a speaking stream's latest final may lie
+MIN_ANSWERED_S = 2.0  # audio behind a stream before its demand counts (a region or two)
 NOWHERE = Slice(0, 0)
 NO_AUDIO = np.zeros(0, np.float32)
 
@@ -165,10 +165,16 @@ class Segmenter(Actor):
         """Model call time per second of a stream's audio. Counted over the audio its finals
         cover, since a region's model time comes only once the region has ended: per second open,
         a stream seems free for its first seconds, and a burst of new sessions all got in before
-        any had a cost. A stream that stays quiet counts its silence, less `LAG_S`."""
-        rates = [s.model_s / max(s.answered_s, s.taken_s - LAG_S) for s in self.streams.values()
-                 if s.answered_s > 0 or s.taken_s >= MATURE_S]
-        return sum(rates) / len(rates) if rates else 0.0
+        any had a cost. A stream that stays quiet counts its silence, less `LAG_S`. Pooled over
+        the streams with at least `MIN_ANSWERED_S` behind them, so that a stream of a few
+        samples and one call cannot make every stream look expensive."""
+        model = audio = 0.0
+        for s in self.streams.values():
+            seconds = max(s.answered_s, s.taken_s - LAG_S)
+            if seconds >= MIN_ANSWERED_S:
+                model += s.model_s
+                audio += seconds
+        return model / audio if audio else 0.0
 
     def accepting(self) -> bool:
         return self.dispatcher.queued_seconds < self.cfg.segmenter.max_pending_s

@@ -83,6 +83,11 @@ async def streamer(url: str, until: float, stats: dict[str, int], errors: list[s
             frames = len(pcm) // loadgen.FRAME_BYTES
             s = await loadgen.one_session(http, url, pcm, rng.randrange(frames) * loadgen.FRAME_BYTES,
                                           time.monotonic(), min(60.0, max(1.0, until - time.monotonic())), False)
+            if s.refused:  # the server is busy: a client comes back after Retry-After, not at once
+                stats["refused"] += 1
+                errors.append(s.errors[-1])
+                await asyncio.sleep(1.0)
+                continue
             stats["streams"] += 1
             stats["finals"] += len(s.finals)
             errors += s.errors
@@ -111,7 +116,7 @@ def main() -> int:
     args = parser.parse_args()
     seconds = args.minutes * 60
     warm = max(120.0, seconds / 6)
-    stats = {"streams": 0, "finals": 0}
+    stats = {"streams": 0, "finals": 0, "refused": 0}
     errors: list[str] = []
     kills: list[int] = []
     samples: list[Sample] = []
@@ -128,7 +133,7 @@ def main() -> int:
                     last = samples[-1]
                     print(f"{last.at:6.0f} s: rss {sum(last.rss.values()) / 2**20:.1f} MiB, "
                           f"fds {sum(last.fds.values())}, shm {last.shm}, streams {stats['streams']}, "
-                          f"errors {len(errors)}, kills {len(kills)}", flush=True)
+                          f"refused {stats['refused']}, errors {len(errors)}, kills {len(kills)}", flush=True)
 
             threads = [threading.Thread(target=watch, daemon=True),
                        threading.Thread(target=killer, args=(system, args.kill_every, stop, kills), daemon=True)]
@@ -159,7 +164,8 @@ def main() -> int:
                     f"| {last.fds[name]} |")
     text = (f"soak: {args.minutes:g} min, {args.sessions} real-time sessions, a model actor SIGKILLed every "
             f"{args.kill_every:g} s ({len(kills)} kills); {stats['streams']} streams, {stats['finals']} finals, "
-            f"{len(errors)} errors; warm-up {warm:.0f} s; shm segments {first.shm} -> {last.shm}; largest RSS "
+            f"{stats['refused']} refused, {len(errors)} errors (refusals included); warm-up {warm:.0f} s; "
+            f"shm segments {first.shm} -> {last.shm}; largest RSS "
             f"growth of a process that was never killed: {worst:+.1f} %\n\n" + "\n".join(rows) + "\n")
     print(text)
     if errors:
