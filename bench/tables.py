@@ -22,10 +22,14 @@ def short(rows: list[dict[str, Any]]) -> str:
              "| interims/session | refused | errors |",
              "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["streams"], r["system"] != "ours", r["system"])):
+        # Whether the sessions that got in kept real time (load.py's own rule also wants none
+        # refused; only the admission scenario refuses, and there the admitted ones are the point).
+        ok = r["voiced_p99"] is not None and r["voiced_p99"] <= r["bound_s"] and not r["errors"] \
+            and not r["incomplete"]
         p50 = "-" if r["voiced_p50"] is None else f"{r['voiced_p50']:.2f} s"
         p99 = "-" if r["voiced_p99"] is None else f"{r['voiced_p99']:.2f} s"
         lines.append(f"| {r['streams']} | {r['system']} | {r['cpu_per_stream_pct']:.2f} | {p50} | {p99} "
-                     f"| {r['bound_s']:.2f} s | {'**yes**' if r['keeps_real_time'] else 'no'} | {r['finals']} "
+                     f"| {r['bound_s']:.2f} s | {'**yes**' if ok else 'no'} | {r['finals']} "
                      f"| {r['interims_per_session']:.1f} | {r['refused']} | {r['errors']} |")
     return "\n".join(lines) + "\n"
 
