@@ -12,7 +12,8 @@ when
   The per-stream demand is learned from the audio that streams' finals have answered (from a
   stream's first final on), and a burst of new streams counts in full before any of them
   has spoken. Sessions this front
-  admitted since the last report count as streams already.
+  admitted since the last report count as streams already, and those that ended since
+  as gone.
 
 So the streams already admitted keep real time: a server past its capacity says "later"
 to newcomers instead of making everyone late. Before there is anything to measure (no report
@@ -45,10 +46,15 @@ class Admission:
         room = self.max_busy * load.actors
         if load.busy > room:
             return f"the models are at capacity ({100 * load.busy / max(1, load.actors):.0f}% busy)"
-        streams = load.streams + self._since_report
+        streams = max(0, load.streams + self._since_report)
         if load.per_stream > 0 and (streams + 1) * load.per_stream > room:
             return f"the models are at capacity ({streams} streams at {load.per_stream:.2f} model-s/s each)"
         return None
 
     def admitted(self) -> None:
         self._since_report += 1
+
+    def ended(self) -> None:
+        """A session of this front is over: the last report may still count its stream, and
+        counting it beside the newcomers refused clients at every turnover of sessions."""
+        self._since_report -= 1

@@ -165,17 +165,16 @@ def stream_route(route: Route) -> Any:
             seat.release()  # the session is over for the client: its seat is free while we linger
             await asyncio.sleep(LINGER_S)
             return ws
-        live.admission.admitted()
         SESSIONS.inc()
         SESSIONS_TOTAL.inc()
         transport = request.transport
         session = Session(WebSocketWire(ws), request.app[LINK], route, cfg,
                           authenticated=not cfg.security.token or offered is not None)
-        live.sessions.add(session)
+        live.enter(session)
         try:
             await session.run()
         finally:
-            live.sessions.discard(session)
+            live.leave(session)
             seat.release()
             SESSIONS.dec()
             if transport is not None:

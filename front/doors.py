@@ -49,6 +49,15 @@ class Live:
             raise self._refuse("session_limit", f"server is at its session limit ({self.max_sessions})")
         return seat
 
+    def enter(self, session: Session) -> None:
+        """An admitted session starts: it counts for admission until the next load report."""
+        self.sessions.add(session)
+        self.admission.admitted()
+
+    def leave(self, session: Session) -> None:
+        self.sessions.discard(session)
+        self.admission.ended()
+
     @staticmethod
     def _refuse(reason: str, text: str) -> Refused:
         REFUSED.labels(reason).inc()

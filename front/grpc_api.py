@@ -164,10 +164,9 @@ class Servicer(pb_grpc.StreamerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, e.text, (("retry-after", str(RETRY_AFTER_S)),))
         wire = GrpcWire(requests)
         session = Session(wire, self.link, route, cfg, authenticated=not cfg.security.token or offered is not None)
-        self.live.admission.admitted()
         SESSIONS.inc()
         SESSIONS_TOTAL.inc()
-        self.live.sessions.add(session)
+        self.live.enter(session)
         running = asyncio.ensure_future(session.run())
         try:
             with seat:
@@ -176,7 +175,7 @@ class Servicer(pb_grpc.StreamerServicer):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(running), cfg.limits.send_timeout_s)
         finally:
-            self.live.sessions.discard(session)
+            self.live.leave(session)
             SESSIONS.dec()
             if not running.done():
                 running.cancel()
