@@ -15,7 +15,7 @@ Twice a second every front hears the load (`Load`): how busy the model actors we
 last `LOAD_WINDOW_S`, how much model time a stream costs (each `Done`'s call time is shared
 among its items' streams, per second of the stream's audio that its finals have answered:
 known from a stream's first final, a few seconds after it starts speaking, not only once it
-has been open long; the average over the streams it is known for), how long the
+has been open long; pooled over the streams it is known for), how long the
 oldest final has waited, how many streams are open. The fronts admit new sessions by it.
 """
 
@@ -86,7 +86,6 @@ class Cuts:
     work_trace: str | None = None  # what each `Work` carries: the segment span's traceparent
     taken_s: float = 0.0  # audio consumed so far (seconds per channel)
     told_s: float = 0.0  # last `Progress` sent
-    opened: float = 0.0
     model_s: float = 0.0  # model call time spent on its items
     answered_s: float = 0.0  # the end of its latest answered final (stream seconds)
     lost: bool = False  # some of its audio was reclaimed: nothing more until the front's replay
@@ -218,7 +217,7 @@ class Segmenter(Actor):
         state = self.streams[msg.stream] = Cuts(msg, cutters_for(msg, self.cfg), [c.finals for c in cp.channels],
                                                 [c.events for c in cp.channels], span,
                                                 telemetry.traceparent_of(span) or msg.trace, taken_s=taken,
-                                                told_s=taken, opened=self.clock.now())
+                                                told_s=taken)
         if msg.route == "sequential":  # the model's state for each channel, from scratch or the checkpoint's
             for ch, c in enumerate(cp.channels):
                 self._sequential(msg.stream, state, ch, "restore", c.sample, c.sample, None, seq=c.finals,

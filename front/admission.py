@@ -11,9 +11,8 @@ when
   more stream would make them so: (streams + 1) x per-stream demand > max_busy x actors.
   The per-stream demand is learned from the audio that streams' finals have answered (from a
   stream's first final on), and a burst of new streams counts in full before any of them
-  has spoken. Sessions this front
-  admitted since the last report count as streams already, and those that ended since
-  as gone.
+  has spoken. Sessions this front admitted since the last report count as streams already,
+  and those that ended since as gone.
 
 So the streams already admitted keep real time: a server past its capacity says "later"
 to newcomers instead of making everyone late. Before there is anything to measure (no report

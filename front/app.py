@@ -25,7 +25,7 @@ from front.admission import Admission
 from front.doors import RETRY_AFTER_S, Live, Refused
 from front.guard import SUBPROTOCOL, QuietAccessLogger, handshake_token, origin_ok, token_ok
 from front.link import FrontLink
-from front.metrics import REFUSED, SESSIONS, SESSIONS_TOTAL, group_page
+from front.metrics import REFUSED, group_page
 from front.processes import CpuSampler
 from front.seats import Seat, Seats
 from front.session import Session
@@ -165,8 +165,6 @@ def stream_route(route: Route) -> Any:
             seat.release()  # the session is over for the client: its seat is free while we linger
             await asyncio.sleep(LINGER_S)
             return ws
-        SESSIONS.inc()
-        SESSIONS_TOTAL.inc()
         transport = request.transport
         session = Session(WebSocketWire(ws), request.app[LINK], route, cfg,
                           authenticated=not cfg.security.token or offered is not None)
@@ -176,7 +174,6 @@ def stream_route(route: Route) -> Any:
         finally:
             live.leave(session)
             seat.release()
-            SESSIONS.dec()
             if transport is not None:
                 await _drop_if_stuck(transport, cfg.limits.send_timeout_s)
             if ws.close_code not in (None, protocol.NORMAL, protocol.GOING_AWAY):

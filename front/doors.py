@@ -12,7 +12,7 @@ import asyncio
 import logging
 
 from front.admission import Admission
-from front.metrics import REFUSED
+from front.metrics import REFUSED, SESSIONS, SESSIONS_TOTAL
 from front.seats import Seat, Seats
 from front.session import Session
 
@@ -50,13 +50,17 @@ class Live:
         return seat
 
     def enter(self, session: Session) -> None:
-        """An admitted session starts: it counts for admission until the next load report."""
+        """An admitted session starts, on either transport: it counts for admission until the
+        next load report, and in the session metrics."""
         self.sessions.add(session)
         self.admission.admitted()
+        SESSIONS.inc()
+        SESSIONS_TOTAL.inc()
 
     def leave(self, session: Session) -> None:
         self.sessions.discard(session)
         self.admission.ended()
+        SESSIONS.dec()
 
     @staticmethod
     def _refuse(reason: str, text: str) -> Refused:

@@ -31,7 +31,7 @@ from front import protocol
 from front.doors import RETRY_AFTER_S, Live, Refused
 from front.guard import token_ok
 from front.link import FrontLink
-from front.metrics import REFUSED, SESSIONS, SESSIONS_TOTAL
+from front.metrics import REFUSED
 from front.session import Session
 from front.wire import END, Incoming
 from runtime.config import Config
@@ -164,8 +164,6 @@ class Servicer(pb_grpc.StreamerServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, e.text, (("retry-after", str(RETRY_AFTER_S)),))
         wire = GrpcWire(requests)
         session = Session(wire, self.link, route, cfg, authenticated=not cfg.security.token or offered is not None)
-        SESSIONS.inc()
-        SESSIONS_TOTAL.inc()
         self.live.enter(session)
         running = asyncio.ensure_future(session.run())
         try:
@@ -176,7 +174,6 @@ class Servicer(pb_grpc.StreamerServicer):
                     await asyncio.wait_for(asyncio.shield(running), cfg.limits.send_timeout_s)
         finally:
             self.live.leave(session)
-            SESSIONS.dec()
             if not running.done():
                 running.cancel()
         code = wire.code if wire.code is not None else protocol.NORMAL
