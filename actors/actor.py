@@ -46,23 +46,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
-import numpy.typing as npt
-
 from runtime.clock import Clock, MonotonicClock
 from runtime.config import Config
 from runtime.process import ChildContext, enter_child
 from runtime.topology import Place, Topology
 from transport.link import Link
-from transport.messages import Exited, Message, Packet, Slice, decode, encode
-from transport.shm import BufferPool, StaleBuffer
+from transport.messages import Exited, Message, decode
+from transport.outbox import Outbox
+from transport.shm import BufferPool, Payload, StaleBuffer
 
 log = logging.getLogger("actor")
 
 POLL_S = 0.1  # longest wait for input: on_idle timers run at least this often
 HELD_POLL_S = 0.002  # while output is pending, how often the flush is retried
-
-Payload = bytes | memoryview | npt.NDArray[np.generic]
 
 
 @dataclass
@@ -82,19 +78,12 @@ class Env:
         return Topology(self.cfg)
 
 
-@dataclass
-class _Outgoing:
-    """Items for one destination not yet sent; `packet` once their audio is in the pool."""
-
-    items: list[Message] = field(default_factory=list)
-    payloads: list[tuple[int, Payload]] = field(default_factory=list)  # (index of the item, its bytes)
-    packet: bytes | None = None
-
-
 class Actor:
     role: ClassVar[str]
     stop_drain_s: ClassVar[float] = 2.0
     turn_limit: ClassVar[int] = 64  # packets taken from one inbox per turn
+    turn_bytes: ClassVar[int] = 4 << 20  # ... and no more once their audio passes this
+    take_at_once: ClassVar[int] = 8
 
     def __init__(self, env: Env) -> None:
         self.env = env
@@ -106,7 +95,7 @@ class Actor:
         self._data = tuple(i for i in topo.inboxes(env.place) if i not in self._control)
         own = topo.writes(env.place)
         self.pool: BufferPool | None = env.pools.get(own) if own else None
-        self._out: dict[str, list[_Outgoing]] = {}  # per destination, oldest first; only the last one open
+        self.outbox = Outbox(self.pool, env.link.send)
         self.dropped_at_stop = 0
 
     # -- hooks ---------------------------------------------------------------------------
@@ -136,57 +125,18 @@ class Actor:
 
     def emit(self, dest: str, msg: Message, payload: Payload | None = None) -> None:
         """Queue `msg` for `dest` in this turn's packet; `payload` goes into the packet's slab and
-        `msg.at` is filled in with where."""
-        queue = self._out.get(dest)
-        if queue is None:
-            queue = self._out[dest] = [_Outgoing()]
-        elif queue[-1].packet is not None:  # already packed and waiting: this goes in the next one
-            queue.append(_Outgoing())
-        out = queue[-1]
-        if payload is not None:
-            out.payloads.append((len(out.items), payload))
-        out.items.append(msg)
-
-    def pack(self, items: list[Message], payloads: list[tuple[int, Payload]]) -> bytes | None:
-        """One encoded packet, its audio written into one allocation of our pool (None: the pool is
-        full, try again later). Items that carry audio get their `at` filled in."""
-        slab = None
-        if payloads:
-            assert self.pool is not None, f"{self.place.name} has no pool to write audio into"
-            written = self.pool.write_many([p for _, p in payloads])
-            if written is None:
-                return None
-            slab, offsets = written
-            for (i, p), offset in zip(payloads, offsets, strict=True):
-                items[i].at = Slice(offset, len(p) if isinstance(p, bytes) else p.nbytes)  # type: ignore[union-attr]
-        return encode(Packet(slab, items))
-
-    def release_packet(self, packet: bytes) -> None:
-        """Take back the slab of a packet that will never be sent."""
-        slab = decode(packet).slab
-        if slab is not None and self.pool is not None:
-            self.pool.release(slab)
+        `msg.at` is filled in with where. A payload that can never fit the pool raises `TooLarge`
+        here, in the handler that made it, so `contain` fails its stream, not the process."""
+        self.outbox.put(dest, msg, payload)
 
     def flush(self) -> bool:
         """Send every destination its pending packets, in order; True when nothing is left pending."""
-        for dest, queue in list(self._out.items()):
-            while queue:
-                out = queue[0]
-                if out.packet is None:
-                    out.packet = self.pack(out.items, out.payloads)
-                    if out.packet is None:
-                        break  # pool full: keep the items, retry next turn
-                if not self.env.link.send(dest, out.packet):
-                    break
-                queue.pop(0)
-            if not queue:
-                del self._out[dest]
-        return not self._out
+        return self.outbox.flush()
 
     @property
     def held(self) -> bool:
         """Output is waiting for room: input stays where it is until it has gone."""
-        return bool(self._out)
+        return self.outbox.held
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -196,13 +146,26 @@ class Actor:
         wait = HELD_POLL_S if self.held else POLL_S
         self.env.link.wait(reading, wait if timeout_s is None else timeout_s)
         for inbox in reading:
-            for raw in self.env.link.take(inbox, self.turn_limit):
-                self._handle(raw)
+            self._take(inbox)
         self.on_idle()
         self.flush()
         self.env.beat()
 
-    def _handle(self, raw: bytes) -> None:
+    def _take(self, inbox: str) -> None:
+        """Handle up to `turn_limit` packets of `inbox`, and no more once the audio they carried
+        passes `turn_bytes`: what one turn makes of its input must fit the pool it writes to, however
+        large the packets an upstream burst left waiting."""
+        taken = audio = 0
+        while taken < self.turn_limit and audio < self.turn_bytes:
+            raws = self.env.link.take(inbox, min(self.take_at_once, self.turn_limit - taken))
+            if not raws:
+                return
+            taken += len(raws)
+            for raw in raws:
+                audio += self._handle(raw)
+
+    def _handle(self, raw: bytes) -> int:
+        """Hand a packet's items to the hooks; the bytes of audio it carried."""
         packet = decode(raw)
         slab: bytes | None = None
         if packet.slab is not None:
@@ -221,6 +184,7 @@ class Actor:
             except Exception as e:
                 if not self.contain(item, e):
                     raise
+        return packet.slab.nbytes if packet.slab is not None else 0
 
     def contain(self, item: Message, error: Exception) -> bool:
         """A handler raised on `item`: end what it concerns (a stream) and go on, or return False
@@ -248,12 +212,7 @@ class Actor:
         self.dropped_at_stop = sum(len(self.env.link.take(i, 1 << 30)) for i in inboxes)
         self.on_stop()
         self.flush()
-        left = [out for queue in self._out.values() for out in queue]
-        unsent = sum(len(out.items) for out in left)
-        for out in left:
-            if out.packet is not None:
-                self.release_packet(out.packet)
-        self._out.clear()
+        unsent = self.outbox.discard()
         if self.dropped_at_stop or unsent:
             log.warning("stopping: dropped %d queued packets and %d unsent items", self.dropped_at_stop, unsent)
 

@@ -124,8 +124,12 @@ class Decoder(Actor):
             parts.append(d.pcm.flush())
         audio = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         self.meter.add(time.perf_counter() - t0, audio.shape[1] / MODEL_RATE)
-        if audio.shape[1]:
-            self.emit("segmenter", Frames(stream, audio.shape[0], audio.shape[1], NOWHERE), audio)
+        # A burst (a client uploading at full speed) decodes to more than a packet may carry: it
+        # goes as several items, each within one packet's share of the pool.
+        step = max(1, self.outbox.max_bytes // (audio.shape[0] * audio.itemsize))
+        for first in range(0, audio.shape[1], step):
+            part = audio if audio.shape[1] <= step else np.ascontiguousarray(audio[:, first : first + step])
+            self.emit("segmenter", Frames(stream, part.shape[0], part.shape[1], NOWHERE), part)
 
     def _open(self, msg: Open) -> None:
         span = _tracer.start_span("decode", context=telemetry.context_of(msg.trace), attributes={

@@ -3,9 +3,10 @@
 Out. Every session hands its stream's frames and control to `send`; the link gathers what
 all sessions give it for at most `[front] coalesce_ms` and sends the decoder one packet: one
 allocation in this front's pool holding every frame's bytes, and the items in the order the
-sessions gave them. When the pool is full, or the decoder's inbox is, the packet waits and
-`room` is cleared: sessions stop reading their sockets until it is set again, so TCP holds
-the clients back. Nothing is dropped.
+sessions gave them (a burst, such as a replay of a minute of audio, becomes several packets:
+`transport/outbox.py`). When the pool is full, or the decoder's inbox is, the packets wait
+and `room` is cleared: sessions stop reading their sockets until it is set again, so TCP
+holds the clients back. Nothing is dropped.
 
 In. The inbox's ZeroMQ file descriptor is watched by the event loop; on each wake-up every
 waiting packet is read and each item handed to the session that owns its stream (`routes`).
@@ -23,12 +24,14 @@ import zmq
 from runtime.process import ChildContext
 from runtime.topology import Topology, front_inbox
 from transport import sockets
-from transport.messages import Exited, Load, Message, Packet, Slice, decode, encode, stream_of
+from transport.messages import Exited, Load, Message, decode, stream_of
+from transport.outbox import Outbox
 from transport.shm import BufferPool
 
 log = logging.getLogger("front.link")
 
-MAX_PACKET_BYTES = 1 << 20  # a packet this large goes at once, whatever the window
+DECODER = "decoder"
+MAX_PACKET_BYTES = 1 << 20  # audio this large goes at once, whatever the window
 RETRY_S = 0.002  # while the pool or the decoder is full
 
 
@@ -38,16 +41,12 @@ class FrontLink:
         self.slot = ctx.slot
         self._coalesce_s = coalesce_s
         self._zctx: zmq.Context[sockets.Socket] = zmq.Context()
-        self._out = sockets.outbox(self._zctx, ctx.run_dir, "decoder")
+        self._out = sockets.outbox(self._zctx, ctx.run_dir, DECODER)
         self._in = self._zctx.socket(zmq.PULL)
         sockets.bind_inbox(self._in, ctx.run_dir, front_inbox(ctx.slot))
         self._pool = BufferPool.attach(topo.pools[front_inbox(ctx.slot)], ctx.run_id)
         self._pool.reclaim()  # whatever a previous front wrote belongs to sessions that are gone
-        self._items: list[Message] = []
-        self._payloads: list[bytes] = []
-        self._at: list[int] = []  # index in _items of each payload's item
-        self._bytes = 0
-        self._packet: bytes | None = None  # packed, waiting for the decoder to take it
+        self._outbox = Outbox(self._pool, lambda _, data: sockets.try_send(self._out, data))
         self._flush_at: asyncio.TimerHandle | asyncio.Handle | None = None
         self.room = asyncio.Event()
         self.room.set()
@@ -77,12 +76,8 @@ class FrontLink:
         """Queue an item (with its bytes, for `Pcm`) for the next packet to the decoder."""
         if self.closed:
             return  # shutting down: a handler cancelled late has nobody left to tell
-        if payload is not None:
-            self._at.append(len(self._items))
-            self._payloads.append(payload)
-            self._bytes += len(payload)
-        self._items.append(msg)
-        if self._bytes >= MAX_PACKET_BYTES:
+        self._outbox.put(DECODER, msg, payload)
+        if self._outbox.pending_bytes >= MAX_PACKET_BYTES:
             self.room.clear()
             self._schedule(0.0)
         elif self._flush_at is None:
@@ -96,28 +91,11 @@ class FrontLink:
 
     def flush(self) -> None:
         self._flush_at = None
-        if self._packet is None and self._items:
-            self._packet = self._pack()  # None while the pool is full
-        if self._packet is not None and sockets.try_send(self._out, self._packet):
-            self._packet = None
-        if self._packet is None and not self._items:
+        if self._outbox.flush():
             self.room.set()
         else:  # the pool or the decoder is full: sessions stop reading their clients until it goes
             self.room.clear()
             self._schedule(RETRY_S)
-
-    def _pack(self) -> bytes | None:
-        slab = None
-        if self._payloads:
-            written = self._pool.write_many(self._payloads)  # type: ignore[arg-type]
-            if written is None:
-                return None
-            slab, offsets = written
-            for i, offset, payload in zip(self._at, offsets, self._payloads, strict=True):
-                self._items[i].at = Slice(offset, len(payload))  # type: ignore[union-attr]
-        packet = encode(Packet(slab, self._items))
-        self._items, self._payloads, self._at, self._bytes = [], [], [], 0
-        return packet
 
     # -- in -----------------------------------------------------------------------------------
 
@@ -138,6 +116,3 @@ class FrontLink:
             handler = self.routes.get(stream_of(item) or "")
             if handler is not None:
                 handler(item)
-
-    def pool_used(self) -> int:
-        return self._pool.used_slots()

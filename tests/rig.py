@@ -19,13 +19,12 @@ from runtime import config
 from runtime.clock import FakeClock
 from runtime.topology import Place, Topology
 from transport.link import MemoryLink
-from transport.messages import Message, Packet, Slice, encode
-from transport.shm import BufferPool
+from transport.messages import Message, Packet, Slice
+from transport.outbox import pack
+from transport.shm import BufferPool, Payload
 
 SMALL_POOLS = {"front_slot_bytes": 4096, "front_slots": 256, "decoder_slot_bytes": 4096, "decoder_slots": 256,
                "segmenter_slot_bytes": 16384, "segmenter_slots": 256}
-
-Payload = bytes | npt.NDArray[np.generic]
 
 
 class Rig:
@@ -48,17 +47,11 @@ class Rig:
         """One packet into `inbox`. `audio[i]` (None for an item without audio) is the payload of
         `items[i]`, written into `pool` (the pool of the role that would have sent it) with the
         item's `at` filled in."""
-        slab = None
-        carrying = [(item, a) for item, a in zip(items, audio or [], strict=False) if a is not None]
-        if carrying:
-            assert pool is not None, "audio travels in a pool: name the sender's"
-            written = self.pools[pool].write_many([a for _, a in carrying])
-            assert written is not None, "the test pool is full"
-            slab, offsets = written
-            for (item, payload), offset in zip(carrying, offsets, strict=True):
-                nbytes = payload.nbytes if isinstance(payload, np.ndarray) else len(payload)
-                item.at = Slice(offset, nbytes)  # type: ignore[union-attr]
-        self.link.inboxes[inbox].append(encode(Packet(slab, list(items))))
+        payloads = [(i, a) for i, a in enumerate(audio or []) if a is not None]
+        assert pool is not None or not payloads, "audio travels in a pool: name the sender's"
+        packet = pack(self.pools[pool] if pool is not None else None, list(items), payloads)
+        assert packet is not None, "the test pool is full"
+        self.link.inboxes[inbox].append(packet)
 
     def turn(self, times: int = 1) -> None:
         for _ in range(times):

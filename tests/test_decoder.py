@@ -189,3 +189,37 @@ def test_a_stream_whose_decoding_raises_fails_alone_and_the_others_go_on(rig: Ri
     (failed,) = rig.sent("front-1", Failed)
     assert failed.stream == "bad" and failed.message == "internal error: ValueError"
     assert sum(f.frames for f, _ in frames_sent(rig)) == 1600
+
+
+def test_a_burst_larger_than_the_pool_goes_out_in_packets_that_fit_and_nothing_is_lost(rig: Rig) -> None:
+    """Twenty clients uploading at full speed, or one 8-channel 8 kHz client sending 1 MiB frames,
+    left the decoder one turn of output larger than its whole pool: one allocation that could
+    never fit raised outside any stream's handler, the decoder died, and the replay of the same
+    audio killed it again until the supervisor gave up. A turn's output now goes as packets of a
+    bounded size, each as the pool frees, and the decoder takes no more input meanwhile."""
+    channels, rate = 8, 8000
+    x = np.stack([noise(3.0, rate, seed=c) for c in range(channels)])  # 384 KB in, 1.5 MiB out (16 kHz f32)
+    data = pcm_bytes(x, False)
+    capacity = rig.pools["decoder"].spec.capacity
+    step = rig.pools["front-0"].spec.capacity // 4
+    for k in range(0, len(data), step):
+        rig.put("decoder", *([opened(channels=channels, rate=rate)] if k == 0 else []), Pcm("s-1", NOWHERE),
+                audio=[*([None] if k == 0 else []), data[k : k + step]], pool="front-0")
+    rig.put("decoder", Close("s-1"))
+    got: list[np.ndarray] = []
+    for _ in range(200):  # the segmenter reads (and frees) what it is sent, turn by turn
+        rig.turn()
+        for packet in rig.packets("segmenter"):
+            for item in packet.items:
+                if isinstance(item, Frames):
+                    audio = rig.read(packet, item.at).reshape(item.channels, item.frames).copy()
+                    assert audio.nbytes <= capacity // 4
+                    got.append(audio)
+            if packet.slab is not None:
+                rig.pools["decoder"].release(packet.slab)
+        if not rig.actor.held and not rig.link.inboxes["decoder"]:
+            break
+    alone = PcmDecoder(channels, rate, 16, False)
+    want = np.concatenate([alone.feed(data), alone.flush()], axis=1)
+    np.testing.assert_array_equal(np.concatenate(got, axis=1), want)
+    assert sum(a.nbytes for a in got) > capacity  # more than the pool ever held at once

@@ -69,8 +69,13 @@ class PoolSpec:
         return -(-header // _PAGE) * _PAGE
 
     @property
+    def capacity(self) -> int:
+        """Bytes of audio the pool holds when empty."""
+        return self.slot_size * self.nslots
+
+    @property
     def total_size(self) -> int:
-        return self.data_offset + self.slot_size * self.nslots
+        return self.data_offset + self.capacity
 
     def segment_name(self, run_id: str) -> str:
         return f"streamer-{run_id}-{self.name}"
@@ -134,6 +139,10 @@ class BufferPool:
             pool.close()
             raise RuntimeError(f"segment {spec.segment_name(run_id)} is not a pool of this shape")
         return pool
+
+    @property
+    def capacity(self) -> int:
+        return self.spec.capacity
 
     # -- producer side -------------------------------------------------------------
 
