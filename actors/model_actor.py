@@ -4,9 +4,12 @@ One packet per turn (`turn_limit = 1`), so each call's results leave as soon as 
 model with a batch call gets the whole packet in one call (`models.run_batch`), any other
 model one call per item.
 
-The results go to the fronts before `Done` goes to the segmenter: if the process dies
-between the two, the items are redone and the fronts drop the duplicates, so an item is
-never lost and a client never sees two answers for it. A stale packet (its allocation was
+The results travel inside the `Done` that returns the credit, to the segmenter, which
+forwards them to each stream's front: one message, so there is no moment at which the
+dispatcher counts an item answered while its answer could still die with this process
+(results sent on their own could sit in this process's queue, unsent, when it was killed,
+and nothing would ever redo them). If the process dies before the `Done` is out, the items
+are redone elsewhere and the fronts drop any duplicate. A stale packet (its allocation was
 reclaimed after the segmenter restarted) is acknowledged and skipped: its streams are already
 answered with an error.
 """
@@ -29,8 +32,8 @@ from actors.stateful import Streams, in_stream_time
 from runtime import logs, telemetry
 from runtime.metrics import StageMeter
 from runtime.process import ChildContext
-from runtime.topology import SEGMENTER_CONTROL, front_inbox
-from transport.messages import Done, Failed, Message, Point, Ready, Result, Work
+from runtime.topology import SEGMENTER_CONTROL
+from transport.messages import Done, Failed, Message, Ready, Result, Work
 
 log = logging.getLogger("model")
 _tracer = telemetry.tracer("streamer.model")
@@ -53,9 +56,6 @@ class ModelActor(Actor):
         self.pid = os.getpid()
         self.meter = StageMeter()
         self._work: list[tuple[Work, bytes | None]] = []
-        self._owed: list[int] = []  # work ids answered but not yet acknowledged to the segmenter
-        self._owed_busy = 0.0
-        self._points: list[Point] = []  # checkpoints of sequential streams, for the same Done
         self._last_hello = -READY_EVERY_S
         self.streams = Streams(self.model) if isinstance(self.model, models.StreamModel) else None
         self.max_batch = models.batch_limit(self.model, self.cfg.model.max_batch)
@@ -70,29 +70,31 @@ class ModelActor(Actor):
     def on_idle(self) -> None:
         if self._work:
             work, self._work = self._work, []
-            self._answer(work)
-        if self._owed and self.flush():  # results out first, then the credit
-            self.emit(SEGMENTER_CONTROL, Done(self.place.slot, self.pid, self._owed, round(self._owed_busy, 6),
-                                              self._points))
-            self._owed, self._owed_busy, self._points = [], 0.0, []
+            self.emit(SEGMENTER_CONTROL, self._answer(work))
         now = self.clock.now()
         if now - self._last_hello >= READY_EVERY_S:
             self._last_hello = now
             self.emit(SEGMENTER_CONTROL, Ready(self.place.slot, self.pid, self.cfg.model.max_inflight,
                                                self.max_batch))
 
-    def _answer(self, batch: list[tuple[Work, bytes | None]]) -> None:
+    def _answer(self, batch: list[tuple[Work, bytes | None]]) -> Done:
+        """Run the packet's items; the `Done` that carries their answers."""
+        done = Done(self.place.slot, self.pid, [w.work_id for w, _ in batch], 0.0)
         todo = [(w, np.frombuffer(slab, np.float32, w.at.nbytes // 4, w.at.offset) if slab is not None else NO_AUDIO)
                 for w, slab in batch if slab is not None or not w.at.nbytes]
         if len(todo) < len(batch):
             log.info("%d items were stale (their segmenter restarted): skipped", len(batch) - len(todo))
-        self._owed += [w.work_id for w, _ in batch]
         ordered = [(w, a) for w, a in todo if w.sequential]
         if ordered:
-            self._answer_in_order(ordered)
+            self._answer_in_order(ordered, done)
         todo = [(w, a) for w, a in todo if not w.sequential]
-        if not todo:
-            return
+        if todo:
+            self._call(todo, done)
+        done.busy_s = round(done.busy_s, 6)
+        return done
+
+    def _call(self, todo: list[tuple[Work, Audio]], done: Done) -> None:
+        """One model call for the packet's independent items."""
         self.meter.set_inflight(len(todo))
         spans = [_tracer.start_span("inference", context=telemetry.context_of(w.trace), attributes={
             "streamer.work_id": w.work_id, "streamer.attempt": w.attempt, "streamer.channel": w.channel,
@@ -101,31 +103,28 @@ class ModelActor(Actor):
         t0 = time.perf_counter()
         outputs = models.run_batch(self.model, [(audio, w.is_final) for w, audio in todo])
         busy = time.perf_counter() - t0
-        self._owed_busy += busy
+        done.busy_s += busy
         LATENCY.observe(busy)
         self.meter.done(busy, sum(a.shape[0] for _, a in todo) / 16000, len(todo))
         self.meter.set_inflight(0)
         for (w, audio), out, span in zip(todo, outputs, spans, strict=True):
-            self.emit(front_inbox(w.front), self._result(w, audio, out))
+            done.answers.append(self._result(w, audio, out))
             if isinstance(out, Exception):
                 span.set_status(StatusCode.ERROR, str(out))
             span.end()
 
-    def _answer_in_order(self, items: list[tuple[Work, Audio]]) -> None:
+    def _answer_in_order(self, items: list[tuple[Work, Audio]], done: Done) -> None:
         """Sequential streams' items, one at a time, in the order they came."""
         if self.streams is None:
-            for w in {w.stream: w for w, _ in items}.values():
-                self.emit(front_inbox(w.front), Failed(w.stream, f"the model {self.cfg.model.name!r} has no stream "
-                                                                 "interface (open/feed/close): no sequential route"))
+            for stream in dict.fromkeys(w.stream for w, _ in items):
+                done.answers.append(Failed(stream, f"the model {self.cfg.model.name!r} has no stream interface "
+                                                   "(open/feed/close): no sequential route"))
             return
         t0 = time.perf_counter()
         for w, audio in items:
-            said: list[Message] = []
-            self.streams.handle(w, audio, said, self._points)
-            for msg in said:
-                self.emit(front_inbox(w.front), msg)
+            self.streams.handle(w, audio, done.answers, done.points)
         busy = time.perf_counter() - t0
-        self._owed_busy += busy
+        done.busy_s += busy
         self.meter.done(busy, sum(a.shape[0] for _, a in items) / 16000, len(items))
 
     def _result(self, w: Work, audio: Audio, out: dict[str, Any] | Exception) -> Result:

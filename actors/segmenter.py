@@ -182,14 +182,7 @@ class Segmenter(Actor):
         if isinstance(msg, Frames):
             self._frames(msg, slab)
         elif isinstance(msg, Done):
-            done = self.dispatcher.on_done(msg)
-            if done:
-                self.busy.add(self.clock.now(), msg.busy_s)
-                for work in done:
-                    if (state := self.streams.get(work.stream)) is not None:
-                        state.model_s += msg.busy_s / len(done)
-                        if work.kind != "interim":
-                            state.answered_s = max(state.answered_s, work.end_time)
+            self._done(msg)
         elif isinstance(msg, Ready):
             self.dispatcher.on_ready(msg)
         elif isinstance(msg, Open):
@@ -201,6 +194,25 @@ class Segmenter(Actor):
             if gone is not None:
                 telemetry.finish(gone.span, "aborted")
             self.dispatcher.cancel(msg.stream)
+
+    def _done(self, msg: Done) -> None:
+        """A model answered: its answers go on to their streams' fronts, and the stream's cost is
+        counted. A `Done` the dispatcher no longer counts on (its items went to another actor when
+        this one was declared dead) is dropped whole: those items are being redone."""
+        done = self.dispatcher.on_done(msg)
+        if not done:
+            return
+        fronts = {w.stream: front_inbox(w.front) for w in done}
+        for answer in msg.answers:
+            front = fronts.get(answer.stream)
+            if front is not None:
+                self.emit(front, answer)
+        self.busy.add(self.clock.now(), msg.busy_s)
+        for work in done:
+            if (state := self.streams.get(work.stream)) is not None:
+                state.model_s += msg.busy_s / len(done)
+                if work.kind != "interim":
+                    state.answered_s = max(state.answered_s, work.end_time)
 
     def _open(self, msg: Open) -> None:
         cp = msg.resume

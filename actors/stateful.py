@@ -27,10 +27,10 @@ from actors.models.base import Audio
 from runtime import logs
 from transport.messages import (
     MODEL_RATE,
+    Answer,
     Checkpoint,
     CutState,
     Failed,
-    Message,
     Point,
     Progress,
     Result,
@@ -79,7 +79,7 @@ class Streams:
         self._snapshots = isinstance(model, Snapshots)
         self._at_rest = getattr(model, "at_rest", None)
 
-    def handle(self, w: Work, audio: Audio, out: list[Message], points: list[Point]) -> None:
+    def handle(self, w: Work, audio: Audio, out: list[Answer], points: list[Point]) -> None:
         """Run one item; what the front must hear goes to `out`, checkpoints to `points`."""
         held = self.held.get(w.stream)
         if w.kind == "abort":
@@ -116,7 +116,7 @@ class Streams:
             chan = held.chans[w.channel] = Channel(self.model.open(), 0, 0, Point(w.stream, w.channel, 0, 0, 0))
         return chan
 
-    def _feed(self, held: Held, w: Work, audio: Audio, out: list[Message], points: list[Point]) -> None:
+    def _feed(self, held: Held, w: Work, audio: Audio, out: list[Answer], points: list[Point]) -> None:
         chan = self._channel(held, w)
         at = round(w.start_time * MODEL_RATE)
         said = self.model.feed(chan.state, audio, at)
@@ -139,7 +139,7 @@ class Streams:
         return bool(self._at_rest is not None and not finals and self._at_rest(chan.state)
                     and chan.point.sample < chan.at)
 
-    def _close(self, held: Held, w: Work, out: list[Message]) -> None:
+    def _close(self, held: Held, w: Work, out: list[Answer]) -> None:
         chan = self._channel(held, w)
         self._say(held, w, chan, self.model.close(chan.state, chan.at), out)
         held.closed.add(w.channel)
@@ -148,7 +148,7 @@ class Streams:
             out.append(StreamEnd(w.stream, finals, [0] * held.channels))
             del self.held[w.stream]
 
-    def _say(self, held: Held, w: Work, chan: Channel, said: list[Said], out: list[Message]) -> None:
+    def _say(self, held: Held, w: Work, chan: Channel, said: list[Said], out: list[Answer]) -> None:
         for s in said:
             start, end = s.start / MODEL_RATE, s.end / MODEL_RATE
             output = in_stream_time(s.output, start)

@@ -8,9 +8,9 @@ processes by it. Nothing else spells an endpoint or a role list.
 
     front-k ──PUSH──> decoder ──PUSH──> segmenter ──PUSH──> model-i
        ^  (pool front-k)       (pool decoder)  │  (pool segmenter)  │
-       │                                        │ events, progress   │ results
-       └────────────────────────────────────────┴────────────────────┘
-                       segmenter-ctl <── Ready, Done ── model-i
+       │                                        │ events, progress,  │
+       └────────────────────────────────────────┘ results            │
+                       segmenter-ctl <── Ready, Done (+ results) ── model-i
 
 Every front has its own pool and its own inbox: a stream's results go back to the front that
 owns it, and a front's death touches only its own sessions.
@@ -86,7 +86,7 @@ class Topology:
         """The inboxes `p` sends to (connected when it starts, not at its first send)."""
         fronts = [front_inbox(k) for k in range(self.fronts)]
         return {"front": ["decoder"], "decoder": ["segmenter", *fronts],
-                "segmenter": [*fronts, *self.model_inboxes()], "model": [*fronts, SEGMENTER_CONTROL]}[p.role]
+                "segmenter": [*fronts, *self.model_inboxes()], "model": [SEGMENTER_CONTROL]}[p.role]
 
     def listeners(self) -> list[str]:
         """The inboxes that hear of every death (`Exited`): those who keep state about others."""

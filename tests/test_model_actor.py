@@ -1,4 +1,4 @@
-"""The model actor on its own: a packet of work, one model call, results to the fronts, then the credit."""
+"""The model actor on its own: a packet of work, one model call, its answers inside the credit that returns."""
 
 from __future__ import annotations
 
@@ -39,22 +39,30 @@ def give(rig: Rig, *items: tuple[Work, np.ndarray]) -> None:
     rig.put("model-1", *[w for w, _ in items], audio=[a for _, a in items], pool="segmenter")
 
 
-def test_a_packet_is_one_model_call_answered_to_each_front_before_the_credit_returns(rig: Rig) -> None:
+def answered(rig: Rig) -> tuple[list[Done], list[Any]]:
+    """The credits the actor returned since the last look, and every answer they carry."""
+    dones = rig.sent(SEGMENTER_CONTROL, Done)
+    return dones, [a for d in dones for a in d.answers]
+
+
+def results(answers: list[Any], stream: str) -> list[Result]:
+    return [a for a in answers if isinstance(a, Result) and a.stream == stream]
+
+
+def test_a_packet_is_one_model_call_whose_answers_return_inside_its_credit(rig: Rig) -> None:
     rig.turn()  # the first turn announces the slot
     (hello,) = rig.sent(SEGMENTER_CONTROL, Ready)
     assert (hello.slot, hello.capacity) == (1, rig.cfg.model.max_inflight)
-    rig.link.order.clear()
     calls = rig.actor.model._calls  # type: ignore[attr-defined]
     give(rig, (work(1, 0, 0.5), noise(0.5)), (work(2, 1, 0.25, seq=1), noise(0.25)), (work(3, 1, 0.1, seq=2),
                                                                                      noise(0.1)))
     rig.turn()
     assert rig.actor.model._calls == calls + 1  # type: ignore[attr-defined]
-    assert [(r.seq, r.output) for r in rig.sent("front-0", Result)] == [(0, {"count": 8000})]
-    assert [(r.seq, r.output) for r in rig.sent("front-1", Result)] == [(1, {"count": 4000}), (2, {"count": 1600})]
-    (ack,) = rig.sent(SEGMENTER_CONTROL, Done)
+    (ack,), answers = answered(rig)
     assert sorted(ack.work_ids) == [1, 2, 3]
-    assert rig.link.order.index(SEGMENTER_CONTROL) > max(rig.link.order.index("front-0"),
-                                                         rig.link.order.index("front-1"))
+    assert [(r.seq, r.output) for r in results(answers, "s-0")] == [(0, {"count": 8000})]
+    assert [(r.seq, r.output) for r in results(answers, "s-1")] == [(1, {"count": 4000}), (2, {"count": 1600})]
+    assert set(rig.link.sent) <= {SEGMENTER_CONTROL}  # nothing goes to a front on its own
     assert rig.pools["segmenter"].used_slots() == 0  # read and released before the call
 
 
@@ -71,18 +79,17 @@ def test_the_slot_asks_for_batches_only_when_its_model_gains_from_them(delay: fl
         r.close()
 
 
-def test_no_credit_returns_while_a_result_cannot_reach_its_front(rig: Rig) -> None:
+def test_answers_and_their_credit_wait_together_while_the_segmenter_cannot_take_them(rig: Rig) -> None:
     rig.turn()
     rig.sent(SEGMENTER_CONTROL)
-    rig.link.refusing.add("front-0")
+    rig.link.refusing.add(SEGMENTER_CONTROL)
     give(rig, (work(7, 0, 0.2), noise(0.2)))
     rig.turn(3)
-    assert rig.sent(SEGMENTER_CONTROL, Done) == []
+    assert answered(rig) == ([], [])
     rig.link.refusing.clear()
     rig.turn()
-    assert [r.seq for r in rig.sent("front-0", Result)] == [0]
-    rig.turn()
-    assert [d.work_ids for d in rig.sent(SEGMENTER_CONTROL, Done)] == [[7]]
+    dones, answers = answered(rig)
+    assert [d.work_ids for d in dones] == [[7]] and [r.seq for r in results(answers, "s-0")] == [0]
 
 
 def test_the_slot_is_announced_again_every_second_by_the_clock(rig: Rig) -> None:
@@ -101,9 +108,10 @@ def test_a_failing_model_answers_each_item_with_an_error_naming_its_region() -> 
     try:
         give(rig, (work(1, 0, 0.5), noise(0.5)))
         rig.turn()
-        (r,) = rig.sent("front-0", Result)
+        dones, answers = answered(rig)
+        (r,) = results(answers, "s-0")
         assert r.output is None and r.error == "inference failed for 0.00-0.50: fake model failure (failure_rate)"
-        assert [d.work_ids for d in rig.sent(SEGMENTER_CONTROL, Done)] == [[1]]
+        assert [d.work_ids for d in dones] == [[1]]
     finally:
         rig.close()
 
@@ -112,8 +120,8 @@ def test_a_packet_whose_buffer_was_reclaimed_is_acknowledged_and_not_run(rig: Ri
     give(rig, (work(1, 0, 0.5), noise(0.5)))
     rig.pools["segmenter"].reclaim()  # the segmenter restarted: its allocations are gone
     rig.turn()
-    assert rig.sent("front-0", Result) == []
-    assert [d.work_ids for d in rig.sent(SEGMENTER_CONTROL, Done)] == [[1]]
+    dones, answers = answered(rig)
+    assert answers == [] and [d.work_ids for d in dones] == [[1]]
 
 
 def seq_work(work_id: int, kind: str, start: int, end: int, seq: int = 0, state: dict[str, Any] | None = None,
@@ -134,7 +142,7 @@ def test_a_sequential_stream_runs_in_order_through_the_stateful_model_with_check
             rig.turn()
         rig.put("model-1", seq_work(9, "close", 40000, 40000))
         rig.turn()
-        told = rig.sent("front-0")
+        dones, told = answered(rig)
         finals = [r for r in told if isinstance(r, Result) and r.is_final]
         assert [(r.seq, r.start_time, r.end_time, r.output) for r in finals] == [
             (0, 0.0, 1.0, {"count": 16000, "total": 16000}), (1, 1.0, 2.0, {"count": 16000, "total": 32000}),
@@ -143,7 +151,7 @@ def test_a_sequential_stream_runs_in_order_through_the_stateful_model_with_check
         assert [(r.seq, r.end_time) for r in interims] == [(0, 7000 / 16000), (1, 1.25), (2, 2.5)]
         (end,) = [m for m in told if isinstance(m, StreamEnd)]
         assert end.results == [3]
-        points = [p for d in rig.sent(SEGMENTER_CONTROL, Done) for p in d.points]
+        points = [p for d in dones for p in d.points]
         assert [(p.sample, p.finals, p.state) for p in points] == [(20000, 1, {"start": 16000, "total": 20000}),
                                                                    (40000, 2, {"start": 32000, "total": 40000})]
         assert all(isinstance(m.checkpoint, Checkpoint) for m in told if isinstance(m, Progress))
@@ -160,7 +168,7 @@ def test_a_restored_state_goes_on_exactly_as_the_undisturbed_one() -> None:
         rig.turn(2)
         rig.put("model-1", seq_work(3, "close", 40000, 40000))
         rig.turn()
-        finals = [(r.seq, r.output) for r in rig.sent("front-0", Result) if r.is_final]
+        finals = [(r.seq, r.output) for r in results(answered(rig)[1], "s-0") if r.is_final]
         assert finals == [(1, {"count": 16000, "total": 32000}), (2, {"count": 8000, "total": 40000})]
     finally:
         rig.close()

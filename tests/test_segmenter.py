@@ -148,6 +148,35 @@ def test_work_of_a_dead_model_is_redone_elsewhere_and_only_the_running_packet_sp
     assert rig.pools["segmenter"].used_slots() == sum(p.slab.nslots for p in again if p.slab is not None)
 
 
+def test_a_models_answers_reach_each_streams_front_only_with_a_credit_the_dispatcher_counts(rig: Rig) -> None:
+    """Results travel inside the model's `Done`: the segmenter forwards them to each stream's
+    front. Those of a `Done` from a process already declared dead are dropped: its items went
+    back to the queue and are redone, so they are answered once, by the redo."""
+    stream_in(rig, speech(TWO).samples, stream="s-1", front=1)
+    ready(rig, 0, 100, capacity=1, max_batch=8)
+    rig.turn()
+    (packet,) = work_packets(rig, 0)  # both finals in one call
+    works = [w for w in packet.items if isinstance(w, Work)]
+    answers = [Result(w.stream, w.channel, w.seq, w.events_before, w.start_time, w.end_time, True, {"count": 1})
+               for w in works]
+    rig.sent("front-1")
+    rig.put(SEGMENTER_CONTROL, Done(0, 100, [w.work_id for w in works], 0.01, answers=answers))
+    rig.turn()
+    assert [r.seq for r in rig.sent("front-1", Result)] == [0, 1]
+    assert rig.sent("front-0", Result) == []
+    stream_in(rig, speech(TWO).samples, stream="s-2", front=0)
+    (packet,) = work_packets(rig, 0)
+    works = [w for w in packet.items if isinstance(w, Work)]
+    assert len(works) == 1  # the first final went at once; the second waits for the credit
+    late = [Result(w.stream, w.channel, w.seq, w.events_before, w.start_time, w.end_time, True, {"count": 1})
+            for w in works]
+    rig.put(SEGMENTER_CONTROL, Exited("model", 0, 100, "signal SIGKILL"))
+    rig.put(SEGMENTER_CONTROL, Done(0, 100, [w.work_id for w in works], 0.01, answers=late))
+    rig.turn()
+    assert rig.sent("front-0", Result) == []  # dropped with its Done: the item waits to be redone
+    assert rig.actor.dispatcher.queued == 2  # type: ignore[attr-defined]
+
+
 def test_an_item_that_kills_every_model_gets_one_error_and_takes_nobody_with_it(rig: Rig) -> None:
     stream_in(rig, speech(TWO).samples)
     pid = 100

@@ -13,10 +13,11 @@ import threading
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 import soundfile
 
-from audio import SENTENCES, model_samples, speech
+from audio import SENTENCES, model_samples, noise, speech
 from server import Server, actor, alive, shm_segments, wait_for
 from wire import Transcript, check_regions_answered, check_simple_counts, converse, stream_steps
 
@@ -39,6 +40,19 @@ def kill_later(srv: Server, name: str, after_s: float, sig: int = signal.SIGKILL
     t = threading.Thread(target=go, daemon=True)
     t.start()
     return t
+
+
+async def admitted(url: str, steps: list[dict[str, object] | bytes | str], within_s: float = 20.0) -> Transcript:
+    """`converse`, knocking again while the server says 503 (at capacity: a backlog it is still
+    working off), as a client honouring Retry-After would."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return await converse(url, steps, timeout=30)
+        except aiohttp.WSServerHandshakeError as e:
+            if e.status != 503 or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 def two_sentences() -> list[dict[str, object] | bytes | str]:
@@ -218,5 +232,74 @@ def test_the_client_script_reconnects_when_its_front_dies_and_says_so(tmp_path: 
         ends = [f["end_time"] for f in finals]
         assert ends == sorted(ends) and len(finals) >= 3  # every sentence answered, in order, once or more
         assert abs(ends[-1] - s.truth[-1][1]) < 0.2
+    finally:
+        srv.stop()
+
+
+def test_a_result_is_never_lost_between_a_model_that_dies_and_a_front_that_is_slow_to_read(tmp_path: Path) -> None:
+    """A model restarted while its front is paused cannot finish connecting to that front: a result
+    it sends there waits in its own queue. When it then died after returning its credit, that
+    result was gone and nothing redid it; every later final waited behind the gap until the stop
+    timeout (1011). Results now travel inside the credit, to the segmenter: the dispatcher counts
+    an item answered only once its answer has left the model."""
+    srv = started(tmp_path, STREAMER_ACTORS_FRONTS="1", STREAMER_ACTORS_MODELS="1", STREAMER_MODEL_FAKE_MODE="sleep",
+                  STREAMER_MODEL_FAKE_DELAY="0.2", STREAMER_SERVER_STOP_TIMEOUT_S="15")
+    try:
+        s = speech(("The quick brown fox jumps over the lazy dog.",))
+        front, model = actor(srv, "front-0")["pid"], actor(srv, "model-0")["pid"]
+        os.kill(model, signal.SIGSTOP)  # the region's work will wait in its queue
+        outcome: list[Transcript] = []
+
+        async def stream() -> None:
+            outcome.append(await converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False), timeout=60))
+
+        client = threading.Thread(target=lambda: asyncio.run(stream()), daemon=True)
+        client.start()
+        wait_for(lambda: actor(srv, "segmenter").get("inflight", 0) >= 1, 15)  # the region is cut and handed out
+        os.kill(front, signal.SIGSTOP)
+        os.kill(model, signal.SIGKILL)  # its work goes to its replacement, which cannot reach the paused front
+        wait_for(lambda: actor(srv, "model-0")["pid"] not in (None, model)
+                 and actor(srv, "model-0").get("processed", 0) >= 1, 8)
+        os.kill(actor(srv, "model-0")["pid"], signal.SIGKILL)  # after its credit went back
+        os.kill(front, signal.SIGCONT)
+        client.join(60)
+        (t,) = outcome
+        assert check_regions_answered(t, 0) == (1, 0)
+    finally:
+        srv.stop()
+
+
+def test_a_replay_larger_than_the_fronts_pool_goes_in_pieces_and_loses_nothing(tmp_path: Path) -> None:
+    """A decoder death while a front keeps more audio for a stream than its whole pool holds: the
+    replay used to be one allocation that could never fit; the front's flush raised at every try,
+    health stayed 200 and every session of that front stalled. It now goes as packets that fit."""
+    seconds = 70.0  # 2.2 MB of 16 kHz s16, more than the 2 MiB pool below
+    srv = started(tmp_path, STREAMER_ACTORS_FRONTS="1", STREAMER_POOLS_FRONT_SLOTS="256",
+                  STREAMER_LIMITS_MAX_INFLIGHT_AUDIO_S="100", STREAMER_SERVER_STOP_TIMEOUT_S="10")
+    try:
+        models = [actor(srv, f"model-{i}")["pid"] for i in range(2)]
+        for pid in models:
+            os.kill(pid, signal.SIGSTOP)  # nothing is answered: the front keeps every byte for a replay
+        x = noise(seconds)[None, :]
+        outcome: list[Transcript] = []
+
+        async def stream() -> None:
+            outcome.append(await converse(srv.ws("simple"), stream_steps(x, 16000, False), timeout=90))
+
+        client = threading.Thread(target=lambda: asyncio.run(stream()), daemon=True)
+        client.start()
+        # Every chunk cut (0.5 s each) is waiting for a model: the whole stream is in.
+        wait_for(lambda: actor(srv, "segmenter").get("inflight", 0) >= seconds / 0.5 - 1, 30)
+        os.kill(actor(srv, "decoder")["pid"], signal.SIGKILL)
+        wait_for(lambda: "replaying the stream from 0.00 s" in srv.log(), 10)
+        for pid in models:
+            os.kill(pid, signal.SIGCONT)
+        client.join(90)
+        (t,) = outcome
+        assert t.close_code == 1000, t.messages[-3:]
+        check_simple_counts(t, 0, int(seconds * 16000))
+        after = asyncio.run(admitted(srv.ws("simple"), stream_steps(noise(2.0)[None, :], 16000, False)))
+        assert after.close_code == 1000, after.messages[-3:]  # the front is not wedged
+        check_simple_counts(after, 0, 32000)
     finally:
         srv.stop()

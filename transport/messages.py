@@ -271,16 +271,23 @@ class Point(msgspec.Struct, array_like=True, frozen=True):
     state: dict[str, Any] | None = None
 
 
+Answer = Result | Progress | StreamEnd | Failed
+
+
 class Done(msgspec.Struct, tag="done", array_like=True):
-    """Model -> segmenter: a packet's items are answered (their results already went to the
-    fronts); a credit returns. `busy_s` is the wall time the model call took; `points` the
-    checkpoints its stateful work reached."""
+    """Model -> segmenter: a packet's items are answered; a credit returns. `answers` are what
+    the fronts must hear of them (results, and on the sequential route progress, ends and
+    failures): they travel in the same message as the credit, so a model's death can never
+    lose an answer that the dispatcher counts as given (the segmenter forwards them to each
+    stream's front). `busy_s` is the wall time the model call took; `points` the checkpoints
+    its stateful work reached."""
 
     slot: int
     pid: int
     work_ids: list[int]
     busy_s: float
     points: list[Point] = []
+    answers: list[Answer] = []
 
 
 class Exited(msgspec.Struct, tag="exited", array_like=True):
