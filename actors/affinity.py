@@ -118,11 +118,16 @@ class Affinities:
                 b.slot = min(slots, key=lambda s: load[s])
                 load[b.slot] += 1
 
-    def take(self, slot: int, limit: int) -> list[Item]:
-        """Up to `limit` items for `slot`, each stream's in order."""
+    def take(self, slot: int, limit: int, max_bytes: int) -> list[Item]:
+        """Up to `limit` items for `slot` with at most `max_bytes` of audio (one item, however large),
+        each stream's in order."""
         out: list[Item] = []
+        size = 0
         for b in self.streams.values():
             while b.slot == slot and b.waiting and len(out) < limit:
+                size += b.waiting[0].audio.nbytes
+                if out and size > max_bytes:
+                    return out
                 out.append(b.waiting.popleft())
         return out
 

@@ -42,7 +42,8 @@ from opentelemetry.trace import StatusCode
 from actors.affinity import Affinities, Item
 from runtime import logs, telemetry
 from runtime.clock import Clock
-from transport.messages import Done, Packet, Ready, Slice, Work, encode
+from transport.messages import Done, Ready, Slice, Work
+from transport.outbox import aligned, pack
 from transport.shm import BufferPool, BufferRef
 
 log = logging.getLogger("dispatch")
@@ -88,6 +89,7 @@ class Dispatcher:
         self.failed: list[Work] = []  # items past their attempts: the caller reports them
         self.superseded = 0
         self.sequential = Affinities(max_attempts)  # streams bound to one slot (stateful models)
+        self.max_bytes = max(pool.capacity // 8, 1)  # of audio per packet: several fit the pool at once
 
     @property
     def failed_streams(self) -> list[tuple[str, str]]:
@@ -211,7 +213,7 @@ class Dispatcher:
             self.sequential.bind(i for i, s in enumerate(self.slots) if s.pid)
             for index, bound_to in enumerate(self.slots):
                 while bound_to.pid and len(bound_to.batches) < bound_to.capacity:
-                    ordered = self.sequential.take(index, bound_to.max_batch)
+                    ordered = self.sequential.take(index, bound_to.max_batch, self.max_bytes)
                     if not ordered:
                         break
                     if not self._hand(bound_to, ordered):
@@ -242,14 +244,13 @@ class Dispatcher:
     def _hand(self, slot: Slot, items: list[Item]) -> bool:
         """One packet of `items` to `slot`; False if it could not go (the pool is full, or the slot
         is not connected: then it is offered nothing more until it announces itself)."""
-        written = self._pool.write_many([i.audio for i in items])
-        if written is None:
+        packed = pack(self._pool, [i.work for i in items], [(k, i.audio) for k, i in enumerate(items)])
+        if packed is None:
             return False
-        slab, offsets = written
-        for item, offset in zip(items, offsets, strict=True):
-            item.work.at = Slice(offset, item.audio.nbytes)
-        if not self._send(slot.dest, encode(Packet(slab, [i.work for i in items]))):
-            self._pool.release(slab)
+        packet, slab = packed
+        if not self._send(slot.dest, packet):
+            if slab is not None:
+                self._pool.release(slab)
             slot.capacity = 0
             return False
         BATCH.observe(len(items))
@@ -263,12 +264,15 @@ class Dispatcher:
     def _take(self, limit: int, finals: bool) -> list[Item]:
         """Up to `limit` waiting finals, or if `finals` is False interims: a final shares its call
         with finals only, so no interim's work stands between it and its result. A suspect (an
-        item whose actor died running it) goes alone, and nothing joins a batch behind one."""
+        item whose actor died running it) goes alone, and nothing joins a batch behind one. A
+        batch carries at most `max_bytes` of audio, so it always fits the pool."""
         out: list[Item] = []
+        size = 0
         while len(out) < limit and (self._finals if finals else self._interims):
             item = self._finals[0] if finals else next(iter(self._interims.values()))
             suspect = item.work.attempt > 1
-            if out and suspect:
+            size += aligned(item.audio.nbytes)
+            if out and (suspect or size > self.max_bytes):
                 break
             if finals:
                 self._finals.popleft()

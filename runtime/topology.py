@@ -104,6 +104,21 @@ class Topology:
         out["segmenter"] = PoolSpec("segmenter", p.segmenter_slot_bytes, p.segmenter_slots)
         return out
 
+    def check_pools(self) -> None:
+        """Refuse a configuration whose pools cannot carry what its limits let in: the largest
+        client frame must fit a front's pool, the longest region the segmenter's (each with room
+        for others beside it), or the first such frame or region could never be sent."""
+        p, limits = self._cfg.pools, self._cfg.limits
+        front = p.front_slot_bytes * p.front_slots
+        if front < 2 * limits.max_frame_bytes:
+            raise ValueError(f"[pools] front_slot_bytes x front_slots ({front} bytes) must hold twice "
+                             f"[limits] max_frame_bytes ({limits.max_frame_bytes})")
+        region = int(self._cfg.segmenter.max_segment_s * 16000) * 4
+        segmenter = p.segmenter_slot_bytes * p.segmenter_slots
+        if segmenter < 8 * region:
+            raise ValueError(f"[pools] segmenter_slot_bytes x segmenter_slots ({segmenter} bytes) must hold eight "
+                             f"regions of [segmenter] max_segment_s ({region} bytes each)")
+
     def writes(self, p: Place) -> str | None:
         return None if p.role == "model" else p.name
 

@@ -151,6 +151,7 @@ class Supervisor:
 
     def _create_pools(self) -> None:
         specs = self.topology.pools
+        self.topology.check_pools()
         ensure_room(list(specs.values()))
         for name, spec in specs.items():
             self.pools[name] = BufferPool.create(spec, self.run_id)

@@ -49,9 +49,9 @@ class Rig:
         item's `at` filled in."""
         payloads = [(i, a) for i, a in enumerate(audio or []) if a is not None]
         assert pool is not None or not payloads, "audio travels in a pool: name the sender's"
-        packet = pack(self.pools[pool] if pool is not None else None, list(items), payloads)
-        assert packet is not None, "the test pool is full"
-        self.link.inboxes[inbox].append(packet)
+        packed = pack(self.pools[pool] if pool is not None else None, list(items), payloads)
+        assert packed is not None, "the test pool is full"
+        self.link.inboxes[inbox].append(packed[0])
 
     def turn(self, times: int = 1) -> None:
         for _ in range(times):

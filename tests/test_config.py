@@ -41,3 +41,13 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path: Path) -> None:
 def test_round_trips_through_plain_data_for_children() -> None:
     cfg = config.load(env={})
     assert config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_pools_too_small_for_the_limits_are_refused_at_start() -> None:
+    from runtime.topology import Topology
+
+    Topology(config.load(env={})).check_pools()  # the defaults carry what they let in
+    with pytest.raises(ValueError, match="max_frame_bytes"):
+        Topology(config.load(env={"STREAMER_POOLS_FRONT_SLOTS": "64"})).check_pools()
+    with pytest.raises(ValueError, match="max_segment_s"):
+        Topology(config.load(env={"STREAMER_SEGMENTER_MAX_SEGMENT_S": "120"})).check_pools()

@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from transport.messages import Message, Packet, Slice, decode, encode
-from transport.shm import BufferPool, Payload
+from transport.messages import Message, Packet, Slice, encode
+from transport.shm import BufferPool, BufferRef, Payload
 
 ALIGN = 8  # every payload starts on an 8-byte boundary of the slab (float32 and int16 views need it)
 
@@ -42,9 +42,11 @@ def aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def pack(pool: BufferPool | None, items: list[Message], payloads: list[tuple[int, Payload]]) -> bytes | None:
-    """One encoded packet of `items`, the payloads (item index, bytes) written into one allocation
-    of `pool` and each such item's `at` filled in; None while the pool has no room (try later)."""
+def pack(pool: BufferPool | None, items: list[Message],
+         payloads: list[tuple[int, Payload]]) -> tuple[bytes, BufferRef | None] | None:
+    """One encoded packet of `items` and its slab: the payloads (item index, bytes) written into one
+    allocation of `pool`, each such item's `at` filled in. None while the pool has no room (try
+    again later)."""
     slab = None
     if payloads:
         if pool is None:
@@ -55,7 +57,7 @@ def pack(pool: BufferPool | None, items: list[Message], payloads: list[tuple[int
         slab, offsets = written
         for (i, p), offset in zip(payloads, offsets, strict=True):
             items[i].at = Slice(offset, nbytes(p))  # type: ignore[union-attr]
-    return encode(Packet(slab, items))
+    return encode(Packet(slab, items)), slab
 
 
 @dataclass
@@ -65,7 +67,7 @@ class _Pending:
     items: list[Message] = field(default_factory=list)
     payloads: list[tuple[int, Payload]] = field(default_factory=list)  # (index of the item, its bytes)
     size: int = 0  # of its audio, aligned
-    packet: bytes | None = None
+    packet: tuple[bytes, BufferRef | None] | None = None
 
 
 class Outbox:
@@ -106,7 +108,7 @@ class Outbox:
                     head.packet = pack(self._pool, head.items, head.payloads)
                     if head.packet is None:
                         break  # the pool is full: keep the items, try again later
-                if not self._send(dest, head.packet):
+                if not self._send(dest, head.packet[0]):
                     break
                 queue.pop(0)
                 self.pending_bytes -= head.size
@@ -130,10 +132,8 @@ class Outbox:
         for queue in self._queues.values():
             for p in queue:
                 dropped += len(p.items)
-                if p.packet is not None and self._pool is not None:
-                    slab = decode(p.packet).slab
-                    if slab is not None:
-                        self._pool.release(slab)
+                if p.packet is not None and p.packet[1] is not None and self._pool is not None:
+                    self._pool.release(p.packet[1])
         self._queues.clear()
         self.pending_bytes = 0
         return dropped
