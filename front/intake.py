@@ -3,13 +3,15 @@
 aiohttp answers a client's PING only inside `receive()`. A session that stops calling it to
 push back on a fast client also stops answering pings, and a client with a keepalive (the
 `websockets` library pings every 20 s and gives up 20 s later) drops the connection while it
-waits. So one task reads the socket as frames come and queues them, up to `limit` bytes of
-audio ahead of what the session has taken in; only past that does it stop reading, and TCP
-holds the client back. The session takes the frames in order with `next()`.
+waits. So one task reads the socket as frames come and queues them, up to `limit` bytes
+ahead of what the session has taken in; only past that does it stop reading, and TCP holds
+the client back. The session takes the frames in order with `next()`.
 
-What this costs is bounded: `limit` bytes per session (`[limits] read_ahead_bytes`). What it
-buys: a client held back for minutes by a slow model still gets its pongs, and the data
-ahead of a ping is at most the kernel's buffers, which the front keeps small
+What this costs is bounded: `limit` bytes per session (`[limits] read_ahead_bytes`), every
+frame counted, text as well as audio, each at least `FRAME_COST` (a client flooding text
+frames, or empty ones, while the session waits on it is held back as one flooding audio is).
+What it buys: a client held back for minutes by a slow model still gets its pongs, and the
+data ahead of a ping is at most the kernel's buffers, which the front keeps small
 (`socket_receive_buffer`).
 """
 
@@ -20,6 +22,12 @@ from collections import deque
 from collections.abc import Callable
 
 from front.wire import END, Incoming, Wire
+
+FRAME_COST = 256  # bytes a queued frame costs whatever it holds: the message object and its place in the queue
+
+
+def cost(msg: Incoming) -> int:
+    return max(len(msg.data), FRAME_COST)
 
 
 class Intake:
@@ -33,10 +41,6 @@ class Intake:
         self._room.set()
         self._arrived = asyncio.Event()
 
-    @property
-    def queued_bytes(self) -> int:
-        return self._bytes
-
     async def run(self) -> None:
         """Read until the client has gone (the `end` is the last message queued)."""
         while True:
@@ -47,10 +51,9 @@ class Intake:
             if msg.kind == "end":
                 return
             self._on_frame()
-            if msg.kind == "binary":
-                self._bytes += len(msg.data)
-                if self._bytes >= self._limit:
-                    self._room.clear()
+            self._bytes += cost(msg)
+            if self._bytes >= self._limit:
+                self._room.clear()
 
     def end(self) -> None:
         """No more reading (the session is closing): whoever waits in `next` gets the end."""
@@ -63,8 +66,8 @@ class Intake:
             self._arrived.clear()
             await self._arrived.wait()
         msg = self._frames.popleft()
-        if msg.kind == "binary":
-            self._bytes -= len(msg.data)
+        if msg.kind != "end":
+            self._bytes -= cost(msg)
             if self._bytes < self._limit:
                 self._room.set()
         return msg

@@ -43,7 +43,7 @@ from front.guard import token_ok
 from front.intake import Intake
 from front.link import FrontLink
 from front.protocol import ProtocolError, Start, Stop
-from front.stream import Stream
+from front.stream import Budget, Stream
 from front.wire import Wire
 from runtime import logs, telemetry
 from runtime.config import Config
@@ -103,6 +103,7 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._opened = self._active = self._loop.time()
         self._waiting_on_us = False  # reading is paused by our backpressure or a flush: not idle
+        self._quiet = False  # the last wait for results ended because none came
         self._warned_idle = self._warned_length = False
 
     # -- the session's life ---------------------------------------------------------------
@@ -150,6 +151,8 @@ class Session:
                 request = protocol.parse(msg.data if isinstance(msg.data, str) else msg.data.decode(errors="replace"))
                 if isinstance(request, Start):
                     self._start(request)
+                elif not self.authenticated:  # nothing but a start with the token is heard before it
+                    raise ProtocolError("authentication failed", protocol.POLICY)
                 else:
                     await self._stop(request)
             else:  # CLOSE, CLOSING, CLOSED, ERROR (a frame over the limit: already closed 1009)
@@ -180,7 +183,9 @@ class Session:
         interim = req.interim_results and self.route in ("segmented", "sequential")
         opened = Open(stream_id, self.link.slot, self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
                       interim, carried)
-        self.stream = Stream(opened, span, logs.trace_of(carried))
+        limits = self.cfg.limits
+        self.stream = Stream(opened, span, logs.trace_of(carried), budget=Budget(
+            limits.max_inflight_audio_s, limits.max_inflight_bytes, self.cfg.server.stop_timeout_s))
         self._done.clear()
         self.link.routes[stream_id] = self.on_pipeline
         self.link.send(opened)
@@ -195,11 +200,9 @@ class Session:
         if self.phase is Phase.IDLE:
             self._say(protocol.error("stop without a running stream"))
         elif self.phase is Phase.FLUSHING:  # a limit is already finishing the stream: let it
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._done.wait(), self.cfg.server.stop_timeout_s)
+            await self._until_done(self.cfg.server.stop_timeout_s)
         elif self.phase is Phase.STREAMING:
-            await self._flush(self.cfg.server.stop_timeout_s,
-                              f"results did not arrive within {self.cfg.server.stop_timeout_s:g} s")
+            await self._flush(self.cfg.server.stop_timeout_s)
             stream = self.stream
             self._forget_stream(aborted=False)
             if stream is not None and stream.failed is not None:
@@ -207,17 +210,37 @@ class Session:
         if req.disconnect:
             await self._close_with(None, code, reason)
 
-    async def _flush(self, timeout: float, late: str) -> None:
-        """STREAMING -> FLUSHING: the pipeline flushes the stream; wait for its last result."""
+    async def _flush(self, quiet_s: float, deadline_s: float | None = None) -> None:
+        """STREAMING -> FLUSHING: the pipeline flushes the stream; wait for its last result. The
+        stream is given up only after `quiet_s` without any word from the pipeline about it (a
+        stream that is answered, however slowly, is never cut), or at `deadline_s` from now
+        (shutdown has a deadline of its own)."""
         stream = self.stream
         assert stream is not None
         self.phase = Phase.FLUSHING
         self.link.send(Close(stream.id))
-        try:
-            await asyncio.wait_for(self._done.wait(), timeout)
-        except TimeoutError:
-            stream.fail(late)
+        if not await self._until_done(quiet_s, deadline_s):
+            stream.fail(f"server shut down before this stream's results were ready (waited {deadline_s:g} s)"
+                        if deadline_s is not None and not self._quiet else
+                        f"no result came for {quiet_s:g} s: the rest of this stream's results were given up")
         self._active = self._loop.time()
+
+    async def _until_done(self, quiet_s: float, deadline_s: float | None = None) -> bool:
+        """Wait for the stream's last result; False once `quiet_s` passed without any word from the
+        pipeline about it (`self._quiet`), or at `deadline_s`."""
+        give_up = math.inf if deadline_s is None else self._loop.time() + deadline_s
+        self._quiet = False
+        while not self._done.is_set():
+            self._moved.clear()
+            wait = min(quiet_s, give_up - self._loop.time())
+            if wait <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._moved.wait(), wait)
+            except TimeoutError:
+                self._quiet = wait >= quiet_s
+                return self._done.is_set()
+        return True
 
     def _forget_stream(self, aborted: bool) -> None:
         stream = self.stream
@@ -236,7 +259,7 @@ class Session:
     async def _feed(self, stream: Stream, data: bytes) -> None:
         """Into the pipeline, once the stream, the client and the front are within their budgets."""
         limits = self.cfg.limits
-        if stream.inflight_s > limits.max_inflight_audio_s or self.outbox.qsize() > limits.max_outbox \
+        if stream.over_budget(self._loop.time()) or self.outbox.qsize() > limits.max_outbox \
                 or not self.link.room.is_set():
             self._waiting_on_us = True
             try:
@@ -287,7 +310,7 @@ class Session:
             elif not self.link.room.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.link.room.wait(), 1.0)
-            elif stream.inflight_s > limits.max_inflight_audio_s:
+            elif stream.over_budget(now):
                 self._moved.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._moved.wait(), 1.0)
@@ -382,7 +405,7 @@ class Session:
                     f"the session ends in {lead:g} s: maximum length {limits.max_session_s:g} s"))
             elif now >= end_at:
                 if self.phase is Phase.STREAMING:
-                    await self._flush(self.cfg.server.stop_timeout_s, "results did not arrive before the limit")
+                    await self._flush(self.cfg.server.stop_timeout_s)
                     self._forget_stream(aborted=False)
                 await self._close_with(None, protocol.POLICY,
                                        f"maximum session length {limits.max_session_s:g} s reached")
@@ -399,11 +422,9 @@ class Session:
         """Server shutdown: finish the stream with the audio so far, deliver its results, close 1001."""
         self.draining = True
         if self.phase is Phase.STREAMING:
-            await self._flush(timeout, f"server shut down before this stream's results were ready "
-                                       f"(waited {timeout:g} s)")
+            await self._flush(timeout, deadline_s=timeout)
         elif self.phase is Phase.FLUSHING:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._done.wait(), timeout)
+            await self._until_done(timeout, timeout)
         stream = self.stream
         if stream is not None and stream.failed is not None:
             self._say(protocol.error(stream.failed))

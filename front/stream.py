@@ -6,6 +6,13 @@ how much of its audio is answered (the in-flight budget), whether everything it 
 has come (`complete`), and what users feel: start to first result, and each region's
 `inactive` to its final.
 
+The in-flight budget. A stream may have at most `max_inflight_audio_s` of audio unanswered,
+and at most `max_inflight_bytes` of the client's bytes (a wide format: 192 kHz x 8 channels of
+float is 6 MB a second), and no more than its answers, at the pace they came lately, cover in
+half the stop timeout: a client uploading a file to a busy server is held back to what the
+server can answer, so that after its `stop` the last result comes well within the timeout,
+however many others share the models.
+
 The stream's span ("session") is the root of everything the group does for it: a child of
 the client's `trace_id` when the start message carried one.
 """
@@ -28,6 +35,20 @@ from transport.messages import Checkpoint, Event, Open, Progress, Result, Stream
 log = logging.getLogger("front.stream")
 
 
+MIN_INFLIGHT_S = 5.0  # the budget never shrinks below this (a region must fit, and a stream must get going)
+RATE_WINDOW_S = 10.0  # the answers' pace is measured over this much of the recent past
+REAL_TIME = 1.0  # seconds of audio answered per second, assumed until measured
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of a stream may be in the pipeline, unanswered ([limits] and the stop timeout)."""
+
+    max_s: float = 60.0
+    max_bytes: int = 1 << 62
+    answer_within_s: float = 60.0
+
+
 @dataclass
 class Stream:
     opened: Open  # what the pipeline was told at the start (a replay tells it again, with a checkpoint)
@@ -43,6 +64,8 @@ class Stream:
     replays: int = 0
     held_s: float = 0.0  # time its audio waited in the front for room, over the stream's life
     warned_held: bool = False  # told it is held back (once per stream)
+    budget: Budget = field(default_factory=Budget)
+    _answered_at: deque[tuple[float, float]] = field(default_factory=deque)  # (when, answered_s), recent
     _marks: deque[tuple[float, list[int]]] = field(default_factory=deque)
     _checkpoints: deque[Checkpoint] = field(default_factory=deque)  # not yet usable: finals outstanding
     _restart: Checkpoint = field(init=False)  # the latest usable one
@@ -78,6 +101,24 @@ class Stream:
     def complete(self) -> bool:
         return self.order.complete
 
+    def over_budget(self, now: float) -> bool:
+        """More is unanswered than the budget allows: the session waits before feeding more."""
+        if self.fed_bytes - self.answered_s * self.bytes_per_s > self.budget.max_bytes:
+            return True
+        return self.inflight_s > self.budget_s(now)
+
+    def budget_s(self, now: float) -> float:
+        """Seconds of audio this stream may have unanswered now: `max_s`, or what its answers at
+        their recent pace (real time, until there are some) cover in half the stop timeout, never
+        less than `MIN_INFLIGHT_S`."""
+        b = self.budget
+        marks = self._answered_at
+        rate = REAL_TIME  # until the pace is known, what a streaming server must at least keep
+        if marks and now - marks[0][0] >= RATE_WINDOW_S / 2:
+            then, answered = marks[0]
+            rate = (self.answered_s - answered) / max(now - then, 1e-3)
+        return min(b.max_s, max(MIN_INFLIGHT_S, rate * b.answer_within_s / 2))
+
     def fed(self, data: bytes) -> None:
         self.fed_bytes += len(data)
         self._kept.append(data)
@@ -99,8 +140,11 @@ class Stream:
         return all(c.released >= n for c, n in zip(self.order.channels, counts, strict=False))
 
     def _advance(self) -> None:
+        answered = self.answered_s
         while self._marks and self._released_all(self._marks[0][1]):
             self.answered_s = max(self.answered_s, self._marks.popleft()[0])
+        if self.answered_s > answered or not self._answered_at:
+            self._note_pace(time.monotonic())
         usable = None
         while self._checkpoints and self._released_all([c.finals for c in self._checkpoints[0].channels]):
             usable = self._checkpoints.popleft()
@@ -108,6 +152,13 @@ class Stream:
             # On a whole input sample: a stateful model's checkpoints fall wherever its audio did.
             self._restart = msgspec.structs.replace(usable, sample=align(usable.sample, self.opened.sample_rate))
             self._forget_before(self._replay_from())
+
+    def _note_pace(self, now: float) -> None:
+        """Remember when the answered audio moved, keeping one point at least `RATE_WINDOW_S` old."""
+        marks = self._answered_at
+        marks.append((now, self.answered_s))
+        while len(marks) > 1 and now - marks[1][0] >= RATE_WINDOW_S:
+            marks.popleft()
 
     def _replay_from(self) -> int:
         first, preroll = self._restart.input_frames(self.opened.sample_rate)

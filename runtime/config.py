@@ -134,6 +134,7 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True):
     idle_timeout_s: float
     max_session_s: float
     max_inflight_audio_s: float
+    max_inflight_bytes: int
     max_outbox: int
     send_timeout_s: float
     socket_send_buffer: int

@@ -145,10 +145,12 @@ def test_the_right_token_opens_a_session_however_it_is_presented(guarded: Server
     assert check_regions_answered(t, 0) == (2, 0)
 
 
-@pytest.mark.parametrize("how", ["none", "wrong in start", "wrong in query", "wrong subprotocol"])
+@pytest.mark.parametrize("how", ["none", "wrong in start", "wrong in query", "wrong subprotocol", "stop first"])
 def test_a_missing_or_wrong_token_closes_1008(guarded: Server, how: str) -> None:
     steps, url, connect = two_sentences(), guarded.ws(), {}
-    if how == "wrong in start":
+    if how == "stop first":  # nothing but a start with the token is heard before it (a stop made an error each)
+        steps = [{"request": "stop", "disconnect": False}, *steps]
+    elif how == "wrong in start":
         steps[0] = {**steps[0], "token": "s3cret-tokeN"}  # type: ignore[dict-item]
     elif how == "wrong in query":
         url += "?token=guess"
@@ -410,3 +412,38 @@ def test_a_run_dir_open_to_others_is_refused_and_left_as_it_was(tmp_path: Path) 
     with pytest.raises(RuntimeError, match="not a private directory"):
         srv.start(timeout=20)
     assert oct(shared.stat().st_mode & 0o777) == oct(0o755)
+
+
+def test_text_frames_count_against_the_read_ahead_of_a_session_that_waits(tmp_path: Path) -> None:
+    """Regression: only audio counted against `read_ahead_bytes`. While a session waited on a
+    client that reads nothing, the front went on reading that client's text frames (1 MiB text
+    frames took a front from 83 to 1584 MiB in 4.8 s). Every frame counts now: past the
+    read-ahead the front stops reading, and TCP holds the client back."""
+    srv = Server(tmp_path / "run", env={"STREAMER_ACTORS_FRONTS": "1", "STREAMER_LIMITS_MAX_OUTBOX": "20",
+                                        "STREAMER_LIMITS_SEND_TIMEOUT_S": "20",
+                                        "STREAMER_LIMITS_READ_AHEAD_BYTES": str(256 << 10)})
+    srv.start()
+    try:
+        host, port = "127.0.0.1", srv.port
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw_handshake(sock, host, port, "/api/v1/segmented")
+            # Errors the client never reads, until the session waits on it; then text frames.
+            sock.sendall(raw_frame(0x1, json.dumps({"request": "stop", "disconnect": False}).encode()) * 3000)
+            text = raw_frame(0x1, b" " * (128 << 10))
+            sock.settimeout(0.5)
+            sent, pending, last_taken = 0, b"", time.monotonic()
+            # Push until the front stops taking (it held us back) or has taken far more than it may.
+            while time.monotonic() - last_taken < 3 and sent < 64 << 20:
+                pending = pending or text
+                try:
+                    n = sock.send(pending)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                pending, sent, last_taken = pending[n:], sent + n, time.monotonic()
+        # The read-ahead (256 KiB), aiohttp's own queue and the kernel's buffers, and no more.
+        assert sent < 4 << 20, f"the front kept reading text frames: {sent >> 20} MiB"
+    finally:
+        srv.stop()

@@ -273,23 +273,23 @@ def test_a_replay_larger_than_the_fronts_pool_goes_in_pieces_and_loses_nothing(t
     """A decoder death while a front keeps more audio for a stream than its whole pool holds: the
     replay used to be one allocation that could never fit; the front's flush raised at every try,
     health stayed 200 and every session of that front stalled. It now goes as packets that fit."""
-    seconds = 70.0  # 2.2 MB of 16 kHz s16, more than the 2 MiB pool below
-    srv = started(tmp_path, STREAMER_ACTORS_FRONTS="1", STREAMER_POOLS_FRONT_SLOTS="256",
-                  STREAMER_LIMITS_MAX_INFLIGHT_AUDIO_S="100", STREAMER_SERVER_STOP_TIMEOUT_S="10")
+    seconds, rate = 20.0, 48000  # stereo float: 384 KB a second; the 1 MiB pool below holds 2.7 s
+    srv = started(tmp_path, STREAMER_ACTORS_FRONTS="1", STREAMER_POOLS_FRONT_SLOTS="128",
+                  STREAMER_LIMITS_MAX_FRAME_BYTES=str(256 << 10), STREAMER_SERVER_STOP_TIMEOUT_S="10")
     try:
         models = [actor(srv, f"model-{i}")["pid"] for i in range(2)]
         for pid in models:
             os.kill(pid, signal.SIGSTOP)  # nothing is answered: the front keeps every byte for a replay
-        x = noise(seconds)[None, :]
+        x = noise(seconds, rate)[None, :].repeat(2, axis=0)
         outcome: list[Transcript] = []
 
         async def stream() -> None:
-            outcome.append(await converse(srv.ws("simple"), stream_steps(x, 16000, False), timeout=90))
+            outcome.append(await converse(srv.ws("simple"), stream_steps(x, rate, True), timeout=90))
 
         client = threading.Thread(target=lambda: asyncio.run(stream()), daemon=True)
         client.start()
-        # Every chunk cut (0.5 s each) is waiting for a model: the whole stream is in.
-        wait_for(lambda: actor(srv, "segmenter").get("inflight", 0) >= seconds / 0.5 - 1, 30)
+        # 4.5 s of chunks (0.5 s each) wait for a model: the front keeps 1.7 MB, more than its pool.
+        wait_for(lambda: actor(srv, "segmenter").get("inflight", 0) >= 9, 30)
         os.kill(actor(srv, "decoder")["pid"], signal.SIGKILL)
         wait_for(lambda: "replaying the stream from 0.00 s" in srv.log(), 10)
         for pid in models:
@@ -298,6 +298,7 @@ def test_a_replay_larger_than_the_fronts_pool_goes_in_pieces_and_loses_nothing(t
         (t,) = outcome
         assert t.close_code == 1000, t.messages[-3:]
         check_simple_counts(t, 0, int(seconds * 16000))
+        check_simple_counts(t, 1, int(seconds * 16000))
         after = asyncio.run(admitted(srv.ws("simple"), stream_steps(noise(2.0)[None, :], 16000, False)))
         assert after.close_code == 1000, after.messages[-3:]  # the front is not wedged
         check_simple_counts(after, 0, 32000)
