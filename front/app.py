@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +124,19 @@ class _WebSocket(web.WebSocketResponse):
 
 async def _drop_if_stuck(transport: asyncio.Transport, grace_s: float) -> None:
     """A peer that reads nothing leaves bytes in our write buffer forever, and asyncio would
-    keep the socket (and its buffers) until they drain: give it `grace_s`, then reset."""
+    keep the socket (and its buffers) until they drain: give it `grace_s`, then reset.
+
+    A reset, not a close: with nothing unread on our side a close sends a FIN, and a peer
+    pushing into our closed window learns of it only from its next zero-window probe, which
+    TCP backs off to a minute or more. SO_LINGER 0 makes the close an RST, at once."""
     deadline = asyncio.get_running_loop().time() + grace_s
     while transport.get_write_buffer_size() > 0:
         if asyncio.get_running_loop().time() > deadline:
             log.warning("peer is not reading: resetting the connection")
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             transport.abort()
             return
         await asyncio.sleep(0.1)
