@@ -109,10 +109,15 @@ class _WebSocket(web.WebSocketResponse):
       does): meanwhile asyncio keeps reading and aiohttp drops what it reads.
     """
 
+    def __init__(self, max_frame_bytes: int, **kwargs: Any) -> None:
+        # aiohttp refuses a message of exactly max_msg_size; the limit is the largest one allowed.
+        super().__init__(max_msg_size=max_frame_bytes + 1, **kwargs)
+        self.max_frame_bytes = max_frame_bytes
+
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
         if code == protocol.TOO_BIG and not message and not self.closed:
             with contextlib.suppress(Exception):
-                await self.send_json(protocol.error(f"frame over the size limit of {self._max_msg_size} bytes"))
+                await self.send_json(protocol.error(f"frame over the size limit of {self.max_frame_bytes} bytes"))
             message = b"frame too big"
         return await super().close(code=code, message=message, drain=drain)
 
@@ -157,7 +162,7 @@ def stream_route(route: Route) -> Any:
             return await seated(request, live, cfg, seat)
 
     async def seated(request: web.Request, live: Live, cfg: Config, seat: Seat) -> web.StreamResponse:
-        ws = _WebSocket(max_msg_size=cfg.limits.max_frame_bytes, autoping=True, protocols=(SUBPROTOCOL,))
+        ws = _WebSocket(cfg.limits.max_frame_bytes, autoping=True, protocols=(SUBPROTOCOL,))
         offered = handshake_token(request)
         await ws.prepare(request)
         sock = request.transport.get_extra_info("socket") if request.transport is not None else None

@@ -6,18 +6,21 @@ panel, the token subprotocol and the reconnect state are checked the same way.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import soundfile
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, WebSocket, expect, sync_playwright
 
 from audio import speech
 from server import Server, actor, wait_for
+from wire import Transcript, check_regions_answered
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 GRAMMAR = ("#JSGF V1.0;\ngrammar c;\npublic <c> = <verb> the <thing>;\n<verb> = open | close | start | stop;\n"
@@ -61,10 +64,22 @@ def open_page(browser: Browser, srv: Server) -> Page:
     return page
 
 
+def heard(page: Page) -> list[dict[str, Any]]:
+    """Every message the page's WebSockets receive, as the server sent it."""
+    got: list[dict[str, Any]] = []
+
+    def watch(ws: WebSocket) -> None:
+        ws.on("framereceived", lambda payload: got.append(json.loads(payload)) if isinstance(payload, str) else None)
+
+    page.on("websocket", watch)
+    return got
+
+
 def test_the_page_streams_the_microphone_and_shows_what_was_said(browser: Browser, tmp_path: Path) -> None:
     srv = recognizer(tmp_path)
     try:
         page = open_page(browser, srv)
+        messages = heard(page)
         page.click("#start")
         finals = page.locator("#finals li")
         expect(finals.filter(has_text="open the door").first).to_be_visible(timeout=30_000)
@@ -80,6 +95,8 @@ def test_the_page_streams_the_microphone_and_shows_what_was_said(browser: Browse
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         page.click("#stop")
         expect(page.locator("#status")).to_have_text("done", timeout=15_000)
+        finals, errors = check_regions_answered(Transcript(messages, 1000), 0)  # the page stopped: closed 1000
+        assert finals >= 2 and errors == 0
     finally:
         srv.stop()
 

@@ -44,7 +44,7 @@ def test_the_segmented_route_gives_what_the_websocket_gives(srv: Server) -> None
     over_ws = asyncio.run(converse(srv.ws(), steps))
     over_grpc = asyncio.run(grpc_converse(srv.grpc, "segmented", steps, token="s3cret"))
     assert over_grpc.close_code == "OK" and over_ws.close_code == 1000
-    check_segmented_order(over_grpc, 0)
+    check_segmented_order(over_grpc, 0, close_code="OK")
     assert over_grpc.messages == over_ws.messages
 
 

@@ -17,7 +17,7 @@ from runtime import config
 
 from audio import noise
 from server import Server
-from wire import check_simple_counts, converse, stream_steps
+from wire import check_regions_answered, check_simple_counts, client_transcript, converse, stream_steps
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "streamer-loudness"
 
@@ -90,6 +90,7 @@ def test_the_client_prints_the_text_and_the_transcript_of_a_recognizer(tmp_path:
         out = subprocess.run([sys.executable, "-m", "client.stream", "-i", str(wav), "--addr", srv.ws()],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
+        assert check_regions_answered(client_transcript(out.stdout), 0) == (3, 0)
         assert "transcript (channel 0): open the door stop the music close the window" in out.stdout
         assert "final] stop the music" in out.stdout
     finally:

@@ -24,7 +24,7 @@ import soundfile
 from audio import speech, tone
 from otlp import Got, Receiver
 from server import Server, actor, free_port, wait_for
-from wire import check_regions_answered, converse, stream_steps
+from wire import check_regions_answered, client_transcript, converse, stream_steps
 
 
 def started(tmp_path: Path, **env: str) -> Server:
@@ -48,6 +48,7 @@ def test_one_trace_from_the_client_through_every_process(tmp_path: Path) -> None
                                  capture_output=True, text=True, timeout=60,
                                  env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint})
             assert out.returncode == 0, out.stderr
+            assert check_regions_answered(client_transcript(out.stdout), 0) == (2, 0)
             trace_id = out.stdout.strip().splitlines()[-1].removeprefix("trace id: ")
             spans = otlp.wait_for(trace_id, {"stream", "session", "decode", "segment", "inference", "deliver"})
         finally:

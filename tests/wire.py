@@ -33,6 +33,17 @@ class Transcript:
         return [m for m in self.of_type("segment", ch) if m.get("is_final")]
 
 
+def client_transcript(stdout: str) -> Transcript:
+    """What `streamer-client` printed (one `<seconds>s <json>` line per message), as a transcript
+    that closed normally (the client exits non-zero otherwise)."""
+    messages = []
+    for line in stdout.splitlines():
+        head, _, rest = line.strip().partition(" ")
+        if head.endswith("s") and rest.startswith("{"):
+            messages.append(json.loads(rest))
+    return Transcript(messages, 1000)
+
+
 def start_msg(channels: int, rate: int, is_float: bool, interim: bool = False) -> dict[str, Any]:
     return {"request": "start", "interim_results": interim,
             "format": {"channels": channels, "sample_rate": rate, "bit_depth": 32 if is_float else 16,
@@ -86,36 +97,24 @@ def stream_steps(audio: npt.NDArray[np.float32], rate: int, is_float: bool, inte
             {"request": "stop", "disconnect": disconnect}]
 
 
-def check_segmented_order(t: Transcript, ch: int) -> None:
-    """Events alternate active/inactive; each region gets one final after its inactive, with
-    its interims before it; results come in audio order."""
+def check_segmented_order(t: Transcript, ch: int, close_code: int | str = 1000) -> None:
+    """An undisturbed stream: every region answered by its final (no error of any kind), each
+    region's interims before its final and within it, results in audio order."""
+    _, errors = check_regions_answered(t, ch, close_code=close_code)
+    assert errors == 0 and not t.of_type("error"), t.of_type("error")
     open_at: float | None = None
-    closed: list[tuple[float, float]] = []  # regions whose inactive is out, awaiting their final
-    last_result_start = -1.0
-    finals = 0
+    last_start = -1.0
     for m in t.channel(ch):
-        kind = m["type"]
-        if kind == "active":
-            assert open_at is None, f"active while a region is open: {m}"
+        if m["type"] == "active":
             open_at = m["time"]
-        elif kind == "inactive":
-            assert open_at is not None, f"inactive without active: {m}"
-            closed.append((open_at, m["time"]))
+        elif m["type"] == "inactive":
             open_at = None
-        elif kind == "segment":
-            assert m["start_time"] >= last_result_start, f"results out of audio order at {m}"
-            last_result_start = m["start_time"]
-            if m["is_final"]:
-                assert closed, f"final before its inactive: {m}"
-                start, end = closed.pop(0)
-                assert (m["start_time"], m["end_time"]) == (start, end), (m, start, end)
-                finals += 1
-            else:
-                assert m["end_time"] > m["start_time"]
-        elif kind == "error":
-            raise AssertionError(f"unexpected error: {m}")
-    assert open_at is None and not closed, "a region was left without its final"
-    assert finals == len(t.finals(ch))
+        elif m["type"] == "segment" and not m["is_final"]:
+            assert open_at is not None and m["start_time"] == open_at, f"an interim outside its region: {m}"
+            assert m["end_time"] > m["start_time"], m
+        if m["type"] == "segment":
+            assert m["start_time"] >= last_start, f"results out of audio order at {m}"
+            last_start = m["start_time"]
 
 
 def check_simple_counts(t: Transcript, ch: int, samples_16k: int, chunk_s: float = 0.5) -> None:
@@ -133,18 +132,21 @@ def is_region_answer(m: dict[str, Any]) -> bool:
         (m["type"] == "error" and "start_time" in m and m.get("is_final") is not False)
 
 
-def check_regions_answered(t: Transcript, ch: int) -> tuple[int, int]:
+def check_regions_answered(t: Transcript, ch: int, *, close_code: int | str = 1000,
+                           stage_died: bool = False) -> tuple[int, int]:
     """The rule that must survive crashes: every region gets exactly one final or exactly one
-    error naming it, after its `inactive`, in audio order, never two. A stream whose state was
-    lost ends with one error without a region (and close 1011); the regions still open then
-    are answered by that error. Returns (finals, region errors)."""
+    error naming it, after its `inactive`, in audio order, never two, and the session closes
+    with `close_code`. A stream-level error (one without a region, then close 1011) is a lost
+    stream: accepted only where the test killed a decoder or a segmenter (`stage_died`), and then
+    it must be the last word and answers the regions still open. Returns (finals, region errors)."""
     msgs = t.messages
     lost = [m for m in msgs if m["type"] == "error" and "start_time" not in m]
     if lost:
+        assert stage_died, f"a stream-level error where no stage died: {lost}"
         assert len(lost) == 1 and msgs[-1] is lost[0], f"a stream-level error must be the last word: {lost}"
         assert t.close_code == 1011, t.close_code
     else:
-        assert t.close_code == 1000, (t.close_code, msgs[-3:])
+        assert t.close_code == close_code, (t.close_code, msgs[-3:])
     open_at: float | None = None
     closed: list[tuple[float, float]] = []
     last_start = -1.0
