@@ -3,7 +3,9 @@
 A new session (a WebSocket upgrade, a gRPC call) is refused while the front drains for
 shutdown, when the models are at capacity (`front/admission.py`), and past `[limits]
 max_sessions` counted over every front (`front/seats.py`). Each refusal is counted by reason
-and says when to come back (5 s). Both transports ask `admit`, so the rules are the same.
+(a load refusal also by its rule, and logged with the report it went by, once per report
+rather than per client) and says when to come back (5 s). Both transports ask `admit`, so
+the rules are the same.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import asyncio
 import logging
 
 from front.admission import Admission
-from front.metrics import REFUSED, SESSIONS, SESSIONS_TOTAL
+from front.metrics import LOAD, REFUSED, SESSIONS, SESSIONS_TOTAL
 from front.seats import Seat, Seats
 from front.session import Session
+from transport.messages import Load
 
 log = logging.getLogger("front")
 RETRY_AFTER_S = 5
@@ -36,6 +39,7 @@ class Live:
         self.admission = admission
         self.max_sessions = max_sessions
         self.draining = False
+        self._logged: Load | None = None  # the load report the last logged refusal went by
 
     def admit(self) -> Seat:
         """A seat for a new session, or `Refused` saying why not."""
@@ -43,7 +47,11 @@ class Live:
             raise self._refuse("draining", "server shutting down")
         refusal = self.admission.refusal()
         if refusal is not None:
-            raise self._refuse("load", f"server is at capacity: {refusal}")
+            LOAD.refused.labels(refusal.rule).inc()
+            if self._logged is not self.admission.load:
+                self._logged = self.admission.load
+                log.info("refusing sessions: %s; load %s", refusal.text, self._logged)
+            raise self._refuse("load", f"server is at capacity: {refusal.text}")
         seat = self.seats.take()
         if seat is None:
             raise self._refuse("session_limit", f"server is at its session limit ({self.max_sessions})")
