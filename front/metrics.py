@@ -55,8 +55,8 @@ class LoadMetrics:
                              "model actor, as of the last load report")
         self.queued_audio = g("streamer_front_load_queued_audio_seconds", "Audio waiting for a model actor, as of "
                               "the last load report")
-        self.since_report = g("streamer_front_admission_since_report", "Sessions this front admitted since "
-                              "the last load report, less those that ended since (admission adds them to its streams)")
+        self.sessions = g("streamer_front_admission_sessions", "Sessions open over every front, as admission "
+                          "counts them (the seats file)")
         self.refused = c("streamer_front_admission_refusals", "Sessions refused for load, by rule: behind (a "
                          "final waited past max_queue_delay_s), busy (past max_busy), demand (one more stream "
                          "would be past max_busy)", ["rule"])
