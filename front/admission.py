@@ -5,8 +5,9 @@ how busy they were over the last seconds, what a stream costs them, and how long
 final has waited for one. A new session is refused (HTTP 503 with Retry-After, before the
 upgrade) when
 
-* the oldest final has waited longer than `[admission] max_queue_delay_s` (the models are
-  already behind: rule `behind`), or
+* the oldest final of a stream still open has waited longer than `[admission]
+  max_queue_delay_s` (the models are already behind: rule `behind`; finals of streams
+  already stopped are left out, see `Load`), or
 * the model actors are already busier than `[admission] max_busy` of their time (`busy`),
   or one more stream would make them so (`demand`): (sessions + 1) x per-stream demand >
   max_busy x actors. The per-stream demand is learned from the audio that streams' finals
