@@ -114,9 +114,12 @@ class Dispatcher:
     def live_slots(self) -> int:
         return sum(1 for s in self.slots if s.pid)
 
-    def queue_delay(self) -> float:
-        """How long the oldest waiting final has waited (0 when none waits)."""
-        return self._clock.now() - self._finals[0].queued_at if self._finals else 0.0
+    def queue_delay(self, counts: Callable[[str], bool] = lambda _: True) -> float:
+        """How long the oldest waiting final of a stream that `counts` has waited (0 when none waits)."""
+        for item in self._finals:
+            if counts(item.work.stream):
+                return self._clock.now() - item.queued_at
+        return 0.0
 
     def submit_sequential(self, work: Work, audio: npt.NDArray[np.float32]) -> None:
         """An item of a sequential stream: it goes to the slot the stream is bound to, in order."""

@@ -343,8 +343,12 @@ class Segmenter(Actor):
             self._last_load = now
             # Capacity counts every model slot, live or restarting: a slot's death lasts a restart
             # (a few hundred ms), and refusing sessions for it would let a client notice it.
+            # The wait that says the models are behind is that of open streams' finals: the last
+            # finals of streams already stopped are a backlog that cannot grow (a newcomer's own
+            # final, should it wait behind them, counts); counted, they refused sessions whenever
+            # many streams stopped at once (the soak's first turnover).
             load = Load(len(self.streams), len(self.dispatcher.slots), round(self.busy.share(now), 4),
-                        round(self.per_stream(), 4), round(self.dispatcher.queue_delay(), 4),
+                        round(self.per_stream(), 4), round(self.dispatcher.queue_delay(self.streams.__contains__), 4),
                         round(self.dispatcher.queued_seconds, 3))
             for front in self._fronts:
                 self.emit(front, load)

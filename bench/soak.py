@@ -10,6 +10,12 @@ of the run. After a warm-up (a sixth of the run, at least 2 minutes) the last sa
 compared with the first: the table shows both and the growth. Sessions must see no error
 and end 1000. A model actor restarts after each kill, so its row is that of its latest
 incarnation. Writes `bench/results/soak.md`.
+
+Every `--watch-every` s (default 0.25) it also reads each front's own metrics: what
+admission decides by (the last load report, the sessions open over every front) and its
+refusals by rule. Each refusal is printed with the front's readings just before and after
+it, so a 503 is explained by data; `--readings` writes them all (CSV), `--log` keeps the
+server's log (at INFO: a refusal is logged with the exact report it went by).
 """
 
 from __future__ import annotations
@@ -18,15 +24,18 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -41,6 +50,16 @@ from runtime import group  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SAMPLE_EVERY_S = 30.0
+ADMISSION = {  # the front's metric: its column
+    "streamer_front_admission_sessions": "sessions",
+    "streamer_front_load_streams": "streams",
+    "streamer_front_load_per_stream": "per_stream",
+    "streamer_front_load_busy": "busy",
+    "streamer_front_load_queue_delay_seconds": "queue_delay_s",
+    "streamer_front_load_queued_audio_seconds": "queued_audio_s",
+    "streamer_front_sessions_active": "own",
+}
+RULES = ("behind", "busy", "demand")
 
 
 @dataclass
@@ -95,6 +114,67 @@ async def streamer(url: str, until: float, stats: dict[str, int], errors: list[s
                 errors.append(f"closed {s.close_code}")
 
 
+@dataclass
+class Reading:
+    """One front's admission metrics at one moment."""
+
+    at: float
+    slot: int
+    values: dict[str, float]
+
+    def line(self) -> str:
+        v = self.values
+        return (f"{self.at:7.2f} s front-{self.slot}: sessions {v.get('sessions', 0):.0f} (own {v.get('own', 0):.0f}), "
+                f"report: streams {v.get('streams', 0):.0f}, per_stream {v.get('per_stream', 0):.4f}, "
+                f"busy {v.get('busy', 0):.3f}, queue_delay {v.get('queue_delay_s', 0):.3f} s, "
+                f"queued {v.get('queued_audio_s', 0):.1f} s; refused " +
+                ", ".join(f"{r} {v.get('refused_' + r, 0):.0f}" for r in RULES))
+
+
+def read_front(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+        page = r.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(page):
+        for smp in fam.samples:
+            if smp.name in ADMISSION:
+                out[ADMISSION[smp.name]] = smp.value
+            elif smp.name == "streamer_front_admission_refusals_total":
+                out["refused_" + smp.labels["rule"]] = smp.value
+    return out
+
+
+def watch_admission(system: load.System, began: float, every_s: float, stop: threading.Event,
+                    readings: list[Reading]) -> None:
+    """Every front's admission metrics, read from each front's own port (quicker than the group page)."""
+    run_dir = str(system.workdir / f"run-{system.port}")
+    while not stop.wait(every_s):
+        state = group.read(run_dir)
+        for a in state.actors if state is not None else []:
+            if a.role == "front" and a.metrics_port:
+                try:
+                    values = read_front(a.metrics_port)
+                except OSError:
+                    continue
+                readings.append(Reading(time.monotonic() - began, a.slot, values))
+
+
+def refusals(readings: list[Reading]) -> list[str]:
+    """Each front's readings just before and just after its refusal counters moved."""
+    out: list[str] = []
+    last: dict[int, Reading] = {}
+    for r in readings:
+        before = last.get(r.slot)
+        last[r.slot] = r
+        if before is None:
+            continue
+        moved = {rule: r.values.get("refused_" + rule, 0) - before.values.get("refused_" + rule, 0) for rule in RULES}
+        if any(moved.values()):
+            out += ["refused " + ", ".join(f"{n:.0f} by {rule}" for rule, n in moved.items() if n),
+                    "  before " + before.line(), "  after  " + r.line()]
+    return out
+
+
 def killer(system: load.System, every_s: float, stop: threading.Event, kills: list[int]) -> None:
     rng = random.Random()
     while not stop.wait(every_s):
@@ -113,6 +193,10 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--sessions", type=int, default=12)
     parser.add_argument("--kill-every", type=float, default=10.0)
+    parser.add_argument("--watch-every", type=float, default=0.25, help="seconds between reads of the admission "
+                        "metrics")
+    parser.add_argument("--log", type=Path, help="keep the server's log (at INFO) here")
+    parser.add_argument("--readings", type=Path, help="write every admission reading here (CSV)")
     args = parser.parse_args()
     seconds = args.minutes * 60
     warm = max(120.0, seconds / 6)
@@ -120,9 +204,10 @@ def main() -> int:
     errors: list[str] = []
     kills: list[int] = []
     samples: list[Sample] = []
+    readings: list[Reading] = []
     with tempfile.TemporaryDirectory() as work:
         system = load.System("ours", {"STREAMER_SUPERVISOR_MODEL_INTENSITY": "1000"}, Path(work))
-        system.start({})
+        system.start({"STREAMER_SERVER_LOG_LEVEL": "INFO"} if args.log else {})
         try:
             began = time.monotonic()
             stop = threading.Event()
@@ -136,7 +221,9 @@ def main() -> int:
                           f"refused {stats['refused']}, errors {len(errors)}, kills {len(kills)}", flush=True)
 
             threads = [threading.Thread(target=watch, daemon=True),
-                       threading.Thread(target=killer, args=(system, args.kill_every, stop, kills), daemon=True)]
+                       threading.Thread(target=killer, args=(system, args.kill_every, stop, kills), daemon=True),
+                       threading.Thread(target=watch_admission, args=(system, began, args.watch_every, stop, readings),
+                                        daemon=True)]
             for t in threads:
                 t.start()
 
@@ -149,6 +236,8 @@ def main() -> int:
             samples.append(sample(system, began))
         finally:
             system.stop()
+            if args.log:
+                shutil.copy(system.log.name, args.log)
     first = next(s for s in samples if s.at >= warm)
     last = samples[-1]
     rows = ["| process | RSS after warm-up | RSS at end | growth | fds after warm-up | fds at end |",
@@ -170,6 +259,13 @@ def main() -> int:
     print(text)
     if errors:
         print("errors:", errors[:10])
+    print("\n".join(refusals(readings)) or "no refusal seen in the admission metrics")
+    if args.readings:
+        columns = [*ADMISSION.values(), *(f"refused_{r}" for r in RULES)]
+        rows = [",".join(["at", "front", *columns])]
+        rows += [",".join([f"{r.at:.2f}", str(r.slot), *(f"{r.values.get(c, 0):g}" for c in columns)])
+                 for r in readings]
+        args.readings.write_text("\n".join(rows) + "\n")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "soak.md").write_text(text)
     return 0 if not errors and worst < 5 and first.shm == last.shm else 1

@@ -2,8 +2,12 @@
 
 A new session (a WebSocket upgrade, a gRPC call) is refused while the front drains for
 shutdown, when the models are at capacity (`front/admission.py`), and past `[limits]
-max_sessions` counted over every front (`front/seats.py`). Each refusal is counted by reason
-and says when to come back (5 s). Both transports ask `admit`, so the rules are the same.
+max_sessions` counted over every front (`front/seats.py`). Both capacity and the limit count
+the sessions of every front by their seats, so a session counts from the handshake that
+admits it until its seat is given back. Each refusal is counted by reason (a load refusal
+also by its rule, and logged with the report it went by, once per report rather than per
+client) and says when to come back (5 s). Both transports ask `admit`, so the rules are the
+same.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from front.admission import Admission
-from front.metrics import REFUSED, SESSIONS, SESSIONS_TOTAL
+from front.admission import Admission, Refusal
+from front.metrics import LOAD, REFUSED, SESSIONS, SESSIONS_TOTAL
 from front.seats import Seat, Seats
 from front.session import Session
+from transport.messages import Load
 
 log = logging.getLogger("front")
 RETRY_AFTER_S = 5
@@ -36,30 +41,43 @@ class Live:
         self.admission = admission
         self.max_sessions = max_sessions
         self.draining = False
+        self._logged: Load | None = None  # the load report the last logged refusal went by
+        LOAD.sessions.set_function(seats.taken)
 
     def admit(self) -> Seat:
         """A seat for a new session, or `Refused` saying why not."""
         if self.draining:
             raise self._refuse("draining", "server shutting down")
-        refusal = self.admission.refusal()
-        if refusal is not None:
-            raise self._refuse("load", f"server is at capacity: {refusal}")
-        seat = self.seats.take()
+        refused: list[tuple[int, Refusal]] = []
+
+        def admits(taken: int) -> bool:
+            """Asked under the seats' lock: `taken` is every front's sessions, current."""
+            refusal = self.admission.refusal(taken)
+            if refusal is not None:
+                refused.append((taken, refusal))
+            return refusal is None
+
+        seat = self.seats.take(admits)
+        if refused:
+            taken, refusal = refused[0]
+            LOAD.refused.labels(refusal.rule).inc()
+            if self._logged is not self.admission.load:
+                self._logged = self.admission.load
+                log.info("refusing sessions: %s; %d sessions open, load %s", refusal.text, taken, self._logged)
+            raise self._refuse("load", f"server is at capacity: {refusal.text}")
         if seat is None:
             raise self._refuse("session_limit", f"server is at its session limit ({self.max_sessions})")
         return seat
 
     def enter(self, session: Session) -> None:
-        """An admitted session starts, on either transport: it counts for admission until the
-        next load report, and in the session metrics."""
+        """An admitted session starts, on either transport (its seat, taken by `admit`, is what
+        admission counts): it counts in the session metrics."""
         self.sessions.add(session)
-        self.admission.admitted()
         SESSIONS.inc()
         SESSIONS_TOTAL.inc()
 
     def leave(self, session: Session) -> None:
         self.sessions.discard(session)
-        self.admission.ended()
         SESSIONS.dec()
 
     @staticmethod

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from runtime.group import Group
+from transport.messages import Load
 
 SESSIONS = prometheus_client.Gauge("streamer_front_sessions_active", "WebSocket sessions open now")
 SESSIONS_TOTAL = prometheus_client.Counter("streamer_front_sessions", "WebSocket sessions accepted")
@@ -34,6 +35,51 @@ SPEECH_END_TO_FINAL = prometheus_client.Histogram(
 PEAK_INFLIGHT = prometheus_client.Histogram(
     "streamer_front_stream_peak_inflight_seconds", "Most audio a stream had sent and not yet answered",
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120))
+
+
+class LoadMetrics:
+    """What admission decides by (`front/admission.py`), as this front last heard it: with these
+    and the refusals by rule, a 503 can be explained from `/metrics` alone."""
+
+    def __init__(self) -> None:
+        g, c = prometheus_client.Gauge, prometheus_client.Counter
+        self.reports = c("streamer_front_load_reports", "Load reports heard from the segmenter (two a second)")
+        self.streams = g("streamer_front_load_streams", "Streams open in the segmenter, as of the last load report")
+        self.actors = g("streamer_front_load_actors", "Model actor slots (live or restarting), as of the last load "
+                        "report")
+        self.busy = g("streamer_front_load_busy", "Model actors' seconds in model calls per second over the last "
+                      "5 s (1 = one actor always busy), as of the last load report")
+        self.per_stream = g("streamer_front_load_per_stream", "Model seconds a stream costs per second of its "
+                            "answered audio (0 until known), as of the last load report")
+        self.queue_delay = g("streamer_front_load_queue_delay_seconds", "How long the oldest final had waited for a "
+                             "model actor, as of the last load report")
+        self.queued_audio = g("streamer_front_load_queued_audio_seconds", "Audio waiting for a model actor, as of "
+                              "the last load report")
+        self.sessions = g("streamer_front_admission_sessions", "Sessions open over every front, as admission "
+                          "counts them (the seats file)")
+        self.refused = c("streamer_front_admission_refusals", "Sessions refused for load, by rule: behind (a "
+                         "final waited past max_queue_delay_s), busy (past max_busy), demand (one more stream "
+                         "would be past max_busy)", ["rule"])
+        self.max_busy = g("streamer_front_admission_max_busy", "[admission] max_busy: the share of the model "
+                          "actors' time admission fills")
+        self.max_queue_delay = g("streamer_front_admission_max_queue_delay_seconds", "[admission] "
+                                 "max_queue_delay_s")
+
+    def limits(self, max_busy: float, max_queue_delay_s: float) -> None:
+        self.max_busy.set(max_busy)
+        self.max_queue_delay.set(max_queue_delay_s)
+
+    def heard(self, load: Load) -> None:
+        self.reports.inc()
+        self.streams.set(load.streams)
+        self.actors.set(load.actors)
+        self.busy.set(load.busy)
+        self.per_stream.set(load.per_stream)
+        self.queue_delay.set(load.queue_delay_s)
+        self.queued_audio.set(load.queued_audio_s)
+
+
+LOAD = LoadMetrics()
 
 
 async def _fetch(http: aiohttp.ClientSession, host: str, port: int) -> str | None:

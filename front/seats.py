@@ -8,6 +8,10 @@ reads the sum and adds one under an exclusive `flock`, so two fronts admitting a
 cannot both take the last seat. The lock is held for a few microseconds, once per
 handshake, never on the audio path.
 
+Admission by load counts the same seats (`front/admission.py`): `take` asks it, under the
+same lock, with the number of sessions open over every front, so its count is as exact as
+the limit's.
+
 A front that dies leaves its count behind; its replacement zeroes it when it starts (its
 sessions died with it), so the seats come back within the restart's back-off.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 SEATS_FILE = "seats"
@@ -43,10 +48,13 @@ class Seats:
     def taken(self) -> int:
         return sum(self._counts)
 
-    def take(self) -> Seat | None:
-        """One seat for a new session, if the group has one free."""
+    def take(self, admits: Callable[[int], bool] = lambda _: True) -> Seat | None:
+        """One seat for a new session, if `admits` lets it in beside the sessions open over every
+        front and the group has one free. `admits` is asked under the lock, so no other front
+        takes a seat between its answer and ours."""
         with self._locked():
-            if sum(self._counts) >= self.limit:
+            taken = sum(self._counts)
+            if not admits(taken) or taken >= self.limit:
                 return None
             self.mine += 1
             self._counts[self.slot] = self.mine

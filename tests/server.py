@@ -113,6 +113,21 @@ class Server:
         actors: list[dict[str, Any]] = data["actors"]
         return actors
 
+    def per_front(self, name: str, **labels: str) -> dict[int, float]:
+        """A sample of every front's own registry, by front slot: read from each front's loopback
+        metrics port (one process's page is quick, the group's `/metrics` gathers them all)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        out = {}
+        for a in self.actors():
+            if a["role"] != "front" or not a.get("metrics_port"):
+                continue
+            with urllib.request.urlopen(f"http://127.0.0.1:{a['metrics_port']}/metrics", timeout=5) as r:
+                page = r.read().decode()
+            out[int(a["slot"])] = sum(s.value for fam in text_string_to_metric_families(page) for s in fam.samples
+                                      if s.name == name and labels.items() <= s.labels.items())
+        return out
+
     def run_id(self) -> str:
         return str(json.loads((self.run_dir / "actors.json").read_text())["run_id"])
 

@@ -17,6 +17,8 @@ import pytest
 from audio import model_samples, noise, speech
 from server import Server, wait_for
 from wire import (
+    Transcript,
+    audio_frames,
     check_regions_answered,
     check_simple_counts,
     converse,
@@ -199,6 +201,93 @@ def test_past_the_session_limit_the_handshake_gets_503_with_retry_after(guarded:
             return 101, None
 
     assert asyncio.run(hold_two_then_knock()) == (503, "5")
+
+
+async def join(http: aiohttp.ClientSession, url: str) -> aiohttp.ClientWebSocketResponse | None:
+    """A WebSocket, or None if the server refused it with 503."""
+    try:
+        return await http.ws_connect(url, max_msg_size=0)
+    except aiohttp.WSServerHandshakeError as e:
+        assert e.status == 503
+        return None
+
+
+async def talk(ws: aiohttp.ClientWebSocketResponse, frames: list[bytes], done: asyncio.Event) -> Transcript:
+    """Speech in real time, round and round, until `done`; then stop and read to the close."""
+    messages: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                messages.append(json.loads(msg.data))
+
+    reader = asyncio.create_task(read())
+    await ws.send_json(start_msg(1, 16000, False))
+    k = 0
+    while not done.is_set():
+        await ws.send_bytes(frames[k % len(frames)])
+        k += 1
+        await asyncio.sleep(0.1)  # the frames' own length: a live client
+    await ws.send_json({"request": "stop", "disconnect": True})
+    await asyncio.wait_for(reader, 30)
+    return Transcript(messages, ws.close_code)
+
+
+def test_sockets_opened_and_closed_without_start_cannot_let_streams_in_past_capacity(tmp_path: Path) -> None:
+    """Regression (`front/admission.py`): a front counted the sessions it admitted since the last
+    load report, less those that ended since. Sockets that never send `start` are in no report,
+    so sockets opened before a report and closed after it drove that count below zero, and a
+    burst of streams then got in past the models' capacity."""
+    max_busy = 0.35  # of two model actors: 0.7 model-s/s, three streams of this speech (0.18-0.23 each)
+    srv = Server(tmp_path / "run", env={
+        "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.25", "STREAMER_MODEL_FAKE_MODE": "sleep",  # busy, yet no CPU
+        "STREAMER_ADMISSION_MAX_BUSY": str(max_busy), "STREAMER_ADMISSION_MAX_QUEUE_DELAY_S": "30"})
+    frames = audio_frames(speech().samples[None, :], False)
+
+    async def front(name: str, **labels: str) -> dict[int, float]:
+        return await asyncio.to_thread(srv.per_front, name, **labels)
+
+    async def until(name: str, ok: Any, **labels: str) -> dict[int, float]:
+        async with asyncio.timeout(20):
+            while not ((seen := await front(name, **labels)) and len(seen) == 2 and ok(seen)):
+                await asyncio.sleep(0.01)
+        return seen
+
+    async def scenario() -> tuple[int, int, float, float, list[Transcript]]:
+        done = asyncio.Event()
+        async with aiohttp.ClientSession() as http:
+            first = await join(http, srv.ws())
+            assert first is not None
+            talkers = [asyncio.create_task(talk(first, frames, done))]
+            # Before any stream has a cost, everyone gets in: six sockets that never send `start`.
+            idle = [ws for _ in range(6) if (ws := await join(http, srv.ws())) is not None]
+            assert len(idle) == 6
+            try:
+                # Reports come and go while the first stream's finals teach the fronts its cost ...
+                ps = min((await until("streamer_front_load_per_stream", lambda v: min(v.values()) > 0)).values())
+                heard = await front("streamer_front_load_reports_total")
+                await until("streamer_front_load_reports_total", lambda v: all(v[k] > heard[k] for k in v))
+                # ... and right after one, the idle sockets go: the report never counted them.
+                await asyncio.gather(*(ws.close() for ws in idle))
+                await until("streamer_front_sessions_active", lambda v: sum(v.values()) == 1)
+                burst = await asyncio.gather(*(join(http, srv.ws()) for _ in range(6)))
+                ps = min(ps, *(await front("streamer_front_load_per_stream")).values())
+                talkers += [asyncio.create_task(talk(ws, frames, done)) for ws in burst if ws is not None]
+                demand = sum((await front("streamer_front_admission_refusals_total", rule="demand")).values())
+            finally:
+                done.set()
+                transcripts = await asyncio.gather(*talkers)
+        return len(talkers), len(burst) - len(talkers) + 1, ps, demand, transcripts
+
+    srv.start()
+    try:
+        streams, refused, ps, demand, transcripts = asyncio.run(scenario())
+    finally:
+        srv.stop()
+    capacity = int(2 * max_busy / ps)  # streams whose demand fits
+    assert streams <= capacity, f"{streams} streams in at {ps:.3f} model-s/s each: room for {capacity}"
+    assert refused >= 1 and demand >= 1
+    assert all(t.close_code == 1000 and not t.of_type("error") for t in transcripts), transcripts
 
 
 def test_admin_endpoints_and_private_resources(guarded: Server) -> None:

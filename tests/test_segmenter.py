@@ -315,3 +315,26 @@ def test_a_streams_model_demand_is_known_from_its_first_final(rig: Rig) -> None:
     load = rig.sent("front-0", Load)[-1]
     assert load.streams == 1
     assert load.per_stream == pytest.approx(1.2 / max(w.end_time for w in works), abs=1e-4)
+
+
+def test_the_load_counts_only_finals_of_open_streams_as_waiting(rig: Rig) -> None:
+    """Regression: twenty streams that started together also stopped together (the soak's first
+    turnover), and their last finals, flushed at `stop`, waited behind each other for the two
+    model actors. Counted as the models falling behind, they had newcomers refused (`behind`)
+    at half capacity, though those streams were gone and could queue nothing more, and a
+    newcomer's first final comes only once it has spoken. The finals of open streams still
+    count: if they wait behind such a backlog, the models are behind for someone."""
+    ready(rig, 0, 100, capacity=1, max_batch=1)  # one call at a time: the rest waits
+    for name in ("a", "b"):
+        stream_in(rig, speech(TWO).samples, stream=name)  # two regions each, then stop
+    assert rig.actor.dispatcher.queued == 3  # type: ignore[attr-defined]
+    rig.clock.advance(2.0)
+    rig.turn()
+    load = rig.sent("front-0", Load)[-1]
+    assert load.streams == 0 and load.queue_delay_s == 0.0  # the backlog is of ended streams only
+    assert load.queued_audio_s > 0  # (still there, and said so)
+    stream_in(rig, speech(TWO).samples, stream="c", close=False)  # its finals queue behind it
+    rig.clock.advance(1.5)
+    rig.turn()
+    load = rig.sent("front-0", Load)[-1]
+    assert load.streams == 1 and load.queue_delay_s == pytest.approx(1.5)

@@ -239,7 +239,8 @@ class Load(msgspec.Struct, tag="load", array_like=True):
     actors' wall time spent in model calls per second over the last seconds (1.0 = one actor
     always busy); `per_stream` the model time a stream costs per second of
     its audio, learned from each stream's answered finals (0 until there is one); `queue_delay_s`
-    is how long the oldest final has waited for an actor."""
+    is how long the oldest final of a stream still open has waited for an actor (the last finals
+    of stopped streams are a backlog that cannot grow: they are in `queued_audio_s` only)."""
 
     streams: int
     actors: int
