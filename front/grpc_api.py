@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_reflection.v1alpha import reflection
@@ -39,6 +39,7 @@ from transport.messages import Route
 
 log = logging.getLogger("front.grpc")
 LINGER_S = 0.5
+Context: TypeAlias = "grpc.aio.ServicerContext[pb.Request, pb.Response]"
 
 STATUS = {
     protocol.NORMAL: grpc.StatusCode.OK,
@@ -78,18 +79,23 @@ def as_request(req: pb.Request) -> Incoming:
 
 
 class GrpcWire:
-    """A call as a session's wire: requests in, responses out through a queue the RPC drains.
+    """A call as a session's wire.
 
-    Its own task reads the requests (at most `INBOX` ahead): the session's reader may be
+    Requests: its own task reads them (at most `INBOX` ahead): the session's reader may be
     cancelled at any moment, and cancelling a read of grpc's request stream in the middle ends
-    the stream."""
+    the stream.
+
+    Responses: `send` writes each to the call and returns when grpc has taken it, which it does
+    only while the client's flow-control window has room. A client that reads nothing holds the
+    session's sender there, as a full socket does a WebSocket's, so the session's outbox fills and
+    its `max_outbox` and `send_timeout_s` apply: nothing waits here."""
 
     INBOX = 64
 
-    def __init__(self, requests: AsyncIterator[pb.Request]) -> None:
-        self.out: asyncio.Queue[pb.Response | None] = asyncio.Queue()
+    def __init__(self, requests: AsyncIterator[pb.Request], context: Context) -> None:
         self.code: int | None = None
         self.reason = ""
+        self._context = context
         self._in: asyncio.Queue[Incoming] = asyncio.Queue(self.INBOX)
         self._reading = asyncio.ensure_future(self._read(requests))
 
@@ -113,20 +119,28 @@ class GrpcWire:
         """Read (and drop) what the client still sends, for a moment (see `_linger`)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LINGER_S):
-                while (await self._in.get()).kind != "end":
+                while (await self.receive()).kind != "end":
                     pass
 
-    def stop(self) -> None:
+    def __enter__(self) -> GrpcWire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """The session is over, however it ended: stop reading the client."""
         self._reading.cancel()
 
     async def send(self, item: dict[str, Any]) -> None:
-        if self.code is None:
-            self.out.put_nowait(to_response(item))
+        if self.code is not None:
+            return
+        try:
+            await self._context.write(to_response(item))
+        except grpc.aio.BaseError as e:  # the call is over (cancelled, or ended): as a closed socket
+            raise ConnectionError(f"the call is over: {e!r}") from e
 
     async def close(self, code: int, reason: str) -> None:
+        """How the session ended: the call ends with its status once the session is over."""
         if self.code is None:
             self.code, self.reason = code, reason
-            self.out.put_nowait(None)
 
     @property
     def closed(self) -> bool:
@@ -134,23 +148,23 @@ class GrpcWire:
 
 
 class Servicer(pb_grpc.StreamerServicer):
+    """The three routes. Each is a coroutine writing through its context rather than an async
+    generator: a generator's code runs only while grpc asks it for the next response, so a call
+    whose client does not read could neither end its session nor give back its seat."""
+
     def __init__(self, cfg: Config, link: FrontLink, live: Live) -> None:
         self.cfg, self.link, self.live = cfg, link, live
 
-    async def Segmented(self, requests: AsyncIterator[pb.Request], context: Any) -> AsyncIterator[pb.Response]:
-        async for r in self._session("segmented", requests, context):
-            yield r
+    async def Segmented(self, requests: AsyncIterator[pb.Request], context: Context) -> None:
+        await self._session("segmented", requests, context)
 
-    async def Simple(self, requests: AsyncIterator[pb.Request], context: Any) -> AsyncIterator[pb.Response]:
-        async for r in self._session("simple", requests, context):
-            yield r
+    async def Simple(self, requests: AsyncIterator[pb.Request], context: Context) -> None:
+        await self._session("simple", requests, context)
 
-    async def Sequential(self, requests: AsyncIterator[pb.Request], context: Any) -> AsyncIterator[pb.Response]:
-        async for r in self._session("sequential", requests, context):
-            yield r
+    async def Sequential(self, requests: AsyncIterator[pb.Request], context: Context) -> None:
+        await self._session("sequential", requests, context)
 
-    async def _session(self, route: Route, requests: AsyncIterator[pb.Request],
-                       context: Any) -> AsyncIterator[pb.Response]:
+    async def _session(self, route: Route, requests: AsyncIterator[pb.Request], context: Context) -> None:
         cfg = self.cfg
         offered = dict(context.invocation_metadata() or ()).get("token")
         if offered is not None and not token_ok(cfg.security, offered):
@@ -162,26 +176,22 @@ class Servicer(pb_grpc.StreamerServicer):
         except Refused as e:
             await _linger(requests)
             await context.abort(grpc.StatusCode.UNAVAILABLE, e.text, (("retry-after", str(RETRY_AFTER_S)),))
-        wire = GrpcWire(requests)
-        session = Session(wire, self.link, route, cfg, authenticated=not cfg.security.token or offered is not None)
-        self.live.enter(session)
-        running = asyncio.ensure_future(session.run())
-        try:
-            with seat:
-                while (response := await wire.out.get()) is not None:
-                    yield response
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(running), cfg.limits.send_timeout_s)
-        finally:
-            self.live.leave(session)
-            if not running.done():
-                running.cancel()
-        code = wire.code if wire.code is not None else protocol.NORMAL
-        if code != protocol.NORMAL:
-            await wire.linger()
-        wire.stop()
-        if code != protocol.NORMAL:
-            await context.abort(status_of(code, wire.reason), wire.reason or "closed")
+        # The seat is the call's until grpc is done with it: a client that never reads keeps its
+        # call (and what grpc holds for it) after its session ended, and only seats bound how many
+        # such calls there are, as the WebSocket's reset of a stuck socket does there.
+        context.add_done_callback(lambda _: seat.release())
+        with GrpcWire(requests, context) as wire:
+            session = Session(wire, self.link, route, cfg,
+                              authenticated=not cfg.security.token or offered is not None)
+            self.live.enter(session)
+            try:
+                await session.run()  # a cancelled call cancels it here: its stream is aborted at once
+            finally:
+                self.live.leave(session)
+            if wire.code not in (None, protocol.NORMAL):
+                await wire.linger()
+        if wire.code not in (None, protocol.NORMAL):
+            await context.abort(status_of(wire.code, wire.reason), wire.reason or "closed")
 
 
 async def _linger(requests: AsyncIterator[pb.Request]) -> None:
