@@ -79,40 +79,47 @@ def as_request(req: pb.Request) -> Incoming:
 
 
 class GrpcWire:
-    """A call as a session's wire.
+    """A call as a session's wire, holding as little of it as the session's limits need.
 
-    Requests: its own task reads them (at most `INBOX` ahead): the session's reader may be
-    cancelled at any moment, and cancelling a read of grpc's request stream in the middle ends
-    the stream.
+    Requests: a task of its own reads them (the session's reader may be cancelled at any moment,
+    and a read of grpc's cancelled in the middle loses the request it was taking), one at a time:
+    the next is read only once the session took the last. So the call holds one request
+    (`max_frame_bytes`) beyond grpc's window and the session's read-ahead, whatever they are.
 
     Responses: `send` writes each to the call and returns when grpc has taken it, which it does
     only while the client's flow-control window has room. A client that reads nothing holds the
     session's sender there, as a full socket does a WebSocket's, so the session's outbox fills and
     its `max_outbox` and `send_timeout_s` apply: nothing waits here."""
 
-    INBOX = 64
-
-    def __init__(self, requests: AsyncIterator[pb.Request], context: Context) -> None:
+    def __init__(self, context: Context) -> None:
         self.code: int | None = None
         self.reason = ""
         self._context = context
-        self._in: asyncio.Queue[Incoming] = asyncio.Queue(self.INBOX)
-        self._reading = asyncio.ensure_future(self._read(requests))
+        self._in: asyncio.Queue[Incoming] = asyncio.Queue(1)
+        self._ended = False
+        self._reading = asyncio.ensure_future(self._read())
 
-    async def _read(self, requests: AsyncIterator[pb.Request]) -> None:
+    async def _read(self) -> None:
+        while (msg := await self._next_request()).kind != "end":
+            await self._in.put(msg)
+            del msg  # the session has it: it is not kept here
+            await self._in.join()  # taken: only now read the next
+        self._in.put_nowait(END)  # the queue is empty: the last request was taken
+
+    async def _next_request(self) -> Incoming:
+        """grpc's next request as a WebSocket message (the parsed request itself is let go)."""
         try:
-            async for req in requests:
-                await self._in.put(as_request(req))
-        except (grpc.RpcError, grpc.aio.AioRpcError):
-            pass  # the client went away
-        finally:
-            with contextlib.suppress(asyncio.QueueFull):
-                self._in.put_nowait(END)
+            req = await self._context.read()
+        except grpc.aio.BaseError:
+            return END  # the call is over
+        return END if req is grpc.aio.EOF else as_request(req)
 
     async def receive(self) -> Incoming:
-        msg = await self._in.get()
-        if msg.kind == "end":
-            self._in.put_nowait(END)  # and for whoever asks next
+        if self._ended:
+            return END
+        msg = await self._in.get()  # a cancelled get loses nothing
+        self._in.task_done()
+        self._ended = msg.kind == "end"
         return msg
 
     async def linger(self) -> None:
@@ -126,7 +133,7 @@ class GrpcWire:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """The session is over, however it ended: stop reading the client."""
+        """The session is over, however it ended: stop reading the client (grpc's window holds it)."""
         self._reading.cancel()
 
     async def send(self, item: dict[str, Any]) -> None:
@@ -180,7 +187,7 @@ class Servicer(pb_grpc.StreamerServicer):
         # call (and what grpc holds for it) after its session ended, and only seats bound how many
         # such calls there are, as the WebSocket's reset of a stuck socket does there.
         context.add_done_callback(lambda _: seat.release())
-        with GrpcWire(requests, context) as wire:
+        with GrpcWire(context) as wire:
             session = Session(wire, self.link, route, cfg,
                               authenticated=not cfg.security.token or offered is not None)
             self.live.enter(session)
@@ -208,10 +215,17 @@ async def serve(cfg: Config, link: FrontLink, live: Live) -> grpc.aio.Server | N
     """Start the service on `[server] grpc_port` (None when it is 0)."""
     if not cfg.server.grpc_port:
         return None
+    largest = cfg.limits.max_frame_bytes + 1024  # a request: audio and its framing
     server = grpc.aio.server(options=[
         ("grpc.so_reuseport", 1),
-        ("grpc.max_receive_message_length", cfg.limits.max_frame_bytes + 1024),
+        ("grpc.max_receive_message_length", largest),
         ("grpc.keepalive_permit_without_calls", 1),
+        # What a client may send ahead of what its call has read: the largest request and
+        # `socket_receive_buffer` more (as a WebSocket's kernel buffer), fixed, instead of the
+        # window grpc grows by probing the link (to 4 MiB a call on loopback). Not less: a client
+        # learns its request was too big (RESOURCE_EXHAUSTED) only if its write of it completes.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", largest + cfg.limits.socket_receive_buffer),
     ])
     pb_grpc.add_StreamerServicer_to_server(Servicer(cfg, link, live), server)  # type: ignore[no-untyped-call]
     # Reflection: generic tools (grpcurl, grpc_requests, Postman) can call it without the .proto.

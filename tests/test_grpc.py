@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import array
 import asyncio
+import os
 import re
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,3 +286,63 @@ def test_a_call_whose_client_stops_sending_without_a_stop_ends_and_gives_its_sea
     status, _, _ = asyncio.run(half_close())
     assert status == "OK"
     wait_for(lambda: released(srv), 10)
+
+
+def test_large_requests_held_back_by_the_pipeline_stay_bounded_in_the_front(tmp_path: Path) -> None:
+    """Regression: a call read 64 requests ahead of its session, each up to `max_frame_bytes`, and
+    grpc's own window grew to 4 MiB more: a client sending 1 MiB requests to a slow model had the
+    front hold 94 MiB for it. Now the call holds one request beyond the session's read-ahead, and
+    grpc's window is `socket_receive_buffer`, as the WebSocket's kernel buffer is."""
+    frame, read_ahead = 2**20, 2**20
+    srv = Server(tmp_path / "run", env={**ONE_FRONT, "STREAMER_ACTORS_MODELS": "1", "STREAMER_MODEL_FAKE_MODE": "sleep",
+                                        "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "1.0",
+                                        "STREAMER_LIMITS_MAX_INFLIGHT_AUDIO_S": "1",
+                                        "STREAMER_LIMITS_MAX_FRAME_BYTES": str(frame),
+                                        "STREAMER_LIMITS_READ_AHEAD_BYTES": str(read_ahead)}).start()
+    try:
+        peak = Peak(psutil.Process(actor(srv, "front-0")["pid"]))
+        held = threading.Event()
+
+        def held_back() -> bool:
+            peak.sample()
+            return held.is_set()
+
+        async def flood() -> int:
+            async with grpc.aio.insecure_channel(srv.grpc) as channel:
+                call = pb_grpc.StreamerStub(channel).Simple()  # type: ignore[no-untyped-call]
+                await call.write(start_request({"channels": 2, "sample_rate": 48000, "bit_depth": 32,
+                                                "is_float": True}))
+                audio = pb.Request(audio=os.urandom(frame - 64))  # 2.7 s of audio per request
+                sent = 0
+
+                async def push() -> None:
+                    nonlocal sent
+                    while True:
+                        await call.write(audio)
+                        sent += 1
+
+                async def read() -> None:
+                    async for r in call:
+                        if r.type == "warning" and r.message.startswith("held back"):
+                            held.set()
+
+                tasks = [asyncio.ensure_future(push()), asyncio.ensure_future(read())]
+                try:
+                    await asyncio.to_thread(wait_for, held_back, 30)  # the pipeline held it back for 3 s
+                finally:
+                    call.cancel()
+                    for t in tasks:
+                        t.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                return sent
+
+        sent = asyncio.run(flood())
+        # What the front may hold for it: the intake's read-ahead and the frame that crossed it, the
+        # request the call holds, the one the session waits to feed, the stream's audio kept for a
+        # replay (the unanswered second and the frame it is in), grpc's window (the largest request
+        # and 64 KiB) and its copies of the one it hands over (as read, as parsed).
+        held = read_ahead + 8 * frame
+        assert peak.growth < held + ALLOCATOR_SLACK, (peak.growth / 2**20, sent)
+        wait_for(lambda: released(srv), 10)
+    finally:
+        srv.stop()
