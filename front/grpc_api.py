@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection
 
 from api import streamer_pb2 as pb
@@ -78,6 +79,10 @@ def as_request(req: pb.Request) -> Incoming:
     return Incoming("text", "{}")  # an empty request: invalid, as `{}` is on a WebSocket
 
 
+# What grpc could not decode: invalid, as a WebSocket's unknown request is (1007: INVALID_ARGUMENT).
+UNDECODABLE = Incoming("text", json.dumps({"request": "undecodable protobuf"}))
+
+
 class GrpcWire:
     """A call as a session's wire, holding as little of it as the session's limits need.
 
@@ -110,6 +115,8 @@ class GrpcWire:
         """grpc's next request as a WebSocket message (the parsed request itself is let go)."""
         try:
             req = await self._context.read()
+        except DecodeError:
+            return UNDECODABLE
         except grpc.aio.BaseError:
             return END  # the call is over
         return END if req is grpc.aio.EOF else as_request(req)

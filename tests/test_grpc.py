@@ -346,3 +346,36 @@ def test_large_requests_held_back_by_the_pipeline_stay_bounded_in_the_front(tmp_
         wait_for(lambda: released(srv), 10)
     finally:
         srv.stop()
+
+
+def test_a_request_that_is_no_protobuf_message_is_invalid(srv: Server) -> None:
+    """Regression: a request grpc could not decode killed the call's reader without a word: the
+    session waited for the next request until its idle timeout, then blamed the client's silence."""
+
+    async def garbage_after_start() -> tuple[str, str, list[dict[str, Any]]]:
+        async with grpc.aio.insecure_channel(srv.grpc) as channel:
+            raw = channel.stream_stream("/streamer.v1.Streamer/Simple")  # bytes in, bytes out
+
+            async def requests() -> Any:
+                yield start_request(MONO_16K).SerializeToString()
+                yield b"\xff\xff\xff\xff"
+                await asyncio.Event().wait()
+
+            call = raw(requests(), metadata=(("token", "s3cret"),))
+            return await read_all(_Decoded(call))
+
+    status, _, messages = asyncio.run(garbage_after_start())
+    assert status == "INVALID_ARGUMENT"
+    (error,) = messages
+    assert error["type"] == "error" and error["message"].startswith("invalid request"), error
+
+
+class _Decoded:
+    """A call without a deserializer, read as one with it."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+
+    async def __aiter__(self) -> Any:
+        async for raw in self.call:
+            yield pb.Response.FromString(raw)
