@@ -180,9 +180,11 @@ class Servicer(pb_grpc.StreamerServicer):
 
     async def _session(self, route: Route, requests: AsyncIterator[pb.Request], context: Context) -> None:
         cfg = self.cfg
-        offered = dict(context.invocation_metadata() or ()).get("token")
-        if offered is not None and not token_ok(cfg.security, offered):
+        # The token can only come as metadata here (a Start has none): a call without it gets no
+        # session, so nothing it sends is served and it takes no seat.
+        if not token_ok(cfg.security, dict(context.invocation_metadata() or ()).get("token")):
             REFUSED.labels("auth").inc()
+            await context.write(to_response(protocol.error("authentication failed")))
             await _linger(requests)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failed")
         try:
@@ -195,8 +197,7 @@ class Servicer(pb_grpc.StreamerServicer):
         # such calls there are, as the WebSocket's reset of a stuck socket does there.
         context.add_done_callback(lambda _: seat.release())
         with GrpcWire(context) as wire:
-            session = Session(wire, self.link, route, cfg,
-                              authenticated=not cfg.security.token or offered is not None)
+            session = Session(wire, self.link, route, cfg)
             self.live.enter(session)
             try:
                 await session.run()  # a cancelled call cancels it here: its stream is aborted at once

@@ -88,10 +88,10 @@ def test_bad_input_ends_the_call_with_its_status_and_says_why(srv: Server, steps
 
 def test_a_wrong_or_missing_token_is_unauthenticated(srv: Server) -> None:
     steps = stream_steps(noise(0.5)[None, :], 16000, False)
-    assert asyncio.run(grpc_converse(srv.grpc, "simple", steps, token="guess")).close_code == "UNAUTHENTICATED"
-    missing = asyncio.run(grpc_converse(srv.grpc, "simple", steps))
-    assert missing.close_code == "UNAUTHENTICATED"
-    assert missing.messages == [{"type": "error", "channel": 0, "message": "authentication failed"}]
+    for token in ("guess", None):
+        t = asyncio.run(grpc_converse(srv.grpc, "simple", steps, token=token))
+        assert t.close_code == "UNAUTHENTICATED"
+        assert t.messages == [{"type": "error", "channel": 0, "message": "authentication failed"}]
 
 
 def test_past_the_session_limit_a_call_is_unavailable_with_retry_after(tmp_path: Path) -> None:
@@ -379,3 +379,13 @@ class _Decoded:
     async def __aiter__(self) -> Any:
         async for raw in self.call:
             yield pb.Response.FromString(raw)
+
+
+def test_without_the_token_a_call_gets_nothing_but_unauthenticated(srv: Server) -> None:
+    """Regression: a call without the token had a session (and a seat) until the auth timeout, and
+    its requests were served meanwhile: stops were answered, audio before a start judged. On gRPC
+    the token can only come as metadata, so a call without it is refused before anything."""
+    steps: list[dict[str, Any] | bytes | str] = [{"request": "stop", "disconnect": False}] * 3
+    t = asyncio.run(grpc_converse(srv.grpc, "segmented", [*steps, b"\x00\x01" * 100]))
+    assert t.close_code == "UNAUTHENTICATED"
+    assert t.messages == [{"type": "error", "channel": 0, "message": "authentication failed"}]
