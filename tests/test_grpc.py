@@ -36,7 +36,8 @@ ONE_FRONT = {"STREAMER_ACTORS_FRONTS": "1"}  # one front: its memory is the one 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = Server(tmp_path_factory.mktemp("grpc"), env={"STREAMER_LIMITS_MAX_FRAME_BYTES": "65536",
-                                                      "STREAMER_SECURITY_TOKEN": "s3cret"}).start()
+                                                      "STREAMER_SECURITY_TOKEN": "s3cret",
+                                                      "STREAMER_LIMITS_IDLE_TIMEOUT_S": "2"}).start()
     try:
         yield s
     finally:
@@ -389,3 +390,50 @@ def test_without_the_token_a_call_gets_nothing_but_unauthenticated(srv: Server) 
     t = asyncio.run(grpc_converse(srv.grpc, "segmented", [*steps, b"\x00\x01" * 100]))
     assert t.close_code == "UNAUTHENTICATED"
     assert t.messages == [{"type": "error", "channel": 0, "message": "authentication failed"}]
+
+
+def test_a_call_cancelled_mid_stream_releases_its_session_seat_and_stream_at_once(srv: Server) -> None:
+    """A client that cancels (RST_STREAM) while its audio is in the pipeline: grpc cancels the
+    call's handler, which cancels the session; its stream is aborted in the pipeline, its seat and
+    the sessions gauge go back at once, and nothing of it runs on."""
+
+    async def cancel_after_a_result() -> None:
+        async with grpc.aio.insecure_channel(srv.grpc) as channel:
+            feed: asyncio.Queue[pb.Request] = asyncio.Queue()
+
+            async def requests() -> Any:
+                while True:
+                    yield await feed.get()
+
+            call = pb_grpc.StreamerStub(channel).Simple(requests(), metadata=(("token", "s3cret"),))  # type: ignore[no-untyped-call]
+            feed.put_nowait(start_request(MONO_16K))
+            for _ in range(20):
+                feed.put_nowait(pb.Request(audio=b"\x01\x00" * 1600))
+            async for r in call:  # the pipeline has the stream
+                assert r.type == "segment"
+                break
+            await asyncio.to_thread(wait_for, lambda: actor(srv, "decoder")["inflight"] == 1, 5)
+            call.cancel()
+
+    asyncio.run(cancel_after_a_result())
+    wait_for(lambda: released(srv) and actor(srv, "decoder")["inflight"] == 0, 5)
+    assert "stream ended: aborted" in srv.log()
+
+
+def test_an_idle_call_is_warned_then_closed(srv: Server) -> None:
+    """`idle_timeout_s` over gRPC: a call that keeps its requests open and sends nothing is warned
+    at half the time, then ended with PERMISSION_DENIED, as a WebSocket is closed 1008."""
+
+    async def start_then_nothing() -> tuple[str, str, list[dict[str, Any]]]:
+        async with grpc.aio.insecure_channel(srv.grpc) as channel:
+            async def requests() -> Any:
+                yield start_request(MONO_16K)
+                await asyncio.Event().wait()  # the request stream stays open, with nothing on it
+
+            call = pb_grpc.StreamerStub(channel).Simple(requests(), metadata=(("token", "s3cret"),))  # type: ignore[no-untyped-call]
+            return await read_all(call)
+
+    status, details, messages = asyncio.run(start_then_nothing())
+    assert (status, details) == ("PERMISSION_DENIED", "idle timeout: no audio for 2 s")
+    assert [m["type"] for m in messages] == ["warning", "error"]
+    assert messages[0]["message"] == "no audio for 1 s: the session closes in 1 s"
