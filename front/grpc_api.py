@@ -7,9 +7,13 @@ WebSocket client would send; the JSON objects it would get become `Response` mes
 the rules, limits, backpressure, replays and ordering are the WebSocket's. What differs:
 
 * admission answers a refused call with UNAVAILABLE (trailing metadata `retry-after`), and
-  the token travels as call metadata `token`;
+  the token travels as call metadata `token` (a Start cannot carry one): a call without it
+  is refused before it gets a session, UNAUTHENTICATED;
 * where a WebSocket session closes with a code, the call ends with the status of `STATUS`;
-* a message over `[limits] max_frame_bytes` is refused by grpc itself: RESOURCE_EXHAUSTED.
+* a message over `[limits] max_frame_bytes` is refused by grpc itself: RESOURCE_EXHAUSTED;
+* HTTP/2 flow control stands where TCP's does (see `GrpcWire` and `serve`), and a call whose
+  client never reads outlives its session (grpc's Python server cannot reset one call), so
+  its seat is given back when grpc is done with it.
 """
 
 from __future__ import annotations
