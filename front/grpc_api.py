@@ -201,16 +201,20 @@ class Servicer(pb_grpc.StreamerServicer):
         # such calls there are, as the WebSocket's reset of a stuck socket does there.
         context.add_done_callback(lambda _: seat.release())
         with GrpcWire(context) as wire:
-            session = Session(wire, self.link, route, cfg)
-            self.live.enter(session)
-            try:
-                await session.run()  # a cancelled call cancels it here: its stream is aborted at once
-            finally:
-                self.live.leave(session)
+            await self._run(Session(wire, self.link, route, cfg))
             if wire.code not in (None, protocol.NORMAL):
                 await wire.linger()
         if wire.code not in (None, protocol.NORMAL):
             await context.abort(status_of(wire.code, wire.reason), wire.reason or "closed")
+
+    async def _run(self, session: Session) -> None:
+        """The session, counted while it runs. Nothing here keeps it once it is over, so a call
+        waiting for its client to read holds only what grpc holds, not the undelivered results."""
+        self.live.enter(session)
+        try:
+            await session.run()  # a cancelled call cancels it here: its stream is aborted at once
+        finally:
+            self.live.leave(session)
 
 
 async def _linger(requests: AsyncIterator[pb.Request]) -> None:
