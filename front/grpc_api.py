@@ -10,7 +10,8 @@ the rules, limits, backpressure, replays and ordering are the WebSocket's. What 
   the token travels as call metadata `token` (a Start cannot carry one): a call without it
   is refused before it gets a session, UNAUTHENTICATED;
 * where a WebSocket session closes with a code, the call ends with the status of `STATUS`;
-* a message over `[limits] max_frame_bytes` is refused by grpc itself: RESOURCE_EXHAUSTED;
+* a message over `[limits] max_frame_bytes` is refused by grpc itself: RESOURCE_EXHAUSTED
+  (one more than `socket_receive_buffer` over it cannot all be sent: see `serve`);
 * HTTP/2 flow control stands where TCP's does (see `GrpcWire` and `serve`), and a call whose
   client never reads outlives its session (grpc's Python server cannot reset one call), so
   its seat is given back when grpc is done with it.
@@ -238,8 +239,9 @@ async def serve(cfg: Config, link: FrontLink, live: Live) -> grpc.aio.Server | N
         ("grpc.keepalive_permit_without_calls", 1),
         # What a client may send ahead of what its call has read: the largest request and
         # `socket_receive_buffer` more (as a WebSocket's kernel buffer), fixed, instead of the
-        # window grpc grows by probing the link (to 4 MiB a call on loopback). Not less: a client
-        # learns its request was too big (RESOURCE_EXHAUSTED) only if its write of it completes.
+        # window grpc grows by probing the link (to 4 MiB a call on loopback, more on a long fat
+        # link). Not less: a client learns its request was too big (RESOURCE_EXHAUSTED) only if
+        # its write of it completes; grpcio's client reports its own failed write (INTERNAL).
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", largest + cfg.limits.socket_receive_buffer),
     ])
