@@ -7,9 +7,14 @@ WebSocket client would send; the JSON objects it would get become `Response` mes
 the rules, limits, backpressure, replays and ordering are the WebSocket's. What differs:
 
 * admission answers a refused call with UNAVAILABLE (trailing metadata `retry-after`), and
-  the token travels as call metadata `token`;
+  the token travels as call metadata `token` (a Start cannot carry one): a call without it
+  is refused before it gets a session, UNAUTHENTICATED;
 * where a WebSocket session closes with a code, the call ends with the status of `STATUS`;
-* a message over `[limits] max_frame_bytes` is refused by grpc itself: RESOURCE_EXHAUSTED.
+* a message over `[limits] max_frame_bytes` is refused by grpc itself: RESOURCE_EXHAUSTED
+  (one more than `socket_receive_buffer` over it cannot all be sent: see `serve`);
+* HTTP/2 flow control stands where TCP's does (see `GrpcWire` and `serve`), and a call whose
+  client never reads outlives its session (grpc's Python server cannot reset one call), so
+  its seat is given back when grpc is done with it.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection
 
 from api import streamer_pb2 as pb
@@ -39,6 +45,7 @@ from transport.messages import Route
 
 log = logging.getLogger("front.grpc")
 LINGER_S = 0.5
+Context: TypeAlias = "grpc.aio.ServicerContext[pb.Request, pb.Response]"
 
 STATUS = {
     protocol.NORMAL: grpc.StatusCode.OK,
@@ -77,56 +84,82 @@ def as_request(req: pb.Request) -> Incoming:
     return Incoming("text", "{}")  # an empty request: invalid, as `{}` is on a WebSocket
 
 
+# What grpc could not decode: invalid, as a WebSocket's unknown request is (1007: INVALID_ARGUMENT).
+UNDECODABLE = Incoming("text", json.dumps({"request": "undecodable protobuf"}))
+
+
 class GrpcWire:
-    """A call as a session's wire: requests in, responses out through a queue the RPC drains.
+    """A call as a session's wire, holding as little of it as the session's limits need.
 
-    Its own task reads the requests (at most `INBOX` ahead): the session's reader may be
-    cancelled at any moment, and cancelling a read of grpc's request stream in the middle ends
-    the stream."""
+    Requests: a task of its own reads them (the session's reader may be cancelled at any moment,
+    and a read of grpc's cancelled in the middle loses the request it was taking), one at a time:
+    the next is read only once the session took the last. So the call holds one request
+    (`max_frame_bytes`) beyond grpc's window and the session's read-ahead, whatever they are.
 
-    INBOX = 64
+    Responses: `send` writes each to the call and returns when grpc has taken it, which it does
+    only while the client's flow-control window has room. A client that reads nothing holds the
+    session's sender there, as a full socket does a WebSocket's, so the session's outbox fills and
+    its `max_outbox` and `send_timeout_s` apply: nothing waits here."""
 
-    def __init__(self, requests: AsyncIterator[pb.Request]) -> None:
-        self.out: asyncio.Queue[pb.Response | None] = asyncio.Queue()
+    def __init__(self, context: Context) -> None:
         self.code: int | None = None
         self.reason = ""
-        self._in: asyncio.Queue[Incoming] = asyncio.Queue(self.INBOX)
-        self._reading = asyncio.ensure_future(self._read(requests))
+        self._context = context
+        self._in: asyncio.Queue[Incoming] = asyncio.Queue(1)
+        self._ended = False
+        self._reading = asyncio.ensure_future(self._read())
 
-    async def _read(self, requests: AsyncIterator[pb.Request]) -> None:
+    async def _read(self) -> None:
+        while (msg := await self._next_request()).kind != "end":
+            await self._in.put(msg)
+            del msg  # the session has it: it is not kept here
+            await self._in.join()  # taken: only now read the next
+        self._in.put_nowait(END)  # the queue is empty: the last request was taken
+
+    async def _next_request(self) -> Incoming:
+        """grpc's next request as a WebSocket message (the parsed request itself is let go)."""
         try:
-            async for req in requests:
-                await self._in.put(as_request(req))
-        except (grpc.RpcError, grpc.aio.AioRpcError):
-            pass  # the client went away
-        finally:
-            with contextlib.suppress(asyncio.QueueFull):
-                self._in.put_nowait(END)
+            req = await self._context.read()
+        except DecodeError:
+            return UNDECODABLE
+        except grpc.aio.BaseError:
+            return END  # the call is over
+        return END if req is grpc.aio.EOF else as_request(req)
 
     async def receive(self) -> Incoming:
-        msg = await self._in.get()
-        if msg.kind == "end":
-            self._in.put_nowait(END)  # and for whoever asks next
+        if self._ended:
+            return END
+        msg = await self._in.get()  # a cancelled get loses nothing
+        self._in.task_done()
+        self._ended = msg.kind == "end"
         return msg
 
     async def linger(self) -> None:
         """Read (and drop) what the client still sends, for a moment (see `_linger`)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(LINGER_S):
-                while (await self._in.get()).kind != "end":
+                while (await self.receive()).kind != "end":
                     pass
 
-    def stop(self) -> None:
+    def __enter__(self) -> GrpcWire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """The session is over, however it ended: stop reading the client (grpc's window holds it)."""
         self._reading.cancel()
 
     async def send(self, item: dict[str, Any]) -> None:
-        if self.code is None:
-            self.out.put_nowait(to_response(item))
+        if self.code is not None:
+            return
+        try:
+            await self._context.write(to_response(item))
+        except grpc.aio.BaseError as e:  # the call is over (cancelled, or ended): as a closed socket
+            raise ConnectionError(f"the call is over: {e!r}") from e
 
     async def close(self, code: int, reason: str) -> None:
+        """How the session ended: the call ends with its status once the session is over."""
         if self.code is None:
             self.code, self.reason = code, reason
-            self.out.put_nowait(None)
 
     @property
     def closed(self) -> bool:
@@ -134,27 +167,29 @@ class GrpcWire:
 
 
 class Servicer(pb_grpc.StreamerServicer):
+    """The three routes. Each is a coroutine writing through its context rather than an async
+    generator: a generator's code runs only while grpc asks it for the next response, so a call
+    whose client does not read could neither end its session nor give back its seat."""
+
     def __init__(self, cfg: Config, link: FrontLink, live: Live) -> None:
         self.cfg, self.link, self.live = cfg, link, live
 
-    async def Segmented(self, requests: AsyncIterator[pb.Request], context: Any) -> AsyncIterator[pb.Response]:
-        async for r in self._session("segmented", requests, context):
-            yield r
+    async def Segmented(self, requests: AsyncIterator[pb.Request], context: Context) -> None:
+        await self._session("segmented", requests, context)
 
-    async def Simple(self, requests: AsyncIterator[pb.Request], context: Any) -> AsyncIterator[pb.Response]:
-        async for r in self._session("simple", requests, context):
-            yield r
+    async def Simple(self, requests: AsyncIterator[pb.Request], context: Context) -> None:
+        await self._session("simple", requests, context)
 
-    async def Sequential(self, requests: AsyncIterator[pb.Request], context: Any) -> AsyncIterator[pb.Response]:
-        async for r in self._session("sequential", requests, context):
-            yield r
+    async def Sequential(self, requests: AsyncIterator[pb.Request], context: Context) -> None:
+        await self._session("sequential", requests, context)
 
-    async def _session(self, route: Route, requests: AsyncIterator[pb.Request],
-                       context: Any) -> AsyncIterator[pb.Response]:
+    async def _session(self, route: Route, requests: AsyncIterator[pb.Request], context: Context) -> None:
         cfg = self.cfg
-        offered = dict(context.invocation_metadata() or ()).get("token")
-        if offered is not None and not token_ok(cfg.security, offered):
+        # The token can only come as metadata here (a Start has none): a call without it gets no
+        # session, so nothing it sends is served and it takes no seat.
+        if not token_ok(cfg.security, dict(context.invocation_metadata() or ()).get("token")):
             REFUSED.labels("auth").inc()
+            await context.write(to_response(protocol.error("authentication failed")))
             await _linger(requests)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failed")
         try:
@@ -162,26 +197,25 @@ class Servicer(pb_grpc.StreamerServicer):
         except Refused as e:
             await _linger(requests)
             await context.abort(grpc.StatusCode.UNAVAILABLE, e.text, (("retry-after", str(RETRY_AFTER_S)),))
-        wire = GrpcWire(requests)
-        session = Session(wire, self.link, route, cfg, authenticated=not cfg.security.token or offered is not None)
+        # The seat is the call's until grpc is done with it: a client that never reads keeps its
+        # call (and what grpc holds for it) after its session ended, and only seats bound how many
+        # such calls there are, as the WebSocket's reset of a stuck socket does there.
+        context.add_done_callback(lambda _: seat.release())
+        with GrpcWire(context) as wire:
+            await self._run(Session(wire, self.link, route, cfg))
+            if wire.code not in (None, protocol.NORMAL):
+                await wire.linger()
+        if wire.code not in (None, protocol.NORMAL):
+            await context.abort(status_of(wire.code, wire.reason), wire.reason or "closed")
+
+    async def _run(self, session: Session) -> None:
+        """The session, counted while it runs. Nothing here keeps it once it is over, so a call
+        waiting for its client to read holds only what grpc holds, not the undelivered results."""
         self.live.enter(session)
-        running = asyncio.ensure_future(session.run())
         try:
-            with seat:
-                while (response := await wire.out.get()) is not None:
-                    yield response
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(running), cfg.limits.send_timeout_s)
+            await session.run()  # a cancelled call cancels it here: its stream is aborted at once
         finally:
             self.live.leave(session)
-            if not running.done():
-                running.cancel()
-        code = wire.code if wire.code is not None else protocol.NORMAL
-        if code != protocol.NORMAL:
-            await wire.linger()
-        wire.stop()
-        if code != protocol.NORMAL:
-            await context.abort(status_of(code, wire.reason), wire.reason or "closed")
 
 
 async def _linger(requests: AsyncIterator[pb.Request]) -> None:
@@ -198,10 +232,18 @@ async def serve(cfg: Config, link: FrontLink, live: Live) -> grpc.aio.Server | N
     """Start the service on `[server] grpc_port` (None when it is 0)."""
     if not cfg.server.grpc_port:
         return None
+    largest = cfg.limits.max_frame_bytes + 1024  # a request: audio and its framing
     server = grpc.aio.server(options=[
         ("grpc.so_reuseport", 1),
-        ("grpc.max_receive_message_length", cfg.limits.max_frame_bytes + 1024),
+        ("grpc.max_receive_message_length", largest),
         ("grpc.keepalive_permit_without_calls", 1),
+        # What a client may send ahead of what its call has read: the largest request and
+        # `socket_receive_buffer` more (as a WebSocket's kernel buffer), fixed, instead of the
+        # window grpc grows by probing the link (to 4 MiB a call on loopback, more on a long fat
+        # link). Not less: a client learns its request was too big (RESOURCE_EXHAUSTED) only if
+        # its write of it completes; grpcio's client reports its own failed write (INTERNAL).
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", largest + cfg.limits.socket_receive_buffer),
     ])
     pb_grpc.add_StreamerServicer_to_server(Servicer(cfg, link, live), server)  # type: ignore[no-untyped-call]
     # Reflection: generic tools (grpcurl, grpc_requests, Postman) can call it without the .proto.
