@@ -41,3 +41,17 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path: Path) -> None:
 def test_round_trips_through_plain_data_for_children() -> None:
     cfg = config.load(env={})
     assert config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_lists_come_from_the_environment_as_json_arrays_or_comma_separated() -> None:
+    both = ["https://a.example", "https://b.example"]
+    for raw in ('["https://a.example", "https://b.example"]', "https://a.example,https://b.example",
+                " https://a.example , https://b.example, "):
+        assert config.load(env={"STREAMER_SECURITY_ORIGINS": raw}).security.origins == both, raw
+    for raw in ("[]", ""):
+        assert config.load(env={"STREAMER_SECURITY_ORIGINS": raw}).security.origins == []
+    with pytest.raises(ValueError, match="STREAMER_SECURITY_ORIGINS must be a JSON array"):
+        config.load(env={"STREAMER_SECURITY_ORIGINS": '["https://a.example"'})
+    with pytest.raises(ValueError, match=r"origins\[0\]"):  # the items' type is checked with the rest
+        config.load(env={"STREAMER_SECURITY_ORIGINS": "[1, 2]"})
+
