@@ -7,6 +7,7 @@ to write by accident and a typo in a file is an error, not a silent default.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -27,6 +28,16 @@ class Server(msgspec.Struct, forbid_unknown_fields=True):
     stop_timeout_s: float
     log_level: str
     admin_public: bool
+    trusted_proxies: list[str]
+
+    def __post_init__(self) -> None:
+        """A proxy list that cannot be read must stop the start, not quietly trust nobody (or,
+        worse, be read differently by the front that uses it)."""
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"server.trusted_proxies: {proxy!r} is not an address or a network") from None
 
 
 class Actors(msgspec.Struct, forbid_unknown_fields=True):

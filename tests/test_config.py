@@ -55,3 +55,11 @@ def test_lists_come_from_the_environment_as_json_arrays_or_comma_separated() -> 
     with pytest.raises(ValueError, match=r"origins\[0\]"):  # the items' type is checked with the rest
         config.load(env={"STREAMER_SECURITY_ORIGINS": "[1, 2]"})
 
+
+def test_trusted_proxies_are_addresses_or_networks_and_anything_else_fails_at_start() -> None:
+    assert config.load(env={}).server.trusted_proxies == []  # by default X-Forwarded-For is believed from nobody
+    cfg = config.load(env={"STREAMER_SERVER_TRUSTED_PROXIES": "127.0.0.1,10.0.0.0/8,::1"})
+    assert cfg.server.trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1"]
+    for bad in ("10.0.0.0/33", "haproxy", "127.0.0.1:8080"):
+        with pytest.raises(ValueError, match=f"trusted_proxies.*{bad}"):
+            config.load(env={"STREAMER_SERVER_TRUSTED_PROXIES": bad})

@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,11 +36,12 @@ SENTENCES = ("The quick brown fox jumps over the lazy dog.", "Please call me bac
 
 
 class Balancer:
-    def __init__(self, a: Server, b: Server, addr: str = "127.0.0.1") -> None:
+    def __init__(self, a: Server, b: Server, addr: str = "127.0.0.1", config: Path = ROOT / "deploy" / "haproxy.cfg",
+                 ) -> None:
         self.port = free_port()
         env = dict(os.environ, STREAMER_LB_ADDR=addr, STREAMER_LB_PORT=str(self.port),
                    STREAMER_A=f"127.0.0.1:{a.port}", STREAMER_B=f"127.0.0.1:{b.port}")
-        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg")], env=env,
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(config)], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self.health() == 200, 20)
 
@@ -284,3 +286,48 @@ def test_the_balancer_denies_the_admin_endpoints_however_they_are_spelled(single
     # What the public may use still passes, however spelled.
     assert get(lb.port, "/api/v1/%68ealth")[0] == 200
     assert get(lb.port, "/web/../api/v1/health")[0] == 200
+
+
+def test_behind_the_balancer_the_instance_knows_the_real_client(tmp_path: Path) -> None:
+    """Through HAProxy every client reaches the instance from 127.0.0.1. With the balancer in
+    `[server] trusted_proxies`, its X-Forwarded-For names the real client, for the access log
+    and for the admin rule, which then holds even where the balancer's own deny rule is gone
+    (a copy of the configuration without it). What a client writes in X-Forwarded-For itself
+    counts for nothing: the balancer replaces it."""
+    from test_hostile import _outward_address
+
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("this machine has no non-loopback address to call from")
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is required (bash .ci/run installs it)")
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    deny = re.search(r"^ *http-request deny .*\n", config, re.M)
+    assert deny is not None
+    (tmp_path / "no-deny.cfg").write_text(config.replace(deny.group(0), ""))
+    a = Server(tmp_path / "a", env={"STREAMER_ACTORS_MODELS": "1", "STREAMER_ACTORS_FRONTS": "1",
+                                    "STREAMER_SERVER_TRUSTED_PROXIES": "127.0.0.1"}).start()
+    balancers: list[Balancer] = []
+    try:
+        balancers.append(lb := Balancer(a, a, addr="0.0.0.0"))
+        balancers.append(open_lb := Balancer(a, a, addr="0.0.0.0", config=tmp_path / "no-deny.cfg"))
+
+        def logged_client(host: str, forged: str) -> str:
+            mark = f"/who-{uuid.uuid4().hex}"  # a 404 of its own, to find its access log line
+            assert get(lb.port, mark, host=host, headers={"X-Forwarded-For": forged})[0] == 404
+            wait_for(lambda: mark in a.log(), 10)
+            (line,) = [x for x in a.log().splitlines() if mark in x]
+            return line.split("aiohttp.access: ", 1)[1].split(" ", 1)[0]
+
+        assert logged_client(outward, forged="127.0.0.1") == outward
+        assert logged_client("127.0.0.1", forged="203.0.113.9") == "127.0.0.1"
+        for path in ("/metrics", "/api/v1/actors"):
+            assert get(open_lb.port, path, host=outward, headers={"X-Forwarded-For": "127.0.0.1"})[0] == 403
+            assert get(open_lb.port, path, headers={"X-Forwarded-For": "203.0.113.9"})[0] == 200  # a local client
+            assert get(a.port, path)[0] == 200  # straight from loopback: no header, the peer is the client
+            assert get(a.port, path, headers={"X-Forwarded-For": "198.51.100.7"})[0] == 403  # a proxy's remote client
+            assert get(a.port, path, headers={"X-Forwarded-For": "unknown"})[0] == 403  # no address: nobody known
+    finally:
+        for b in balancers:
+            b.stop()
+        a.stop()

@@ -338,10 +338,12 @@ def test_admin_endpoints_answer_loopback_clients_only(tmp_path: Path) -> None:
     srv.start()
     try:
         for path in ("/metrics", "/api/v1/actors"):
-            with pytest.raises(urllib.error.HTTPError) as e:
-                urllib.request.urlopen(f"http://{outward}:{srv.port}{path}", timeout=5)
-            e.value.close()
-            assert e.value.code == 403
+            for forged in ({}, {"X-Forwarded-For": "127.0.0.1"}):  # no proxy is trusted by default: nor the header
+                with pytest.raises(urllib.error.HTTPError) as e:
+                    urllib.request.urlopen(urllib.request.Request(f"http://{outward}:{srv.port}{path}", headers=forged),
+                                           timeout=5)
+                e.value.close()
+                assert e.value.code == 403
             with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}{path}", timeout=5) as r:
                 assert r.status == 200
         with urllib.request.urlopen(f"http://{outward}:{srv.port}/api/v1/health", timeout=5) as r:
