@@ -22,7 +22,7 @@ from aiohttp import web
 from front import grpc_api, protocol
 from front.admission import Admission
 from front.doors import RETRY_AFTER_S, Live, Refused
-from front.guard import SUBPROTOCOL, Proxies, access_logger, handshake_token, origin_ok, token_ok
+from front.guard import SUBPROTOCOL, Proxies, access_logger, handshake_token, origin_ok, redact_logs, token_ok
 from front.link import FrontLink
 from front.metrics import REFUSED, group_page
 from front.processes import CpuSampler
@@ -224,6 +224,7 @@ def stage_died(live: Live, note: Exited) -> None:
 
 async def serve(ctx: ChildContext) -> None:
     cfg = ctx.cfg()
+    redact_logs()
     link = FrontLink(ctx, cfg.front.coalesce_ms / 1000)
     link.start()
     app = build_app(cfg, link, ctx.run_dir, ctx.slot, cfg.front_count)

@@ -8,16 +8,19 @@
   origin not on a non-empty list is refused before the upgrade (403). Clients that send no
   Origin (scripts, servers) are not browsers and are not affected.
 * The access log names the client, method, path and status only: a query string can hold a
-  token.
+  token. aiohttp's own lines that would quote a client's subprotocols or request line are
+  rewritten (`TokenRedaction`).
 * Who the client is (for the access log and the admin endpoints' loopback rule): whoever
   connected, or behind a proxy of `[server] trusted_proxies`, whom its X-Forwarded-For names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import logging
+import re
 from collections.abc import Iterable
 
 from aiohttp import web
@@ -44,6 +47,41 @@ def token_ok(sec: Security, presented: str | None) -> bool:
     if presented is None:
         return False
     return hmac.compare_digest(presented.encode(), sec.token.encode())
+
+
+class TokenRedaction(logging.Filter):
+    """Keeps tokens out of the two lines aiohttp writes with what a client sent, as it came.
+
+    * `aiohttp.websocket`, when no offered subprotocol is `token`: it lists them all, so a
+      client that misspells the word (`Token, <value>`) or offers the token alone has it
+      logged. The line says what was missing instead.
+    * `aiohttp.server`, for a request it could not parse: the error quotes the request line,
+      `?token=` and all. Query strings are cut from the message and the traceback, as the
+      access log never has them.
+    """
+
+    QUERY = re.compile(r"\?\S*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "aiohttp.websocket" and "protocols" in str(record.msg):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "%s: no offered subprotocol is %r (the offer is not logged: it may hold a token)"
+            record.args = (peer, SUBPROTOCOL)
+        elif record.name == "aiohttp.server":
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = self.QUERY.sub("?<query not logged>", record.exc_text)
+            with contextlib.suppress(TypeError, ValueError):  # a filter must never raise into aiohttp
+                record.msg, record.args = self.QUERY.sub("?<query not logged>", record.getMessage()), None
+        return True
+
+
+def redact_logs() -> None:
+    """Installs `TokenRedaction` where aiohttp logs (on the loggers: a handler set up later
+    must not bring the lines back)."""
+    for name in ("aiohttp.websocket", "aiohttp.server"):
+        logging.getLogger(name).addFilter(TokenRedaction())
 
 
 def origin_ok(sec: Security, request: web.Request) -> bool:
