@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from audio import speech
+from audio import noise, speech
 from server import Server, alive, free_port, wait_for
-from wire import Transcript, check_regions_answered, converse, stream_steps
+from wire import Transcript, check_regions_answered, check_simple_counts, converse, stream_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCES = ("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning.",
@@ -283,9 +283,13 @@ def test_the_balancer_denies_the_admin_endpoints_however_they_are_spelled(single
                               "--http2-prior-knowledge", f"http://127.0.0.1:{lb.port}{target}"],
                              capture_output=True, text=True, timeout=30)
         assert out.stdout == "403 2", (target, out.stdout, out.stderr)
-    # What the public may use still passes, however spelled.
+    # What the public may use still passes, however spelled, WebSockets included.
     assert get(lb.port, "/api/v1/%68ealth")[0] == 200
     assert get(lb.port, "/web/../api/v1/health")[0] == 200
+    t = asyncio.run(converse(f"ws://127.0.0.1:{lb.port}/api/v1//%73imple", stream_steps(noise(1.0)[None, :], 16000,
+                                                                                        False)))
+    assert t.close_code == 1000
+    check_simple_counts(t, 0, 16000)
 
 
 def test_behind_the_balancer_the_instance_knows_the_real_client(tmp_path: Path) -> None:
