@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 import socket
@@ -24,7 +23,7 @@ from aiohttp import web
 from front import grpc_api, protocol
 from front.admission import Admission
 from front.doors import RETRY_AFTER_S, Live, Refused
-from front.guard import SUBPROTOCOL, QuietAccessLogger, handshake_token, origin_ok, token_ok
+from front.guard import SUBPROTOCOL, Proxies, access_logger, handshake_token, origin_ok, redact_logs, token_ok
 from front.link import FrontLink
 from front.metrics import REFUSED, group_page
 from front.processes import CpuSampler
@@ -41,6 +40,7 @@ log = logging.getLogger("front")
 
 CFG: web.AppKey[Config] = web.AppKey("cfg", Config)
 LINK: web.AppKey[FrontLink] = web.AppKey("link", FrontLink)
+PROXIES: web.AppKey[Proxies] = web.AppKey("proxies", Proxies)
 RUN_DIR: web.AppKey[str] = web.AppKey("run_dir", str)
 SAMPLER: web.AppKey[CpuSampler] = web.AppKey("sampler", CpuSampler)
 SLOT: web.AppKey[int] = web.AppKey("slot", int)
@@ -75,10 +75,12 @@ async def health(request: web.Request) -> web.Response:
 @web.middleware
 async def admin_on_loopback(request: web.Request, handler: Any) -> web.StreamResponse:
     """Metrics and the actors table describe the machine: only local clients see them, unless
-    `[server] admin_public` says otherwise (the WebSocket routes are for everyone)."""
+    `[server] admin_public` says otherwise (the WebSocket routes are for everyone). Behind a
+    trusted proxy the client is whom X-Forwarded-For names, not the proxy: a balancer on this
+    machine would otherwise make every client local."""
     if request.path in ADMIN_PATHS and not request.app[CFG].server.admin_public:
-        peer = request.remote or ""
-        if not ipaddress.ip_address(peer.split("%")[0] or "0.0.0.0").is_loopback:
+        client = request.app[PROXIES].client(request)
+        if client is None or not client.is_loopback:
             raise web.HTTPForbidden(text="admin endpoints answer loopback clients only")
     response: web.StreamResponse = await handler(request)
     return response
@@ -200,6 +202,7 @@ def stream_route(route: Route) -> Any:
 def build_app(cfg: Config, link: FrontLink, run_dir: str, slot: int, fronts: int) -> web.Application:
     app = web.Application(middlewares=[admin_on_loopback])
     app[CFG] = cfg
+    app[PROXIES] = Proxies(cfg.server.trusted_proxies)
     app[SAMPLER] = CpuSampler(run_dir)
     app[LINK] = link
     app[RUN_DIR] = run_dir
@@ -235,10 +238,12 @@ def stage_died(live: Live, note: Exited) -> None:
 
 async def serve(ctx: ChildContext) -> None:
     cfg = ctx.cfg()
+    redact_logs()
     link = FrontLink(ctx, cfg.front.coalesce_ms / 1000)
     link.start()
     app = build_app(cfg, link, ctx.run_dir, ctx.slot, cfg.front_count)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0, access_log_class=QuietAccessLogger)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
+                           access_log_class=access_logger(app[PROXIES]))
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True, reuse_port=True)
     await site.start()

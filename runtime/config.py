@@ -7,6 +7,7 @@ to write by accident and a typo in a file is an error, not a silent default.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -27,6 +28,16 @@ class Server(msgspec.Struct, forbid_unknown_fields=True):
     stop_timeout_s: float
     log_level: str
     admin_public: bool
+    trusted_proxies: list[str]
+
+    def __post_init__(self) -> None:
+        """A proxy list that cannot be read must stop the start, not quietly trust nobody (or,
+        worse, be read differently by the front that uses it)."""
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"server.trusted_proxies: {proxy!r} is not an address or a network") from None
 
 
 class Actors(msgspec.Struct, forbid_unknown_fields=True):
@@ -202,6 +213,8 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any], where: str = "") -> No
 
 
 def _parse_env(raw: str, like: object, name: str) -> object:
+    if isinstance(like, list):
+        return _parse_list(raw, name)
     try:
         if isinstance(like, bool):
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -239,6 +252,21 @@ def _parse_table(raw: str, name: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ValueError(f"{name} must be a JSON object")
     return table
+
+
+def _parse_list(raw: str, name: str) -> list[Any]:
+    """A list key (`[security] origins` ...): a JSON array, as a free-form table takes JSON, or
+    plain comma-separated items (`127.0.0.1,10.0.0.0/8`), which need no quoting where JSON's
+    quotes would not survive (a Procfile line exported into a systemd `ExecStart`)."""
+    if not raw.lstrip().startswith("["):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name} must be a JSON array or comma-separated: {e}") from None
+    if not isinstance(items, list):
+        raise ValueError(f"{name} must be a JSON array or comma-separated")
+    return items
 
 
 def load(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:

@@ -117,6 +117,41 @@ def test_with_a_token_the_page_authenticates_by_subprotocol(browser: Browser, tm
         srv.stop()
 
 
+def test_a_token_the_server_refuses_or_a_browser_cannot_send_ends_the_attempt(browser: Browser, tmp_path: Path) -> None:
+    """A refused token is refused again on every retry: the page stops (microphone off, Start
+    again) and says why, instead of reconnecting forever with it. A token a browser cannot put
+    in a subprotocol (a space, a comma) is said so at once, not left as an exception."""
+    srv = Server(tmp_path / "run", env={"STREAMER_SECURITY_TOKEN": "s3cret", "STREAMER_ACTORS_MODELS": "1",
+                                        "STREAMER_ACTORS_FRONTS": "1"}).start()
+    try:
+        page = open_page(browser, srv)
+        page.fill("#token", "guess")
+        page.click("#start")
+        expect(page.locator("#status")).to_contain_text("closed (1008: authentication failed), not reconnecting",
+                                                            timeout=15_000)
+        expect(page.locator("#status")).to_have_class("status bad")
+        expect(page.locator("#start")).to_be_enabled()
+        expect(page.locator("#stop")).to_be_disabled()
+        expect(page.locator("#errors div")).to_have_count(1)
+        page.fill("#token", "two words")
+        page.click("#start")
+        expect(page.locator("#status")).to_contain_text("cannot be sent", timeout=15_000)
+        expect(page.locator("#start")).to_be_enabled()
+        expect(page.locator("#stop")).to_be_disabled()
+        page.fill("#token", "s3cret")  # and the right one still works after both
+        page.click("#start")
+        expect(page.locator("#status")).to_contain_text("streaming to segmented", timeout=15_000)
+        page.click("#stop")
+        expect(page.locator("#status")).to_have_text("done", timeout=15_000)
+        # Nowhere for a token to stay behind: the address, cookies, storage, the server's log.
+        kept = page.evaluate("() => JSON.stringify([location.href, document.cookie, {...localStorage}, "
+                             "{...sessionStorage}])")
+        for token in ("s3cret", "guess", "two words"):
+            assert token not in kept and token not in srv.log(), token
+    finally:
+        srv.stop()
+
+
 def test_the_page_says_when_its_socket_drops_and_reconnects(browser: Browser, tmp_path: Path) -> None:
     srv = recognizer(tmp_path, STREAMER_ACTORS_FRONTS="1")
     try:

@@ -51,3 +51,25 @@ def test_pools_too_small_for_the_limits_are_refused_at_start() -> None:
         Topology(config.load(env={"STREAMER_POOLS_FRONT_SLOTS": "64"})).check_pools()
     with pytest.raises(ValueError, match="max_segment_s"):
         Topology(config.load(env={"STREAMER_SEGMENTER_MAX_SEGMENT_S": "120"})).check_pools()
+
+
+def test_lists_come_from_the_environment_as_json_arrays_or_comma_separated() -> None:
+    both = ["https://a.example", "https://b.example"]
+    for raw in ('["https://a.example", "https://b.example"]', "https://a.example,https://b.example",
+                " https://a.example , https://b.example, "):
+        assert config.load(env={"STREAMER_SECURITY_ORIGINS": raw}).security.origins == both, raw
+    for raw in ("[]", ""):
+        assert config.load(env={"STREAMER_SECURITY_ORIGINS": raw}).security.origins == []
+    with pytest.raises(ValueError, match="STREAMER_SECURITY_ORIGINS must be a JSON array"):
+        config.load(env={"STREAMER_SECURITY_ORIGINS": '["https://a.example"'})
+    with pytest.raises(ValueError, match=r"origins\[0\]"):  # the items' type is checked with the rest
+        config.load(env={"STREAMER_SECURITY_ORIGINS": "[1, 2]"})
+
+
+def test_trusted_proxies_are_addresses_or_networks_and_anything_else_fails_at_start() -> None:
+    assert config.load(env={}).server.trusted_proxies == []  # by default X-Forwarded-For is believed from nobody
+    cfg = config.load(env={"STREAMER_SERVER_TRUSTED_PROXIES": "127.0.0.1,10.0.0.0/8,::1"})
+    assert cfg.server.trusted_proxies == ["127.0.0.1", "10.0.0.0/8", "::1"]
+    for bad in ("10.0.0.0/33", "haproxy", "127.0.0.1:8080"):
+        with pytest.raises(ValueError, match=f"trusted_proxies.*{bad}"):
+            config.load(env={"STREAMER_SERVER_TRUSTED_PROXIES": bad})

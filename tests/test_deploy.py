@@ -12,21 +12,23 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import soundfile
 
-from audio import speech
+from audio import noise, speech
 from server import Server, alive, free_port, wait_for
-from wire import Transcript, check_regions_answered, converse, stream_steps
+from wire import Transcript, check_regions_answered, check_simple_counts, converse, stream_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCES = ("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning.",
@@ -34,11 +36,12 @@ SENTENCES = ("The quick brown fox jumps over the lazy dog.", "Please call me bac
 
 
 class Balancer:
-    def __init__(self, a: Server, b: Server) -> None:
+    def __init__(self, a: Server, b: Server, addr: str = "127.0.0.1", config: Path = ROOT / "deploy" / "haproxy.cfg",
+                 ) -> None:
         self.port = free_port()
-        env = dict(os.environ, STREAMER_LB_PORT=str(self.port), STREAMER_A=f"127.0.0.1:{a.port}",
-                   STREAMER_B=f"127.0.0.1:{b.port}")
-        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(ROOT / "deploy" / "haproxy.cfg")], env=env,
+        env = dict(os.environ, STREAMER_LB_ADDR=addr, STREAMER_LB_PORT=str(self.port),
+                   STREAMER_A=f"127.0.0.1:{a.port}", STREAMER_B=f"127.0.0.1:{b.port}")
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(config)], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self.health() == 200, 20)
 
@@ -83,6 +86,37 @@ def pair(tmp_path: Path) -> Iterator[tuple[Server, Server, Balancer]]:
         lb.stop()
         a.stop()
         b.stop()
+
+
+@pytest.fixture
+def single(tmp_path: Path) -> Iterator[tuple[Server, Balancer]]:
+    """One light instance behind HAProxy (both of its servers point at it), for what the
+    balancer itself decides."""
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is required (bash .ci/run installs it)")
+    a = Server(tmp_path / "a", env={"STREAMER_ACTORS_MODELS": "1", "STREAMER_ACTORS_FRONTS": "1"}).start()
+    try:
+        lb = Balancer(a, a)
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        yield a, lb
+    finally:
+        lb.stop()
+        a.stop()
+
+
+def get(port: int, target: str, host: str = "127.0.0.1", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One request with `target` sent byte for byte (HTTP libraries would tidy it up first)."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
 
 
 async def sessions(url: str, steps: list[object], n: int, stagger_s: float = 0.05) -> list[Transcript]:
@@ -213,3 +247,83 @@ def test_prometheus_finds_every_instance_in_a_targets_file_and_grafana_splits_by
     dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert all("sum by (" not in e or "sum by (instance" in e for e in exprs), exprs
+
+
+# Spellings of the admin endpoints that aiohttp routes to their handlers: unreserved characters
+# percent-encoded anywhere, either case of hex, the absolute form, a query, a fragment.
+ROUTED = ("/%6Detrics", "/%6detrics", "/m%65trics", "/%6D%65%74%72%69%63%73", "/%6detrics?", "/metrics?self=1",
+          "/api/v1/%61ctors", "/%61pi/v1/actors", "/api/v1/%61%63tors?", "http://127.0.0.1/%6Detrics", "/metrics#frag")
+# Spellings that aiohttp answers 404 but other servers (or another aiohttp) resolve: repeated
+# slashes and dot segments, plain or percent-encoded. Denied as well.
+RESOLVED_ELSEWHERE = ("//metrics", "///metrics", "/api//v1/actors", "//api/v1/actors", "/./metrics", "/x/../metrics",
+                      "/api/v1/../../metrics", "/api/v1/./actors", "/api/v1/x/../actors", "/x/%2e%2e/metrics",
+                      "/%2E%2E/metrics", "/web/../metrics", "http://127.0.0.1//metrics")
+
+
+def test_the_balancer_denies_the_admin_endpoints_however_they_are_spelled(single: tuple[Server, Balancer]) -> None:
+    a, lb = single
+    for target in ROUTED:  # the instance itself, from loopback: every one of these reaches the handler
+        assert get(a.port, target)[0] == 200, target
+    for target in (*ROUTED, *RESOLVED_ELSEWHERE):
+        status, body = get(lb.port, target)
+        # HAProxy refuses a fragment in a request line outright (400); everything else is denied.
+        assert status == (400 if "#" in target else 403), (target, status, body[:80])
+    if shutil.which("curl") is None:
+        pytest.fail("curl is required (bash .ci/run installs it)")
+    for target in ("/%6Detrics", "/api/v1/%61ctors"):  # HTTP/2 without TLS: HAProxy speaks it on the same port
+        out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--path-as-is",
+                              "--http2-prior-knowledge", f"http://127.0.0.1:{lb.port}{target}"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.stdout == "403 2", (target, out.stdout, out.stderr)
+    # What the public may use still passes, however spelled, WebSockets included.
+    assert get(lb.port, "/api/v1/%68ealth")[0] == 200
+    assert get(lb.port, "/web/../api/v1/health")[0] == 200
+    t = asyncio.run(converse(f"ws://127.0.0.1:{lb.port}/api/v1//%73imple", stream_steps(noise(1.0)[None, :], 16000,
+                                                                                        False)))
+    assert t.close_code == 1000
+    check_simple_counts(t, 0, 16000)
+
+
+def test_behind_the_balancer_the_instance_knows_the_real_client(tmp_path: Path) -> None:
+    """Through HAProxy every client reaches the instance from 127.0.0.1. With the balancer in
+    `[server] trusted_proxies`, its X-Forwarded-For names the real client, for the access log
+    and for the admin rule, which then holds even where the balancer's own deny rule is gone
+    (a copy of the configuration without it). What a client writes in X-Forwarded-For itself
+    counts for nothing: the balancer replaces it."""
+    from test_hostile import _outward_address
+
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("this machine has no non-loopback address to call from")
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is required (bash .ci/run installs it)")
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    deny = re.search(r"^ *http-request deny .*\n", config, re.M)
+    assert deny is not None
+    (tmp_path / "no-deny.cfg").write_text(config.replace(deny.group(0), ""))
+    a = Server(tmp_path / "a", env={"STREAMER_ACTORS_MODELS": "1", "STREAMER_ACTORS_FRONTS": "1",
+                                    "STREAMER_SERVER_TRUSTED_PROXIES": "127.0.0.1"}).start()
+    balancers: list[Balancer] = []
+    try:
+        balancers.append(lb := Balancer(a, a, addr="0.0.0.0"))
+        balancers.append(open_lb := Balancer(a, a, addr="0.0.0.0", config=tmp_path / "no-deny.cfg"))
+
+        def logged_client(host: str, forged: str) -> str:
+            mark = f"/who-{uuid.uuid4().hex}"  # a 404 of its own, to find its access log line
+            assert get(lb.port, mark, host=host, headers={"X-Forwarded-For": forged})[0] == 404
+            wait_for(lambda: mark in a.log(), 10)
+            (line,) = [x for x in a.log().splitlines() if mark in x]
+            return line.split("aiohttp.access: ", 1)[1].split(" ", 1)[0]
+
+        assert logged_client(outward, forged="127.0.0.1") == outward
+        assert logged_client("127.0.0.1", forged="203.0.113.9") == "127.0.0.1"
+        for path in ("/metrics", "/api/v1/actors"):
+            assert get(open_lb.port, path, host=outward, headers={"X-Forwarded-For": "127.0.0.1"})[0] == 403
+            assert get(open_lb.port, path, headers={"X-Forwarded-For": "203.0.113.9"})[0] == 200  # a local client
+            assert get(a.port, path)[0] == 200  # straight from loopback: no header, the peer is the client
+            assert get(a.port, path, headers={"X-Forwarded-For": "198.51.100.7"})[0] == 403  # a proxy's remote client
+            assert get(a.port, path, headers={"X-Forwarded-For": "unknown"})[0] == 403  # no address: nobody known
+    finally:
+        for b in balancers:
+            b.stop()
+        a.stop()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -435,10 +436,12 @@ def test_admin_endpoints_answer_loopback_clients_only(tmp_path: Path) -> None:
     srv.start()
     try:
         for path in ("/metrics", "/api/v1/actors"):
-            with pytest.raises(urllib.error.HTTPError) as e:
-                urllib.request.urlopen(f"http://{outward}:{srv.port}{path}", timeout=5)
-            e.value.close()
-            assert e.value.code == 403
+            for forged in ({}, {"X-Forwarded-For": "127.0.0.1"}):  # no proxy is trusted by default: nor the header
+                with pytest.raises(urllib.error.HTTPError) as e:
+                    urllib.request.urlopen(urllib.request.Request(f"http://{outward}:{srv.port}{path}", headers=forged),
+                                           timeout=5)
+                e.value.close()
+                assert e.value.code == 403
             with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}{path}", timeout=5) as r:
                 assert r.status == 200
         with urllib.request.urlopen(f"http://{outward}:{srv.port}/api/v1/health", timeout=5) as r:
@@ -448,6 +451,30 @@ def test_admin_endpoints_answer_loopback_clients_only(tmp_path: Path) -> None:
             socket.create_connection((outward, model_port), timeout=2).close()
     finally:
         srv.stop()
+
+
+def test_no_token_reaches_the_log_even_where_aiohttp_would_print_it(guarded: Server) -> None:
+    """aiohttp logs what it could not use, as it came: a subprotocol list without `token` (the
+    word misspelt, or the token offered alone) and the request line of a request it could not
+    parse, query string and all. Both are lines the front writes; neither may carry a token."""
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    start = len(guarded.log())
+
+    async def offer(protocols: tuple[str, ...]) -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(guarded.ws(), protocols=protocols) as ws:
+            await ws.close()
+
+    for protocols in (("Token", secret), (secret,)):
+        asyncio.run(offer(protocols))
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as s:
+        s.sendall(f"GET /api/v1/segmented?token={secret}\x01 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.0 400")
+
+    def lines(logger: str) -> list[str]:
+        return [x for x in guarded.log()[start:].splitlines() if f" {logger}: " in x]
+
+    wait_for(lambda: len(lines("aiohttp.websocket")) == 2 and len(lines("aiohttp.server")) == 1, 10)
+    assert secret not in guarded.log()[start:], guarded.log()[start:]
 
 
 def test_an_unauthenticated_socket_gives_its_seat_back_within_the_auth_timeout(guarded: Server) -> None:

@@ -3,6 +3,11 @@
 
 const $ = (id) => document.getElementById(id);
 const RECONNECT_S = [1, 2, 4, 8];
+// Closes that refuse the request itself (PROTOCOL.md: 1008 policy, a wrong token first of all;
+// 1003, 1007, 1009 bad input): the same request would be refused again, so the page stops
+// instead of reconnecting with it forever. Other closes (a dropped connection, a failed or
+// draining server) are worth retrying.
+const REFUSED = new Set([1003, 1007, 1008, 1009]);
 
 let ws = null;
 let audio = null; // { ctx, source, node, stream }
@@ -69,7 +74,14 @@ function connect() {
   const token = $("token").value;
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/v1/${route}`;
   // Browsers cannot set headers on a WebSocket handshake: the token travels as a subprotocol.
-  ws = token ? new WebSocket(url, ["token", token]) : new WebSocket(url);
+  try {
+    ws = token ? new WebSocket(url, ["token", token]) : new WebSocket(url);
+  } catch {
+    // A subprotocol is an HTTP token. The browser's own message quotes the value: not shown.
+    giveUp("this token cannot be sent by a browser: a WebSocket subprotocol allows letters, digits and " +
+      "!#$%&'*+-.^_`|~ only");
+    return;
+  }
   ws.binaryType = "arraybuffer";
   setStatus("connecting");
   ws.onopen = () => {
@@ -85,6 +97,10 @@ function connect() {
   ws.onclose = (e) => {
     if (audio) audio.node.port.onmessage = null;
     $("activity").classList.remove("on");
+    if (wanted && REFUSED.has(e.code)) {
+      giveUp(`closed (${e.code}${e.reason ? ": " + e.reason : ""}), not reconnecting`);
+      return;
+    }
     if (!wanted) {
       setStatus(e.code === 1000 ? "done" : `closed (${e.code})`);
       return;
@@ -118,6 +134,11 @@ function stop() {
     ws.send(JSON.stringify({ request: "stop", disconnect: true })); // the server sends the finals, then closes
   }
   closeMicrophone();
+}
+
+function giveUp(why) {
+  stop(); // the socket is closed or was never made: this only turns the microphone off and resets the buttons
+  setStatus(why, true);
 }
 
 // -- the actors panel: CPU and RSS per process over the last minute ---------------------------
