@@ -6,7 +6,6 @@ threads, telemetry exporters) leaks in; each builds its own here, after it start
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import threading
@@ -24,8 +23,6 @@ from runtime.config import Config
 from runtime.logs import setup_logging
 from runtime.topology import Place
 
-_PR_SET_PDEATHSIG = 1
-
 
 @dataclass
 class ChildContext:
@@ -37,9 +34,9 @@ class ChildContext:
     run_dir: str
     config: dict[str, Any]
     link: Connection | None = None
+    lifeline: Connection | None = None  # read end of a pipe only the supervisor writes: EOF = it is gone
     stopping: threading.Event = field(default_factory=threading.Event)
     beat_every_s: float = 1.0
-    parent_pid: int = 0  # the supervisor's
     stats: Callable[[], dict[str, Any]] | None = None
     _last_beat: float = 0.0
 
@@ -94,28 +91,36 @@ class ChildContext:
             pass  # the supervisor is gone; the death signal will follow
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL this process if the supervisor dies, so a SIGKILLed supervisor leaves no orphan.
+def _die_with_supervisor(ctx: ChildContext) -> None:
+    """Exit at once when the supervisor dies, so a SIGKILLed supervisor leaves no orphan.
 
-    SIGKILL, not SIGTERM: without its supervisor the group is gone (its pipeline stops at the
-    same moment), and a front draining for `drain_s` would only keep its clients from
+    At once, not after a drain: without its supervisor the group is gone (its pipeline stops at
+    the same moment), and a front draining for `drain_s` would only keep its clients from
     reconnecting to another instance; they see 1006 at once instead.
 
-    The setting comes after the spawn bootstrap and its imports: a supervisor that died before
-    it would never deliver the signal, so the parent is checked once the setting is in force."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if parent and os.getppid() != parent:
-        os._exit(1)  # orphaned already: nobody will supervise, stop or clean up after us
+    How: the supervisor holds the only write end of a pipe whose read end every child has (the
+    lifeline); nothing is ever written, so the read returns only when the supervisor is gone, for
+    whatever reason. A parent-death signal would not do: children are forked by the fork server,
+    whose own death would then take every actor down with it. A read that has already ended
+    (the supervisor died while this process started) ends it before it serves anything."""
+    lifeline = ctx.lifeline
+    if lifeline is None:
+        return
+
+    def watch() -> None:
+        try:
+            lifeline.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
 
 
 def enter_child(ctx: ChildContext) -> None:
     """Call first thing in a child: name, logging, and signals that end its loop cleanly."""
     setproctitle.setproctitle(f"streamer: {ctx.name}")
-    _die_with_parent(ctx.parent_pid)
+    _die_with_supervisor(ctx)
     if ctx.link is not None:
         os.set_blocking(ctx.link.fileno(), False)
     setup_logging(ctx.name, str(ctx.config["server"]["log_level"]))

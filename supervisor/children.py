@@ -1,8 +1,12 @@
 """The supervisor's children: what to start, how, and what is known about each.
 
-Every child is a `spawn`ed process (a fresh interpreter: no inherited sockets, threads
-or telemetry state) running one role's `main(ctx)`. The supervisor holds one end of a
-pipe per child; the child says `ready` on it once its sockets are bound.
+Every child is forked by multiprocessing's fork server, a clean process the supervisor
+starts once, which has imported every role's code and nothing else (no sockets, threads
+or telemetry state to inherit): a child starts in milliseconds instead of importing numpy,
+zmq, aiohttp and grpc again (a third of a second to a second of CPU each, at every start and
+restart). It runs one role's `main(ctx)`. The supervisor holds one end of a pipe per child;
+the child says `ready` on it once its sockets are bound. Every child also holds the read end
+of the supervisor's lifeline (`runtime.process`): it exits when the supervisor is gone.
 """
 
 from __future__ import annotations
@@ -21,7 +25,19 @@ from runtime.group import Member
 from runtime.process import ChildContext
 from runtime.topology import Place
 
-_spawn = mp.get_context("spawn")
+_forks = mp.get_context("forkserver")
+# What the fork server imports once, so that no child imports it again.
+_forks.set_forkserver_preload(["supervisor.children", "actors.decoder", "actors.segmenter", "actors.model_actor",
+                               "front.app"])
+_lifeline: tuple[Connection, Connection] | None = None  # (children's read end, our write end), for our life
+
+
+def lifeline() -> Connection:
+    """The read end every child gets; the write end stays open here until this process dies."""
+    global _lifeline
+    if _lifeline is None:
+        _lifeline = _forks.Pipe(duplex=False)
+    return _lifeline[0]
 
 
 def _entry(role: str) -> Callable[[ChildContext], None]:
@@ -69,10 +85,10 @@ class Child:
         return Place(self.role, self.slot).name
 
     def start(self, run_id: str, run_dir: str, config: dict[str, Any]) -> None:
-        ours, theirs = _spawn.Pipe(duplex=False)
-        ctx = ChildContext(self.role, self.slot, run_id, run_dir, config, link=theirs,
-                           beat_every_s=float(config["supervisor"]["heartbeat_s"]), parent_pid=os.getpid())
-        proc = _spawn.Process(target=child_main, args=(ctx,), name=f"streamer: {self.name}", daemon=False)
+        ours, theirs = _forks.Pipe(duplex=False)
+        ctx = ChildContext(self.role, self.slot, run_id, run_dir, config, link=theirs, lifeline=lifeline(),
+                           beat_every_s=float(config["supervisor"]["heartbeat_s"]))
+        proc = _forks.Process(target=child_main, args=(ctx,), name=f"streamer: {self.name}", daemon=False)
         proc.start()
         theirs.close()
         self.process, self.link = proc, ours

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from audio import noise
-from server import Server, alive, shm_segments, wait_for
+from server import Server, actor, alive, shm_segments, wait_for
 from wire import check_simple_counts, converse, stream_steps
 
 
@@ -58,10 +58,14 @@ def test_killed_model_actor_is_restarted_and_the_pipeline_works(fresh_server: Se
 
 
 def test_health_names_a_role_with_no_live_process(fresh_server: Server) -> None:
+    # A replacement is forked and bound within milliseconds; a quick second death waits out the
+    # back-off (2 s here), and health says which role is missing meanwhile.
+    fresh_server.env["STREAMER_SUPERVISOR_SEGMENTER_BACKOFF_STEP_S"] = "2"
     fresh_server.start()
-    segmenter = next(a for a in fresh_server.actors() if a["role"] == "segmenter")
-    os.kill(segmenter["pid"], signal.SIGKILL)
-    # A replacement takes a few hundred ms to spawn and bind: health says so meanwhile.
+    for _ in range(2):
+        segmenter = next(a for a in fresh_server.actors() if a["role"] == "segmenter")
+        os.kill(segmenter["pid"], signal.SIGKILL)
+        wait_for(lambda old=segmenter["pid"]: actor(fresh_server, "segmenter")["pid"] != old, 10)
     wait_for(lambda: fresh_server.health() == (503, {"status": "unhealthy", "missing": ["segmenter"]}), 10)
     wait_for(lambda: fresh_server.health()[0] == 200)
 
