@@ -12,6 +12,12 @@ from audio import have_tools
 from server import Server
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long waits first: with tests run side by side (make test), one started last would
+    leave the others' workers idle while it runs on."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _tools() -> None:
     if not have_tools():

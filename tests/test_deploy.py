@@ -153,6 +153,7 @@ def test_a_draining_instance_finishes_its_sessions_and_new_ones_go_elsewhere(
     assert [x.close_code for x in late] == [1000] * 5 and all(check_regions_answered(x, 0) == (3, 0) for x in late)
 
 
+@pytest.mark.long
 def test_a_killed_instance_drops_its_sessions_and_the_client_reconnects_through_the_balancer(
         pair: tuple[Server, Server, Balancer], tmp_path: Path) -> None:
     a, b, lb = pair

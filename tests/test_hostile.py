@@ -334,6 +334,7 @@ def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         srv.stop()
 
 
+@pytest.mark.long
 def test_a_client_faster_than_the_pipeline_is_held_back_and_loses_nothing(slow: Server) -> None:
     seconds, rate = 20.0, 44100
     x = noise(seconds, rate)[None, :].repeat(2, axis=0)  # 44.1 kHz stereo f32: 7 MB, more than TCP buffers
@@ -368,6 +369,7 @@ def test_a_client_faster_than_the_pipeline_is_held_back_and_loses_nothing(slow: 
     assert len(held) == 1 and held[0].startswith("held back for 3 s"), held
 
 
+@pytest.mark.long
 def test_a_client_that_never_reads_is_bounded_and_closed(tmp_path: Path) -> None:
     # 10 ms chunks: a hundred small results per audio second, to fill the socket buffers soon.
     srv = Server(tmp_path / "run", env={"STREAMER_SEGMENTER_CHUNK_S": "0.01", "STREAMER_LIMITS_MAX_OUTBOX": "20",
@@ -501,6 +503,7 @@ def test_a_trace_id_that_is_no_traceparent_is_ignored_and_never_reaches_the_log_
     assert long.close_code == 1007 and "length" in long.of_type("error")[0]["message"]
 
 
+@pytest.mark.long
 def test_text_frames_cannot_grow_the_outbox_of_a_client_that_reads_nothing(tmp_path: Path) -> None:
     """Regression: repeated `stop` frames each queue an error; `max_outbox` was checked only for
     audio, so a client that never read could grow the front's memory without bound."""

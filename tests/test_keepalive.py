@@ -31,6 +31,7 @@ def one_slow_model(tmp_path: Path) -> Iterator[Server]:
         srv.stop()
 
 
+@pytest.mark.long
 def test_a_held_back_client_with_default_keepalive_keeps_its_connection(one_slow_model: Server) -> None:
     data = pcm_bytes(noise(SECONDS)[None, :], False)
 
@@ -69,6 +70,7 @@ def one_model_at_real_time(tmp_path: Path) -> Iterator[Server]:
         srv.stop()
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("client", ["websockets", "grpc"])
 def test_a_file_uploaded_at_full_speed_to_a_busy_server_is_answered_to_the_last_sample(
         one_model_at_real_time: Server, client: str) -> None:

@@ -104,6 +104,7 @@ def get_json(url: str) -> Any:
         return json.loads(r.read())
 
 
+@pytest.mark.alone  # measures CPU: runs by itself (make test)
 def test_actors_table_shows_cpu_rising_with_work_and_restarts_after_kill(tmp_path: Path) -> None:
     # One model, one busy call: 6 s of tone at 0.5 s of CPU per audio second, 3 s of work.
     srv = started(tmp_path, STREAMER_ACTORS_MODELS="1", STREAMER_MODEL_FAKE_CONSTANT_FACTOR="0.5",

@@ -60,6 +60,7 @@ def two_sentences() -> list[dict[str, object] | bytes | str]:
     return stream_steps(s.samples[None, :], 16000, False)
 
 
+@pytest.mark.alone  # races 0.2 s heartbeats against a 1.5 s hang timeout: runs by itself (make test)
 def test_a_hung_actor_is_found_by_heartbeats_killed_and_restarted(tmp_path: Path) -> None:
     srv = started(tmp_path, STREAMER_SUPERVISOR_HEARTBEAT_S="0.2", STREAMER_SUPERVISOR_MODEL_HANG_TIMEOUT_S="1.5")
     try:
@@ -213,6 +214,7 @@ def test_a_dead_front_drops_only_its_own_sessions(tmp_path: Path) -> None:
         srv.stop()
 
 
+@pytest.mark.long
 def test_the_client_script_reconnects_when_its_front_dies_and_says_so(tmp_path: Path) -> None:
     srv = started(tmp_path, STREAMER_ACTORS_FRONTS="1")
     try:

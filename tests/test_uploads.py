@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import psutil
+import pytest
 
 from server import Server
 from uploads import Upload, all_at_once
@@ -23,6 +24,7 @@ UPLOADS = [
 ]
 
 
+@pytest.mark.long
 def test_uploads_at_full_speed_in_every_format_lose_nothing_and_kill_nothing(tmp_path: Path) -> None:
     srv = Server(tmp_path / "run", env={"STREAMER_ACTORS_FRONTS": "1"}).start()
     try:
