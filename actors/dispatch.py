@@ -7,12 +7,14 @@ of up to `max_batch` items that are waiting now: a packet never waits to be fill
 actor never sits on work an idle one could do, and every item handed out is remembered
 until its `Done` comes back.
 
-The queue. Finals (and the simple route's chunks) go out in arrival order, ahead of every
-interim, in calls of their own. Interims go only to a slot beside which another stays idle
-(when there are several), so a final never waits behind a call of interims. A channel has
-at most one interim waiting: a newer one replaces it (it covers the same region and more),
-and the region's final drops it; both are counted (`streamer_interims_superseded_total`).
-So when the models fall behind, interims thin out and finals keep their pace. A final is never dropped.
+The queue. Finals (and the simple route's chunks) go out ahead of every interim, in calls of
+their own, each channel's in arrival order and the channels in turn (`actors/fair.py`), so a
+stream that arrives with a backlog cannot hold every other stream's results back. Interims
+go only to a slot beside which another stays idle (when there are several), so a final never
+waits behind a call of interims. A channel has at most one interim waiting: a newer one
+replaces it (it covers the same region and more), and the region's final drops it; both are
+counted (`streamer_interims_superseded_total`). So when the models fall behind, interims thin
+out and finals keep their pace. A final is never dropped.
 
 Audio waits in this process's memory until its item is dispatched; then the packet's items
 are written into one allocation of the segmenter's pool, which the model releases as soon as
@@ -40,6 +42,7 @@ import prometheus_client
 from opentelemetry.trace import StatusCode
 
 from actors.affinity import Affinities, Item
+from actors.fair import FairQueue
 from runtime import logs, telemetry
 from runtime.clock import Clock
 from transport.messages import Done, Ready, Slice, Work
@@ -81,7 +84,7 @@ class Dispatcher:
         self._send = send
         self._clock = clock
         self.slots = [Slot(d) for d in dests]
-        self._finals: deque[Item] = deque()
+        self._finals = FairQueue()  # served in turn by channel (actors/fair.py)
         self._interims: dict[tuple[str, int], Item] = {}
         self._queued_samples = 0
         self._dead: set[int] = set()
@@ -116,10 +119,8 @@ class Dispatcher:
 
     def queue_delay(self, counts: Callable[[str], bool] = lambda _: True) -> float:
         """How long the oldest waiting final of a stream that `counts` has waited (0 when none waits)."""
-        for item in self._finals:
-            if counts(item.work.stream):
-                return self._clock.now() - item.queued_at
-        return 0.0
+        oldest = self._finals.oldest(counts)
+        return 0.0 if oldest is None else self._clock.now() - oldest.queued_at
 
     def submit_sequential(self, work: Work, audio: npt.NDArray[np.float32]) -> None:
         """An item of a sequential stream: it goes to the slot the stream is bound to, in order."""
@@ -154,7 +155,7 @@ class Dispatcher:
             return w.stream != stream or (keep_below is not None and w.kind != "interim"
                                           and w.seq < keep_below[w.channel])
 
-        self._finals = deque(i for i in self._finals if kept(i))
+        self._finals.keep(kept)
         self._interims = {k: i for k, i in self._interims.items() if k[0] != stream}
         self._queued_samples = sum(i.audio.shape[0] for i in (*self._finals, *self._interims.values()))
         if keep_below is not None:
@@ -272,7 +273,7 @@ class Dispatcher:
         out: list[Item] = []
         size = 0
         while len(out) < limit and (self._finals if finals else self._interims):
-            item = self._finals[0] if finals else next(iter(self._interims.values()))
+            item = self._finals.peek() if finals else next(iter(self._interims.values()))
             suspect = item.work.attempt > 1
             size += aligned(item.audio.nbytes)
             if out and (suspect or size > self.max_bytes):

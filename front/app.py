@@ -164,7 +164,10 @@ def stream_route(route: Route) -> Any:
             return await seated(request, live, cfg, seat)
 
     async def seated(request: web.Request, live: Live, cfg: Config, seat: Seat) -> web.StreamResponse:
-        ws = _WebSocket(cfg.limits.max_frame_bytes, autoping=True, protocols=(SUBPROTOCOL,))
+        # No permessage-deflate, though aiohttp would accept a client's offer (the websockets library
+        # and browsers make one): PCM barely compresses, and inflating every frame cost the front
+        # (and deflating it the client) more CPU than the audio's own handling.
+        ws = _WebSocket(cfg.limits.max_frame_bytes, autoping=True, protocols=(SUBPROTOCOL,), compress=False)
         offered = handshake_token(request)
         await ws.prepare(request)
         sock = request.transport.get_extra_info("socket") if request.transport is not None else None

@@ -9,9 +9,9 @@ has come (`complete`), and what users feel: start to first result, and each regi
 The in-flight budget. A stream may have at most `max_inflight_audio_s` of audio unanswered,
 and at most `max_inflight_bytes` of the client's bytes (a wide format: 192 kHz x 8 channels of
 float is 6 MB a second), and no more than its answers, at the pace they came lately, cover in
-half the stop timeout: a client uploading a file to a busy server is held back to what the
-server can answer, so that after its `stop` the last result comes well within the timeout,
-however many others share the models.
+half the stop timeout (starting small until that pace is known): a client uploading a file to
+a busy server is held back to what the server can answer, so that after its `stop` the last
+result comes well within the timeout, however many others share the models.
 
 The stream's span ("session") is the root of everything the group does for it: a child of
 the client's `trace_id` when the start message carried one.
@@ -35,9 +35,8 @@ from transport.messages import Checkpoint, Event, Open, Progress, Result, Stream
 log = logging.getLogger("front.stream")
 
 
-MIN_INFLIGHT_S = 5.0  # the budget never shrinks below this (a region must fit, and a stream must get going)
+MIN_INFLIGHT_S = 2.0  # the budget never shrinks below this, and starts there until the pace is known
 RATE_WINDOW_S = 10.0  # the answers' pace is measured over this much of the recent past
-REAL_TIME = 1.0  # seconds of audio answered per second, assumed until measured
 
 
 @dataclass(frozen=True)
@@ -109,14 +108,16 @@ class Stream:
 
     def budget_s(self, now: float) -> float:
         """Seconds of audio this stream may have unanswered now: `max_s`, or what its answers at
-        their recent pace (real time, until there are some) cover in half the stop timeout, never
-        less than `MIN_INFLIGHT_S`."""
+        their recent pace cover in half the stop timeout, never less than `MIN_INFLIGHT_S`; and
+        `MIN_INFLIGHT_S` until the pace is known (a slow start, as TCP's: twenty 8-channel uploads
+        let in at a real-time guess filled the pipeline with a few streams' audio, and the
+        streams behind it heard nothing for over a minute)."""
         b = self.budget
         marks = self._answered_at
-        rate = REAL_TIME  # until the pace is known, what a streaming server must at least keep
-        if marks and now - marks[0][0] >= RATE_WINDOW_S / 2:
-            then, answered = marks[0]
-            rate = (self.answered_s - answered) / max(now - then, 1e-3)
+        if not marks or now - marks[0][0] < RATE_WINDOW_S / 2:
+            return min(b.max_s, MIN_INFLIGHT_S)
+        then, answered = marks[0]
+        rate = (self.answered_s - answered) / max(now - then, 1e-3)
         return min(b.max_s, max(MIN_INFLIGHT_S, rate * b.answer_within_s / 2))
 
     def fed(self, data: bytes) -> None:

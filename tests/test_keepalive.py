@@ -102,3 +102,16 @@ def test_a_file_uploaded_at_full_speed_to_a_busy_server_is_answered_to_the_last_
     assert not [m for m in messages if m["type"] == "error"]
     held = [m for m in messages if m["type"] == "warning"]
     assert len(held) == 1 and held[0]["message"].startswith("held back")  # told, and kept its session
+
+
+def test_the_front_declines_compression_so_audio_goes_as_it_is(one_slow_model: Server) -> None:
+    """The `websockets` library (and browsers) offer permessage-deflate; aiohttp accepted it, so
+    every frame was deflated by the client and inflated by the front: for PCM, which barely
+    compresses, more CPU than the audio's own handling. Twenty 192 kHz x 8 ch clients of that
+    library timed out their own handshakes on a client busy compressing."""
+
+    async def run() -> list[str]:
+        async with connect(one_slow_model.ws("simple")) as ws:
+            return [str(e) for e in ws.protocol.extensions]
+
+    assert asyncio.run(run()) == []

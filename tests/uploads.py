@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +59,7 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     failure: str = ""  # an exception the client met
+    refused: int = 0  # handshakes answered 503 (at capacity) before it got in
 
     @property
     def whole(self) -> bool:
@@ -65,8 +68,9 @@ class Outcome:
                 and self.counts == [self.expected] * self.upload.channels)
 
 
-async def upload(url: str, up: Upload, seed: int = 0, timeout: float = 600.0) -> Outcome:
-    data = up.pcm(seed)
+async def upload(url: str, up: Upload, data: bytes, timeout: float = 600.0) -> Outcome:
+    """One client sends `data` (made by `up.pcm`, before any client starts: making it inside the
+    clients' event loop held every other client's handshake back)."""
     out = Outcome(up, expected=model_samples(int(up.seconds * up.rate), up.rate), counts=[0] * up.channels)
     step = up.frame_bytes - up.frame_bytes % (up.channels * (4 if up.is_float else 2))
     frames = [data[i : i + step] for i in range(0, len(data), step)]
@@ -80,14 +84,28 @@ async def upload(url: str, up: Upload, seed: int = 0, timeout: float = 600.0) ->
 
     try:
         async with asyncio.timeout(timeout):
-            if up.library == "websockets":
-                await _with_websockets(url, up, frames, take, out)
-            else:
-                await _with_aiohttp(url, up, frames, take, out)
+            while True:
+                try:
+                    if up.library == "websockets":
+                        await _with_websockets(url, up, frames, take, out)
+                    else:
+                        await _with_aiohttp(url, up, frames, take, out)
+                    break
+                except (aiohttp.WSServerHandshakeError, websockets.InvalidStatus) as e:
+                    if _status(e) != 503:
+                        raise
+                    out.refused += 1  # the server is at capacity: come back, as streamer-client does
+                    await asyncio.sleep(1.0)
     except Exception as e:  # reported, not raised: one client's failure is a figure
         out.failure = repr(e)
     out.seconds = time.monotonic() - began
     return out
+
+
+def _status(e: Exception) -> int:
+    if isinstance(e, aiohttp.WSServerHandshakeError):
+        return e.status
+    return int(e.response.status_code) if isinstance(e, websockets.InvalidStatus) else 0
 
 
 async def _with_aiohttp(url: str, up: Upload, frames: list[bytes], take: Any, out: Outcome) -> None:
@@ -125,4 +143,21 @@ async def _with_websockets(url: str, up: Upload, frames: list[bytes], take: Any,
 
 
 async def all_at_once(url: str, uploads: list[Upload], timeout: float = 600.0) -> list[Outcome]:
-    return list(await asyncio.gather(*(upload(url, up, seed, timeout) for seed, up in enumerate(uploads))))
+    """Every client at once, in this process; clients of one format send the same noise."""
+    pcm = {up: up.pcm(seed) for seed, up in enumerate(dict.fromkeys(uploads))}
+    return list(await asyncio.gather(*(upload(url, up, pcm[up], timeout) for up in uploads)))
+
+
+def _run(url: str, uploads: list[Upload], timeout: float) -> list[Outcome]:
+    return asyncio.run(all_at_once(url, uploads, timeout))
+
+
+def in_processes(url: str, uploads: list[Upload], processes: int, timeout: float = 600.0) -> list[Outcome]:
+    """Every client at once, spread over `processes` processes: one Python process sending
+    hundreds of MiB for twenty clients is itself the bottleneck (its event loop, busy framing
+    and masking, let the `websockets` clients' 10 s handshake timeout pass)."""
+    shares = [uploads[k::processes] for k in range(processes)]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+        done = list(pool.map(_run, [url] * processes, shares, [timeout] * processes))
+    return [o for share in done for o in share]
