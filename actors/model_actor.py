@@ -61,7 +61,9 @@ class ModelActor(Actor):
         self.max_batch = models.batch_limit(self.model, self.cfg.model.max_batch)
 
     def stats(self) -> dict[str, object]:
-        return self.meter.summary()
+        """The stage's totals, and how many sequential streams this process holds a model state
+        for: each may be a whole decoder (pocketsphinx: ~75 MiB), so one never let go shows."""
+        return {**self.meter.summary(), "held": len(self.streams.held) if self.streams is not None else 0}
 
     def on_message(self, msg: Message, slab: bytes | None) -> None:
         if isinstance(msg, Work):
