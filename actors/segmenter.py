@@ -62,6 +62,7 @@ from transport.messages import (
     align,
     stream_of,
 )
+from transport.shm import BufferPool
 
 log = logging.getLogger("segmenter")
 _tracer = telemetry.tracer("streamer.segmenter")
@@ -121,6 +122,18 @@ def checkpoint_of(state: Cuts) -> Checkpoint:
     return Checkpoint(align(min(c.sample for c in channels), state.start.sample_rate), channels)
 
 
+def first_work_id(pool: BufferPool) -> int:
+    """Where this incarnation's `work_id`s start: above every one an earlier incarnation gave, with
+    no coordination. They start at the pool's next allocation id (kept in shared memory, so it
+    goes on counting across restarts) times 2**20; one allocation of our own first moves it
+    on, or a predecessor that never allocated would have started at the same number. Model
+    actors tell a predecessor's work from ours by it (`Forget.below`)."""
+    got = pool.alloc(1)
+    if got is not None:
+        pool.release(got[0])
+    return pool.next_alloc << 20
+
+
 @dataclass
 class BusyWindow:
     """Model busy seconds reported over the last `span_s`, as a share of that span."""
@@ -145,11 +158,11 @@ class Segmenter(Actor):
         super().__init__(env)
         assert self.pool is not None
         self.streams: dict[str, Cuts] = {}
+        self._next_work = first_work_id(self.pool)
         self.dispatcher = Dispatcher(self.pool, env.link.send, env.topology.model_inboxes(), self.clock,
-                                     max_attempts=self.cfg.model.max_attempts)
+                                     max_attempts=self.cfg.model.max_attempts, first_id=self._next_work + 1)
         self.meter = StageMeter()
         self.busy = BusyWindow(LOAD_WINDOW_S, self.clock.now())
-        self._next_work = self.pool.next_alloc << 20  # unique across our restarts, no coordination needed
         self._last_load = -LOAD_EVERY_S
         self._fronts = [front_inbox(k) for k in range(env.topology.fronts)]
 

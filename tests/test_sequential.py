@@ -5,6 +5,7 @@ undisturbed run, exactly, with the fake model's running count)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -118,3 +119,42 @@ def test_pocketsphinx_transcribes_a_stream_utterance_by_utterance(tmp_path: Path
             assert all(m["text"] for m in done)
     finally:
         srv.stop()
+
+
+def models_holding(srv: Server) -> dict[str, int]:
+    """Sequential streams each model actor holds a state for (from its last heartbeat)."""
+    return {a["name"]: a.get("held") or 0 for a in srv.actors() if a["role"] == "model"}
+
+
+def test_a_segmenter_death_leaves_no_model_state_behind(srv: Server) -> None:
+    """Four streams, two on each model actor; the segmenter is SIGKILLed while all four are held.
+    Its successor rebinds each replayed stream wherever it likes, so the actor that held one
+    before must be told to let go of what it holds: once the streams end, no state is left on
+    either actor (each would be a whole decoder with pocketsphinx), and their results are
+    those of an undisturbed run."""
+    streams = 4
+    steps = stream_steps(noise(SECONDS)[None, :], 16000, False)
+    models = {a["name"]: a["pid"] for a in srv.actors() if a["role"] == "model"}
+    killed: list[int] = []
+
+    def kill_once_all_are_held() -> None:
+        wait_for(lambda: sum(models_holding(srv).values()) == streams, SECONDS / 2 * 0.5)
+        pid = actor(srv, "segmenter")["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    async def run() -> list[Transcript]:
+        return list(await asyncio.gather(*(converse(srv.ws("sequential"), steps, pace_s=0.05)
+                                           for _ in range(streams))))
+
+    threading.Thread(target=kill_once_all_are_held, daemon=True).start()
+    transcripts = asyncio.run(run())
+    assert killed, "the streams ended before all four were held"
+    for t in transcripts:
+        assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
+        assert finals(t) == expected(SECONDS, FINAL_EVERY)
+    wait_for(lambda: actor(srv, "segmenter")["pid"] not in (None, killed[0]), 10)
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not any(models_holding(srv).values()), 5)  # the next heartbeats
+    assert models_holding(srv) == dict.fromkeys(models, 0)
+    assert {a["name"]: a["pid"] for a in srv.actors() if a["role"] == "model"} == models  # the same processes
