@@ -87,6 +87,7 @@ class Dispatcher:
                  max_attempts: int = 3, first_id: int = 0) -> None:
         self._pool = pool
         self.first_id = first_id  # the lowest `work_id` this dispatcher will hand out (`Forget.below`)
+        self._last_id = first_id - 1
         self._send = send
         self._clock = clock
         self.slots = [Slot(d) for d in dests]
@@ -99,6 +100,12 @@ class Dispatcher:
         self.superseded = 0
         self.sequential = Affinities(max_attempts)  # streams bound to one slot (stateful models)
         self.max_bytes = max(pool.capacity // 8, 1)  # of audio per packet: several fit the pool at once
+
+    def new_id(self) -> int:
+        """A `work_id` for a new item: every item has its own, an abort too (a packet's items are
+        told apart by it, and a model actor skips work numbered below its segmenter's first)."""
+        self._last_id += 1
+        return self._last_id
 
     @property
     def failed_streams(self) -> list[tuple[str, str]]:
@@ -169,7 +176,7 @@ class Dispatcher:
         if keep_below is not None:
             self.sequential.reset(stream)
         else:
-            abort = Work(0, stream, 0, 0, 0, 0, 0.0, 0.0, "abort", Slice(0, 0))
+            abort = Work(self.new_id(), stream, 0, 0, 0, 0, 0.0, 0.0, "abort", Slice(0, 0))
             self.sequential.abort(stream, Item(abort, np.zeros(0, np.float32), self._clock.now()))
 
     # -- the model slots --------------------------------------------------------------------

@@ -131,7 +131,7 @@ def first_work_id(pool: BufferPool) -> int:
     got = pool.alloc(1)
     if got is not None:
         pool.release(got[0])
-    return pool.next_alloc << 20
+    return (pool.next_alloc << 20) + 1
 
 
 @dataclass
@@ -158,9 +158,8 @@ class Segmenter(Actor):
         super().__init__(env)
         assert self.pool is not None
         self.streams: dict[str, Cuts] = {}
-        self._next_work = first_work_id(self.pool)
         self.dispatcher = Dispatcher(self.pool, env.link.send, env.topology.model_inboxes(), self.clock,
-                                     max_attempts=self.cfg.model.max_attempts, first_id=self._next_work + 1)
+                                     max_attempts=self.cfg.model.max_attempts, first_id=first_work_id(self.pool))
         self.meter = StageMeter()
         self.busy = BusyWindow(LOAD_WINDOW_S, self.clock.now())
         self._last_load = -LOAD_EVERY_S
@@ -289,8 +288,7 @@ class Segmenter(Actor):
                 self._sequential(stream, state, ch, "feed", o.start, o.end, o.audio)
                 continue
             kind: WorkKind = "chunk" if o.is_final is None else "final" if o.is_final else "interim"
-            self._next_work += 1
-            work = Work(self._next_work, stream, state.start.front, ch, state.results[ch], state.events[ch],
+            work = Work(self.dispatcher.new_id(), stream, state.start.front, ch, state.results[ch], state.events[ch],
                         o.start / MODEL_RATE, o.end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace)
             if kind != "interim":
                 state.results[ch] += 1
@@ -300,9 +298,8 @@ class Segmenter(Actor):
                     audio: npt.NDArray[np.float32] | None, seq: int = 0,
                     model_state: dict[str, Any] | None = None) -> None:
         """One item of a sequential stream's channel, for the model actor that holds its state."""
-        self._next_work += 1
-        work = Work(self._next_work, stream, state.start.front, ch, seq, 0, start / MODEL_RATE, end / MODEL_RATE,
-                    kind, NOWHERE, trace=state.work_trace, interim=state.start.interim,
+        work = Work(self.dispatcher.new_id(), stream, state.start.front, ch, seq, 0, start / MODEL_RATE,
+                    end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace, interim=state.start.interim,
                     channels=state.start.channels, state=model_state)
         self.dispatcher.submit_sequential(work, audio if audio is not None else NO_AUDIO)
 

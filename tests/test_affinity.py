@@ -1,0 +1,105 @@
+"""The sequential route's deaths, with the segmenter and real model actors in one process
+(`tests/group.py`): each case kills an actor at an exact moment and compares what the client
+gets with an undisturbed run, and what is left held anywhere once the stream is over."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from actors.segmenter import Segmenter
+from runtime.topology import Place
+from transport.messages import Abort, encode
+
+from audio import noise
+from ensemble import Group
+from rig import Rig
+
+SECONDS = 3.5
+X = noise(SECONDS)
+
+
+def undisturbed(seconds: float = SECONDS) -> list[tuple[float, float, int, int]]:
+    """The fake model's running count, a final every second: (start, end, count, total)."""
+    out, start, total = [], 0, int(seconds * 16000)
+    while start < total:
+        end = min(start + 16000, total)
+        out.append((start / 16000, end / 16000, end - start, end))
+        start = end
+    return out
+
+
+@contextlib.contextmanager
+def running(models: int = 2, **model: Any) -> Iterator[Group]:
+    """The segmenter and `models` model actors of the fake model (a final every second)."""
+    rig = Rig(Segmenter, Place("segmenter"), fronts=1, models=models,
+              model={**model, "fake": {"constant_factor": 0.0, "final_every_s": 1.0, **model.pop("fake", {})}})
+    try:
+        group = Group(rig, models)
+        for slot in range(models):
+            group.start(slot)
+        group.settle()
+        yield group
+    finally:
+        rig.close()
+
+
+@pytest.fixture
+def g() -> Iterator[Group]:
+    with running() as group:
+        yield group
+
+
+def over(g: Group, stream: str = "s-1") -> None:
+    """The stream ended as an undisturbed one would, and nothing of it is held anywhere."""
+    assert g.failed == {}
+    assert g.finals(stream) == undisturbed() and g.complete(stream)
+    assert not any(g.held().values())
+    assert g.rig.actor.dispatcher.sequential.streams == {}  # type: ignore[attr-defined]
+
+
+def test_an_undisturbed_stream(g: Group) -> None:
+    g.open("s-1")
+    g.feed("s-1", X)
+    g.close("s-1")
+    g.settle()
+    over(g)
+
+
+def test_an_aborted_stream_lets_go_of_its_state_and_its_actor_goes_on(g: Group) -> None:
+    """The client left: its actor drops the state, answers, and takes the next stream's work."""
+    g.open("s-1")
+    g.feed("s-1", X[:24000])
+    g.settle()
+    assert sum(g.held().values()) == 1
+    g.rig.put("segmenter", Abort("s-1"))
+    g.settle()
+    assert g.held() == {0: 0, 1: 0} and g.rig.actor.dispatcher.sequential.streams == {}  # type: ignore[attr-defined]
+    for stream in ("s-2", "s-3"):  # one on each actor
+        g.open(stream)
+    for stream in ("s-2", "s-3"):
+        g.feed(stream, X)
+        g.close(stream)
+    g.settle()
+    over(g, "s-2")
+    over(g, "s-3")
+
+
+def test_streams_aborted_together_are_each_forgotten() -> None:
+    """A model with a batch call gets both aborts in one packet: each is its own item."""
+    with running(models=1, fake={"delay": 0.001}) as g:
+        for stream in ("s-1", "s-2"):
+            g.open(stream)
+            g.feed(stream, X[:8000])
+        g.settle()
+        assert g.held() == {0: 2}
+        g.rig.put("segmenter", Abort("s-1"), Abort("s-2"))
+        g.turn()
+        (packet,) = g.rig.packets("model-0")
+        assert [w.kind for w in packet.items] == ["abort", "abort"]  # type: ignore[union-attr]
+        g.rig.link.sent["model-0"] = [encode(packet)]
+        g.settle()
+        assert g.held() == {0: 0} and g.rig.actor.dispatcher.sequential.streams == {}  # type: ignore[attr-defined]
