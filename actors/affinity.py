@@ -14,8 +14,11 @@ makes again the results after the checkpoint, which the front already has or tak
 drops what it has: same `seq`). Results equal an undisturbed run; the memory this costs is
 the audio since the last checkpoint (a model's final, or a moment it is at rest).
 
-A stream whose actors keep dying with no checkpoint in between is given up after
-`max_attempts` deaths: `failed` names it, and the segmenter fails it at its front.
+A stream whose actors keep dying while running its work, with no checkpoint in between, is
+given up at the `max_attempts`-th such death, as any item is: `failed` names it, and the
+segmenter fails it at its front. A death while none of the stream's work was on the actor
+(another stream's poison, an operator, the kernel) moves the stream but costs it no
+attempt: it cannot have caused it.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class Bound:
     waiting: deque[Item] = field(default_factory=deque)  # not handed out yet, in order
     since: list[Item] = field(default_factory=list)  # handed out since each channel's last checkpoint
     restores: dict[int, Item] = field(default_factory=dict)  # per channel: its last checkpoint, as an item
-    deaths: int = 0  # of its actor since its last checkpoint
+    deaths: int = 0  # of its actor while running its work, since its last checkpoint
     closed: int = 0  # channels whose close is done
     aborted: bool = False
     first: Work | None = None  # its first item: who the stream's results go to, how it is traced
@@ -168,8 +171,9 @@ class Affinities:
             if w.kind == "abort" or b.closed >= (b.first.channels if b.first else 1):
                 del self.streams[w.stream]
 
-    def on_death(self, slot: int) -> None:
-        """The slot's process died: its streams go elsewhere, from their checkpoints."""
+    def on_death(self, slot: int, running: set[str]) -> None:
+        """The slot's process died: its streams go elsewhere, from their checkpoints. Those in
+        `running` had work on it, unanswered: the death counts against them."""
         for stream, b in list(self.streams.items()):
             if b.slot != slot:
                 continue
@@ -177,9 +181,9 @@ class Affinities:
             if b.aborted:
                 del self.streams[stream]
                 continue
-            b.deaths += 1
-            if b.deaths > self.max_attempts:
-                self.failed.append((stream, f"the model actor holding this stream died {b.deaths - 1} times "
+            b.deaths += stream in running
+            if b.deaths >= self.max_attempts:
+                self.failed.append((stream, f"the model actor holding this stream died {b.deaths} times "
                                             "without getting any further"))
                 del self.streams[stream]
                 continue

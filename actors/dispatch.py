@@ -191,9 +191,8 @@ class Dispatcher:
         if slot is None:
             return
         if slot.pid != msg.pid:
-            if slot.pid:
-                self._requeue(slot)  # the old pid is gone and nobody told us yet
-                self.sequential.on_death(msg.slot)
+            if slot.pid:  # the old pid is gone and nobody told us yet
+                self._lost(msg.slot)
             slot.pid, slot.greeted = msg.pid, False
         slot.capacity, slot.max_batch = msg.capacity, max(1, msg.max_batch)
         if not slot.greeted:
@@ -214,9 +213,16 @@ class Dispatcher:
         self._dead.add(pid)
         if 0 <= index < len(self.slots) and self.slots[index].pid == pid:
             slot = self.slots[index]
-            self._requeue(slot)
+            self._lost(index)
             slot.pid, slot.capacity, slot.greeted = 0, 0, False
-            self.sequential.on_death(index)
+
+    def _lost(self, index: int) -> None:
+        """The slot's process is gone: its items go back to the queue, its sequential streams
+        elsewhere (a death counting against those whose work it had)."""
+        slot = self.slots[index]
+        running = {i.work.stream for b in slot.batches for i in b.items.values() if i.work.sequential}
+        self._requeue(slot)
+        self.sequential.on_death(index, running)
 
     def on_done(self, msg: Done) -> list[Work]:
         """The items answered (none if the `Done` is from a process we no longer count on, or for

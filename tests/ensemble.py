@@ -63,15 +63,27 @@ class Group:
         self.links[slot].inboxes[f"model-{slot}"].extend(raws)
         return len(raws)
 
-    def run(self, slot: int, packets: int = 1) -> None:
+    def run(self, slot: int, packets: int = 1, answer: bool = True) -> None:
         """The actor runs `packets` of what it was delivered (one a turn; 0: one idle turn) and its
-        answers are carried to the segmenter's control inbox."""
+        answers are carried to the segmenter's control inbox (unless it is to die before they
+        leave: `answer=False`)."""
         actor = self.models[slot]
         assert actor is not None
         for _ in range(max(packets, 1)):
             actor.turn(0)
-        for raw in self.links[slot].sent.pop(SEGMENTER_CONTROL, []):
-            self.rig.link.inboxes[SEGMENTER_CONTROL].append(raw)
+        if answer:
+            for raw in self.links[slot].sent.pop(SEGMENTER_CONTROL, []):
+                self.rig.link.inboxes[SEGMENTER_CONTROL].append(raw)
+
+    def step(self, slot: int) -> None:
+        """One round trip: the segmenter turns, the slot runs what it was sent and answers."""
+        self.turn()
+        self.run(slot, self.deliver(slot))
+
+    def bound(self, stream: str = "s-1") -> int | None:
+        """The slot a sequential stream is bound to (None: none, or it is over)."""
+        b = self.rig.actor.dispatcher.sequential.streams.get(stream)  # type: ignore[attr-defined]
+        return None if b is None else b.slot  # type: ignore[no-any-return]
 
     def held(self) -> dict[int, int]:
         return {slot: len(a.streams.held) for slot, a in enumerate(self.models) if a is not None and a.streams}

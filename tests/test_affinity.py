@@ -103,3 +103,114 @@ def test_streams_aborted_together_are_each_forgotten() -> None:
         g.rig.link.sent["model-0"] = [encode(packet)]
         g.settle()
         assert g.held() == {0: 0} and g.rig.actor.dispatcher.sequential.streams == {}  # type: ignore[attr-defined]
+
+
+def test_the_actor_dies_twice_the_second_time_during_the_replay(g: Group) -> None:
+    g.open("s-1")
+    g.feed("s-1", X[:24000])
+    g.settle()  # a checkpoint at 1.0 s
+    a = g.bound()
+    assert a is not None
+    g.feed("s-1", X[24000:40000])  # 1.5-2.5 s: one piece on the actor, the rest waiting
+    g.kill(a)
+    g.turn()
+    b = g.bound()
+    assert b is not None and b != a
+    for _ in range(3):  # the restore at 1.0 s and the replay's first pieces: no checkpoint yet
+        g.step(b)
+    g.kill(b)
+    g.start(a)
+    g.settle()
+    g.start(b)
+    g.feed("s-1", X[40000:])
+    g.close("s-1")
+    g.settle()
+    over(g)
+
+
+@pytest.mark.parametrize("answered", [True, False], ids=["its-done-came", "its-done-was-lost"])
+def test_the_actor_dies_right_after_a_checkpoint(g: Group, answered: bool) -> None:
+    g.open("s-1")
+    g.feed("s-1", X[:30400])
+    g.settle()
+    a = g.bound()
+    assert a is not None
+    g.feed("s-1", X[30400:32000])  # the piece that ends at 2.0 s makes a final and a checkpoint
+    g.deliver(a)
+    g.run(a, answer=answered)
+    g.turn()
+    g.kill(a)
+    g.settle()
+    g.start(a)
+    g.feed("s-1", X[32000:])
+    g.close("s-1")
+    g.settle()
+    over(g)
+
+
+@pytest.mark.parametrize("answered", [True, False], ids=["its-done-came", "its-done-was-lost"])
+def test_the_actor_dies_between_a_close_and_its_done(g: Group, answered: bool) -> None:
+    g.open("s-1")
+    g.feed("s-1", X)
+    g.settle()
+    g.close("s-1")
+    a = g.bound()
+    assert a is not None
+    g.deliver(a)
+    g.run(a, answer=answered)
+    g.turn()
+    g.kill(a)
+    g.settle()
+    g.start(a)
+    g.settle()
+    over(g)
+    assert [e.results for e in g.ends["s-1"]] == [[4]]
+
+
+@pytest.mark.parametrize("closed", [False], ids=["open"])
+def test_a_stream_whose_actors_die_running_it_fails_at_max_attempts(g: Group, closed: bool) -> None:
+    """Its work kills every actor that runs it (its last piece or its close, then the restore
+    of each replay). Closed or not, its front hears why at the third death, as for any item
+    (`[model] max_attempts`), and nothing of it is kept."""
+    g.open("s-1")
+    g.feed("s-1", X[:-1600])
+    g.settle()
+    if closed:
+        g.feed("s-1", X[-1600:])
+        g.settle()
+        g.close("s-1")  # the close is on the actor
+    else:
+        g.feed("s-1", X[-1600:])  # the last piece is on the actor
+    deaths = 0
+    while "s-1" not in g.failed and deaths < 6:
+        slot = g.bound()
+        assert slot is not None
+        g.deliver(slot)
+        g.kill(slot)
+        deaths += 1
+        g.start(slot)
+        g.turn()
+    assert deaths == 3, g.failed
+    assert g.failed["s-1"].startswith("the model actor holding this stream died 3 times")
+    g.settle()
+    assert not any(g.held().values()) and g.rig.actor.dispatcher.sequential.streams == {}  # type: ignore[attr-defined]
+
+
+def test_deaths_of_its_actor_while_none_of_its_work_is_there_cost_a_stream_nothing(g: Group) -> None:
+    """An actor killed for another reason (another stream's poison, an operator, the kernel)
+    while this stream had nothing on it: the stream moves and goes on, however often."""
+    g.open("s-1")
+    g.feed("s-1", X[:24000])
+    g.settle()  # a checkpoint at 1.0 s; nothing of the stream on its actor now
+    for k in range(4):
+        slot = g.bound()
+        assert slot is not None
+        g.kill(slot)
+        g.start(slot)
+        g.settle()
+        g.feed("s-1", X[24000 + 1600 * k : 24000 + 1600 * (k + 1)])  # on, short of the next checkpoint
+        g.settle()
+    g.feed("s-1", X[24000 + 1600 * 4 :])
+    g.close("s-1")
+    g.settle()
+    over(g)

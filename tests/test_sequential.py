@@ -38,6 +38,11 @@ def expected(seconds: float, every: float, rate: int = 16000) -> list[tuple[floa
     return out
 
 
+def models_holding(srv: Server) -> dict[str, int]:
+    """Sequential streams each model actor holds a state for (from its last heartbeat)."""
+    return {a["name"]: a.get("held") or 0 for a in srv.actors() if a["role"] == "model"}
+
+
 @pytest.fixture
 def srv(tmp_path: Path) -> Any:
     s = Server(tmp_path / "run", env=ENV).start()
@@ -88,6 +93,56 @@ def test_a_death_mid_stream_leaves_the_results_of_an_undisturbed_run(srv: Server
     wait_for(lambda: actor(srv, kills[0])["restarts"] == 1, 10)
 
 
+def kill_the_holder(srv: Server, times: int, kills: list[tuple[str, int]], wait_s: float) -> None:
+    """SIGKILL the model actor holding the stream's state (by the actors table's `held`) `times`
+    times: each next one holds it only because the one before died."""
+    def holder() -> dict[str, Any] | None:
+        return next((a for a in srv.actors() if a["role"] == "model" and a.get("held") and a["pid"]
+                     and (a["name"], a["pid"]) not in kills), None)
+
+    for _ in range(times):
+        wait_for(lambda: holder() is not None, wait_s)
+        row = holder()
+        assert row is not None
+        os.kill(row["pid"], signal.SIGKILL)
+        kills.append((row["name"], row["pid"]))
+
+
+def test_the_actor_holding_the_stream_dies_twice_and_the_results_are_an_undisturbed_runs(srv: Server) -> None:
+    """Every final, count and running total is what it would have been, and no state is left."""
+    steps = stream_steps(noise(SECONDS)[None, :], 16000, False)
+    kills: list[tuple[str, int]] = []
+    threading.Thread(target=kill_the_holder, args=(srv, 2, kills, SECONDS / 2), daemon=True).start()
+    t = asyncio.run(converse(srv.ws("sequential"), steps, pace_s=0.05))
+    assert len(kills) == 2 and kills[0][0] != kills[1][0], kills
+    assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
+    assert finals(t) == expected(SECONDS, FINAL_EVERY)
+    wait_for(lambda: all(actor(srv, name)["restarts"] == 1 for name, _ in kills), 10)
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not any(models_holding(srv).values()), 5)
+    assert not any(models_holding(srv).values())
+
+
+def test_deaths_of_its_actor_between_its_pieces_do_not_fail_a_stream(tmp_path: Path) -> None:
+    """No checkpoint in the whole stream (a final every 30 s) and its actor killed four times,
+    each time once the stream has settled on it again. Its pieces take a millisecond each, so
+    the kills find none of its work there: each death moves the stream and none counts
+    against it. (Counting every death, the fourth gave the stream up, past `max_attempts`.)"""
+    seconds = 12.0
+    srv = Server(tmp_path / "run", env={"STREAMER_MODEL_FAKE_FINAL_EVERY_S": "30",
+                                        "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.01"}).start()
+    try:
+        kills: list[tuple[str, int]] = []
+        threading.Thread(target=kill_the_holder, args=(srv, 4, kills, 5.0), daemon=True).start()
+        t = asyncio.run(converse(srv.ws("sequential"), stream_steps(noise(seconds)[None, :], 16000, False),
+                                 pace_s=0.1))
+        assert len(kills) == 4, kills
+        assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
+        assert finals(t) == expected(seconds, 30.0)
+    finally:
+        srv.stop()
+
+
 COMMANDS = "#JSGF V1.0;\ngrammar c;\npublic <c> = <verb> the <thing>;\n<verb> = open | close | start | stop;\n" \
     "<thing> = door | window | music;\n"
 
@@ -119,11 +174,6 @@ def test_pocketsphinx_transcribes_a_stream_utterance_by_utterance(tmp_path: Path
             assert all(m["text"] for m in done)
     finally:
         srv.stop()
-
-
-def models_holding(srv: Server) -> dict[str, int]:
-    """Sequential streams each model actor holds a state for (from its last heartbeat)."""
-    return {a["name"]: a.get("held") or 0 for a in srv.actors() if a["role"] == "model"}
 
 
 def test_a_segmenter_death_leaves_no_model_state_behind(srv: Server) -> None:
