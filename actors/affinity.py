@@ -15,10 +15,10 @@ drops what it has: same `seq`). Results equal an undisturbed run; the memory thi
 the audio since the last checkpoint (a model's final, or a moment it is at rest).
 
 A stream whose actors keep dying while running its work, with no checkpoint in between, is
-given up at the `max_attempts`-th such death, as any item is: `failed` names it, and the
-segmenter fails it at its front. A death while none of the stream's work was on the actor
-(another stream's poison, an operator, the kernel) moves the stream but costs it no
-attempt: it cannot have caused it.
+given up at the `max_attempts`-th such death, as any item is: `failed` names it (and its front:
+it may be closed already, its front still waiting for its end), and the segmenter fails it
+there. A death while none of the stream's work was on the actor (another stream's poison, an
+operator, the kernel) moves the stream but costs it no attempt: it cannot have caused it.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Affinities:
     def __init__(self, max_attempts: int) -> None:
         self.streams: dict[str, Bound] = {}
         self.max_attempts = max_attempts
-        self.failed: list[tuple[str, str]] = []  # (stream, why): given up on
+        self.failed: list[tuple[str, int, str]] = []  # (stream, its front, why): given up on
 
     @property
     def waiting(self) -> int:
@@ -183,8 +183,9 @@ class Affinities:
                 continue
             b.deaths += stream in running
             if b.deaths >= self.max_attempts:
-                self.failed.append((stream, f"the model actor holding this stream died {b.deaths} times "
-                                            "without getting any further"))
+                assert b.first is not None
+                self.failed.append((stream, b.first.front, f"the model actor holding this stream died {b.deaths} "
+                                                           "times without getting any further"))
                 del self.streams[stream]
                 continue
             b.waiting = deque([*(b.restores[ch] for ch in sorted(b.restores)), *b.since, *b.waiting])

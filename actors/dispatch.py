@@ -108,7 +108,7 @@ class Dispatcher:
         return self._last_id
 
     @property
-    def failed_streams(self) -> list[tuple[str, str]]:
+    def failed_streams(self) -> list[tuple[str, int, str]]:
         return self.sequential.failed
 
     # -- what is waiting -------------------------------------------------------------------

@@ -344,9 +344,11 @@ class Segmenter(Actor):
                 work.is_final, error=f"inference failed for {work.start_time:.2f}-{work.end_time:.2f}: "
                 f"model actor died {work.attempt} times"))
         self.dispatcher.failed.clear()
-        for stream, why in self.dispatcher.failed_streams:
+        for stream, owner, why in self.dispatcher.failed_streams:
             if stream in self.streams:
                 self._fail(stream, why)
+            else:  # closed already: its front waits for the end the model was to report
+                self.emit(front_inbox(owner), Failed(stream, why))
         self.dispatcher.failed_streams.clear()
         now = self.clock.now()
         if now - self._last_load >= LOAD_EVERY_S:

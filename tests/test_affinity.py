@@ -167,7 +167,7 @@ def test_the_actor_dies_between_a_close_and_its_done(g: Group, answered: bool) -
     assert [e.results for e in g.ends["s-1"]] == [[4]]
 
 
-@pytest.mark.parametrize("closed", [False], ids=["open"])
+@pytest.mark.parametrize("closed", [False, True], ids=["open", "closed"])
 def test_a_stream_whose_actors_die_running_it_fails_at_max_attempts(g: Group, closed: bool) -> None:
     """Its work kills every actor that runs it (its last piece or its close, then the restore
     of each replay). Closed or not, its front hears why at the third death, as for any item
