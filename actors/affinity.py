@@ -19,6 +19,12 @@ given up at the `max_attempts`-th such death, as any item is: `failed` names it 
 it may be closed already, its front still waiting for its end), and the segmenter fails it
 there. A death while none of the stream's work was on the actor (another stream's poison, an
 operator, the kernel) moves the stream but costs it no attempt: it cannot have caused it.
+
+A replay after the decoder or the segmenter died (`reset`) starts the stream again from the
+front's checkpoint, on the same slot. What its actor still answers for work from before it
+(numbered below the stream's `floor`) says nothing about the replay: a checkpoint of it would
+restore the stream past audio the replay sends again, and a close of it would end the stream
+with the replay's own work still to come.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class Bound:
     restores: dict[int, Item] = field(default_factory=dict)  # per channel: its last checkpoint, as an item
     deaths: int = 0  # of its actor while running its work, since its last checkpoint
     closed: int = 0  # channels whose close is done
+    floor: int = 0  # work numbered below this is from before its last replay
     aborted: bool = False
     first: Work | None = None  # its first item: who the stream's results go to, how it is traced
 
@@ -81,16 +88,17 @@ class Affinities:
             b.restores[item.work.channel] = item
         b.waiting.append(item)
 
-    def reset(self, stream: str) -> None:
+    def reset(self, stream: str, floor: int) -> None:
         """The stream starts again from a checkpoint (a replay after the decoder or segmenter
-        died): what waits is superseded by the restores that follow. It stays on its slot, so
-        those come after whatever that actor still has of it."""
+        died): what waits is superseded by the restores that follow, numbered from `floor` on.
+        It stays on its slot, so those come after whatever that actor still has of it."""
         b = self.streams.get(stream)
         if b is not None:
             b.waiting.clear()
             b.since.clear()
             b.restores.clear()
-            b.deaths = 0
+            b.deaths = b.closed = 0
+            b.floor = floor
 
     def abort(self, stream: str, abort_item: Item) -> None:
         """Forget the stream; the actor holding its state is told so."""
@@ -152,8 +160,8 @@ class Affinities:
     def done(self, slot: int, works: list[Work], points: list[Point]) -> None:
         for p in points:
             b = self.streams.get(p.stream)
-            if b is None or b.slot != slot:
-                continue  # from an actor this stream has left (a replay moved it): not ours to trust
+            if b is None or b.slot != slot or p.work_id < b.floor:
+                continue  # from an actor this stream has left, or from before its replay: not ours to trust
             b.since = [i for i in b.since if i.work.channel != p.channel or i.work.work_id > p.work_id]
             f = b.first
             assert f is not None
@@ -166,7 +174,7 @@ class Affinities:
             b = self.streams.get(w.stream)
             if b is None:
                 continue
-            if w.kind == "close":
+            if w.kind == "close" and w.work_id >= b.floor:
                 b.closed += 1
             if w.kind == "abort" or b.closed >= (b.first.channels if b.first else 1):
                 del self.streams[w.stream]

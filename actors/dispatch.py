@@ -174,7 +174,7 @@ class Dispatcher:
         self._interims = {k: i for k, i in self._interims.items() if k[0] != stream}
         self._queued_samples = sum(i.audio.shape[0] for i in (*self._finals, *self._interims.values()))
         if keep_below is not None:
-            self.sequential.reset(stream)
+            self.sequential.reset(stream, floor=self._last_id + 1)
         else:
             abort = Work(self.new_id(), stream, 0, 0, 0, 0, 0.0, 0.0, "abort", Slice(0, 0))
             self.sequential.abort(stream, Item(abort, np.zeros(0, np.float32), self._clock.now()))

@@ -12,7 +12,7 @@ import pytest
 
 from actors.segmenter import Segmenter
 from runtime.topology import Place
-from transport.messages import Abort, encode
+from transport.messages import Abort, Checkpoint, CutState, encode
 
 from audio import noise
 from ensemble import Group
@@ -214,3 +214,45 @@ def test_deaths_of_its_actor_while_none_of_its_work_is_there_cost_a_stream_nothi
     g.close("s-1")
     g.settle()
     over(g)
+
+
+def test_a_replay_after_the_decoder_died_is_not_undone_by_a_checkpoint_from_before_it(g: Group) -> None:
+    """The decoder died: the front sends the stream again from its last usable checkpoint (1.0 s)
+    while the actor still runs a piece from before, whose checkpoint (2.0 s) comes after the
+    replay began. The replay's audio goes on from 1.0 s, so when the actor then dies, the
+    stream must be restored at 1.0 s, not at 2.0 s (which would count 1.0-2.0 s twice)."""
+    g.open("s-1")
+    g.feed("s-1", X[:30400])
+    g.settle()
+    a = g.bound()
+    assert a is not None
+    g.feed("s-1", X[30400:32000])  # on the actor: it will make the final and checkpoint at 2.0 s
+    g.open("s-1", resume=Checkpoint(16000, [CutState(16000, False, 1, 0, {"start": 16000, "total": 16000})]))
+    g.turn()
+    g.step(a)  # the piece from before the replay is answered
+    g.feed("s-1", X[16000:20800])
+    for _ in range(3):
+        g.step(a)  # the replay's restore at 1.0 s and its first pieces
+    g.kill(a)
+    g.settle()
+    g.start(a)
+    g.feed("s-1", X[20800:])
+    g.close("s-1")
+    g.settle()
+    over(g)
+
+
+def test_a_replay_during_the_close_is_not_ended_by_the_close_from_before_it() -> None:
+    """The decoder died while the stream's close was on its actor (two credits: the replay's
+    restore goes right behind it). That close's answer ends what the actor had; the replay's
+    own close must end the state the replay built, or it is held forever."""
+    with running(max_inflight=2) as g:
+        g.open("s-1")
+        g.feed("s-1", X)
+        g.settle()
+        g.close("s-1")
+        g.open("s-1", resume=Checkpoint(48000, [CutState(48000, False, 3, 0, {"start": 48000, "total": 48000})]))
+        g.feed("s-1", X[48000:])
+        g.close("s-1")
+        g.settle()
+        over(g)
