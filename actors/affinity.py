@@ -131,11 +131,19 @@ class Affinities:
 
     def take(self, slot: int, limit: int, max_bytes: int) -> list[Item]:
         """Up to `limit` items for `slot` with at most `max_bytes` of audio (one item, however large),
-        each stream's in order."""
+        each stream's in order. A stream that a death has counted against since its checkpoint
+        (a suspect) shares its packet with no other: should its work kill the next actor too,
+        that death counts against no innocent stream (as a suspect item travels alone)."""
         out: list[Item] = []
         size = 0
+        alone = False
         for b in self.streams.values():
-            while b.slot == slot and b.waiting and len(out) < limit:
+            if b.slot != slot or not b.waiting:
+                continue
+            if out and (alone or b.deaths):
+                break
+            alone = b.deaths > 0
+            while b.waiting and len(out) < limit:
                 size += b.waiting[0].audio.nbytes
                 if out and size > max_bytes:
                     return out

@@ -20,7 +20,7 @@ from actors.model_actor import ModelActor
 from front.reorder import StreamOrder
 from runtime.topology import SEGMENTER_CONTROL, Place
 from transport.link import MemoryLink
-from transport.messages import Close, Exited, Failed, Frames, Open, Result, Slice, StreamEnd
+from transport.messages import Close, Exited, Failed, Frames, Open, Result, Slice, StreamEnd, Work, decode
 
 from rig import Rig
 
@@ -56,6 +56,11 @@ class Group:
         self.models[slot] = None
         self.rig.link.sent.pop(f"model-{slot}", None)
         self.rig.put(SEGMENTER_CONTROL, Exited("model", slot, actor.pid, "signal SIGKILL"))
+
+    def waiting_on(self, slot: int) -> list[Work]:
+        """The work the segmenter has sent the slot and its process has not read yet."""
+        return [w for raw in self.rig.link.sent.get(f"model-{slot}", []) for w in decode(raw).items
+                if isinstance(w, Work)]
 
     def deliver(self, slot: int) -> int:
         """Carry what the segmenter sent the slot into its process's inbox; how many packets."""

@@ -216,6 +216,37 @@ def test_deaths_of_its_actor_while_none_of_its_work_is_there_cost_a_stream_nothi
     over(g)
 
 
+def test_a_stream_that_kills_its_actors_takes_no_other_stream_down_with_it() -> None:
+    """A model with a batch call: items of several streams on one actor share a packet. Once a
+    death has counted against a stream, its work travels in packets of its own, so should it
+    kill the next actor too, only its own count grows: the stream beside it goes on."""
+    with running(models=1, fake={"delay": 0.001}) as g:
+        for stream in ("poison", "s-1"):
+            g.open(stream)
+            g.feed(stream, X[:8000], step=8000)  # one piece each: their replays are short
+        g.settle()
+        g.feed("poison", X[8000:9600])  # on the actor
+        g.feed("s-1", X[8000:9600])  # waiting, then in one packet with the poison's next piece
+        g.feed("poison", X[9600:11200])
+        g.step(0)
+        deaths = 0
+        while "poison" not in g.failed and deaths < 6:
+            g.turn()
+            if any(w.stream == "poison" for w in g.waiting_on(0)):  # it kills whoever runs its work
+                g.deliver(0)
+                g.kill(0)
+                g.start(0)
+                deaths += 1
+            else:
+                g.run(0, g.deliver(0))
+        assert deaths == 3 and list(g.failed) == ["poison"]
+        g.feed("s-1", X[9600:])
+        g.close("s-1")
+        g.settle()
+        assert g.finals("s-1") == undisturbed() and g.complete("s-1") and list(g.failed) == ["poison"]
+        assert g.held() == {0: 0} and g.rig.actor.dispatcher.sequential.streams == {}  # type: ignore[attr-defined]
+
+
 def test_a_replay_after_the_decoder_died_is_not_undone_by_a_checkpoint_from_before_it(g: Group) -> None:
     """The decoder died: the front sends the stream again from its last usable checkpoint (1.0 s)
     while the actor still runs a piece from before, whose checkpoint (2.0 s) comes after the
