@@ -126,8 +126,9 @@ def first_work_id(pool: BufferPool) -> int:
     """Where this incarnation's `work_id`s start: above every one an earlier incarnation gave, with
     no coordination. They start at the pool's next allocation id (kept in shared memory, so it
     goes on counting across restarts) times 2**20; one allocation of our own first moves it
-    on, or a predecessor that never allocated would have started at the same number. Model
-    actors tell a predecessor's work from ours by it (`Forget.below`)."""
+    on, or a predecessor that never allocated would have started at the same number (to reach
+    ours, one would need over a million items per allocation it made). Model actors tell a
+    predecessor's work from ours by it (`Forget.below`)."""
     got = pool.alloc(1)
     if got is not None:
         pool.release(got[0])
