@@ -1,5 +1,5 @@
 """The sequential route's deaths, with the segmenter and real model actors in one process
-(`tests/group.py`): each case kills an actor at an exact moment and compares what the client
+(`tests/ensemble.py`): each case kills an actor at an exact moment and compares what the client
 gets with an undisturbed run, and what is left held anywhere once the stream is over."""
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def undisturbed(seconds: float = SECONDS) -> list[tuple[float, float, int, int]]
 @contextlib.contextmanager
 def running(models: int = 2, **model: Any) -> Iterator[Group]:
     """The segmenter and `models` model actors of the fake model (a final every second)."""
-    rig = Rig(Segmenter, Place("segmenter"), fronts=1, models=models,
-              model={**model, "fake": {"constant_factor": 0.0, "final_every_s": 1.0, **model.pop("fake", {})}})
+    fake = {"constant_factor": 0.0, "final_every_s": 1.0, **model.pop("fake", {})}
+    rig = Rig(Segmenter, Place("segmenter"), fronts=1, models=models, model={**model, "fake": fake})
     try:
         group = Group(rig, models)
         for slot in range(models):
