@@ -14,8 +14,17 @@ makes again the results after the checkpoint, which the front already has or tak
 drops what it has: same `seq`). Results equal an undisturbed run; the memory this costs is
 the audio since the last checkpoint (a model's final, or a moment it is at rest).
 
-A stream whose actors keep dying with no checkpoint in between is given up after
-`max_attempts` deaths: `failed` names it, and the segmenter fails it at its front.
+A stream whose actors keep dying while running its work, with no checkpoint in between, is
+given up at the `max_attempts`-th such death, as any item is: `failed` names it (and its front:
+it may be closed already, its front still waiting for its end), and the segmenter fails it
+there. A death while none of the stream's work was on the actor (another stream's poison, an
+operator, the kernel) moves the stream but costs it no attempt: it cannot have caused it.
+
+A replay after the decoder or the segmenter died (`reset`) starts the stream again from the
+front's checkpoint, on the same slot. What its actor still answers for work from before it
+(numbered below the stream's `floor`) says nothing about the replay: a checkpoint of it would
+restore the stream past audio the replay sends again, and a close of it would end the stream
+with the replay's own work still to come.
 """
 
 from __future__ import annotations
@@ -51,8 +60,9 @@ class Bound:
     waiting: deque[Item] = field(default_factory=deque)  # not handed out yet, in order
     since: list[Item] = field(default_factory=list)  # handed out since each channel's last checkpoint
     restores: dict[int, Item] = field(default_factory=dict)  # per channel: its last checkpoint, as an item
-    deaths: int = 0  # of its actor since its last checkpoint
+    deaths: int = 0  # of its actor while running its work, since its last checkpoint
     closed: int = 0  # channels whose close is done
+    floor: int = 0  # work numbered below this is from before its last replay
     aborted: bool = False
     first: Work | None = None  # its first item: who the stream's results go to, how it is traced
 
@@ -61,7 +71,7 @@ class Affinities:
     def __init__(self, max_attempts: int) -> None:
         self.streams: dict[str, Bound] = {}
         self.max_attempts = max_attempts
-        self.failed: list[tuple[str, str]] = []  # (stream, why): given up on
+        self.failed: list[tuple[str, int, str]] = []  # (stream, its front, why): given up on
 
     @property
     def waiting(self) -> int:
@@ -78,16 +88,17 @@ class Affinities:
             b.restores[item.work.channel] = item
         b.waiting.append(item)
 
-    def reset(self, stream: str) -> None:
+    def reset(self, stream: str, floor: int) -> None:
         """The stream starts again from a checkpoint (a replay after the decoder or segmenter
-        died): what waits is superseded by the restores that follow. It stays on its slot, so
-        those come after whatever that actor still has of it."""
+        died): what waits is superseded by the restores that follow, numbered from `floor` on.
+        It stays on its slot, so those come after whatever that actor still has of it."""
         b = self.streams.get(stream)
         if b is not None:
             b.waiting.clear()
             b.since.clear()
             b.restores.clear()
-            b.deaths = 0
+            b.deaths = b.closed = 0
+            b.floor = floor
 
     def abort(self, stream: str, abort_item: Item) -> None:
         """Forget the stream; the actor holding its state is told so."""
@@ -120,11 +131,19 @@ class Affinities:
 
     def take(self, slot: int, limit: int, max_bytes: int) -> list[Item]:
         """Up to `limit` items for `slot` with at most `max_bytes` of audio (one item, however large),
-        each stream's in order."""
+        each stream's in order. A stream that a death has counted against since its checkpoint
+        (a suspect) shares its packet with no other: should its work kill the next actor too,
+        that death counts against no innocent stream (as a suspect item travels alone)."""
         out: list[Item] = []
         size = 0
+        alone = False
         for b in self.streams.values():
-            while b.slot == slot and b.waiting and len(out) < limit:
+            if b.slot != slot or not b.waiting:
+                continue
+            if out and (alone or b.deaths):
+                break
+            alone = b.deaths > 0
+            while b.waiting and len(out) < limit:
                 size += b.waiting[0].audio.nbytes
                 if out and size > max_bytes:
                     return out
@@ -149,8 +168,8 @@ class Affinities:
     def done(self, slot: int, works: list[Work], points: list[Point]) -> None:
         for p in points:
             b = self.streams.get(p.stream)
-            if b is None or b.slot != slot:
-                continue  # from an actor this stream has left (a replay moved it): not ours to trust
+            if b is None or b.slot != slot or p.work_id < b.floor:
+                continue  # from an actor this stream has left, or from before its replay: not ours to trust
             b.since = [i for i in b.since if i.work.channel != p.channel or i.work.work_id > p.work_id]
             f = b.first
             assert f is not None
@@ -163,13 +182,14 @@ class Affinities:
             b = self.streams.get(w.stream)
             if b is None:
                 continue
-            if w.kind == "close":
+            if w.kind == "close" and w.work_id >= b.floor:
                 b.closed += 1
             if w.kind == "abort" or b.closed >= (b.first.channels if b.first else 1):
                 del self.streams[w.stream]
 
-    def on_death(self, slot: int) -> None:
-        """The slot's process died: its streams go elsewhere, from their checkpoints."""
+    def on_death(self, slot: int, running: set[str]) -> None:
+        """The slot's process died: its streams go elsewhere, from their checkpoints. Those in
+        `running` had work on it, unanswered: the death counts against them."""
         for stream, b in list(self.streams.items()):
             if b.slot != slot:
                 continue
@@ -177,10 +197,11 @@ class Affinities:
             if b.aborted:
                 del self.streams[stream]
                 continue
-            b.deaths += 1
-            if b.deaths > self.max_attempts:
-                self.failed.append((stream, f"the model actor holding this stream died {b.deaths - 1} times "
-                                            "without getting any further"))
+            b.deaths += stream in running
+            if b.deaths >= self.max_attempts:
+                assert b.first is not None
+                self.failed.append((stream, b.first.front, f"the model actor holding this stream died {b.deaths} "
+                                                           "times without getting any further"))
                 del self.streams[stream]
                 continue
             b.waiting = deque([*(b.restores[ch] for ch in sorted(b.restores)), *b.since, *b.waiting])

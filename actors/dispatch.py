@@ -27,6 +27,13 @@ attempt; items merely queued behind it do not. An item that has spent an attempt
 alone from then on, so a poison item takes no innocent item down with it; past
 `max_attempts` the caller reports exactly one error for it (`failed`). The dead slot's
 allocations are released here: only this process knows which ones it held.
+
+First contact. The first time this dispatcher hears a slot's pid, before anything else goes
+there, it sends that process `Forget`: drop every sequential stream you hold. The actor may
+have held streams for a segmenter that has since died, whose streams this one rebinds
+wherever it likes; nothing else would ever release them. Until the `Forget` has gone, the
+slot is offered nothing (ZeroMQ keeps one peer's messages in order, so whatever follows it
+arrives after it).
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from actors.affinity import Affinities, Item
 from actors.fair import FairQueue
 from runtime import logs, telemetry
 from runtime.clock import Clock
-from transport.messages import Done, Ready, Slice, Work
+from transport.messages import Done, Forget, Ready, Slice, Work
 from transport.outbox import aligned, pack
 from transport.shm import BufferPool, BufferRef
 
@@ -75,12 +82,15 @@ class Slot:
     capacity: int = 0
     max_batch: int = 1
     batches: deque[Batch] = field(default_factory=deque)  # oldest first: the head is the call running
+    greeted: bool = False  # its process has been sent `Forget`
 
 
 class Dispatcher:
     def __init__(self, pool: BufferPool, send: Callable[[str, bytes], bool], dests: list[str], clock: Clock,
-                 max_attempts: int = 3) -> None:
+                 max_attempts: int = 3, first_id: int = 0) -> None:
         self._pool = pool
+        self.first_id = first_id  # the lowest `work_id` this dispatcher will hand out (`Forget.below`)
+        self._last_id = first_id - 1
         self._send = send
         self._clock = clock
         self.slots = [Slot(d) for d in dests]
@@ -94,8 +104,14 @@ class Dispatcher:
         self.sequential = Affinities(max_attempts)  # streams bound to one slot (stateful models)
         self.max_bytes = max(pool.capacity // 8, 1)  # of audio per packet: several fit the pool at once
 
+    def new_id(self) -> int:
+        """A `work_id` for a new item: every item has its own, an abort too (a packet's items are
+        told apart by it, and a model actor skips work numbered below its segmenter's first)."""
+        self._last_id += 1
+        return self._last_id
+
     @property
-    def failed_streams(self) -> list[tuple[str, str]]:
+    def failed_streams(self) -> list[tuple[str, int, str]]:
         return self.sequential.failed
 
     # -- what is waiting -------------------------------------------------------------------
@@ -159,9 +175,9 @@ class Dispatcher:
         self._interims = {k: i for k, i in self._interims.items() if k[0] != stream}
         self._queued_samples = sum(i.audio.shape[0] for i in (*self._finals, *self._interims.values()))
         if keep_below is not None:
-            self.sequential.reset(stream)
+            self.sequential.reset(stream, floor=self._last_id + 1)
         else:
-            abort = Work(0, stream, 0, 0, 0, 0, 0.0, 0.0, "abort", Slice(0, 0))
+            abort = Work(self.new_id(), stream, 0, 0, 0, 0, 0.0, 0.0, "abort", Slice(0, 0))
             self.sequential.abort(stream, Item(abort, np.zeros(0, np.float32), self._clock.now()))
 
     # -- the model slots --------------------------------------------------------------------
@@ -176,23 +192,44 @@ class Dispatcher:
         if slot is None:
             return
         if slot.pid != msg.pid:
-            if slot.pid:
-                self._requeue(slot)  # the old pid is gone and nobody told us yet
-                self.sequential.on_death(msg.slot)
-            slot.pid = msg.pid
+            if slot.pid:  # the old pid is gone and nobody told us yet
+                self._lost(msg.slot)
+            slot.pid, slot.greeted = msg.pid, False
         slot.capacity, slot.max_batch = msg.capacity, max(1, msg.max_batch)
+        if not slot.greeted:
+            self._greet(slot)
+
+    def _greet(self, slot: Slot) -> bool:
+        """Send the slot's process `Forget`; if it cannot go now, offer the slot nothing until its
+        next `Ready` (a second later), which tries again."""
+        packed = pack(self._pool, [Forget(self.first_id)], [])
+        assert packed is not None  # no audio: no allocation to wait for
+        slot.greeted = self._send(slot.dest, packed[0])
+        if not slot.greeted:
+            slot.capacity = 0
+        return slot.greeted
 
     def on_exit(self, index: int, pid: int) -> None:
         """A model process died: its items go to the other actors now, not at its restart."""
         self._dead.add(pid)
         if 0 <= index < len(self.slots) and self.slots[index].pid == pid:
             slot = self.slots[index]
-            self._requeue(slot)
-            slot.pid, slot.capacity = 0, 0
-            self.sequential.on_death(index)
+            self._lost(index)
+            slot.pid, slot.capacity, slot.greeted = 0, 0, False
+
+    def _lost(self, index: int) -> None:
+        """The slot's process is gone: its items go back to the queue, its sequential streams
+        elsewhere (a death counting against those whose work it had)."""
+        slot = self.slots[index]
+        running = {i.work.stream for b in slot.batches for i in b.items.values() if i.work.sequential}
+        self._requeue(slot)
+        self.sequential.on_death(index, running)
 
     def on_done(self, msg: Done) -> list[Work]:
-        """The items answered (none if the `Done` is from a process we no longer count on)."""
+        """The items answered (none if the `Done` is from a process we no longer count on, or for
+        work that is not ours: a dead segmenter's packet, finished after its successor started).
+        Its checkpoints count only for items we handed out: a predecessor's checkpoint of a
+        stream now bound to the same actor again is no place to replay that stream from."""
         slot = self._slot(msg.slot, msg.pid)
         if slot is None or slot.pid != msg.pid:
             return []
@@ -203,7 +240,8 @@ class Dispatcher:
                 done.append(batch.items.pop(work_id).work)
             if not batch.items:
                 slot.batches.remove(batch)
-        self.sequential.done(msg.slot, [w for w in done if w.sequential], msg.points)
+        ours = {w.work_id for w in done}
+        self.sequential.done(msg.slot, [w for w in done if w.sequential], [p for p in msg.points if p.work_id in ours])
         return done
 
     # -- handing out ------------------------------------------------------------------------
@@ -248,6 +286,8 @@ class Dispatcher:
     def _hand(self, slot: Slot, items: list[Item]) -> bool:
         """One packet of `items` to `slot`; False if it could not go (the pool is full, or the slot
         is not connected: then it is offered nothing more until it announces itself)."""
+        if not (slot.greeted or self._greet(slot)):
+            return False
         packed = pack(self._pool, [i.work for i in items], [(k, i.audio) for k, i in enumerate(items)])
         if packed is None:
             return False

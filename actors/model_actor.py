@@ -33,7 +33,7 @@ from runtime import logs, telemetry
 from runtime.metrics import StageMeter
 from runtime.process import ChildContext
 from runtime.topology import SEGMENTER_CONTROL
-from transport.messages import Done, Failed, Message, Ready, Result, Work
+from transport.messages import Done, Failed, Forget, Message, Ready, Result, Work
 
 log = logging.getLogger("model")
 _tracer = telemetry.tracer("streamer.model")
@@ -57,15 +57,33 @@ class ModelActor(Actor):
         self.meter = StageMeter()
         self._work: list[tuple[Work, bytes | None]] = []
         self._last_hello = -READY_EVERY_S
+        self._below = 0  # work numbered below this is an earlier segmenter's (`Forget`)
         self.streams = Streams(self.model) if isinstance(self.model, models.StreamModel) else None
         self.max_batch = models.batch_limit(self.model, self.cfg.model.max_batch)
 
     def stats(self) -> dict[str, object]:
-        return self.meter.summary()
+        """The stage's totals, and how many sequential streams this process holds a model state
+        for: each may be a whole decoder (pocketsphinx: ~75 MiB), so one never let go shows."""
+        return {**self.meter.summary(), "held": len(self.streams.held) if self.streams is not None else 0}
 
     def on_message(self, msg: Message, slab: bytes | None) -> None:
         if isinstance(msg, Work):
-            self._work.append((msg, slab))
+            if msg.work_id >= self._below:
+                self._work.append((msg, slab))
+            else:  # queued by a segmenter that has died since: nobody waits for its answer
+                log.info("skipped work %d of an earlier segmenter", msg.work_id)
+        elif isinstance(msg, Forget):
+            self._forget(msg)
+
+    def _forget(self, msg: Forget) -> None:
+        """A segmenter's first word to this process: whatever it held for an earlier one goes."""
+        if msg.below < self._below:
+            return  # an earlier segmenter's, overtaken by its successor's on the other connection
+        self._below = msg.below
+        self._work = [(w, slab) for w, slab in self._work if w.work_id >= msg.below]
+        dropped = self.streams.forget_all() if self.streams is not None else 0
+        if dropped:
+            log.info("a new segmenter: dropped the state of %d sequential streams", dropped)
 
     def on_idle(self) -> None:
         if self._work:

@@ -62,6 +62,7 @@ from transport.messages import (
     align,
     stream_of,
 )
+from transport.shm import BufferPool
 
 log = logging.getLogger("segmenter")
 _tracer = telemetry.tracer("streamer.segmenter")
@@ -121,6 +122,19 @@ def checkpoint_of(state: Cuts) -> Checkpoint:
     return Checkpoint(align(min(c.sample for c in channels), state.start.sample_rate), channels)
 
 
+def first_work_id(pool: BufferPool) -> int:
+    """Where this incarnation's `work_id`s start: above every one an earlier incarnation gave, with
+    no coordination. They start at the pool's next allocation id (kept in shared memory, so it
+    goes on counting across restarts) times 2**20; one allocation of our own first moves it
+    on, or a predecessor that never allocated would have started at the same number (to reach
+    ours, one would need over a million items per allocation it made). Model actors tell a
+    predecessor's work from ours by it (`Forget.below`)."""
+    got = pool.alloc(1)
+    if got is not None:
+        pool.release(got[0])
+    return (pool.next_alloc << 20) + 1
+
+
 @dataclass
 class BusyWindow:
     """Model busy seconds reported over the last `span_s`, as a share of that span."""
@@ -146,10 +160,9 @@ class Segmenter(Actor):
         assert self.pool is not None
         self.streams: dict[str, Cuts] = {}
         self.dispatcher = Dispatcher(self.pool, env.link.send, env.topology.model_inboxes(), self.clock,
-                                     max_attempts=self.cfg.model.max_attempts)
+                                     max_attempts=self.cfg.model.max_attempts, first_id=first_work_id(self.pool))
         self.meter = StageMeter()
         self.busy = BusyWindow(LOAD_WINDOW_S, self.clock.now())
-        self._next_work = self.pool.next_alloc << 20  # unique across our restarts, no coordination needed
         self._last_load = -LOAD_EVERY_S
         self._fronts = [front_inbox(k) for k in range(env.topology.fronts)]
 
@@ -276,8 +289,7 @@ class Segmenter(Actor):
                 self._sequential(stream, state, ch, "feed", o.start, o.end, o.audio)
                 continue
             kind: WorkKind = "chunk" if o.is_final is None else "final" if o.is_final else "interim"
-            self._next_work += 1
-            work = Work(self._next_work, stream, state.start.front, ch, state.results[ch], state.events[ch],
+            work = Work(self.dispatcher.new_id(), stream, state.start.front, ch, state.results[ch], state.events[ch],
                         o.start / MODEL_RATE, o.end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace)
             if kind != "interim":
                 state.results[ch] += 1
@@ -287,9 +299,8 @@ class Segmenter(Actor):
                     audio: npt.NDArray[np.float32] | None, seq: int = 0,
                     model_state: dict[str, Any] | None = None) -> None:
         """One item of a sequential stream's channel, for the model actor that holds its state."""
-        self._next_work += 1
-        work = Work(self._next_work, stream, state.start.front, ch, seq, 0, start / MODEL_RATE, end / MODEL_RATE,
-                    kind, NOWHERE, trace=state.work_trace, interim=state.start.interim,
+        work = Work(self.dispatcher.new_id(), stream, state.start.front, ch, seq, 0, start / MODEL_RATE,
+                    end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace, interim=state.start.interim,
                     channels=state.start.channels, state=model_state)
         self.dispatcher.submit_sequential(work, audio if audio is not None else NO_AUDIO)
 
@@ -334,9 +345,11 @@ class Segmenter(Actor):
                 work.is_final, error=f"inference failed for {work.start_time:.2f}-{work.end_time:.2f}: "
                 f"model actor died {work.attempt} times"))
         self.dispatcher.failed.clear()
-        for stream, why in self.dispatcher.failed_streams:
+        for stream, owner, why in self.dispatcher.failed_streams:
             if stream in self.streams:
                 self._fail(stream, why)
+            else:  # closed already: its front waits for the end the model was to report
+                self.emit(front_inbox(owner), Failed(stream, why))
         self.dispatcher.failed_streams.clear()
         now = self.clock.now()
         if now - self._last_load >= LOAD_EVERY_S:

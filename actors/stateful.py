@@ -79,6 +79,13 @@ class Streams:
         self._snapshots = isinstance(model, Snapshots)
         self._at_rest = getattr(model, "at_rest", None)
 
+    def forget_all(self) -> int:
+        """Drop every stream (a new segmenter rebinds them as it likes); how many there were. As
+        for `abort`, their states are let go without `close`: nothing more of them is wanted."""
+        count = len(self.held)
+        self.held.clear()
+        return count
+
     def handle(self, w: Work, audio: Audio, out: list[Answer], points: list[Point]) -> None:
         """Run one item; what the front must hear goes to `out`, checkpoints to `points`."""
         held = self.held.get(w.stream)

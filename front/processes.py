@@ -2,9 +2,10 @@
 
 The supervisor's published table says who is running (role, slot, pid, state, restarts,
 uptime, last exit) and what each stage last reported in its heartbeat (processed,
-in-flight, RTF). CPU and memory come from the kernel via psutil, sampled once a second by
-a background task, so a request never waits and `cpu_percent` is the share of one core
-over the last second (200 means two cores busy). It samples only while someone is looking
+in-flight, RTF; for a model actor, the sequential streams whose state it holds). CPU and
+memory come from the kernel via psutil, sampled once a second by a background task, so a
+request never waits and `cpu_percent` is the share of one core over the last second (200
+means two cores busy). It samples only while someone is looking
 (a request in the last `WATCHED_S`): every front has a sampler, and psutil calls for every
 process each second are not free when nobody reads them.
 """
@@ -77,7 +78,8 @@ class CpuSampler:
         for a in state.actors:
             rows.append({"role": a.role, "slot": a.slot, "name": a.name, "pid": a.pid, "state": a.state,
                          "restarts": a.restarts, "uptime_s": a.uptime_s, "last_exit": a.last_exit,
-                         "processed": a.processed, "inflight": a.inflight, "rtf": a.rtf, **self._usage(a.pid)})
+                         "processed": a.processed, "inflight": a.inflight, "rtf": a.rtf, "held": a.held,
+                         **self._usage(a.pid)})
         return {"run_id": state.run_id, "front_pid": os.getpid(), "actors": rows}
 
     def _usage(self, pid: int | None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class Member(msgspec.Struct, omit_defaults=True):
     processed: int | None = None  # from the stage's last heartbeat
     inflight: int | None = None
     rtf: float | None = None
+    held: int | None = None  # a model actor's sequential streams (each a model state in its memory)
 
 
 class Group(msgspec.Struct):

@@ -47,6 +47,7 @@ log = logging.getLogger("supervisor")
 
 NOTICE_RETRY_S = 0.01
 NOTICE_TIMEOUT_S = 10.0
+STATS = ("processed", "inflight", "rtf", "held")  # the heartbeat keys the actors table shows
 
 
 class SupervisorMetrics:
@@ -200,7 +201,7 @@ class Supervisor:
             return
         child.last_beat = time.monotonic()
         if msg[0] == "beat" and len(msg) == 3 and isinstance(msg[2], dict):
-            child.stats = {k: msg[2][k] for k in ("processed", "inflight", "rtf") if k in msg[2]}
+            child.stats = {k: msg[2][k] for k in STATS if k in msg[2]}
             self._publish()
         elif msg[0] == "metrics" and len(msg) == 3:
             child.metrics_port = int(msg[2])

@@ -10,7 +10,7 @@ import pytest
 
 from actors.model_actor import READY_EVERY_S, ModelActor
 from runtime.topology import SEGMENTER_CONTROL, Place
-from transport.messages import Checkpoint, Done, Progress, Ready, Result, Slice, StreamEnd, Work
+from transport.messages import Checkpoint, Done, Forget, Progress, Ready, Result, Slice, StreamEnd, Work
 
 from audio import noise
 from rig import Rig
@@ -170,5 +170,33 @@ def test_a_restored_state_goes_on_exactly_as_the_undisturbed_one() -> None:
         rig.turn()
         finals = [(r.seq, r.output) for r in results(answered(rig)[1], "s-0") if r.is_final]
         assert finals == [(1, {"count": 16000, "total": 32000}), (2, {"count": 8000, "total": 40000})]
+    finally:
+        rig.close()
+
+
+def test_forget_drops_every_stream_held_and_what_an_earlier_segmenter_still_had_queued() -> None:
+    """A new segmenter's first word: the states held for its predecessor go (with pocketsphinx,
+    a decoder each), since it rebinds their streams as it likes. Work numbered below its own
+    that arrives after it was queued by the predecessor on the other connection, and is
+    skipped, as is the predecessor's own `Forget` should it come late."""
+    rig = make(final_every_s=1.0)
+    try:
+        x = noise(1.0)
+        rig.put("model-1", seq_work(1, "restore", 0, 0))
+        rig.put("model-1", seq_work(2, "feed", 0, 8000), audio=[x[:8000]], pool="segmenter")
+        rig.turn(2)
+        assert rig.actor.stats()["held"] == 1
+        rig.put("model-1", Forget(100))
+        rig.turn()
+        assert rig.actor.stats()["held"] == 0
+        answered(rig)
+        rig.put("model-1", seq_work(3, "feed", 8000, 16000), audio=[x[8000:]], pool="segmenter")
+        rig.turn()
+        assert rig.actor.stats()["held"] == 0 and answered(rig) == ([], [])
+        rig.put("model-1", seq_work(100, "restore", 8000, 8000, state={"start": 0, "total": 8000}))
+        rig.put("model-1", Forget(50))
+        rig.turn(2)
+        assert rig.actor.stats()["held"] == 1
+        assert [d.work_ids for d in answered(rig)[0]] == [[100]]
     finally:
         rig.close()

@@ -95,3 +95,28 @@ def test_the_client_prints_the_text_and_the_transcript_of_a_recognizer(tmp_path:
         assert "final] stop the music" in out.stdout
     finally:
         srv.stop()
+
+
+COMMANDS = ("#JSGF V1.0;\ngrammar c;\npublic <c> = <verb> the <thing>;\n<verb> = open | close | start | stop;\n"
+            "<thing> = door | window | music;\n")
+
+
+def test_pocketsphinx_with_a_grammar_leaves_no_file_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model actor's start builds the model: a file per start would pile up in /tmp with
+    each restart. The grammar still decides what is heard, in every decoder of the pool."""
+    import tempfile
+
+    from actors.models.sphinx import Pocketsphinx
+
+    from audio import speech
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkstemp and its kind write
+    model = Pocketsphinx(grammar=COMMANDS)
+    said = speech(("close the window",), gap_s=0.3).samples
+    first = model._take()  # a decoder taken from the pool, so the next call builds another
+    assert model.process(said, True)["text"] == "close the window"
+    model._give(first)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="pocketsphinx could not start"):
+        Pocketsphinx(grammar="not a grammar (")
+    assert list(tmp_path.iterdir()) == []

@@ -17,10 +17,12 @@ from transport.messages import (
     Event,
     Exited,
     Failed,
+    Forget,
     Frames,
     Load,
     Open,
     Packet,
+    Point,
     Progress,
     Ready,
     Result,
@@ -63,7 +65,8 @@ def ready(rig: Rig, slot: int, pid: int, capacity: int = 2, max_batch: int = 8) 
 
 
 def work_packets(rig: Rig, slot: int) -> list[Packet]:
-    return rig.packets(f"model-{slot}")
+    """The packets of work sent to a slot (not the `Forget` each new pid gets first)."""
+    return [p for p in rig.packets(f"model-{slot}") if not all(isinstance(i, Forget) for i in p.items)]
 
 
 def done(rig: Rig, slot: int, pid: int, packet: Packet) -> None:
@@ -338,3 +341,66 @@ def test_the_load_counts_only_finals_of_open_streams_as_waiting(rig: Rig) -> Non
     rig.turn()
     load = rig.sent("front-0", Load)[-1]
     assert load.streams == 1 and load.queue_delay_s == pytest.approx(1.5)
+
+
+def test_every_model_process_first_hears_forget_once_before_any_work(rig: Rig) -> None:
+    """A new segmenter (or a new model process) starts with `Forget`, alone, the first time it
+    hears the pid: what that process held for an earlier segmenter goes, before this one's
+    work arrives (one peer's messages stay in order). Once per pid; a pid it cannot reach yet
+    gets nothing until the `Forget` has gone."""
+    d = rig.actor.dispatcher  # type: ignore[attr-defined]
+    rig.link.refusing.add("model-1")
+    ready(rig, 0, 100)
+    ready(rig, 1, 200)
+    rig.turn()
+    (hello,) = rig.packets("model-0")
+    assert hello.items == [Forget(d.first_id)] and hello.slab is None
+    stream_in(rig, noise(1.0), route="sequential", close=False)
+    ready(rig, 0, 100)  # heard again, every second: nothing more
+    rig.turn()
+    firsts = rig.packets("model-0")
+    works = [w for p in firsts for w in p.items]
+    assert works and all(isinstance(w, Work) and w.work_id >= d.first_id for w in works)
+    assert rig.packets("model-1") == []  # unreachable: no Forget went, so no work either
+    rig.link.refusing.clear()
+    stream_in(rig, noise(1.0), stream="s-2", route="sequential", close=False)
+    assert rig.packets("model-1") == []  # s-2 is bound to model-1, offered nothing until heard again
+    ready(rig, 1, 200)
+    rig.turn()
+    hello, *rest = rig.packets("model-1")
+    assert hello.items == [Forget(d.first_id)]
+    assert rest and {w.stream for p in rest for w in p.items if isinstance(w, Work)} == {"s-2"}
+    rig.put(SEGMENTER_CONTROL, Exited("model", 0, 100, "signal SIGKILL"))
+    ready(rig, 0, 101)  # its successor
+    ready(rig, 1, 201)  # replaced, and nobody said so
+    rig.turn()
+    assert rig.packets("model-0")[0].items == [Forget(d.first_id)]
+    assert rig.packets("model-1")[0].items == [Forget(d.first_id)]
+
+
+def test_a_new_segmenter_numbers_its_work_above_all_of_its_predecessors(rig: Rig) -> None:
+    """Even when the predecessor never allocated (a sequential stream's restore carries no
+    audio): a model actor tells its predecessor's late work from its own by the number."""
+    ready(rig, 0, 100)
+    rig.put("segmenter", Open("s-1", 0, "sequential", 1, 16000, 16, False, False))
+    rig.turn()
+    (restore,) = [w for p in work_packets(rig, 0) for w in p.items if isinstance(w, Work)]
+    successor = Segmenter(rig.actor.env)
+    assert successor.dispatcher.first_id > restore.work_id
+
+
+def test_checkpoints_in_a_done_for_work_that_is_not_ours_are_ignored(rig: Rig) -> None:
+    """A model actor that finishes a dead segmenter's packet answers its successor, whose stream
+    of the same name may be bound to that very actor again: the checkpoint in that `Done` is
+    the predecessor's. Taken as this stream's, a later death would restore it (work this
+    segmenter never numbered, which the actor skips) and feed audio from elsewhere on it."""
+    ready(rig, 0, 100)
+    ready(rig, 1, 200)
+    stream_in(rig, noise(1.0), route="sequential", close=False)
+    restore = next(w for p in work_packets(rig, 0) for w in p.items if isinstance(w, Work))
+    stale = Point("s-1", 0, restore.work_id - 5, 8000, 3, {"start": 0, "total": 8000})
+    rig.put(SEGMENTER_CONTROL, Done(0, 100, [stale.work_id], 0.0, points=[stale]))
+    rig.put(SEGMENTER_CONTROL, Exited("model", 0, 100, "signal SIGKILL"))
+    rig.turn()
+    first = next(w for p in work_packets(rig, 1) for w in p.items if isinstance(w, Work))
+    assert (first.kind, first.work_id, first.seq, first.state) == ("restore", restore.work_id, 0, None)

@@ -5,6 +5,7 @@ undisturbed run, exactly, with the fake model's running count)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -35,6 +36,11 @@ def expected(seconds: float, every: float, rate: int = 16000) -> list[tuple[floa
         out.append((round(start / 16000, 4), round(end / 16000, 4), end - start, end))
         start = end
     return out
+
+
+def models_holding(srv: Server) -> dict[str, int]:
+    """Sequential streams each model actor holds a state for (from its last heartbeat)."""
+    return {a["name"]: a.get("held") or 0 for a in srv.actors() if a["role"] == "model"}
 
 
 @pytest.fixture
@@ -87,6 +93,56 @@ def test_a_death_mid_stream_leaves_the_results_of_an_undisturbed_run(srv: Server
     wait_for(lambda: actor(srv, kills[0])["restarts"] == 1, 10)
 
 
+def kill_the_holder(srv: Server, times: int, kills: list[tuple[str, int]], wait_s: float) -> None:
+    """SIGKILL the model actor holding the stream's state (by the actors table's `held`) `times`
+    times: each next one holds it only because the one before died."""
+    def holder() -> dict[str, Any] | None:
+        return next((a for a in srv.actors() if a["role"] == "model" and a.get("held") and a["pid"]
+                     and (a["name"], a["pid"]) not in kills), None)
+
+    for _ in range(times):
+        wait_for(lambda: holder() is not None, wait_s)
+        row = holder()
+        assert row is not None
+        os.kill(row["pid"], signal.SIGKILL)
+        kills.append((row["name"], row["pid"]))
+
+
+def test_the_actor_holding_the_stream_dies_twice_and_the_results_are_an_undisturbed_runs(srv: Server) -> None:
+    """Every final, count and running total is what it would have been, and no state is left."""
+    steps = stream_steps(noise(SECONDS)[None, :], 16000, False)
+    kills: list[tuple[str, int]] = []
+    threading.Thread(target=kill_the_holder, args=(srv, 2, kills, SECONDS / 2), daemon=True).start()
+    t = asyncio.run(converse(srv.ws("sequential"), steps, pace_s=0.05))
+    assert len(kills) == 2 and kills[0][0] != kills[1][0], kills
+    assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
+    assert finals(t) == expected(SECONDS, FINAL_EVERY)
+    wait_for(lambda: all(actor(srv, name)["restarts"] == 1 for name, _ in kills), 10)
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not any(models_holding(srv).values()), 5)
+    assert not any(models_holding(srv).values())
+
+
+def test_deaths_of_its_actor_between_its_pieces_do_not_fail_a_stream(tmp_path: Path) -> None:
+    """No checkpoint in the whole stream (a final every 30 s) and its actor killed four times,
+    each time once the stream has settled on it again. Its pieces take a millisecond each, so
+    the kills find none of its work there: each death moves the stream and none counts
+    against it. (Counting every death, the fourth gave the stream up, past `max_attempts`.)"""
+    seconds = 12.0
+    srv = Server(tmp_path / "run", env={"STREAMER_MODEL_FAKE_FINAL_EVERY_S": "30",
+                                        "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.01"}).start()
+    try:
+        kills: list[tuple[str, int]] = []
+        threading.Thread(target=kill_the_holder, args=(srv, 4, kills, 5.0), daemon=True).start()
+        t = asyncio.run(converse(srv.ws("sequential"), stream_steps(noise(seconds)[None, :], 16000, False),
+                                 pace_s=0.1))
+        assert len(kills) == 4, kills
+        assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
+        assert finals(t) == expected(seconds, 30.0)
+    finally:
+        srv.stop()
+
+
 COMMANDS = "#JSGF V1.0;\ngrammar c;\npublic <c> = <verb> the <thing>;\n<verb> = open | close | start | stop;\n" \
     "<thing> = door | window | music;\n"
 
@@ -118,3 +174,37 @@ def test_pocketsphinx_transcribes_a_stream_utterance_by_utterance(tmp_path: Path
             assert all(m["text"] for m in done)
     finally:
         srv.stop()
+
+
+def test_a_segmenter_death_leaves_no_model_state_behind(srv: Server) -> None:
+    """Four streams, two on each model actor; the segmenter is SIGKILLed while all four are held.
+    Its successor rebinds each replayed stream wherever it likes, so the actor that held one
+    before must be told to let go of what it holds: once the streams end, no state is left on
+    either actor (each would be a whole decoder with pocketsphinx), and their results are
+    those of an undisturbed run."""
+    streams = 4
+    steps = stream_steps(noise(SECONDS)[None, :], 16000, False)
+    models = {a["name"]: a["pid"] for a in srv.actors() if a["role"] == "model"}
+    killed: list[int] = []
+
+    def kill_once_all_are_held() -> None:
+        wait_for(lambda: sum(models_holding(srv).values()) == streams, SECONDS / 2 * 0.5)
+        pid = actor(srv, "segmenter")["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    async def run() -> list[Transcript]:
+        return list(await asyncio.gather(*(converse(srv.ws("sequential"), steps, pace_s=0.05)
+                                           for _ in range(streams))))
+
+    threading.Thread(target=kill_once_all_are_held, daemon=True).start()
+    transcripts = asyncio.run(run())
+    assert killed, "the streams ended before all four were held"
+    for t in transcripts:
+        assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
+        assert finals(t) == expected(SECONDS, FINAL_EVERY)
+    wait_for(lambda: actor(srv, "segmenter")["pid"] not in (None, killed[0]), 10)
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not any(models_holding(srv).values()), 5)  # the next heartbeats
+    assert models_holding(srv) == dict.fromkeys(models, 0)
+    assert {a["name"]: a["pid"] for a in srv.actors() if a["role"] == "model"} == models  # the same processes

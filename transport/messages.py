@@ -260,6 +260,18 @@ class Ready(msgspec.Struct, tag="ready", array_like=True):
     max_batch: int
 
 
+class Forget(msgspec.Struct, tag="forget", array_like=True):
+    """Segmenter -> model: a segmenter's first word to a model incarnation, before anything else
+    it sends there: drop every sequential stream you hold. A segmenter that starts knows nothing
+    of what an actor holds (it rebinds each replayed stream wherever it likes), so what the
+    actor held for its predecessor would otherwise stay forever. Work numbered below `below`
+    (this segmenter's first `work_id`: numbers grow across its restarts) is its
+    predecessor's, still queued from that other connection: it is skipped, and a `Forget`
+    with a lower `below` is a predecessor's, late."""
+
+    below: int
+
+
 class Point(msgspec.Struct, array_like=True, frozen=True):
     """A checkpoint of a stateful model: after `work_id`, the channel's state is `state` (None: a
     fresh one) at `sample`, with `finals` finals made. The audio before it is never needed again."""
@@ -307,7 +319,7 @@ class Exited(msgspec.Struct, tag="exited", array_like=True):
 
 Message = (
     Open | Pcm | Frames | Close | Abort | Event | Work | Result | StreamEnd | Failed | Notice | Progress | Load
-    | Ready | Done | Exited
+    | Ready | Done | Exited | Forget
 )
 
 
@@ -333,6 +345,6 @@ def decode(data: bytes | memoryview) -> Packet:
 
 
 def stream_of(msg: Message) -> str | None:
-    """The stream an item concerns (None for process-level items: Ready, Done, Exited, Load)."""
+    """The stream an item concerns (None for process-level items: Ready, Done, Exited, Load, Forget)."""
     stream: str | None = getattr(msg, "stream", None)
     return stream

@@ -19,8 +19,6 @@ progress, from a pool the streams of this process share (creating one takes a wh
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -46,11 +44,9 @@ class Pocketsphinx:
         self._options: dict[str, Any] = {"samprate": RATE, "loglevel": "FATAL"}
         if grammar and keyphrase:
             raise ValueError("pocketsphinx: give a grammar or a keyphrase, not both")
+        self._grammar = grammar
         if grammar:
-            fd, path = tempfile.mkstemp(suffix=".gram", prefix="streamer-")
-            with os.fdopen(fd, "w") as f:
-                f.write(grammar)
-            self._options["jsgf"] = path
+            self._options["lm"] = None  # the grammar is the search: loading the language model too is waste
         elif keyphrase:
             self._options.update(keyphrase=keyphrase, kws_threshold=kws_threshold)
         self._idle: list[Any] = [self._new_decoder()]  # made now: a config error shows at start-up
@@ -59,9 +55,16 @@ class Pocketsphinx:
         self._aggressiveness = vad_aggressiveness
 
     def _new_decoder(self) -> Any:
+        """A decoder with the configured search. A grammar is handed over as text, not as a file:
+        a file would have to outlive every decoder the pool may still build, and each start of a
+        model actor (every restart) would leave one behind in /tmp."""
         try:
-            return self._decoder_class(**self._options)
-        except (ValueError, RuntimeError) as e:
+            decoder = self._decoder_class(**self._options)
+            if self._grammar:
+                decoder.add_jsgf_string("grammar", self._grammar)
+                decoder.activate_search("grammar")
+            return decoder
+        except (ValueError, RuntimeError, KeyError) as e:
             raise ValueError(f"pocketsphinx could not start: {e}") from None
 
     def _take(self) -> Any:

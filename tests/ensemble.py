@@ -1,0 +1,152 @@
+"""The segmenter and real model actors in one process, for the sequential route's deaths.
+
+`tests/rig.py` runs one actor; here the segmenter's rig is joined by `ModelActor`s, each on its
+own `MemoryLink` and the rig's pools, and the test carries packets between them by hand. So it
+decides exactly what each actor has read and run when it is killed (a killed actor is
+dropped with whatever it had not answered, and the segmenter hears `Exited`, as from the
+supervisor), and the front's own reordering (`StreamOrder`) says what the client would get.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from actors.actor import Env
+from actors.model_actor import ModelActor
+from front.reorder import StreamOrder
+from runtime.topology import SEGMENTER_CONTROL, Place
+from transport.link import MemoryLink
+from transport.messages import Close, Exited, Failed, Frames, Open, Result, Slice, StreamEnd, Work, decode
+
+from rig import Rig
+
+NOWHERE = Slice(0, 0)
+_pids = itertools.count(1000)
+
+
+class Group:
+    def __init__(self, rig: Rig, models: int = 2) -> None:
+        self.rig = rig
+        self.models: list[ModelActor | None] = [None] * models
+        self.links: list[MemoryLink] = [MemoryLink() for _ in range(models)]
+        self.orders: dict[str, StreamOrder] = {}
+        self.got: dict[str, list[dict[str, Any]]] = {}  # what each client was sent, in order
+        self.failed: dict[str, str] = {}
+        self.ends: dict[str, list[StreamEnd]] = {}
+
+    # -- the model actors ------------------------------------------------------------------------
+
+    def start(self, slot: int) -> int:
+        """A new process in `slot`: it announces itself (its first turn's `Ready`); its pid."""
+        link = self.links[slot] = MemoryLink()
+        actor = ModelActor(Env(Place("model", slot), self.rig.cfg, link, self.rig.pools, self.rig.clock))
+        actor.pid = next(_pids)  # one test process, many incarnations: each its own pid, as in life
+        self.models[slot] = actor
+        self.run(slot, 0)
+        return actor.pid
+
+    def kill(self, slot: int) -> None:
+        """SIGKILL: what it had not answered dies with it; the supervisor tells the segmenter."""
+        actor = self.models[slot]
+        assert actor is not None
+        self.models[slot] = None
+        self.rig.link.sent.pop(f"model-{slot}", None)
+        self.rig.put(SEGMENTER_CONTROL, Exited("model", slot, actor.pid, "signal SIGKILL"))
+
+    def waiting_on(self, slot: int) -> list[Work]:
+        """The work the segmenter has sent the slot and its process has not read yet."""
+        return [w for raw in self.rig.link.sent.get(f"model-{slot}", []) for w in decode(raw).items
+                if isinstance(w, Work)]
+
+    def deliver(self, slot: int) -> int:
+        """Carry what the segmenter sent the slot into its process's inbox; how many packets."""
+        raws = self.rig.link.sent.pop(f"model-{slot}", [])
+        self.links[slot].inboxes[f"model-{slot}"].extend(raws)
+        return len(raws)
+
+    def run(self, slot: int, packets: int = 1, answer: bool = True) -> None:
+        """The actor runs `packets` of what it was delivered (one a turn; 0: one idle turn) and its
+        answers are carried to the segmenter's control inbox (unless it is to die before they
+        leave: `answer=False`)."""
+        actor = self.models[slot]
+        assert actor is not None
+        for _ in range(max(packets, 1)):
+            actor.turn(0)
+        if answer:
+            for raw in self.links[slot].sent.pop(SEGMENTER_CONTROL, []):
+                self.rig.link.inboxes[SEGMENTER_CONTROL].append(raw)
+
+    def step(self, slot: int) -> None:
+        """One round trip: the segmenter turns, the slot runs what it was sent and answers."""
+        self.turn()
+        self.run(slot, self.deliver(slot))
+
+    def bound(self, stream: str = "s-1") -> int | None:
+        """The slot a sequential stream is bound to (None: none, or it is over)."""
+        b = self.rig.actor.dispatcher.sequential.streams.get(stream)  # type: ignore[attr-defined]
+        return None if b is None else b.slot  # type: ignore[no-any-return]
+
+    def held(self) -> dict[int, int]:
+        return {slot: len(a.streams.held) for slot, a in enumerate(self.models) if a is not None and a.streams}
+
+    # -- the segmenter ---------------------------------------------------------------------------
+
+    def turn(self, times: int = 1) -> None:
+        """Turn the segmenter, then hear what it told the front."""
+        self.rig.turn(times)
+        for item in self.rig.sent("front-0"):
+            stream = getattr(item, "stream", None)
+            if stream not in self.orders:
+                continue
+            if isinstance(item, Result):
+                self.got[stream] += self.orders[stream].on_result(item)
+            elif isinstance(item, StreamEnd):
+                self.orders[stream].end = item
+                self.ends[stream].append(item)
+            elif isinstance(item, Failed):
+                self.failed[stream] = item.message
+
+    def settle(self, rounds: int = 200) -> None:
+        """Let everything run until nothing moves: the segmenter hands out, the actors answer."""
+        for _ in range(rounds):
+            self.turn()
+            moved = 0
+            for slot, actor in enumerate(self.models):
+                if actor is not None:
+                    n = self.deliver(slot)
+                    if n or self.links[slot].inboxes[f"model-{slot}"]:
+                        self.run(slot, n or 1)
+                        moved += 1
+            if not moved:
+                self.turn()
+                return
+        raise AssertionError("the group never settled")
+
+    def open(self, stream: str, resume: Any = None) -> None:
+        self.orders.setdefault(stream, StreamOrder(1))
+        self.got.setdefault(stream, [])
+        self.ends.setdefault(stream, [])
+        self.rig.put("segmenter", Open(stream, 0, "sequential", 1, 16000, 16, False, False, resume=resume))
+
+    def feed(self, stream: str, audio: npt.NDArray[np.float32], step: int = 1600) -> None:
+        """The audio in Frames of `step` samples, one packet and one segmenter turn each."""
+        for i in range(0, audio.shape[0], step):
+            piece = np.ascontiguousarray(audio[i : i + step], np.float32)
+            self.rig.put("segmenter", Frames(stream, 1, piece.shape[0], NOWHERE), audio=[piece], pool="decoder")
+            self.turn()
+
+    def close(self, stream: str) -> None:
+        self.rig.put("segmenter", Close(stream))
+        self.turn()
+
+    def finals(self, stream: str) -> list[tuple[float, float, int, int]]:
+        """The finals the client got, in order (each once: the front drops what a replay makes again)."""
+        return [(m["start_time"], m["end_time"], m["count"], m["total"]) for m in self.got[stream]
+                if m["type"] == "segment" and m.get("is_final")]
+
+    def complete(self, stream: str) -> bool:
+        return self.orders[stream].complete
