@@ -103,7 +103,6 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._opened = self._active = self._loop.time()
         self._waiting_on_us = False  # reading is paused by our backpressure or a flush: not idle
-        self._quiet = False  # the last wait for results ended because none came
         self._warned_idle = self._warned_length = False
 
     # -- the session's life ---------------------------------------------------------------
@@ -219,28 +218,28 @@ class Session:
         assert stream is not None
         self.phase = Phase.FLUSHING
         self.link.send(Close(stream.id))
-        if not await self._until_done(quiet_s, deadline_s):
-            stream.fail(f"server shut down before this stream's results were ready (waited {deadline_s:g} s)"
-                        if deadline_s is not None and not self._quiet else
-                        f"no result came for {quiet_s:g} s: the rest of this stream's results were given up")
+        missed = await self._until_done(quiet_s, deadline_s)
+        if missed == "quiet":
+            stream.fail(f"no result came for {quiet_s:g} s: the rest of this stream's results were given up")
+        elif missed == "deadline":
+            stream.fail(f"server shut down before this stream's results were ready (waited {deadline_s:g} s)")
         self._active = self._loop.time()
 
-    async def _until_done(self, quiet_s: float, deadline_s: float | None = None) -> bool:
-        """Wait for the stream's last result; False once `quiet_s` passed without any word from the
-        pipeline about it (`self._quiet`), or at `deadline_s`."""
+    async def _until_done(self, quiet_s: float, deadline_s: float | None = None) -> str | None:
+        """Wait for the stream's last result: None once it is out, "quiet" once `quiet_s` passed
+        without any word from the pipeline about the stream, "deadline" at `deadline_s`."""
         give_up = math.inf if deadline_s is None else self._loop.time() + deadline_s
-        self._quiet = False
         while not self._done.is_set():
             self._moved.clear()
             wait = min(quiet_s, give_up - self._loop.time())
             if wait <= 0:
-                return False
+                return "deadline"
             try:
                 await asyncio.wait_for(self._moved.wait(), wait)
             except TimeoutError:
-                self._quiet = wait >= quiet_s
-                return self._done.is_set()
-        return True
+                if not self._done.is_set():
+                    return "quiet" if wait >= quiet_s else "deadline"
+        return None
 
     def _forget_stream(self, aborted: bool) -> None:
         stream = self.stream
