@@ -188,7 +188,7 @@ class Segmenter(Actor):
         elif isinstance(msg, Open):
             self._open(msg)
         elif isinstance(msg, Close):
-            self._close(msg.stream)
+            self._close(msg)
         elif isinstance(msg, Abort):
             gone = self.streams.pop(msg.stream, None)
             if gone is not None:
@@ -216,7 +216,10 @@ class Segmenter(Actor):
 
     def _open(self, msg: Open) -> None:
         cp = msg.resume
-        old = self.streams.pop(msg.stream, None)
+        old = self.streams.get(msg.stream)
+        if old is not None and msg.gen < old.start.gen:
+            return  # a dead decoder's, read after the replay that superseded it (see `Open.gen`)
+        self.streams.pop(msg.stream, None)
         if old is not None:  # a replay after the decoder died: what this process knew is superseded
             telemetry.finish(old.span, "replayed")
         if cp is not None:  # work already handed out before the checkpoint stays; the rest comes again
@@ -247,8 +250,8 @@ class Segmenter(Actor):
 
     def _frames(self, msg: Frames, slab: bytes | None) -> None:
         state = self.streams.get(msg.stream)
-        if state is None or state.lost:
-            return  # ended, failed, or waiting for its replay: late audio goes nowhere
+        if state is None or state.lost or msg.gen < state.start.gen:
+            return  # ended, failed, waiting for its replay, or of a run a replay superseded: nowhere
         if slab is None:
             # Reclaimed: the decoder restarted (or this process did) after it was sent. The front
             # plays the stream again from its last checkpoint; until then, nothing more of it.
@@ -310,10 +313,11 @@ class Segmenter(Actor):
         self.dispatcher.cancel(stream)
         self.emit(state.front, Failed(stream, message))
 
-    def _close(self, stream: str) -> None:
+    def _close(self, msg: Close) -> None:
+        stream = msg.stream
         state = self.streams.get(stream)
-        if state is None or state.lost:
-            return  # a lost stream's replay says `stop` again
+        if state is None or state.lost or msg.gen < state.start.gen:
+            return  # a lost stream's replay says `stop` again; an earlier run's stop is not this run's end
         del self.streams[stream]
         for ch, cutter in enumerate(state.cutters):
             self._deliver(stream, state, ch, cutter.flush())

@@ -218,7 +218,7 @@ class Session:
         stream = self.stream
         assert stream is not None
         self.phase = Phase.FLUSHING
-        self.link.send(Close(stream.id))
+        self.link.send(Close(stream.id, stream.replays))
         if not await self._until_done(quiet_s, deadline_s):
             stream.fail(f"server shut down before this stream's results were ready (waited {deadline_s:g} s)"
                         if deadline_s is not None and not self._quiet else
@@ -358,7 +358,7 @@ class Session:
         for chunk in chunks:
             self.link.send(Pcm(stream.id, NOWHERE), chunk)
         if self.phase is Phase.FLUSHING:
-            self.link.send(Close(stream.id))
+            self.link.send(Close(stream.id, stream.replays))
         assert opened.resume is not None
         log.info("replaying the stream from %.2f s (%d bytes) after %s", opened.resume.sample / 16000,
                  sum(len(c) for c in chunks), why)

@@ -176,7 +176,7 @@ class Stream:
         chunks = list(self._kept)
         if chunks and offset > self._kept_from:
             chunks[0] = chunks[0][offset - self._kept_from :]
-        return msgspec.structs.replace(self.opened, resume=self._restart), chunks
+        return msgspec.structs.replace(self.opened, resume=self._restart, gen=self.replays), chunks
 
     def on_event(self, e: Event) -> list[dict[str, Any]]:
         return self._observe(self.order.on_event(e))

@@ -12,6 +12,7 @@ from actors.segmenter import LOAD_EVERY_S, Segmenter
 from runtime.topology import SEGMENTER_CONTROL, Place
 from transport.messages import (
     Abort,
+    Checkpoint,
     Close,
     Done,
     Event,
@@ -338,3 +339,24 @@ def test_the_load_counts_only_finals_of_open_streams_as_waiting(rig: Rig) -> Non
     rig.turn()
     load = rig.sent("front-0", Load)[-1]
     assert load.streams == 1 and load.queue_delay_s == pytest.approx(1.5)
+
+
+def test_a_replayed_stream_takes_nothing_of_the_run_its_replay_superseded(rig: Rig) -> None:
+    """What a dead decoder had queued can reach the segmenter after its replacement's replay (ZeroMQ
+    interleaves the two): its audio, reclaimed meanwhile, must not stop the replayed stream, and
+    its `Open` or `Close` must neither restart nor end it."""
+    x = speech(TWO).samples
+    stream_in(rig, x[:16000], route="simple", close=False)  # run 0, as the dead decoder sent it
+    again = Open("s-1", 0, "simple", 1, 16000, 16, False, False, resume=Checkpoint.start(1), gen=1)
+    rig.put("segmenter", again)
+    rig.put("segmenter", Frames("s-1", 1, 1600, NOWHERE), audio=[x[16000:17600]], pool="decoder")
+    rig.pools["decoder"].reclaim()  # the replacement reclaimed the dead decoder's packet at its start
+    rig.put("segmenter", Open("s-1", 0, "simple", 1, 16000, 16, False, False), Close("s-1"))
+    rig.turn()
+    state = rig.actor.streams["s-1"]  # type: ignore[attr-defined]
+    assert not state.lost and state.start == again
+    rig.put("segmenter", Frames("s-1", 1, 8000, NOWHERE, gen=1), audio=[x[:8000]], pool="decoder")
+    rig.put("segmenter", Close("s-1", gen=1))
+    rig.turn()
+    (end,) = rig.sent("front-0", StreamEnd)
+    assert end.results == [1]  # run 1's own audio, and its end

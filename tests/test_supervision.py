@@ -304,3 +304,44 @@ def test_a_replay_larger_than_the_fronts_pool_goes_in_pieces_and_loses_nothing(t
         check_simple_counts(after, 0, 32000)
     finally:
         srv.stop()
+
+
+def test_a_dead_decoders_queued_audio_read_after_its_replacements_replay_is_ignored(tmp_path: Path) -> None:
+    """The segmenter is behind (paused here) with the decoder's packets waiting in its inbox when
+    the decoder dies. ZeroMQ then hands it what the dead decoder had queued interleaved with what
+    the replacement sends: a stream's replay `Open`, then audio of the dead run, reclaimed by the
+    replacement at its start. That audio used to mark the replayed stream as waiting for a replay
+    that had already come: nothing more of it was taken, and its client got an error and 1011 once
+    the results stopped (8 of 12 sessions in three runs). Each item now says which run of its
+    stream it belongs to, and the segmenter takes nothing of a run a replay superseded."""
+    srv = started(tmp_path, STREAMER_SERVER_STOP_TIMEOUT_S="8")
+    try:
+        s = speech(SENTENCES[:3], gap_s=0.8)
+        steps = stream_steps(s.samples[None, :], 16000, False)
+
+        def chaos() -> None:
+            time.sleep(0.6)
+            segmenter = actor(srv, "segmenter")["pid"]
+            os.kill(segmenter, signal.SIGSTOP)
+            time.sleep(0.3)  # the decoder's packets wait in the segmenter's inbox
+            decoder = actor(srv, "decoder")["pid"]
+            os.kill(decoder, signal.SIGKILL)
+            wait_for(lambda: actor(srv, "decoder")["pid"] not in (None, decoder)
+                     and actor(srv, "decoder")["state"] == "running", 15)
+            time.sleep(0.3)  # the replacement has sent the replays
+            os.kill(segmenter, signal.SIGCONT)
+
+        killer = threading.Thread(target=chaos, daemon=True)
+        killer.start()
+
+        async def sessions() -> list[Transcript]:
+            return list(await asyncio.gather(*(converse(srv.ws("simple"), steps, pace_s=0.01) for _ in range(4))))
+
+        transcripts = asyncio.run(sessions())
+        killer.join()
+        for t in transcripts:
+            assert t.close_code == 1000 and not t.of_type("error"), t.messages[-2:]
+            check_simple_counts(t, 0, s.samples.shape[0])
+        assert "reclaimed before it was read" in srv.log()  # the dead run's audio did come late
+    finally:
+        srv.stop()

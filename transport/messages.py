@@ -88,7 +88,13 @@ class Open(msgspec.Struct, tag="open", array_like=True):
 
     With `resume`, the stream already ran and a decoder or segmenter lost its state: whoever
     holds state for it drops it and rebuilds it from the checkpoint; the front then sends the
-    stream's audio again from the checkpoint's sample (less the resampler's pre-roll)."""
+    stream's audio again from the checkpoint's sample (less the resampler's pre-roll).
+
+    `gen` says which run of the stream this is: 0 the first, n its n-th replay. What the
+    decoder makes of a run (`Frames`) and the front's `Close` for it carry the same number, so
+    a segmenter that holds run n takes nothing of an earlier run: ZeroMQ hands it what a dead
+    decoder had queued interleaved with what the replacement sends, so a dead run's audio,
+    open or close can come after the replay's `Open`."""
 
     stream: str
     front: int
@@ -100,6 +106,7 @@ class Open(msgspec.Struct, tag="open", array_like=True):
     interim: bool
     trace: str | None = None
     resume: Checkpoint | None = None
+    gen: int = 0
 
 
 class Pcm(msgspec.Struct, tag="pcm", array_like=True):
@@ -110,18 +117,22 @@ class Pcm(msgspec.Struct, tag="pcm", array_like=True):
 
 
 class Frames(msgspec.Struct, tag="frames", array_like=True):
-    """Decoder -> segmenter: float32 at 16 kHz, channel-major (channels x frames)."""
+    """Decoder -> segmenter: float32 at 16 kHz, channel-major (channels x frames), of the run
+    (`Open.gen`) the decoder is decoding."""
 
     stream: str
     channels: int
     frames: int
     at: Slice
+    gen: int = 0
 
 
 class Close(msgspec.Struct, tag="close", array_like=True):
-    """The client said `stop`: flush everything buffered for the stream, then report its end."""
+    """The client said `stop`: flush everything buffered for the stream, then report its end.
+    `gen`: the run it ends (`Open.gen`); a replay sends its own."""
 
     stream: str
+    gen: int = 0
 
 
 class Abort(msgspec.Struct, tag="abort", array_like=True):
