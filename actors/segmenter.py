@@ -267,12 +267,14 @@ class Segmenter(Actor):
         if state.taken_s - state.told_s >= PROGRESS_EVERY_S and state.start.route != "sequential":
             # (a sequential stream's progress and checkpoints are its model's: its actor says them)
             state.told_s = state.taken_s
-            self.emit(state.front, Progress(msg.stream, state.taken_s, list(state.results), checkpoint_of(state)))
+            self.emit(state.front, Progress(msg.stream, state.taken_s, list(state.results), checkpoint_of(state),
+                                            state.start.gen))
 
     def _deliver(self, stream: str, state: Cuts, ch: int, outputs: list[Output]) -> None:
         for o in outputs:
             if isinstance(o, Activity):
-                self.emit(state.front, Event(stream, ch, o.kind, o.time, state.events[ch]))  # type: ignore[arg-type]
+                self.emit(state.front, Event(stream, ch, o.kind, o.time, state.events[ch],  # type: ignore[arg-type]
+                                             state.start.gen))
                 state.events[ch] += 1
                 continue
             if state.start.route == "sequential":
@@ -281,7 +283,8 @@ class Segmenter(Actor):
             kind: WorkKind = "chunk" if o.is_final is None else "final" if o.is_final else "interim"
             self._next_work += 1
             work = Work(self._next_work, stream, state.start.front, ch, state.results[ch], state.events[ch],
-                        o.start / MODEL_RATE, o.end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace)
+                        o.start / MODEL_RATE, o.end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace,
+                        gen=state.start.gen)
             if kind != "interim":
                 state.results[ch] += 1
             self.dispatcher.submit(work, o.audio)
@@ -293,7 +296,7 @@ class Segmenter(Actor):
         self._next_work += 1
         work = Work(self._next_work, stream, state.start.front, ch, seq, 0, start / MODEL_RATE, end / MODEL_RATE,
                     kind, NOWHERE, trace=state.work_trace, interim=state.start.interim,
-                    channels=state.start.channels, state=model_state)
+                    channels=state.start.channels, state=model_state, gen=state.start.gen)
         self.dispatcher.submit_sequential(work, audio if audio is not None else NO_AUDIO)
 
     def contain(self, item: Message, error: Exception) -> bool:
@@ -328,7 +331,7 @@ class Segmenter(Actor):
                 self._sequential(stream, state, ch, "close", at, at, None)
             return
         state.span.set_attribute("streamer.results", sum(state.results))
-        self.emit(state.front, StreamEnd(stream, state.results, state.events))
+        self.emit(state.front, StreamEnd(stream, state.results, state.events, state.start.gen))
 
     def on_idle(self) -> None:
         self.dispatcher.pump()
@@ -336,7 +339,7 @@ class Segmenter(Actor):
             self.emit(front_inbox(work.front), Result(
                 work.stream, work.channel, work.seq, work.events_before, work.start_time, work.end_time,
                 work.is_final, error=f"inference failed for {work.start_time:.2f}-{work.end_time:.2f}: "
-                f"model actor died {work.attempt} times"))
+                f"model actor died {work.attempt} times", gen=work.gen))
         self.dispatcher.failed.clear()
         for stream, why in self.dispatcher.failed_streams:
             if stream in self.streams:

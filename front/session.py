@@ -329,6 +329,8 @@ class Session:
         stream = self.stream
         if stream is None:
             return
+        if isinstance(msg, Event | Result | Progress | StreamEnd) and stream.superseded(msg):
+            return
         if isinstance(msg, Event):
             self._deliver(stream.on_event(msg), stream)
         elif isinstance(msg, Result):

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 import soundfile
 
@@ -343,5 +344,43 @@ def test_a_dead_decoders_queued_audio_read_after_its_replacements_replay_is_igno
             assert t.close_code == 1000 and not t.of_type("error"), t.messages[-2:]
             check_simple_counts(t, 0, s.samples.shape[0])
         assert "reclaimed before it was read" in srv.log()  # the dead run's audio did come late
+    finally:
+        srv.stop()
+
+
+def test_a_replay_answers_the_regions_its_client_was_told_of_not_ones_its_fresh_vad_finds(tmp_path: Path) -> None:
+    """The segmenter dies as a region's `inactive` reaches the client, its final still with a model.
+    The replay starts inside that region with a VAD started afresh, which in a little background
+    noise ends the region 20 ms earlier than the one that ran: the client got `inactive` at 10.79 s
+    and then a final for 8.64-10.77 s, a region it was never told of (three runs in three). A
+    replay now carries the events the client was told of, and the new segmenter makes those."""
+    srv = started(tmp_path, **SLOW_MODEL)
+    try:
+        s = speech(SENTENCES[:3], gap_s=0.8)
+        x = s.samples + np.random.default_rng(0).normal(0, 0.003, s.samples.shape).astype(np.float32)
+        steps = stream_steps(x[None, :], 16000, False)
+        messages: list[dict[str, object]] = []
+
+        async def stream() -> Transcript:
+            async with aiohttp.ClientSession() as http, http.ws_connect(srv.ws()) as ws:
+                async def read() -> None:
+                    async for msg in ws:
+                        messages.append(json.loads(msg.data))
+                        if [m["type"] for m in messages].count("inactive") == 3 and messages[-1]["type"] == "inactive":
+                            os.kill(actor(srv, "segmenter")["pid"], signal.SIGKILL)  # the third final is pending
+
+                reader = asyncio.create_task(read())
+                for step in steps:
+                    if isinstance(step, bytes):
+                        await ws.send_bytes(step)
+                        await asyncio.sleep(0.05)
+                    else:
+                        await ws.send_json(step)
+                await asyncio.wait_for(reader, 60)
+                return Transcript(messages, ws.close_code)
+
+        t = asyncio.run(stream())
+        assert check_regions_answered(t, 0) == (3, 0)
+        assert "replaying the stream" in srv.log()
     finally:
         srv.stop()
