@@ -22,7 +22,20 @@ from runtime import logs, telemetry
 from runtime.metrics import STREAM_CRASHES, StageMeter, watch_pool
 from runtime.process import ChildContext
 from runtime.topology import front_inbox
-from transport.messages import Abort, Close, Exited, Failed, Frames, Message, Notice, Open, Pcm, Slice, stream_of
+from transport.messages import (
+    Abort,
+    Close,
+    Exited,
+    Failed,
+    Frames,
+    Message,
+    Notice,
+    Open,
+    Pcm,
+    Roster,
+    Slice,
+    stream_of,
+)
 
 log = logging.getLogger("decoder")
 _tracer = telemetry.tracer("streamer.decoder")
@@ -78,6 +91,11 @@ class Decoder(Actor):
             if gone is not None:
                 telemetry.finish(gone.span, "aborted")
             self.emit("segmenter", msg)
+        elif isinstance(msg, Roster):
+            listed = set(msg.streams)
+            for stream in [s for s, d in self.streams.items() if d.front == msg.front and s not in listed]:
+                telemetry.finish(self.streams.pop(stream).span, "gone")
+            self.emit("segmenter", msg)  # the segmenter's are what a lost Abort leaves behind
 
     def on_exit(self, note: Exited) -> None:
         if note.role != "front":

@@ -55,6 +55,7 @@ from transport.messages import (
     Progress,
     Ready,
     Result,
+    Roster,
     Slice,
     StreamEnd,
     Work,
@@ -194,6 +195,12 @@ class Segmenter(Actor):
             if gone is not None:
                 telemetry.finish(gone.span, "aborted")
             self.dispatcher.cancel(msg.stream)
+        elif isinstance(msg, Roster):
+            listed = set(msg.streams)
+            for stream in [k for k, c in self.streams.items() if c.start.front == msg.front and k not in listed]:
+                log.info("forgetting stream %s: its front no longer has it (its abort was lost)", stream)
+                telemetry.finish(self.streams.pop(stream).span, "gone")
+                self.dispatcher.cancel(stream)
 
     def _done(self, msg: Done) -> None:
         """A model answered: its answers go on to their streams' fronts, and the stream's cost is

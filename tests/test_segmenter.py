@@ -25,6 +25,7 @@ from transport.messages import (
     Progress,
     Ready,
     Result,
+    Roster,
     Slice,
     StreamEnd,
     Work,
@@ -360,3 +361,17 @@ def test_a_replayed_stream_takes_nothing_of_the_run_its_replay_superseded(rig: R
     rig.turn()
     (end,) = rig.sent("front-0", StreamEnd)
     assert end.results == [1]  # run 1's own audio, and its end
+
+
+def test_a_stream_its_front_no_longer_has_is_forgotten_with_its_waiting_work(rig: Rig) -> None:
+    """The `Abort` of a stream whose client left can die with the decoder; the front's roster is
+    what ends it then."""
+    x = speech(TWO).samples
+    stream_in(rig, x, stream="s-1", front=0, close=False)
+    stream_in(rig, x, stream="s-2", front=0, close=False)
+    stream_in(rig, x, stream="s-3", front=1, close=False)
+    assert rig.actor.dispatcher.queued == 6  # type: ignore[attr-defined]
+    rig.put("segmenter", Roster(0, ["s-1"]))
+    rig.turn()
+    assert set(rig.actor.streams) == {"s-1", "s-3"}  # type: ignore[attr-defined]
+    assert rig.actor.dispatcher.queued == 4  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,17 @@ import soundfile
 
 from audio import SENTENCES, model_samples, noise, speech
 from server import Server, actor, alive, shm_segments, wait_for
-from wire import Transcript, check_regions_answered, check_simple_counts, converse, stream_steps
+from wire import (
+    Transcript,
+    audio_frames,
+    check_regions_answered,
+    check_simple_counts,
+    converse,
+    raw_frame,
+    raw_handshake,
+    start_msg,
+    stream_steps,
+)
 
 SLOW_MODEL = {  # every item stays in flight for a while, without eating the test machine's CPU
     "STREAMER_MODEL_FAKE_MODE": "sleep",
@@ -382,5 +393,39 @@ def test_a_replay_answers_the_regions_its_client_was_told_of_not_ones_its_fresh_
         t = asyncio.run(stream())
         assert check_regions_answered(t, 0) == (3, 0)
         assert "replaying the stream" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_streams_whose_abort_died_with_the_decoder_are_forgotten(tmp_path: Path) -> None:
+    """Clients leave without `stop` while the decoder is stuck, and then it dies: the `Abort` of
+    each of their streams dies with it, and the segmenter kept those streams for good (their
+    audio, and a place in the load report the fronts admit by: four here, then eight ...). Every
+    front now tells the pipeline which streams it has open; the others are forgotten."""
+    srv = started(tmp_path)
+    try:
+        s = speech(SENTENCES[:2], gap_s=0.8)
+        frames = audio_frames(s.samples[None, :], False)
+        decoder = actor(srv, "decoder")["pid"]
+        clients = []
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", srv.port))
+            raw_handshake(sock, "127.0.0.1", srv.port, "/api/v1/segmented")
+            sock.sendall(raw_frame(1, json.dumps(start_msg(1, 16000, False)).encode()))
+            clients.append(sock)
+        for frame in frames[:10]:
+            for sock in clients:
+                sock.sendall(raw_frame(2, frame))
+            time.sleep(0.05)
+        wait_for(lambda: set(srv.per_front("streamer_front_load_streams").values()) == {4.0}, 10)
+        os.kill(decoder, signal.SIGSTOP)
+        for sock in clients:
+            sock.close()  # gone: no stop, no close frame
+        time.sleep(0.5)  # the fronts' aborts wait in the stuck decoder's inbox
+        os.kill(decoder, signal.SIGKILL)
+        wait_for(lambda: actor(srv, "decoder")["pid"] not in (None, decoder)
+                 and actor(srv, "decoder")["state"] == "running", 15)
+        wait_for(lambda: set(srv.per_front("streamer_front_load_streams").values()) == {0.0}, 10)
+        assert "its abort was lost" in srv.log()
     finally:
         srv.stop()

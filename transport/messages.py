@@ -150,6 +150,16 @@ class Abort(msgspec.Struct, tag="abort", array_like=True):
     stream: str
 
 
+class Roster(msgspec.Struct, tag="roster", array_like=True):
+    """Front -> decoder -> segmenter, every few seconds: the streams this front has open. A stage
+    forgets every other stream of this front: the `Abort` that would have ended it went the same
+    way and died with a decoder that died before passing it on (nobody else ever ends such a
+    stream: its state, audio and place in the load report stayed for good)."""
+
+    front: int
+    streams: list[str]
+
+
 class Event(msgspec.Struct, tag="event", array_like=True):
     """Segmenter -> front: voice activity changed on a channel. `index` is its place among the
     channel's events: a replay sends some again, and the front drops those it already sent.
@@ -336,8 +346,8 @@ class Exited(msgspec.Struct, tag="exited", array_like=True):
 
 
 Message = (
-    Open | Pcm | Frames | Close | Abort | Event | Work | Result | StreamEnd | Failed | Notice | Progress | Load
-    | Ready | Done | Exited
+    Open | Pcm | Frames | Close | Abort | Roster | Event | Work | Result | StreamEnd | Failed | Notice | Progress
+    | Load | Ready | Done | Exited
 )
 
 
