@@ -429,3 +429,71 @@ def test_streams_whose_abort_died_with_the_decoder_are_forgotten(tmp_path: Path)
         assert "its abort was lost" in srv.log()
     finally:
         srv.stop()
+
+
+def kill_and_wait(srv: Server, name: str) -> None:
+    """SIGKILL `name` and wait for its replacement to be ready."""
+    old = actor(srv, name)["pid"]
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: actor(srv, name)["pid"] not in (None, old) and actor(srv, name)["state"] == "running", 15)
+
+
+def test_what_a_live_segmenter_makes_of_a_dead_decoders_audio_after_the_replay_is_not_shown(tmp_path: Path) -> None:
+    """The decoder dies while the segmenter is behind with a region's end in its inbox. The front
+    replays at once, pinning the events it has told the client; the segmenter then works through
+    the dead decoder's audio and says `inactive` (10.79 s) before the replay reaches it, and the
+    replay, not pinned to that, ends the region at 10.77 s: the client was shown the first and
+    answered for the second. The front takes nothing more of a run once it has replayed the
+    stream. (Every role here has died once already, so its next restart waits: the dead
+    decoder's audio stays readable until the segmenter has worked through it, and no model
+    takes the region's first final before the replay cancels it.)"""
+    srv = started(tmp_path, **SLOW_MODEL, STREAMER_SUPERVISOR_DECODER_BACKOFF_STEP_S="2.0",
+                  STREAMER_SUPERVISOR_MODEL_BACKOFF_STEP_S="4.0")
+    try:
+        for name in ("decoder", "model-0", "model-1"):
+            kill_and_wait(srv, name)
+        s = speech(SENTENCES[:3], gap_s=0.8)
+        x = s.samples + np.random.default_rng(0).normal(0, 0.003, s.samples.shape).astype(np.float32)
+        steps = stream_steps(x[None, :], 16000, False)
+        second_final = threading.Event()
+
+        def chaos() -> None:
+            second_final.wait(60)
+            time.sleep(0.3)  # into the third region (its start, 8.64 s, is in the usable checkpoint)
+            for i in range(2):
+                os.kill(actor(srv, f"model-{i}")["pid"], signal.SIGKILL)  # back in 4 s
+            segmenter = actor(srv, "segmenter")["pid"]
+            os.kill(segmenter, signal.SIGSTOP)
+            time.sleep(1.0)  # the region's end waits in the segmenter's inbox
+            replays = srv.log().count("replaying the stream")
+            os.kill(actor(srv, "decoder")["pid"], signal.SIGKILL)  # back in 2 s
+            wait_for(lambda: srv.log().count("replaying the stream") > replays, 10)
+            os.kill(segmenter, signal.SIGCONT)
+
+        killer = threading.Thread(target=chaos, daemon=True)
+        killer.start()
+
+        async def stream() -> Transcript:
+            messages: list[dict[str, object]] = []
+            async with aiohttp.ClientSession() as http, http.ws_connect(srv.ws()) as ws:
+                async def read() -> None:
+                    async for msg in ws:
+                        messages.append(json.loads(msg.data))
+                        if sum(1 for m in messages if m.get("is_final")) == 2:
+                            second_final.set()
+
+                reader = asyncio.create_task(read())
+                for step in steps:
+                    if isinstance(step, bytes):
+                        await ws.send_bytes(step)
+                        await asyncio.sleep(0.05)
+                    else:
+                        await ws.send_json(step)
+                await asyncio.wait_for(reader, 60)
+                return Transcript(messages, ws.close_code)
+
+        t = asyncio.run(stream())
+        killer.join()
+        assert check_regions_answered(t, 0) == (3, 0)
+    finally:
+        srv.stop()
