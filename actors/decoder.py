@@ -22,7 +22,20 @@ from runtime import logs, telemetry
 from runtime.metrics import STREAM_CRASHES, StageMeter, watch_pool
 from runtime.process import ChildContext
 from runtime.topology import front_inbox
-from transport.messages import Abort, Close, Exited, Failed, Frames, Message, Notice, Open, Pcm, Slice, stream_of
+from transport.messages import (
+    Abort,
+    Close,
+    Exited,
+    Failed,
+    Frames,
+    Message,
+    Notice,
+    Open,
+    Pcm,
+    Roster,
+    Slice,
+    stream_of,
+)
 
 log = logging.getLogger("decoder")
 _tracer = telemetry.tracer("streamer.decoder")
@@ -39,6 +52,7 @@ class Decoding:
     span: Span
     raw: list[memoryview] = field(default_factory=list)  # client bytes of this turn, not yet decoded
     lost: bool = False  # some of its audio was reclaimed: nothing more until the front's replay
+    gen: int = 0  # the run (`Open.gen`) being decoded: its Frames say so
 
 
 class Decoder(Actor):
@@ -77,6 +91,11 @@ class Decoder(Actor):
             if gone is not None:
                 telemetry.finish(gone.span, "aborted")
             self.emit("segmenter", msg)
+        elif isinstance(msg, Roster):
+            listed = set(msg.streams)
+            for stream in [s for s, d in self.streams.items() if d.front == msg.front and s not in listed]:
+                telemetry.finish(self.streams.pop(stream).span, "gone")
+            self.emit("segmenter", msg)  # the segmenter's are what a lost Abort leaves behind
 
     def on_exit(self, note: Exited) -> None:
         if note.role != "front":
@@ -129,7 +148,7 @@ class Decoder(Actor):
         step = max(1, self.outbox.max_bytes // (audio.shape[0] * audio.itemsize))
         for first in range(0, audio.shape[1], step):
             part = audio if audio.shape[1] <= step else np.ascontiguousarray(audio[:, first : first + step])
-            self.emit("segmenter", Frames(stream, part.shape[0], part.shape[1], NOWHERE), part)
+            self.emit("segmenter", Frames(stream, part.shape[0], part.shape[1], NOWHERE, d.gen), part)
 
     def _open(self, msg: Open) -> None:
         span = _tracer.start_span("decode", context=telemetry.context_of(msg.trace), attributes={
@@ -148,7 +167,7 @@ class Decoder(Actor):
             telemetry.finish(span, str(e))
             self.emit(front_inbox(msg.front), Failed(msg.stream, str(e)))
             return
-        self.streams[msg.stream] = Decoding(pcm, msg.front, logs.trace_of(msg.trace), span)
+        self.streams[msg.stream] = Decoding(pcm, msg.front, logs.trace_of(msg.trace), span, gen=msg.gen)
         msg.trace = telemetry.traceparent_of(span) or msg.trace
         self.emit("segmenter", msg)
 

@@ -146,7 +146,7 @@ class ModelActor(Actor):
         self.meter.done(busy, sum(a.shape[0] for _, a in items) / 16000, len(items))
 
     def _result(self, w: Work, audio: Audio, out: dict[str, Any] | Exception) -> Result:
-        result = Result(w.stream, w.channel, w.seq, w.events_before, w.start_time, w.end_time, w.is_final)
+        result = Result(w.stream, w.channel, w.seq, w.events_before, w.start_time, w.end_time, w.is_final, gen=w.gen)
         if isinstance(out, dict):
             result.output = in_stream_time(out, w.start_time)
             return result

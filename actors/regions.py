@@ -15,14 +15,18 @@ Checkpoints. A cutter says at any moment from which sample a fresh one could reb
 (`checkpoint()`: the start of what it still keeps, whether a region is open there, and how
 many finals and events it had emitted before that point). A replacement built with
 `resume(cp, replay_from)` and fed the same audio again from `replay_from` emits what the
-original would have from there on: the same regions (webrtcvad's adaptive state starts fresh,
-so a boundary may move by a frame) with the same numbering. That is what lets a segmenter's
-death go unnoticed: the front keeps each stream's audio since its last checkpoint and plays
-it again.
+original would have from there on, with the same numbering. The regions are the same where the
+client has already been told of them: the checkpoint of a replay carries those events
+(`CutState.pins`) and the resumed cutter makes them where they were. After them it decides
+for itself, and its VAD, started afresh, may decide otherwise than the original's would have
+(webrtcvad adapts to what it has heard; in clean audio a boundary moves by a frame at most,
+in a little background noise by much more). That is what lets a segmenter's death go
+unnoticed: the front keeps each stream's audio since its last checkpoint and plays it again.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -109,6 +113,7 @@ class SpeechRegions:
         self.finals = 0  # emitted so far
         self.events = 0
         self._skip = 0
+        self._pins: deque[int] = deque()  # events the client was told of, still to make (`resume`)
 
     @classmethod
     def resume(cls, rules: RegionRules, interim: bool, cp: CutState, replay_from: int) -> SpeechRegions:
@@ -121,6 +126,7 @@ class SpeechRegions:
         if cp.speaking:  # the region open at cp.sample goes on; its `active` is already out
             c._speaking = True
             c._region_start = c._last_voiced_end = cp.sample
+        c._pins = deque(cp.pins)
         return c
 
     def checkpoint(self) -> CutState:
@@ -146,6 +152,10 @@ class SpeechRegions:
 
     def flush(self) -> list[Output]:
         out: list[Output] = []
+        while self._pins and self._pins[0] <= self._win.end:
+            # The original's last `inactive` can lie in the last, partial frame, which no VAD hears.
+            self._pinned(self._pins.popleft(), self._win.end, out)
+        self._pins.clear()
         if self._speaking:
             self._close(self._voiced_end(), out)
         self._candidate = None
@@ -163,6 +173,9 @@ class SpeechRegions:
 
     def _step(self, start: int, voiced: bool, out: list[Output]) -> None:
         end = start + self._frame
+        if self._pins:
+            self._pinned_step(end, voiced, out)
+            return
         if voiced:
             if not self._speaking and self._candidate is None:
                 self._candidate, self._voiced = start, 0
@@ -182,11 +195,35 @@ class SpeechRegions:
                 else:  # still speaking: cut here and go on in a new region
                     self._close(end, out)
                     self._open(end, out)
-            elif self._interim_every and end - self._region_start >= self._next_interim:
-                at = self._region_start + self._next_interim  # exactly at the interval, wherever frames fall
-                self._next_interim = max(self._next_interim + self._interim_every,
-                                         round(self._next_interim * self._growth))
-                out.append(Piece(self._region_start, at, self._win.get(self._region_start, at), False))
+            else:
+                self._interim(end, out)
+
+    def _interim(self, end: int, out: list[Output]) -> None:
+        if self._interim_every and end - self._region_start >= self._next_interim:
+            at = self._region_start + self._next_interim  # exactly at the interval, wherever frames fall
+            self._next_interim = max(self._next_interim + self._interim_every,
+                                     round(self._next_interim * self._growth))
+            out.append(Piece(self._region_start, at, self._win.get(self._region_start, at), False))
+
+    def _pinned_step(self, end: int, voiced: bool, out: list[Output]) -> None:
+        """A frame of a replay while events the client was told of lie ahead: they are made where
+        they were, as soon as the audio reaches them, whatever this VAD thinks; it decides nothing
+        itself until they are all made (nor does the maximum length: the original's cuts are pins)."""
+        if voiced:
+            self._last_voiced_end = end
+        while self._pins and self._pins[0] <= end:
+            self._pinned(self._pins.popleft(), end, out)
+        if self._speaking:
+            self._interim(end, out)
+
+    def _pinned(self, at: int, reached: int, out: list[Output]) -> None:
+        if self._speaking:
+            self._close(at, out)
+        else:
+            self._open(at, out)
+            # Sound until here, as far as the free run after the pins is concerned: the original
+            # heard enough of it to open this region.
+            self._last_voiced_end = max(self._last_voiced_end, reached)
 
     def _open(self, start: int, out: list[Output]) -> None:
         self._speaking = True

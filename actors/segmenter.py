@@ -55,6 +55,7 @@ from transport.messages import (
     Progress,
     Ready,
     Result,
+    Roster,
     Slice,
     StreamEnd,
     Work,
@@ -201,12 +202,18 @@ class Segmenter(Actor):
         elif isinstance(msg, Open):
             self._open(msg)
         elif isinstance(msg, Close):
-            self._close(msg.stream)
+            self._close(msg)
         elif isinstance(msg, Abort):
             gone = self.streams.pop(msg.stream, None)
             if gone is not None:
                 telemetry.finish(gone.span, "aborted")
             self.dispatcher.cancel(msg.stream)
+        elif isinstance(msg, Roster):
+            listed = set(msg.streams)
+            for stream in [k for k, c in self.streams.items() if c.start.front == msg.front and k not in listed]:
+                log.info("forgetting stream %s: its front no longer has it (its abort was lost)", stream)
+                telemetry.finish(self.streams.pop(stream).span, "gone")
+                self.dispatcher.cancel(stream)
 
     def _done(self, msg: Done) -> None:
         """A model answered: its answers go on to their streams' fronts, and the stream's cost is
@@ -229,7 +236,10 @@ class Segmenter(Actor):
 
     def _open(self, msg: Open) -> None:
         cp = msg.resume
-        old = self.streams.pop(msg.stream, None)
+        old = self.streams.get(msg.stream)
+        if old is not None and msg.gen < old.start.gen:
+            return  # a dead decoder's, read after the replay that superseded it (see `Open.gen`)
+        self.streams.pop(msg.stream, None)
         if old is not None:  # a replay after the decoder died: what this process knew is superseded
             telemetry.finish(old.span, "replayed")
         if cp is not None:  # work already handed out before the checkpoint stays; the rest comes again
@@ -260,8 +270,8 @@ class Segmenter(Actor):
 
     def _frames(self, msg: Frames, slab: bytes | None) -> None:
         state = self.streams.get(msg.stream)
-        if state is None or state.lost:
-            return  # ended, failed, or waiting for its replay: late audio goes nowhere
+        if state is None or state.lost or msg.gen < state.start.gen:
+            return  # ended, failed, waiting for its replay, or of a run a replay superseded: nowhere
         if slab is None:
             # Reclaimed: the decoder restarted (or this process did) after it was sent. The front
             # plays the stream again from its last checkpoint; until then, nothing more of it.
@@ -277,12 +287,14 @@ class Segmenter(Actor):
         if state.taken_s - state.told_s >= PROGRESS_EVERY_S and state.start.route != "sequential":
             # (a sequential stream's progress and checkpoints are its model's: its actor says them)
             state.told_s = state.taken_s
-            self.emit(state.front, Progress(msg.stream, state.taken_s, list(state.results), checkpoint_of(state)))
+            self.emit(state.front, Progress(msg.stream, state.taken_s, list(state.results), checkpoint_of(state),
+                                            state.start.gen))
 
     def _deliver(self, stream: str, state: Cuts, ch: int, outputs: list[Output]) -> None:
         for o in outputs:
             if isinstance(o, Activity):
-                self.emit(state.front, Event(stream, ch, o.kind, o.time, state.events[ch]))  # type: ignore[arg-type]
+                self.emit(state.front, Event(stream, ch, o.kind, o.time, state.events[ch],  # type: ignore[arg-type]
+                                             state.start.gen))
                 state.events[ch] += 1
                 continue
             if state.start.route == "sequential":
@@ -290,7 +302,8 @@ class Segmenter(Actor):
                 continue
             kind: WorkKind = "chunk" if o.is_final is None else "final" if o.is_final else "interim"
             work = Work(self.dispatcher.new_id(), stream, state.start.front, ch, state.results[ch], state.events[ch],
-                        o.start / MODEL_RATE, o.end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace)
+                        o.start / MODEL_RATE, o.end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace,
+                        gen=state.start.gen)
             if kind != "interim":
                 state.results[ch] += 1
             self.dispatcher.submit(work, o.audio)
@@ -301,7 +314,7 @@ class Segmenter(Actor):
         """One item of a sequential stream's channel, for the model actor that holds its state."""
         work = Work(self.dispatcher.new_id(), stream, state.start.front, ch, seq, 0, start / MODEL_RATE,
                     end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace, interim=state.start.interim,
-                    channels=state.start.channels, state=model_state)
+                    channels=state.start.channels, state=model_state, gen=state.start.gen)
         self.dispatcher.submit_sequential(work, audio if audio is not None else NO_AUDIO)
 
     def contain(self, item: Message, error: Exception) -> bool:
@@ -321,10 +334,11 @@ class Segmenter(Actor):
         self.dispatcher.cancel(stream)
         self.emit(state.front, Failed(stream, message))
 
-    def _close(self, stream: str) -> None:
+    def _close(self, msg: Close) -> None:
+        stream = msg.stream
         state = self.streams.get(stream)
-        if state is None or state.lost:
-            return  # a lost stream's replay says `stop` again
+        if state is None or state.lost or msg.gen < state.start.gen:
+            return  # a lost stream's replay says `stop` again; an earlier run's stop is not this run's end
         del self.streams[stream]
         for ch, cutter in enumerate(state.cutters):
             self._deliver(stream, state, ch, cutter.flush())
@@ -335,7 +349,7 @@ class Segmenter(Actor):
                 self._sequential(stream, state, ch, "close", at, at, None)
             return
         state.span.set_attribute("streamer.results", sum(state.results))
-        self.emit(state.front, StreamEnd(stream, state.results, state.events))
+        self.emit(state.front, StreamEnd(stream, state.results, state.events, state.start.gen))
 
     def on_idle(self) -> None:
         self.dispatcher.pump()
@@ -343,7 +357,7 @@ class Segmenter(Actor):
             self.emit(front_inbox(work.front), Result(
                 work.stream, work.channel, work.seq, work.events_before, work.start_time, work.end_time,
                 work.is_final, error=f"inference failed for {work.start_time:.2f}-{work.end_time:.2f}: "
-                f"model actor died {work.attempt} times"))
+                f"model actor died {work.attempt} times", gen=work.gen))
         self.dispatcher.failed.clear()
         for stream, owner, why in self.dispatcher.failed_streams:
             if stream in self.streams:

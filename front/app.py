@@ -34,7 +34,7 @@ from runtime import group
 from runtime.config import Config
 from runtime.process import ChildContext, enter_child
 from runtime.topology import ROLES
-from transport.messages import Exited, Route
+from transport.messages import Exited, Roster, Route
 
 log = logging.getLogger("front")
 
@@ -45,6 +45,7 @@ RUN_DIR: web.AppKey[str] = web.AppKey("run_dir", str)
 SAMPLER: web.AppKey[CpuSampler] = web.AppKey("sampler", CpuSampler)
 SLOT: web.AppKey[int] = web.AppKey("slot", int)
 LINGER_S = 0.5
+ROSTER_EVERY_S = 2.0
 WEB = Path(__file__).resolve().parent.parent / "web"
 ADMIN_PATHS = frozenset({"/metrics", "/api/v1/actors"})
 RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_S)}
@@ -258,6 +259,7 @@ async def serve(ctx: ChildContext) -> None:
     async with asyncio.TaskGroup() as tasks:
         beating = tasks.create_task(heartbeat(ctx))
         sampling = tasks.create_task(app[SAMPLER].run())
+        telling = tasks.create_task(roster(app[LIVE], link))
         await stopped.wait()
         log.info("stopping")
         await app[LIVE].drain(cfg.supervisor.drain_s)
@@ -265,8 +267,21 @@ async def serve(ctx: ChildContext) -> None:
             await rpc.stop(1.0)
         beating.cancel()
         sampling.cancel()
+        telling.cancel()
     await runner.cleanup()
     await link.close()
+
+
+async def roster(live: Live, link: FrontLink) -> None:
+    """Every `ROSTER_EVERY_S`, the streams this front has open, to the decoder and the segmenter,
+    which forget any other stream of this front. A stream's `Abort` dies with a decoder killed
+    before it passed it on, and nothing else would ever end that stream there (six clients gone
+    3 ms before the decoder was killed left five or six streams in the segmenter for good, in 5
+    runs of 8). A dead decoder's `Open` read late (`Open.gen`) can leave one too: the next roster
+    ends it."""
+    while True:
+        await asyncio.sleep(ROSTER_EVERY_S)
+        link.send(Roster(link.slot, [s.stream.id for s in live.sessions if s.stream is not None]))
 
 
 async def heartbeat(ctx: ChildContext) -> None:

@@ -217,7 +217,7 @@ class Session:
         stream = self.stream
         assert stream is not None
         self.phase = Phase.FLUSHING
-        self.link.send(Close(stream.id))
+        self.link.send(Close(stream.id, stream.replays))
         missed = await self._until_done(quiet_s, deadline_s)
         if missed == "quiet":
             stream.fail(f"no result came for {quiet_s:g} s: the rest of this stream's results were given up")
@@ -328,6 +328,8 @@ class Session:
         stream = self.stream
         if stream is None:
             return
+        if isinstance(msg, Event | Result | Progress | StreamEnd) and stream.superseded(msg):
+            return
         if isinstance(msg, Event):
             self._deliver(stream.on_event(msg), stream)
         elif isinstance(msg, Result):
@@ -357,7 +359,7 @@ class Session:
         for chunk in chunks:
             self.link.send(Pcm(stream.id, NOWHERE), chunk)
         if self.phase is Phase.FLUSHING:
-            self.link.send(Close(stream.id))
+            self.link.send(Close(stream.id, stream.replays))
         assert opened.resume is not None
         log.info("replaying the stream from %.2f s (%d bytes) after %s", opened.resume.sample / 16000,
                  sum(len(c) for c in chunks), why)

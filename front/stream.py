@@ -30,7 +30,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, StatusCode
 
 from front.metrics import FIRST_RESULT, PEAK_INFLIGHT, SPEECH_END_TO_FINAL
 from front.reorder import StreamOrder
-from transport.messages import Checkpoint, Event, Open, Progress, Result, StreamEnd, align
+from transport.messages import MODEL_RATE, Checkpoint, Event, Open, Progress, Result, StreamEnd, align
 
 log = logging.getLogger("front.stream")
 
@@ -70,6 +70,8 @@ class Stream:
     _restart: Checkpoint = field(init=False)  # the latest usable one
     _kept: deque[bytes] = field(default_factory=deque)  # the client's bytes from `_kept_from` on
     _kept_from: int = 0
+    _told: list[deque[tuple[int, int]]] = field(default_factory=list)  # per channel: (index, sample) of the
+    # events the client was told of from the last usable checkpoint on, which a replay pins
     _speech_ends: list[deque[float]] = field(default_factory=list)
     _ended: bool = False
     frame_bytes: int = field(init=False)  # one sample of every channel
@@ -79,6 +81,7 @@ class Stream:
         o = self.opened
         self.order = StreamOrder(o.channels)
         self._speech_ends = [deque() for _ in range(o.channels)]
+        self._told = [deque() for _ in range(o.channels)]
         self._restart = Checkpoint.start(o.channels)
         self.frame_bytes = o.channels * o.bit_depth // 8
         self.bytes_per_s = self.frame_bytes * o.sample_rate
@@ -153,6 +156,9 @@ class Stream:
             # On a whole input sample: a stateful model's checkpoints fall wherever its audio did.
             self._restart = msgspec.structs.replace(usable, sample=align(usable.sample, self.opened.sample_rate))
             self._forget_before(self._replay_from())
+            for told, cut in zip(self._told, self._restart.channels, strict=True):
+                while told and told[0][0] < cut.events:
+                    told.popleft()
 
     def _note_pace(self, now: float) -> None:
         """Remember when the answered audio moved, keeping one point at least `RATE_WINDOW_S` old."""
@@ -171,16 +177,35 @@ class Stream:
 
     def replay(self) -> tuple[Open, list[bytes]]:
         """A decoder or segmenter lost this stream's state: the Open that rebuilds it from the
-        last usable checkpoint, and the client's bytes to send again after it."""
+        last usable checkpoint, with the events the client was told of since pinned (a VAD
+        started afresh must not decide them otherwise), and the client's bytes to send again
+        after it. From here on only the new run's word counts (`superseded`); its end too."""
         self.replays += 1
         offset = self._replay_from()
         chunks = list(self._kept)
         if chunks and offset > self._kept_from:
             chunks[0] = chunks[0][offset - self._kept_from :]
-        return msgspec.structs.replace(self.opened, resume=self._restart), chunks
+        restart = self._restart
+        pinned = [msgspec.structs.replace(cut, pins=[at for index, at in told if index >= cut.events])
+                  for told, cut in zip(self._told, restart.channels, strict=True)]
+        if self.opened.route != "sequential":
+            self.order.end = None  # the new run ends itself (its `Close` goes with the replay)
+        return msgspec.structs.replace(self.opened, resume=msgspec.structs.replace(restart, channels=pinned),
+                                       gen=self.replays), chunks
+
+    def superseded(self, msg: Event | Result | Progress | StreamEnd) -> bool:
+        """Said by a run of the stream that a replay has replaced (`Event.gen`): dropped. Such words
+        come late (left in a dead segmenter's queue, or made by a live one from audio it had
+        before the replay's `Open`), and the replay was pinned only to what the client had been
+        told before it. The sequential route's progress and results are its stateful model's,
+        which keeps its own account of replays."""
+        return msg.gen < self.replays and self.opened.route != "sequential"
 
     def on_event(self, e: Event) -> list[dict[str, Any]]:
-        return self._observe(self.order.on_event(e))
+        items = self.order.on_event(e)
+        if items:  # the client is told of it now (a repeat gives nothing)
+            self._told[e.channel].append((e.index, round(e.time * MODEL_RATE)))
+        return self._observe(items)
 
     def on_result(self, r: Result) -> list[dict[str, Any]]:
         return self._observe(self.order.on_result(r))

@@ -21,6 +21,7 @@ from transport.messages import (
     Notice,
     Open,
     Pcm,
+    Roster,
     Slice,
     align,
 )
@@ -163,6 +164,17 @@ def test_a_dead_front_aborts_its_own_streams_only(rig: Rig) -> None:
     rig.turn()
     assert sorted(i.stream for i in rig.sent("segmenter", Abort)) == ["b", "c"]
     assert set(rig.actor.streams) == {"a"}  # type: ignore[attr-defined]
+
+
+def test_a_fronts_roster_ends_its_streams_it_no_longer_has_and_goes_on_to_the_segmenter(rig: Rig) -> None:
+    rig.put("decoder", opened("a", front=0), opened("b", front=0), opened("c", front=1))
+    rig.turn()
+    rig.sent("segmenter")
+    roster = Roster(0, ["a"])
+    rig.put("decoder", roster)
+    rig.turn()
+    assert rig.sent("segmenter") == [roster]  # the segmenter keeps what a lost Abort leaves behind
+    assert set(rig.actor.streams) == {"a", "c"}  # type: ignore[attr-defined]
 
 
 def test_a_full_segmenter_holds_the_decoders_input_back_without_losing_anything(rig: Rig) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 
 from actors.regions import Activity, FixedChunks, Output, Piece, RegionRules, SpeechRegions
+from transport.messages import CutState
 
 from audio import SENTENCES, noise, speech
 
@@ -173,3 +175,52 @@ def test_growing_interim_intervals_keep_interim_work_in_proportion_to_the_region
         if growth == 2.0:
             assert [(p.end - p.start) / 16000 for p in interims] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0][: len(interims)]
     assert costs[1.0] > 15 and costs[2.0] < 2.0, costs
+
+
+def noisy_speech(seed: int, level: float = 0.003) -> np.ndarray:
+    """Three sentences over a little background noise (about -50 dBFS): webrtcvad adapts to it."""
+    x = speech(SENTENCES[:3], gap_s=0.8).samples
+    return (x + np.random.default_rng(seed).normal(0, level, x.shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_resumed_cutter_makes_the_events_its_client_was_told_of_where_they_were(seed: int) -> None:
+    """A replay's VAD starts afresh at the checkpoint, and in a little noise it decides otherwise
+    than the original did (here a region's start moved by up to 0.4 s, an end by 20 ms): a final
+    cut so would name a region the client was never told of, beside the `inactive` it was. Given
+    the events told since (`pins`), the resumed cutter makes exactly those, and every final
+    between them is the region they bound."""
+    x = noisy_speech(seed)
+    original = SpeechRegions(RULES, interim=True)
+    checkpoints: list[tuple[int, CutState, int]] = []  # (fed so far, checkpoint, outputs before it)
+    out: list[Output] = []
+    for i in range(0, x.shape[0], 1600):
+        out += original.feed(x[i : i + 1600])
+        checkpoints.append((i + 1600, original.checkpoint(), len(out)))
+    out += original.flush()
+    told_finals, told_events = numbered(out, 0, 0)
+    moved = 0
+    for _, cp, _ in checkpoints[::3]:
+        events_after = [told_events[k].sample for k in sorted(told_events) if k >= cp.events]
+        free = run(SpeechRegions.resume(RULES, True, cp, cp.sample), x[cp.sample :])
+        moved += numbered(free, cp.finals, cp.events)[1] != {k: e for k, e in told_events.items() if k >= cp.events}
+        pinned = SpeechRegions.resume(RULES, True, msgspec.structs.replace(cp, pins=events_after), cp.sample)
+        got_finals, got_events = numbered(run(pinned, x[cp.sample :]), cp.finals, cp.events)
+        assert got_events == {k: e for k, e in told_events.items() if k >= cp.events}
+        assert {k: (p.start, p.end) for k, p in got_finals.items()} == \
+            {k: (p.start, p.end) for k, p in told_finals.items() if k >= cp.finals}
+    assert moved  # the VAD alone would have moved some (the case this guards)
+
+
+def test_after_its_pins_a_resumed_cutter_decides_for_itself() -> None:
+    """Pinned up to a region's `active` only, the resumed cutter ends that region where its own
+    VAD says, and goes on finding the regions after it."""
+    x = noisy_speech(0)
+    out = run(SpeechRegions(RULES, interim=False), x)
+    actives = [o.sample for o in out if isinstance(o, Activity) and o.kind == "active"]
+    cp = CutState(actives[1] - 4800, False, 1, 2, pins=[actives[1]])
+    redone = run(SpeechRegions.resume(RULES, False, cp, cp.sample), x[cp.sample :])
+    kinds = [(o.kind, o.sample) for o in redone if isinstance(o, Activity)]
+    assert kinds[0] == ("active", actives[1]) and [k for k, _ in kinds] == ["active", "inactive"] * 2
+    assert [(p.start, p.end) for p in finals(redone)] == [(a, b) for (_, a), (_, b) in zip(kinds[::2], kinds[1::2],
+                                                                                         strict=True)]

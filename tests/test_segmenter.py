@@ -12,6 +12,7 @@ from actors.segmenter import LOAD_EVERY_S, Segmenter
 from runtime.topology import SEGMENTER_CONTROL, Place
 from transport.messages import (
     Abort,
+    Checkpoint,
     Close,
     Done,
     Event,
@@ -26,6 +27,7 @@ from transport.messages import (
     Progress,
     Ready,
     Result,
+    Roster,
     Slice,
     StreamEnd,
     Work,
@@ -404,3 +406,38 @@ def test_checkpoints_in_a_done_for_work_that_is_not_ours_are_ignored(rig: Rig) -
     rig.turn()
     first = next(w for p in work_packets(rig, 1) for w in p.items if isinstance(w, Work))
     assert (first.kind, first.work_id, first.seq, first.state) == ("restore", restore.work_id, 0, None)
+
+
+def test_a_replayed_stream_takes_nothing_of_the_run_its_replay_superseded(rig: Rig) -> None:
+    """What a dead decoder had queued can reach the segmenter after its replacement's replay (ZeroMQ
+    interleaves the two): its audio, reclaimed meanwhile, must not stop the replayed stream, and
+    its `Open` or `Close` must neither restart nor end it."""
+    x = speech(TWO).samples
+    stream_in(rig, x[:16000], route="simple", close=False)  # run 0, as the dead decoder sent it
+    again = Open("s-1", 0, "simple", 1, 16000, 16, False, False, resume=Checkpoint.start(1), gen=1)
+    rig.put("segmenter", again)
+    rig.put("segmenter", Frames("s-1", 1, 1600, NOWHERE), audio=[x[16000:17600]], pool="decoder")
+    rig.pools["decoder"].reclaim()  # the replacement reclaimed the dead decoder's packet at its start
+    rig.put("segmenter", Open("s-1", 0, "simple", 1, 16000, 16, False, False), Close("s-1"))
+    rig.turn()
+    state = rig.actor.streams["s-1"]  # type: ignore[attr-defined]
+    assert not state.lost and state.start == again
+    rig.put("segmenter", Frames("s-1", 1, 8000, NOWHERE, gen=1), audio=[x[:8000]], pool="decoder")
+    rig.put("segmenter", Close("s-1", gen=1))
+    rig.turn()
+    (end,) = rig.sent("front-0", StreamEnd)
+    assert end.results == [1]  # run 1's own audio, and its end
+
+
+def test_a_stream_its_front_no_longer_has_is_forgotten_with_its_waiting_work(rig: Rig) -> None:
+    """The `Abort` of a stream whose client left can die with the decoder; the front's roster is
+    what ends it then."""
+    x = speech(TWO).samples
+    stream_in(rig, x, stream="s-1", front=0, close=False)
+    stream_in(rig, x, stream="s-2", front=0, close=False)
+    stream_in(rig, x, stream="s-3", front=1, close=False)
+    assert rig.actor.dispatcher.queued == 6  # type: ignore[attr-defined]
+    rig.put("segmenter", Roster(0, ["s-1"]))
+    rig.turn()
+    assert set(rig.actor.streams) == {"s-1", "s-3"}  # type: ignore[attr-defined]
+    assert rig.actor.dispatcher.queued == 4  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,12 +15,23 @@ import time
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 import soundfile
 
 from audio import SENTENCES, model_samples, noise, speech
 from server import Server, actor, alive, shm_segments, wait_for
-from wire import Transcript, check_regions_answered, check_simple_counts, converse, stream_steps
+from wire import (
+    Transcript,
+    audio_frames,
+    check_regions_answered,
+    check_simple_counts,
+    converse,
+    raw_frame,
+    raw_handshake,
+    start_msg,
+    stream_steps,
+)
 
 SLOW_MODEL = {  # every item stays in flight for a while, without eating the test machine's CPU
     "STREAMER_MODEL_FAKE_MODE": "sleep",
@@ -273,8 +285,8 @@ def test_a_replay_larger_than_the_fronts_pool_goes_in_pieces_and_loses_nothing(t
     """A decoder death while a front keeps more audio for a stream than its whole pool holds: the
     replay used to be one allocation that could never fit; the front's flush raised at every try,
     health stayed 200 and every session of that front stalled. It now goes as packets that fit."""
-    seconds, rate = 20.0, 48000  # stereo float: 384 KB a second; the 1 MiB pool below holds 2.7 s
-    srv = started(tmp_path, STREAMER_ACTORS_FRONTS="1", STREAMER_POOLS_FRONT_SLOTS="128",
+    seconds, rate = 20.0, 48000  # stereo float: 384 KB a second; the 512 KiB pool below holds 1.4 s
+    srv = started(tmp_path, STREAMER_ACTORS_FRONTS="1", STREAMER_POOLS_FRONT_SLOTS="64",
                   STREAMER_LIMITS_MAX_FRAME_BYTES=str(256 << 10), STREAMER_SERVER_STOP_TIMEOUT_S="10")
     try:
         models = [actor(srv, f"model-{i}")["pid"] for i in range(2)]
@@ -288,8 +300,9 @@ def test_a_replay_larger_than_the_fronts_pool_goes_in_pieces_and_loses_nothing(t
 
         client = threading.Thread(target=lambda: asyncio.run(stream()), daemon=True)
         client.start()
-        # 4.5 s of chunks (0.5 s each) wait for a model: the front keeps 1.7 MB, more than its pool.
-        wait_for(lambda: actor(srv, "segmenter").get("inflight", 0) >= 9, 30)
+        # 1.5 s of both channels' chunks (0.5 s each) wait for a model: the front keeps 576 KB or more,
+        # more than its pool. (Unanswered, the stream's budget lets in 2 s and then waits.)
+        wait_for(lambda: actor(srv, "segmenter").get("inflight", 0) >= 6, 30)
         os.kill(actor(srv, "decoder")["pid"], signal.SIGKILL)
         wait_for(lambda: "replaying the stream from 0.00 s" in srv.log(), 10)
         for pid in models:
@@ -302,5 +315,186 @@ def test_a_replay_larger_than_the_fronts_pool_goes_in_pieces_and_loses_nothing(t
         after = asyncio.run(admitted(srv.ws("simple"), stream_steps(noise(2.0)[None, :], 16000, False)))
         assert after.close_code == 1000, after.messages[-3:]  # the front is not wedged
         check_simple_counts(after, 0, 32000)
+    finally:
+        srv.stop()
+
+
+def test_a_dead_decoders_queued_audio_read_after_its_replacements_replay_is_ignored(tmp_path: Path) -> None:
+    """The segmenter is behind (paused here) with the decoder's packets waiting in its inbox when
+    the decoder dies. ZeroMQ then hands it what the dead decoder had queued interleaved with what
+    the replacement sends: a stream's replay `Open`, then audio of the dead run, reclaimed by the
+    replacement at its start. That audio used to mark the replayed stream as waiting for a replay
+    that had already come: nothing more of it was taken, and its client got an error and 1011 once
+    the results stopped (8 of 12 sessions in three runs). Each item now says which run of its
+    stream it belongs to, and the segmenter takes nothing of a run a replay superseded."""
+    srv = started(tmp_path, STREAMER_SERVER_STOP_TIMEOUT_S="8")
+    try:
+        s = speech(SENTENCES[:3], gap_s=0.8)
+        steps = stream_steps(s.samples[None, :], 16000, False)
+
+        def chaos() -> None:
+            time.sleep(0.6)
+            segmenter = actor(srv, "segmenter")["pid"]
+            os.kill(segmenter, signal.SIGSTOP)
+            time.sleep(0.3)  # the decoder's packets wait in the segmenter's inbox
+            decoder = actor(srv, "decoder")["pid"]
+            os.kill(decoder, signal.SIGKILL)
+            wait_for(lambda: actor(srv, "decoder")["pid"] not in (None, decoder)
+                     and actor(srv, "decoder")["state"] == "running", 15)
+            time.sleep(0.3)  # the replacement has sent the replays
+            os.kill(segmenter, signal.SIGCONT)
+
+        killer = threading.Thread(target=chaos, daemon=True)
+        killer.start()
+
+        async def sessions() -> list[Transcript]:
+            return list(await asyncio.gather(*(converse(srv.ws("simple"), steps, pace_s=0.01) for _ in range(4))))
+
+        transcripts = asyncio.run(sessions())
+        killer.join()
+        for t in transcripts:
+            assert t.close_code == 1000 and not t.of_type("error"), t.messages[-2:]
+            check_simple_counts(t, 0, s.samples.shape[0])
+        assert "reclaimed before it was read" in srv.log()  # the dead run's audio did come late
+    finally:
+        srv.stop()
+
+
+def test_a_replay_answers_the_regions_its_client_was_told_of_not_ones_its_fresh_vad_finds(tmp_path: Path) -> None:
+    """The segmenter dies as a region's `inactive` reaches the client, its final still with a model.
+    The replay starts inside that region with a VAD started afresh, which in a little background
+    noise ends the region 20 ms earlier than the one that ran: the client got `inactive` at 10.79 s
+    and then a final for 8.64-10.77 s, a region it was never told of (three runs in three). A
+    replay now carries the events the client was told of, and the new segmenter makes those."""
+    srv = started(tmp_path, **SLOW_MODEL)
+    try:
+        s = speech(SENTENCES[:3], gap_s=0.8)
+        x = s.samples + np.random.default_rng(0).normal(0, 0.003, s.samples.shape).astype(np.float32)
+        steps = stream_steps(x[None, :], 16000, False)
+        messages: list[dict[str, object]] = []
+
+        async def stream() -> Transcript:
+            async with aiohttp.ClientSession() as http, http.ws_connect(srv.ws()) as ws:
+                async def read() -> None:
+                    async for msg in ws:
+                        messages.append(json.loads(msg.data))
+                        if [m["type"] for m in messages].count("inactive") == 3 and messages[-1]["type"] == "inactive":
+                            os.kill(actor(srv, "segmenter")["pid"], signal.SIGKILL)  # the third final is pending
+
+                reader = asyncio.create_task(read())
+                for step in steps:
+                    if isinstance(step, bytes):
+                        await ws.send_bytes(step)
+                        await asyncio.sleep(0.05)
+                    else:
+                        await ws.send_json(step)
+                await asyncio.wait_for(reader, 60)
+                return Transcript(messages, ws.close_code)
+
+        t = asyncio.run(stream())
+        assert check_regions_answered(t, 0) == (3, 0)
+        assert "replaying the stream" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_streams_whose_abort_died_with_the_decoder_are_forgotten(tmp_path: Path) -> None:
+    """Clients leave without `stop` while the decoder is stuck, and then it dies: the `Abort` of
+    each of their streams dies with it, and the segmenter kept those streams for good (their
+    audio, and a place in the load report the fronts admit by: four here, then eight ...). Every
+    front now tells the pipeline which streams it has open; the others are forgotten."""
+    srv = started(tmp_path)
+    try:
+        s = speech(SENTENCES[:2], gap_s=0.8)
+        frames = audio_frames(s.samples[None, :], False)
+        decoder = actor(srv, "decoder")["pid"]
+        clients = []
+        for _ in range(4):
+            sock = socket.create_connection(("127.0.0.1", srv.port))
+            raw_handshake(sock, "127.0.0.1", srv.port, "/api/v1/segmented")
+            sock.sendall(raw_frame(1, json.dumps(start_msg(1, 16000, False)).encode()))
+            clients.append(sock)
+        for frame in frames[:10]:
+            for sock in clients:
+                sock.sendall(raw_frame(2, frame))
+            time.sleep(0.05)
+        wait_for(lambda: set(srv.per_front("streamer_front_load_streams").values()) == {4.0}, 10)
+        os.kill(decoder, signal.SIGSTOP)
+        for sock in clients:
+            sock.close()  # gone: no stop, no close frame
+        time.sleep(0.5)  # the fronts' aborts wait in the stuck decoder's inbox
+        os.kill(decoder, signal.SIGKILL)
+        wait_for(lambda: actor(srv, "decoder")["pid"] not in (None, decoder)
+                 and actor(srv, "decoder")["state"] == "running", 15)
+        wait_for(lambda: set(srv.per_front("streamer_front_load_streams").values()) == {0.0}, 10)
+        assert "its abort was lost" in srv.log()
+    finally:
+        srv.stop()
+
+
+def kill_and_wait(srv: Server, name: str) -> None:
+    """SIGKILL `name` and wait for its replacement to be ready."""
+    old = actor(srv, name)["pid"]
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: actor(srv, name)["pid"] not in (None, old) and actor(srv, name)["state"] == "running", 15)
+
+
+def test_what_a_live_segmenter_makes_of_a_dead_decoders_audio_after_the_replay_is_not_shown(tmp_path: Path) -> None:
+    """The decoder dies while the segmenter is behind with a region's end in its inbox. The front
+    replays at once, pinning the events it has told the client; the segmenter then works through
+    the dead decoder's audio and says `inactive` (10.79 s) before the replay reaches it, and the
+    replay, not pinned to that, ends the region at 10.77 s: the client was shown the first and
+    answered for the second. The front takes nothing more of a run once it has replayed the
+    stream. (Every role here has died once already, so its next restart waits: the dead
+    decoder's audio stays readable until the segmenter has worked through it, and no model
+    takes the region's first final before the replay cancels it.)"""
+    srv = started(tmp_path, **SLOW_MODEL, STREAMER_SUPERVISOR_DECODER_BACKOFF_STEP_S="2.0",
+                  STREAMER_SUPERVISOR_MODEL_BACKOFF_STEP_S="4.0")
+    try:
+        for name in ("decoder", "model-0", "model-1"):
+            kill_and_wait(srv, name)
+        s = speech(SENTENCES[:3], gap_s=0.8)
+        x = s.samples + np.random.default_rng(0).normal(0, 0.003, s.samples.shape).astype(np.float32)
+        steps = stream_steps(x[None, :], 16000, False)
+        second_final = threading.Event()
+
+        def chaos() -> None:
+            second_final.wait(60)
+            time.sleep(0.3)  # into the third region (its start, 8.64 s, is in the usable checkpoint)
+            for i in range(2):
+                os.kill(actor(srv, f"model-{i}")["pid"], signal.SIGKILL)  # back in 4 s
+            segmenter = actor(srv, "segmenter")["pid"]
+            os.kill(segmenter, signal.SIGSTOP)
+            time.sleep(1.0)  # the region's end waits in the segmenter's inbox
+            replays = srv.log().count("replaying the stream")
+            os.kill(actor(srv, "decoder")["pid"], signal.SIGKILL)  # back in 2 s
+            wait_for(lambda: srv.log().count("replaying the stream") > replays, 10)
+            os.kill(segmenter, signal.SIGCONT)
+
+        killer = threading.Thread(target=chaos, daemon=True)
+        killer.start()
+
+        async def stream() -> Transcript:
+            messages: list[dict[str, object]] = []
+            async with aiohttp.ClientSession() as http, http.ws_connect(srv.ws()) as ws:
+                async def read() -> None:
+                    async for msg in ws:
+                        messages.append(json.loads(msg.data))
+                        if sum(1 for m in messages if m.get("is_final")) == 2:
+                            second_final.set()
+
+                reader = asyncio.create_task(read())
+                for step in steps:
+                    if isinstance(step, bytes):
+                        await ws.send_bytes(step)
+                        await asyncio.sleep(0.05)
+                    else:
+                        await ws.send_json(step)
+                await asyncio.wait_for(reader, 60)
+                return Transcript(messages, ws.close_code)
+
+        t = asyncio.run(stream())
+        killer.join()
+        assert check_regions_answered(t, 0) == (3, 0)
     finally:
         srv.stop()

@@ -33,13 +33,22 @@ class Slice(msgspec.Struct, array_like=True, frozen=True):
 class CutState(msgspec.Struct, array_like=True, frozen=True):
     """One channel at a checkpoint: its audio is needed again from `sample` (16 kHz index), a
     region is open there or not, `finals` finals (or chunks) and `events` events came before it,
-    and, on the sequential route, the stateful model's own state there (None: a fresh one)."""
+    and, on the sequential route, the stateful model's own state there (None: a fresh one).
+
+    `pins`, in a replay's `Open` only: the samples of the events after this point that the
+    client has already been told of (the front's), in order; they alternate, the first an
+    `inactive` if `speaking`, else an `active`. A VAD started afresh at the checkpoint may well
+    decide otherwise than the one that ran (webrtcvad adapts to what it has heard: in a little
+    background noise a region's start moved by 0.4 s), and a final for a region the client was
+    not told of would answer nothing it knows; so a resumed cutter makes exactly these events,
+    where they were, and decides for itself only after them."""
 
     sample: int
     speaking: bool
     finals: int
     events: int
     model: dict[str, Any] | None = None
+    pins: list[int] = []
 
 
 class Checkpoint(msgspec.Struct, array_like=True, frozen=True):
@@ -88,7 +97,13 @@ class Open(msgspec.Struct, tag="open", array_like=True):
 
     With `resume`, the stream already ran and a decoder or segmenter lost its state: whoever
     holds state for it drops it and rebuilds it from the checkpoint; the front then sends the
-    stream's audio again from the checkpoint's sample (less the resampler's pre-roll)."""
+    stream's audio again from the checkpoint's sample (less the resampler's pre-roll).
+
+    `gen` says which run of the stream this is: 0 the first, n its n-th replay. What the
+    decoder makes of a run (`Frames`) and the front's `Close` for it carry the same number, so
+    a segmenter that holds run n takes nothing of an earlier run: ZeroMQ hands it what a dead
+    decoder had queued interleaved with what the replacement sends, so a dead run's audio,
+    open or close can come after the replay's `Open`."""
 
     stream: str
     front: int
@@ -100,6 +115,7 @@ class Open(msgspec.Struct, tag="open", array_like=True):
     interim: bool
     trace: str | None = None
     resume: Checkpoint | None = None
+    gen: int = 0  # see the class doc; and everything the segmenter makes of the run carries it
 
 
 class Pcm(msgspec.Struct, tag="pcm", array_like=True):
@@ -110,18 +126,22 @@ class Pcm(msgspec.Struct, tag="pcm", array_like=True):
 
 
 class Frames(msgspec.Struct, tag="frames", array_like=True):
-    """Decoder -> segmenter: float32 at 16 kHz, channel-major (channels x frames)."""
+    """Decoder -> segmenter: float32 at 16 kHz, channel-major (channels x frames), of the run
+    (`Open.gen`) the decoder is decoding."""
 
     stream: str
     channels: int
     frames: int
     at: Slice
+    gen: int = 0
 
 
 class Close(msgspec.Struct, tag="close", array_like=True):
-    """The client said `stop`: flush everything buffered for the stream, then report its end."""
+    """The client said `stop`: flush everything buffered for the stream, then report its end.
+    `gen`: the run it ends (`Open.gen`); a replay sends its own."""
 
     stream: str
+    gen: int = 0
 
 
 class Abort(msgspec.Struct, tag="abort", array_like=True):
@@ -130,15 +150,31 @@ class Abort(msgspec.Struct, tag="abort", array_like=True):
     stream: str
 
 
+class Roster(msgspec.Struct, tag="roster", array_like=True):
+    """Front -> decoder -> segmenter, every few seconds: the streams this front has open. A stage
+    forgets every other stream of this front: the `Abort` that would have ended it went the same
+    way and died with a decoder that died before passing it on (nobody else ever ends such a
+    stream: its state, audio and place in the load report stayed for good)."""
+
+    front: int
+    streams: list[str]
+
+
 class Event(msgspec.Struct, tag="event", array_like=True):
     """Segmenter -> front: voice activity changed on a channel. `index` is its place among the
-    channel's events: a replay sends some again, and the front drops those it already sent."""
+    channel's events: a replay sends some again, and the front drops those it already sent.
+    `gen`: the run that made it (`Open.gen`), as on every item the segmenter makes of a stream
+    (events, progress, its end, work and so results): once the front has replayed a stream it
+    takes nothing of an earlier run. What a dead run said late (left in a queue, or made by a
+    live segmenter from audio it had before the replay came) was not pinned in the replay
+    (`CutState.pins`), which may decide otherwise."""
 
     stream: str
     channel: int
     kind: Literal["active", "inactive"]
     time: float
     index: int
+    gen: int = 0
 
 
 WorkKind = Literal["final", "interim", "chunk", "feed", "close", "restore", "abort"]
@@ -171,6 +207,7 @@ class Work(msgspec.Struct, tag="work", array_like=True):
     interim: bool = False
     channels: int = 1
     state: dict[str, Any] | None = None
+    gen: int = 0  # the stream's run (`Event.gen`), copied into its result
 
     @property
     def sequential(self) -> bool:
@@ -193,6 +230,7 @@ class Result(msgspec.Struct, tag="result", array_like=True):
     is_final: bool | None
     output: dict[str, Any] | None = None
     error: str | None = None
+    gen: int = 0  # the run of its work (`Event.gen`)
 
 
 class StreamEnd(msgspec.Struct, tag="end", array_like=True):
@@ -202,6 +240,7 @@ class StreamEnd(msgspec.Struct, tag="end", array_like=True):
     stream: str
     results: list[int]
     events: list[int]
+    gen: int = 0  # the run it ends (`Event.gen`)
 
 
 class Failed(msgspec.Struct, tag="failed", array_like=True):
@@ -231,6 +270,7 @@ class Progress(msgspec.Struct, tag="progress", array_like=True):
     time: float
     results: list[int]
     checkpoint: Checkpoint
+    gen: int = 0  # the run it speaks of (`Event.gen`)
 
 
 class Load(msgspec.Struct, tag="load", array_like=True):
@@ -318,8 +358,8 @@ class Exited(msgspec.Struct, tag="exited", array_like=True):
 
 
 Message = (
-    Open | Pcm | Frames | Close | Abort | Event | Work | Result | StreamEnd | Failed | Notice | Progress | Load
-    | Ready | Done | Exited | Forget
+    Open | Pcm | Frames | Close | Abort | Roster | Event | Work | Result | StreamEnd | Failed | Notice | Progress
+    | Load | Ready | Done | Exited | Forget
 )
 
 
