@@ -37,7 +37,7 @@ bench: setup
 clean:
 	rm -rf $(VENV) *.egg-info
 
-# The gRPC code in api/ is made from api/streamer.proto (and committed): after changing the
+# The gRPC code in src/streamer/api/ is made from its streamer.proto (and committed): after changing the
 # .proto, in any environment with grpcio-tools.
 proto:
-	$(PYTHON) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. api/streamer.proto
+	$(PYTHON) -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src --pyi_out=src src/streamer/api/streamer.proto

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from actors.models.base import Final  # noqa: E402
-from actors.models.sphinx import Pocketsphinx  # noqa: E402
+from streamer.actors.models.base import Final  # noqa: E402
+from streamer.actors.models.sphinx import Pocketsphinx  # noqa: E402
 
 from audio import _say  # noqa: E402
 

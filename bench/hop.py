@@ -36,8 +36,8 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from transport.messages import Packet, Pcm, Slice, decode, encode
-from transport.shm import BufferPool, PoolFull, PoolSpec
+from streamer.transport.messages import Packet, Pcm, Slice, decode, encode
+from streamer.transport.shm import BufferPool, PoolFull, PoolSpec
 
 SIZES = {"640 B": 640, "64 KB": 64 * 1024, "2 MB": 2 * 1024 * 1024}
 SLOT = 64 * 1024

@@ -51,8 +51,8 @@ sys.path.insert(0, str(ROOT))  # this tree's code, also when it is a checkout be
 
 import loadgen  # noqa: E402
 
-from actors.regions import RegionRules  # noqa: E402
-from runtime import config  # noqa: E402
+from streamer.actors.regions import RegionRules  # noqa: E402
+from streamer.runtime import config  # noqa: E402
 
 from server import free_port  # noqa: E402
 
@@ -125,7 +125,7 @@ class System:
                 env["STREAMER_MODEL_MAX_BATCH"] = "1"
             if self.name == "ours-1front":
                 env["STREAMER_ACTORS_FRONTS"] = "1"
-            cmd = [sys.executable, "-m", "supervisor.cli", "serve"]
+            cmd = [sys.executable, "-m", "streamer.supervisor.cli", "serve"]
         else:
             pool, _, loop = self.name.partition("+")
             cmd = [sys.executable, str(ROOT / "bench" / "peers" / "monolith.py"), "--pool", pool,

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from actors.regions import Piece, RegionRules, SpeechRegions
+from streamer.actors.regions import Piece, RegionRules, SpeechRegions
 
 from audio import speech
 

@@ -45,7 +45,7 @@ class Server:
                     STREAMER_SERVER_RUN_DIR=str(self.run_dir),
                     STREAMER_ACTORS_MODELS="2", STREAMER_SERVER_LOG_LEVEL="WARNING", STREAMER_METRICS_BASE_PORT="0",
                     **env)
-        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "serve"], cwd=ROOT, env=full,
+        self.proc = subprocess.Popen([sys.executable, "-m", "streamer.supervisor.cli", "serve"], cwd=ROOT, env=full,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.wait_until(lambda: all(a["state"] == "running" for a in self.actors()) and len(self.actors()) >= 5, 60)
         time.sleep(1.5)  # the models' first `Ready` reaches the segmenter

@@ -46,7 +46,7 @@ import aiohttp  # noqa: E402
 import load  # noqa: E402
 import loadgen  # noqa: E402
 
-from runtime import group  # noqa: E402
+from streamer.runtime import group  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SAMPLE_EVERY_S = 30.0

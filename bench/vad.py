@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from actors.regions import Piece, RegionRules, SpeechRegions  # noqa: E402
+from streamer.actors.regions import Piece, RegionRules, SpeechRegions  # noqa: E402
 
 from audio import SENTENCES, _say, sound_extent  # noqa: E402
 

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from actors.actor import Env
-from actors.model_actor import ModelActor
-from front.reorder import StreamOrder
-from runtime.topology import SEGMENTER_CONTROL, Place
-from transport.link import MemoryLink
-from transport.messages import Close, Exited, Failed, Frames, Open, Result, Slice, StreamEnd, Work, decode
+from streamer.actors.actor import Env
+from streamer.actors.model_actor import ModelActor
+from streamer.front.reorder import StreamOrder
+from streamer.runtime.topology import SEGMENTER_CONTROL, Place
+from streamer.transport.link import MemoryLink
+from streamer.transport.messages import Close, Exited, Failed, Frames, Open, Result, Slice, StreamEnd, Work, decode
 
 from rig import Rig
 

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from actors.actor import Actor, Env
-from runtime import config
-from runtime.clock import FakeClock
-from runtime.topology import Place, Topology
-from transport.link import MemoryLink
-from transport.messages import Message, Packet, Slice
-from transport.outbox import pack
-from transport.shm import BufferPool, Payload
+from streamer.actors.actor import Actor, Env
+from streamer.runtime import config
+from streamer.runtime.clock import FakeClock
+from streamer.runtime.topology import Place, Topology
+from streamer.transport.link import MemoryLink
+from streamer.transport.messages import Message, Packet, Slice
+from streamer.transport.outbox import pack
+from streamer.transport.shm import BufferPool, Payload
 
 SMALL_POOLS = {"front_slot_bytes": 4096, "front_slots": 256, "decoder_slot_bytes": 4096, "decoder_slots": 256,
                "segmenter_slot_bytes": 16384, "segmenter_slots": 256}

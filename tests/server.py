@@ -74,7 +74,7 @@ class Server:
     def start(self, timeout: float = 60.0) -> Server:
         self.log_path = self.run_dir.parent / f"server-{self.port}.log"
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "serve"], env=self.environment(),
+        self.proc = subprocess.Popen([sys.executable, "-m", "streamer.supervisor.cli", "serve"], env=self.environment(),
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout

@@ -8,10 +8,10 @@ from typing import ClassVar
 
 import pytest
 
-from actors.actor import Actor
-from actors.segmenter import Segmenter
-from runtime.topology import SEGMENTER_CONTROL, Place
-from transport.messages import Abort, Close, Message, Ready
+from streamer.actors.actor import Actor
+from streamer.actors.segmenter import Segmenter
+from streamer.runtime.topology import SEGMENTER_CONTROL, Place
+from streamer.transport.messages import Abort, Close, Message, Ready
 
 from rig import Rig
 

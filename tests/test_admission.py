@@ -17,16 +17,16 @@ import msgspec
 import zmq
 from aiohttp.test_utils import TestServer
 
-from front.admission import Admission
-from front.app import LIVE, build_app
-from front.doors import Live
-from front.link import FrontLink
-from runtime import config
-from runtime.process import ChildContext
-from runtime.topology import Topology, front_inbox
-from transport import sockets
-from transport.messages import Load, Packet, encode
-from transport.shm import BufferPool
+from streamer.front.admission import Admission
+from streamer.front.app import LIVE, build_app
+from streamer.front.doors import Live
+from streamer.front.link import FrontLink
+from streamer.runtime import config
+from streamer.runtime.process import ChildContext
+from streamer.runtime.topology import Topology, front_inbox
+from streamer.transport import sockets
+from streamer.transport.messages import Load, Packet, encode
+from streamer.transport.shm import BufferPool
 
 FRONTS = 2
 SMALL_POOLS = {"front_slot_bytes": 4096, "front_slots": 64}

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from actors.segmenter import Segmenter
-from runtime.topology import Place
-from transport.messages import Abort, Checkpoint, CutState, encode
+from streamer.actors.segmenter import Segmenter
+from streamer.runtime.topology import Place
+from streamer.transport.messages import Abort, Checkpoint, CutState, encode
 
 from audio import noise
 from ensemble import Group

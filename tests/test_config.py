@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import config
+from streamer.runtime import config
 
 
 def test_defaults_load_and_make_sense() -> None:
@@ -44,7 +44,7 @@ def test_round_trips_through_plain_data_for_children() -> None:
 
 
 def test_pools_too_small_for_the_limits_are_refused_at_start() -> None:
-    from runtime.topology import Topology
+    from streamer.runtime.topology import Topology
 
     Topology(config.load(env={})).check_pools()  # the defaults carry what they let in
     with pytest.raises(ValueError, match="max_frame_bytes"):

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from actors.decoder import Decoder
-from actors.pcm import PcmDecoder, expected_frames
-from runtime.topology import Place
-from transport.messages import (
+from streamer.actors.decoder import Decoder
+from streamer.actors.pcm import PcmDecoder, expected_frames
+from streamer.runtime.topology import Place
+from streamer.transport.messages import (
     Abort,
     Checkpoint,
     Close,

@@ -160,7 +160,7 @@ def test_a_killed_instance_drops_its_sessions_and_the_client_reconnects_through_
     s = speech(SENTENCES, gap_s=0.8)
     wav = tmp_path / "speech.wav"
     soundfile.write(wav, s.samples, 16000, subtype="PCM_16")
-    client = subprocess.Popen([sys.executable, "-m", "client.stream", "-i", str(wav), "--addr", lb.ws(),
+    client = subprocess.Popen([sys.executable, "-m", "streamer.client.stream", "-i", str(wav), "--addr", lb.ws(),
                                "--real-time"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: active_sessions(a) + active_sessions(b) >= 1, 10)
     victim, other = (a, b) if active_sessions(a) >= 1 else (b, a)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from actors.affinity import Item
-from actors.fair import FairQueue
-from transport.messages import Slice, Work
+from streamer.actors.affinity import Item
+from streamer.actors.fair import FairQueue
+from streamer.transport.messages import Slice, Work
 
 
 def item(stream: str, channel: int, seq: int, at: float = 0.0) -> Item:

@@ -21,9 +21,9 @@ import psutil
 import pytest
 import soundfile
 
-from api import streamer_pb2 as pb
-from api import streamer_pb2_grpc as pb_grpc
-from api.convert import from_response, start_request
+from streamer.api import streamer_pb2 as pb
+from streamer.api import streamer_pb2_grpc as pb_grpc
+from streamer.api.convert import from_response, start_request
 
 from audio import model_samples, noise, speech
 from server import Server, actor, wait_for
@@ -102,8 +102,8 @@ def test_a_wrong_or_missing_token_is_unauthenticated(srv: Server) -> None:
 def test_past_the_session_limit_a_call_is_unavailable_with_retry_after(tmp_path: Path) -> None:
     import grpc
 
-    from api import streamer_pb2 as pb
-    from api import streamer_pb2_grpc as pb_grpc
+    from streamer.api import streamer_pb2 as pb
+    from streamer.api import streamer_pb2_grpc as pb_grpc
 
     s = Server(tmp_path / "run", env={"STREAMER_LIMITS_MAX_SESSIONS": "1"}).start()
 
@@ -140,7 +140,7 @@ def test_past_the_session_limit_a_call_is_unavailable_with_retry_after(tmp_path:
 def test_the_client_script_speaks_grpc(srv: Server, tmp_path: Path) -> None:
     wav = tmp_path / "noise.wav"
     soundfile.write(wav, np.asarray(noise(2.0)), 16000, subtype="PCM_16")
-    out = subprocess.run([sys.executable, "-m", "client.stream", "-i", str(wav), "--grpc", srv.grpc,
+    out = subprocess.run([sys.executable, "-m", "streamer.client.stream", "-i", str(wav), "--grpc", srv.grpc,
                           "--route", "simple", "--token", "s3cret"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count('"type": "segment"') == 4 and "close code OK" in out.stdout

@@ -89,7 +89,7 @@ def test_a_supervisor_killed_while_its_children_still_start_leaves_no_orphan(tmp
     srv = Server(tmp_path / "run")
     port_holders: list[psutil.Process] = []
     for delay in (0.3, 0.6, 0.9):
-        srv.proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "serve"], env=srv.environment(),
+        srv.proc = subprocess.Popen([sys.executable, "-m", "streamer.supervisor.cli", "serve"], env=srv.environment(),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             time.sleep(delay)

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors.model_actor import READY_EVERY_S, ModelActor
-from runtime.topology import SEGMENTER_CONTROL, Place
-from transport.messages import Checkpoint, Done, Forget, Progress, Ready, Result, Slice, StreamEnd, Work
+from streamer.actors.model_actor import READY_EVERY_S, ModelActor
+from streamer.runtime.topology import SEGMENTER_CONTROL, Place
+from streamer.transport.messages import Checkpoint, Done, Forget, Progress, Ready, Result, Slice, StreamEnd, Work
 
 from audio import noise
 from rig import Rig

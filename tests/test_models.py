@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors import models
-from actors.models.fake import FakeModel
-from runtime import config
+from streamer.actors import models
+from streamer.actors.models.fake import FakeModel
+from streamer.runtime import config
 
 from audio import noise
 from server import Server
@@ -23,7 +23,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "streamer-loudne
 
 
 def test_a_model_named_module_colon_class_is_built_with_the_options() -> None:
-    model = models.build("actors.models.fake:FakeModel", {"options": {"constant_factor": 0.0, "delay": 0.0}})
+    model = models.build("streamer.actors.models.fake:FakeModel", {"options": {"constant_factor": 0.0, "delay": 0.0}})
     assert isinstance(model, FakeModel) and model.process(noise(0.5), True) == {"count": 8000}
 
 
@@ -87,7 +87,7 @@ def test_the_client_prints_the_text_and_the_transcript_of_a_recognizer(tmp_path:
     srv = Server(tmp_path / "run", env={"STREAMER_MODEL_NAME": "pocketsphinx",
                                         "STREAMER_MODEL_POCKETSPHINX_GRAMMAR": grammar}).start()
     try:
-        out = subprocess.run([sys.executable, "-m", "client.stream", "-i", str(wav), "--addr", srv.ws()],
+        out = subprocess.run([sys.executable, "-m", "streamer.client.stream", "-i", str(wav), "--addr", srv.ws()],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert check_regions_answered(client_transcript(out.stdout), 0) == (3, 0)
@@ -106,7 +106,7 @@ def test_pocketsphinx_with_a_grammar_leaves_no_file_behind(tmp_path: Path, monke
     each restart. The grammar still decides what is heard, in every decoder of the pool."""
     import tempfile
 
-    from actors.models.sphinx import Pocketsphinx
+    from streamer.actors.models.sphinx import Pocketsphinx
 
     from audio import speech
 

@@ -44,7 +44,7 @@ def test_one_trace_from_the_client_through_every_process(tmp_path: Path) -> None
             s = speech(("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning."))
             wav = tmp_path / "two.wav"
             soundfile.write(wav, s.samples, 16000, subtype="PCM_16")
-            out = subprocess.run([sys.executable, "-m", "client.stream", "-i", str(wav), "--addr", srv.ws()],
+            out = subprocess.run([sys.executable, "-m", "streamer.client.stream", "-i", str(wav), "--addr", srv.ws()],
                                  capture_output=True, text=True, timeout=60,
                                  env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint})
             assert out.returncode == 0, out.stderr
@@ -133,7 +133,7 @@ def test_actors_table_shows_cpu_rising_with_work_and_restarts_after_kill(tmp_pat
         wait_for(lambda: (r := actor(srv, "model-0"))["pid"] not in (None, model["pid"]) and r["state"] == "running")
         row = next(a for a in get_json(f"{srv.http}/api/v1/actors")["actors"] if a["name"] == "model-0")
         assert row["pid"] != model["pid"] and row["restarts"] == 1 and row["last_exit"] == "signal SIGKILL"
-        top = subprocess.run([sys.executable, "-m", "supervisor.cli", "top", "--once", "--addr", srv.http],
+        top = subprocess.run([sys.executable, "-m", "streamer.supervisor.cli", "top", "--once", "--addr", srv.http],
                              capture_output=True, text=True, timeout=30)
         assert top.returncode == 0 and f"model-0     {row['pid']}" in top.stdout, top.stdout
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.pcm import PcmDecoder, UnsupportedFormat
+from streamer.actors.pcm import PcmDecoder, UnsupportedFormat
 
 from audio import model_samples, noise, pcm_bytes, tone
 

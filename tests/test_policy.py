@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.policy import Escalate, RestartPolicy
+from streamer.supervisor.policy import Escalate, RestartPolicy
 
 
 def test_first_crash_restarts_at_once_then_backs_off_exponentially() -> None:

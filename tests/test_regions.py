@@ -6,8 +6,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from actors.regions import Activity, FixedChunks, Output, Piece, RegionRules, SpeechRegions
-from transport.messages import CutState
+from streamer.actors.regions import Activity, FixedChunks, Output, Piece, RegionRules, SpeechRegions
+from streamer.transport.messages import CutState
 
 from audio import SENTENCES, noise, speech
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from front.reorder import ChannelOrder, StreamOrder
-from transport.messages import Event, Result, StreamEnd
+from streamer.front.reorder import ChannelOrder, StreamOrder
+from streamer.transport.messages import Event, Result, StreamEnd
 
 
 def res(seq: int, events_before: int = 0, channel: int = 0, final: bool | None = None) -> Result:

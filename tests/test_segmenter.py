@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from actors.segmenter import LOAD_EVERY_S, Segmenter
-from runtime.topology import SEGMENTER_CONTROL, Place
-from transport.messages import (
+from streamer.actors.segmenter import LOAD_EVERY_S, Segmenter
+from streamer.runtime.topology import SEGMENTER_CONTROL, Place
+from streamer.transport.messages import (
     Abort,
     Checkpoint,
     Close,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from transport.shm import BufferPool, BufferRef, PoolFull, PoolSpec, StaleBuffer, ensure_room
+from streamer.transport.shm import BufferPool, BufferRef, PoolFull, PoolSpec, StaleBuffer, ensure_room
 
 SPEC = PoolSpec("t", slot_size=1024, nslots=16)
 

@@ -3,8 +3,8 @@ it sends again (no processes: the front's side of the decoder's and segmenter's 
 
 from __future__ import annotations
 
-from front.stream import Stream
-from transport.messages import Checkpoint, CutState, Event, Open, Progress, Result, StreamEnd
+from streamer.front.stream import Stream
+from streamer.transport.messages import Checkpoint, CutState, Event, Open, Progress, Result, StreamEnd
 
 MONO16 = Open("s-1", 0, "segmented", 1, 16000, 16, False, False)
 

@@ -234,7 +234,7 @@ def test_the_client_script_reconnects_when_its_front_dies_and_says_so(tmp_path: 
         wav = tmp_path / "speech.wav"
         soundfile.write(wav, s.samples, 16000, subtype="PCM_16")
         kill_later(srv, "front-0", 2.0)
-        out = subprocess.run([sys.executable, "-m", "client.stream", "-i", str(wav), "--addr", srv.ws(),
+        out = subprocess.run([sys.executable, "-m", "streamer.client.stream", "-i", str(wav), "--addr", srv.ws(),
                               "--real-time"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert "connection lost (close code 1006): reconnecting, resuming at" in out.stderr

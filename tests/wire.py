@@ -202,7 +202,7 @@ def raw_handshake(sock: socket.socket, host: str, port: int, path: str) -> None:
 
 def grpc_requests(steps: list[dict[str, Any] | bytes | str]) -> list[Any]:
     """The same steps as gRPC requests (a raw text step has no gRPC form: an empty request)."""
-    from api import streamer_pb2 as pb
+    from streamer.api import streamer_pb2 as pb
 
     out = []
     for step in steps:
@@ -226,8 +226,8 @@ async def grpc_converse(addr: str, route: str, steps: list[dict[str, Any] | byte
     """`converse` over gRPC: the close code is the call's status name (OK, INVALID_ARGUMENT ...)."""
     import grpc
 
-    from api import streamer_pb2_grpc as pb_grpc
-    from api.convert import from_response
+    from streamer.api import streamer_pb2_grpc as pb_grpc
+    from streamer.api.convert import from_response
 
     async def requests() -> Any:
         for req in grpc_requests(steps):

@@ -32,10 +32,10 @@ from aiohttp import WSMsgType, web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from actors.models.fake import FakeModel
-from actors.pcm import PcmDecoder, UnsupportedFormat
-from actors.regions import Activity, Piece, RegionRules, SpeechRegions
-from runtime import config
+from streamer.actors.models.fake import FakeModel
+from streamer.actors.pcm import PcmDecoder, UnsupportedFormat
+from streamer.actors.regions import Activity, Piece, RegionRules, SpeechRegions
+from streamer.runtime import config
 
 _model: FakeModel | None = None
 

@@ -1,0 +1,374 @@
+"""Handing work to model actors by credit, in batches, finals first.
+
+A plain PUSH socket deals messages to its peers in turn, queues them for a dead peer and
+loses whatever a dead peer had queued. Here each model slot has its own PUSH socket
+(IMMEDIATE: nothing queues for an absent peer) and takes `capacity` packets at a time, each
+of up to `max_batch` items that are waiting now: a packet never waits to be filled. A slow
+actor never sits on work an idle one could do, and every item handed out is remembered
+until its `Done` comes back.
+
+The queue. Finals (and the simple route's chunks) go out ahead of every interim, in calls of
+their own, each channel's in arrival order and the channels in turn (`actors/fair.py`), so a
+stream that arrives with a backlog cannot hold every other stream's results back. Interims
+go only to a slot beside which another stays idle (when there are several), so a final never
+waits behind a call of interims. A channel has at most one interim waiting: a newer one
+replaces it (it covers the same region and more), and the region's final drops it; both are
+counted (`streamer_interims_superseded_total`). So when the models fall behind, interims thin
+out and finals keep their pace. A final is never dropped.
+
+Audio waits in this process's memory until its item is dispatched; then the packet's items
+are written into one allocation of the segmenter's pool, which the model releases as soon as
+it has read them. The items' audio stays here until their `Done`, so they can be sent again.
+
+In flight. When a slot's process dies (the supervisor's `Exited`, at once) or turns out to
+have been replaced (a `Ready` from a new pid), every item it held goes back to the head of
+the queue. Only the items of its oldest unanswered packet (the call it was running) spend an
+attempt; items merely queued behind it do not. An item that has spent an attempt travels
+alone from then on, so a poison item takes no innocent item down with it; past
+`max_attempts` the caller reports exactly one error for it (`failed`). The dead slot's
+allocations are released here: only this process knows which ones it held.
+
+First contact. The first time this dispatcher hears a slot's pid, before anything else goes
+there, it sends that process `Forget`: drop every sequential stream you hold. The actor may
+have held streams for a segmenter that has since died, whose streams this one rebinds
+wherever it likes; nothing else would ever release them. Until the `Forget` has gone, the
+slot is offered nothing (ZeroMQ keeps one peer's messages in order, so whatever follows it
+arrives after it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import prometheus_client
+from opentelemetry.trace import StatusCode
+
+from streamer.actors.affinity import Affinities, Item
+from streamer.actors.fair import FairQueue
+from streamer.runtime import logs, telemetry
+from streamer.runtime.clock import Clock
+from streamer.transport.messages import Done, Forget, Ready, Slice, Work
+from streamer.transport.outbox import aligned, pack
+from streamer.transport.shm import BufferPool, BufferRef
+
+log = logging.getLogger("dispatch")
+_tracer = telemetry.tracer("streamer.dispatch")
+RETRIES = prometheus_client.Counter("streamer_dispatch_retries", "Work items sent again after their model actor died")
+GAVE_UP = prometheus_client.Counter("streamer_dispatch_failures",
+                                    "Work items answered with an error after max_attempts model deaths")
+SUPERSEDED = prometheus_client.Counter("streamer_interims_superseded",
+                                       "Interims dropped while waiting: a newer interim or the region's final came")
+BATCH = prometheus_client.Histogram("streamer_dispatch_batch_items", "Items per packet handed to a model actor",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64))
+
+
+@dataclass
+class Batch:
+    """One packet handed to a slot, until every item of it is `Done`."""
+
+    slab: BufferRef | None
+    items: dict[int, Item]
+
+
+@dataclass
+class Slot:
+    dest: str
+    pid: int = 0
+    capacity: int = 0
+    max_batch: int = 1
+    batches: deque[Batch] = field(default_factory=deque)  # oldest first: the head is the call running
+    greeted: bool = False  # its process has been sent `Forget`
+
+
+class Dispatcher:
+    def __init__(self, pool: BufferPool, send: Callable[[str, bytes], bool], dests: list[str], clock: Clock,
+                 max_attempts: int = 3, first_id: int = 0) -> None:
+        self._pool = pool
+        self.first_id = first_id  # the lowest `work_id` this dispatcher will hand out (`Forget.below`)
+        self._last_id = first_id - 1
+        self._send = send
+        self._clock = clock
+        self.slots = [Slot(d) for d in dests]
+        self._finals = FairQueue()  # served in turn by channel (actors/fair.py)
+        self._interims: dict[tuple[str, int], Item] = {}
+        self._queued_samples = 0
+        self._dead: set[int] = set()
+        self.max_attempts = max_attempts
+        self.failed: list[Work] = []  # items past their attempts: the caller reports them
+        self.superseded = 0
+        self.sequential = Affinities(max_attempts)  # streams bound to one slot (stateful models)
+        self.max_bytes = max(pool.capacity // 8, 1)  # of audio per packet: several fit the pool at once
+
+    def new_id(self) -> int:
+        """A `work_id` for a new item: every item has its own, an abort too (a packet's items are
+        told apart by it, and a model actor skips work numbered below its segmenter's first)."""
+        self._last_id += 1
+        return self._last_id
+
+    @property
+    def failed_streams(self) -> list[tuple[str, int, str]]:
+        return self.sequential.failed
+
+    # -- what is waiting -------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Items waiting in the shared queue (the sequential streams' wait on their own slots)."""
+        return len(self._finals) + len(self._interims)
+
+    @property
+    def queued_seconds(self) -> float:
+        return (self._queued_samples + self.sequential.waiting_samples) / 16000
+
+    @property
+    def inflight(self) -> int:
+        return sum(len(b.items) for s in self.slots for b in s.batches)
+
+    @property
+    def live_slots(self) -> int:
+        return sum(1 for s in self.slots if s.pid)
+
+    def queue_delay(self, counts: Callable[[str], bool] = lambda _: True) -> float:
+        """How long the oldest waiting final of a stream that `counts` has waited (0 when none waits)."""
+        oldest = self._finals.oldest(counts)
+        return 0.0 if oldest is None else self._clock.now() - oldest.queued_at
+
+    def submit_sequential(self, work: Work, audio: npt.NDArray[np.float32]) -> None:
+        """An item of a sequential stream: it goes to the slot the stream is bound to, in order."""
+        self.sequential.submit(Item(work, audio, self._clock.now()))
+
+    def submit(self, work: Work, audio: npt.NDArray[np.float32]) -> None:
+        item = Item(work, audio, self._clock.now())
+        self._queued_samples += audio.shape[0]
+        if work.kind == "interim":
+            old = self._interims.get(item.channel_key)
+            if old is not None:
+                self._forget(old)
+            self._interims[item.channel_key] = item
+            return
+        waiting = self._interims.get(item.channel_key)
+        if work.kind == "final" and waiting is not None and waiting.work.seq == work.seq:
+            del self._interims[item.channel_key]
+            self._forget(waiting)
+        self._finals.append(item)
+
+    def _forget(self, item: Item) -> None:
+        self._queued_samples -= item.audio.shape[0]
+        self.superseded += 1
+        SUPERSEDED.inc()
+
+    def cancel(self, stream: str, keep_below: list[int] | None = None) -> None:
+        """Forget a stream's waiting items (its in-flight ones finish and are ignored); with
+        `keep_below`, keep its finals whose `seq` on their channel is below that (a replay
+        makes the rest again)."""
+        def kept(i: Item) -> bool:
+            w = i.work
+            return w.stream != stream or (keep_below is not None and w.kind != "interim"
+                                          and w.seq < keep_below[w.channel])
+
+        self._finals.keep(kept)
+        self._interims = {k: i for k, i in self._interims.items() if k[0] != stream}
+        self._queued_samples = sum(i.audio.shape[0] for i in (*self._finals, *self._interims.values()))
+        if keep_below is not None:
+            self.sequential.reset(stream, floor=self._last_id + 1)
+        else:
+            abort = Work(self.new_id(), stream, 0, 0, 0, 0, 0.0, 0.0, "abort", Slice(0, 0))
+            self.sequential.abort(stream, Item(abort, np.zeros(0, np.float32), self._clock.now()))
+
+    # -- the model slots --------------------------------------------------------------------
+
+    def _slot(self, index: int, pid: int) -> Slot | None:
+        if not 0 <= index < len(self.slots) or pid in self._dead:
+            return None
+        return self.slots[index]
+
+    def on_ready(self, msg: Ready) -> None:
+        slot = self._slot(msg.slot, msg.pid)
+        if slot is None:
+            return
+        if slot.pid != msg.pid:
+            if slot.pid:  # the old pid is gone and nobody told us yet
+                self._lost(msg.slot)
+            slot.pid, slot.greeted = msg.pid, False
+        slot.capacity, slot.max_batch = msg.capacity, max(1, msg.max_batch)
+        if not slot.greeted:
+            self._greet(slot)
+
+    def _greet(self, slot: Slot) -> bool:
+        """Send the slot's process `Forget`; if it cannot go now, offer the slot nothing until its
+        next `Ready` (a second later), which tries again."""
+        packed = pack(self._pool, [Forget(self.first_id)], [])
+        assert packed is not None  # no audio: no allocation to wait for
+        slot.greeted = self._send(slot.dest, packed[0])
+        if not slot.greeted:
+            slot.capacity = 0
+        return slot.greeted
+
+    def on_exit(self, index: int, pid: int) -> None:
+        """A model process died: its items go to the other actors now, not at its restart."""
+        self._dead.add(pid)
+        if 0 <= index < len(self.slots) and self.slots[index].pid == pid:
+            slot = self.slots[index]
+            self._lost(index)
+            slot.pid, slot.capacity, slot.greeted = 0, 0, False
+
+    def _lost(self, index: int) -> None:
+        """The slot's process is gone: its items go back to the queue, its sequential streams
+        elsewhere (a death counting against those whose work it had)."""
+        slot = self.slots[index]
+        running = {i.work.stream for b in slot.batches for i in b.items.values() if i.work.sequential}
+        self._requeue(slot)
+        self.sequential.on_death(index, running)
+
+    def on_done(self, msg: Done) -> list[Work]:
+        """The items answered (none if the `Done` is from a process we no longer count on, or for
+        work that is not ours: a dead segmenter's packet, finished after its successor started).
+        Its checkpoints count only for items we handed out: a predecessor's checkpoint of a
+        stream now bound to the same actor again is no place to replay that stream from."""
+        slot = self._slot(msg.slot, msg.pid)
+        if slot is None or slot.pid != msg.pid:
+            return []
+        ids = set(msg.work_ids)
+        done = []
+        for batch in list(slot.batches):
+            for work_id in ids & batch.items.keys():
+                done.append(batch.items.pop(work_id).work)
+            if not batch.items:
+                slot.batches.remove(batch)
+        ours = {w.work_id for w in done}
+        self.sequential.done(msg.slot, [w for w in done if w.sequential], [p for p in msg.points if p.work_id in ours])
+        return done
+
+    # -- handing out ------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Send waiting items to slots with credit: first each sequential stream's to its own slot,
+        then the shared queue's, the least loaded slot first, finals first. What is waiting is
+        shared among the slots that are idle: two items and two idle actors make two calls at
+        once, not a batch of two on one actor while the other waits."""
+        if self.sequential.waiting:
+            self.sequential.bind(i for i, s in enumerate(self.slots) if s.pid)
+            for index, bound_to in enumerate(self.slots):
+                while bound_to.pid and len(bound_to.batches) < bound_to.capacity:
+                    ordered = self.sequential.take(index, bound_to.max_batch, self.max_bytes)
+                    if not ordered:
+                        break
+                    if not self._hand(bound_to, ordered):
+                        self.sequential.put_back(ordered)
+                        break
+                    self.sequential.handed(ordered)
+        while self.queued:
+            slot = self._pick()
+            if slot is None:
+                return
+            finals = bool(self._finals)
+            if not finals and not self._spare_beside(slot):
+                return
+            waiting = len(self._finals) if finals else len(self._interims)
+            idle = sum(1 for s in self.slots if s.pid and not s.batches and s.capacity) or 1
+            items = self._take(min(slot.max_batch, -(-waiting // idle)), finals)
+            if not self._hand(slot, items):
+                self._put_back(items)
+                if slot.capacity:  # the pool is full until models read what they were given
+                    return
+
+    def _spare_beside(self, slot: Slot) -> bool:
+        """Whether interims may go to `slot`: only if another live slot stays idle for the next
+        final, so a final never waits behind a call of interims (one slot: no choice)."""
+        live = [s for s in self.slots if s.pid and s.capacity]
+        return len(live) <= 1 or any(s is not slot and not s.batches for s in live)
+
+    def _hand(self, slot: Slot, items: list[Item]) -> bool:
+        """One packet of `items` to `slot`; False if it could not go (the pool is full, or the slot
+        is not connected: then it is offered nothing more until it announces itself)."""
+        if not (slot.greeted or self._greet(slot)):
+            return False
+        packed = pack(self._pool, [i.work for i in items], [(k, i.audio) for k, i in enumerate(items)])
+        if packed is None:
+            return False
+        packet, slab = packed
+        if not self._send(slot.dest, packet):
+            if slab is not None:
+                self._pool.release(slab)
+            slot.capacity = 0
+            return False
+        BATCH.observe(len(items))
+        slot.batches.append(Batch(slab, {i.work.work_id: i for i in items}))
+        return True
+
+    def _pick(self) -> Slot | None:
+        free = [s for s in self.slots if s.pid and len(s.batches) < s.capacity]
+        return min(free, key=lambda s: len(s.batches)) if free else None
+
+    def _take(self, limit: int, finals: bool) -> list[Item]:
+        """Up to `limit` waiting finals, or if `finals` is False interims: a final shares its call
+        with finals only, so no interim's work stands between it and its result. A suspect (an
+        item whose actor died running it) goes alone, and nothing joins a batch behind one. A
+        batch carries at most `max_bytes` of audio, so it always fits the pool."""
+        out: list[Item] = []
+        size = 0
+        while len(out) < limit and (self._finals if finals else self._interims):
+            item = self._finals.peek() if finals else next(iter(self._interims.values()))
+            suspect = item.work.attempt > 1
+            size += aligned(item.audio.nbytes)
+            if out and (suspect or size > self.max_bytes):
+                break
+            if finals:
+                self._finals.popleft()
+            else:
+                del self._interims[item.channel_key]
+            self._queued_samples -= item.audio.shape[0]
+            out.append(item)
+            if suspect:
+                break
+        return out
+
+    def _put_back(self, items: list[Item]) -> None:
+        """Return items to the head of the queue, in their order."""
+        for item in reversed(items):
+            self._queued_samples += item.audio.shape[0]
+            if item.work.kind != "interim":
+                self._finals.appendleft(item)
+            elif item.channel_key in self._interims:
+                self._queued_samples -= item.audio.shape[0]  # a newer interim is waiting: this one is stale
+                self.superseded += 1
+                SUPERSEDED.inc()
+            else:
+                self._interims = {item.channel_key: item, **self._interims}
+
+    def _requeue(self, slot: Slot) -> None:
+        again = []
+        for i, batch in enumerate(slot.batches):
+            if batch.slab is not None:
+                self._pool.release(batch.slab)  # a no-op if the model had read (and released) it
+            again += [item for item in batch.items.values()  # (a sequential stream's go again from its checkpoint)
+                      if not item.work.sequential and self._redo(item, slot.pid, ran=i == 0)]
+        slot.batches.clear()
+        self._put_back(again)
+
+    def _redo(self, item: Item, pid: int, ran: bool) -> bool:
+        work = item.work
+        with _tracer.start_as_current_span("redo", context=telemetry.context_of(work.trace), attributes={
+            "streamer.work_id": work.work_id, "streamer.attempt": work.attempt, "streamer.lost_pid": pid,
+            "streamer.was_running": ran, "audio.start_time": work.start_time, "audio.end_time": work.end_time,
+        }) as span, logs.bound(work.stream, logs.trace_of(work.trace)):
+            if not ran:
+                log.info("resending work %d (queued on model pid %d, which died before running it)",
+                         work.work_id, pid)
+                return True
+            if work.attempt >= self.max_attempts:
+                self.failed.append(work)
+                GAVE_UP.inc()
+                span.set_status(StatusCode.ERROR, f"gave up after {work.attempt} attempts")
+                log.error("giving up on work %d after %d attempts", work.work_id, work.attempt)
+                return False
+            work.attempt += 1
+            RETRIES.inc()
+            log.warning("redoing work %d (attempt %d): model pid %d died running it", work.work_id, work.attempt,
+                        pid)
+            return True

@@ -1,0 +1,175 @@
+"""The sequential route inside a model actor: a stateful model's streams, their checkpoints, and
+what the front hears of them.
+
+Each channel of a stream bound to this actor has the model's state, how many finals it has
+made, and where its audio stands. Items come in order (`actors/affinity.py`): `restore`
+(re)builds the state, `feed` runs the model on the next audio, `close` ends the channel,
+`abort` forgets the stream.
+
+A feed's `Partial`s become interim results (if the client asked), its `Final`s final ones,
+numbered per channel. After a feed the state may be a checkpoint: the model returned a
+`Final` and can snapshot its state, or it returned a `Final` that ends where the fed audio
+ends (its state is then a fresh one), or it says it is at rest. A checkpoint goes back to
+the dispatcher (in `Done`: it may forget the audio before it) and to the front (in
+`Progress`: where a replay after the decoder's or segmenter's death starts from, and the
+stream's answered audio for its in-flight budget). When every channel is closed, the front
+hears the stream's end and how many finals each channel made.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamer.actors.models import Final, ModelError, Partial, Said, Snapshots, StreamModel
+from streamer.actors.models.base import Audio
+from streamer.runtime import logs
+from streamer.transport.messages import (
+    MODEL_RATE,
+    Answer,
+    Checkpoint,
+    CutState,
+    Failed,
+    Point,
+    Progress,
+    Result,
+    StreamEnd,
+    Work,
+)
+
+log = logging.getLogger("model")
+PROGRESS_EVERY_S = 0.5
+
+
+@dataclass
+class Channel:
+    state: Any
+    finals: int
+    at: int  # the sample its next audio starts at
+    point: Point  # its last checkpoint
+
+
+@dataclass
+class Held:
+    """A sequential stream bound to this actor."""
+
+    front: int
+    channels: int
+    chans: dict[int, Channel] = field(default_factory=dict)
+    closed: set[int] = field(default_factory=set)
+    told_at: int = 0  # audio position of the last Progress
+    moved: bool = False  # a checkpoint since the last Progress
+
+
+def in_stream_time(output: dict[str, Any], offset_s: float) -> dict[str, Any]:
+    """Word times a model gives from the start of its piece, moved to the stream's time."""
+    words = output.get("words")
+    if not isinstance(words, list) or not offset_s:
+        return output
+    moved = [{**w, "start": round(w["start"] + offset_s, 3), "end": round(w["end"] + offset_s, 3)}
+             if isinstance(w, dict) and "start" in w and "end" in w else w for w in words]
+    return {**output, "words": moved}
+
+
+class Streams:
+    def __init__(self, model: StreamModel) -> None:
+        self.model = model
+        self.held: dict[str, Held] = {}
+        self._snapshots = isinstance(model, Snapshots)
+        self._at_rest = getattr(model, "at_rest", None)
+
+    def forget_all(self) -> int:
+        """Drop every stream (a new segmenter rebinds them as it likes); how many there were. As
+        for `abort`, their states are let go without `close`: nothing more of them is wanted."""
+        count = len(self.held)
+        self.held.clear()
+        return count
+
+    def handle(self, w: Work, audio: Audio, out: list[Answer], points: list[Point]) -> None:
+        """Run one item; what the front must hear goes to `out`, checkpoints to `points`."""
+        held = self.held.get(w.stream)
+        if w.kind == "abort":
+            self.held.pop(w.stream, None)
+            return
+        if held is None:
+            held = self.held[w.stream] = Held(w.front, w.channels)
+        try:
+            if w.kind == "restore":
+                self._restore(held, w)
+            elif w.kind == "feed":
+                self._feed(held, w, audio, out, points)
+            elif w.kind == "close":
+                self._close(held, w, out)
+        except Exception as e:  # the model failed this stream: its state cannot be trusted any more
+            self.held.pop(w.stream, None)
+            with logs.bound(w.stream, logs.trace_of(w.trace)):
+                log.error("the model failed the stream at %.2f s: %r", w.start_time, e)
+            why = str(e) if isinstance(e, ModelError) else type(e).__name__
+            out.append(Failed(w.stream, f"inference failed at {w.start_time:.2f} s: {why}"))
+
+    def _restore(self, held: Held, w: Work) -> None:
+        at = round(w.start_time * MODEL_RATE)
+        if w.state is not None and isinstance(self.model, Snapshots):
+            state = self.model.restore(w.state)
+        else:
+            state = self.model.open()
+        held.chans[w.channel] = Channel(state, w.seq, at, Point(w.stream, w.channel, w.work_id, at, w.seq, w.state))
+        held.closed.discard(w.channel)
+
+    def _channel(self, held: Held, w: Work) -> Channel:
+        chan = held.chans.get(w.channel)
+        if chan is None:  # no restore came first: a fresh state from the stream's start
+            chan = held.chans[w.channel] = Channel(self.model.open(), 0, 0, Point(w.stream, w.channel, 0, 0, 0))
+        return chan
+
+    def _feed(self, held: Held, w: Work, audio: Audio, out: list[Answer], points: list[Point]) -> None:
+        chan = self._channel(held, w)
+        at = round(w.start_time * MODEL_RATE)
+        said = self.model.feed(chan.state, audio, at)
+        chan.at = at + audio.shape[0]
+        self._say(held, w, chan, said, out)
+        if self._checkpoint(chan, said):
+            snap = self.model.snapshot(chan.state) if isinstance(self.model, Snapshots) else None
+            chan.point = Point(w.stream, w.channel, w.work_id, chan.at, chan.finals, snap)
+            points.append(chan.point)
+            held.moved = True
+        position = max(c.at for c in held.chans.values())
+        if held.moved or position - held.told_at >= PROGRESS_EVERY_S * MODEL_RATE:
+            held.told_at, held.moved = position, False
+            out.append(self._progress(w.stream, held))
+
+    def _checkpoint(self, chan: Channel, said: list[Said]) -> bool:
+        finals = [s for s in said if isinstance(s, Final)]
+        if finals and (self._snapshots or finals[-1].end == chan.at):
+            return True
+        return bool(self._at_rest is not None and not finals and self._at_rest(chan.state)
+                    and chan.point.sample < chan.at)
+
+    def _close(self, held: Held, w: Work, out: list[Answer]) -> None:
+        chan = self._channel(held, w)
+        self._say(held, w, chan, self.model.close(chan.state, chan.at), out)
+        held.closed.add(w.channel)
+        if len(held.closed) >= held.channels:
+            finals = [held.chans[ch].finals if ch in held.chans else 0 for ch in range(held.channels)]
+            out.append(StreamEnd(w.stream, finals, [0] * held.channels))
+            del self.held[w.stream]
+
+    def _say(self, held: Held, w: Work, chan: Channel, said: list[Said], out: list[Answer]) -> None:
+        for s in said:
+            start, end = s.start / MODEL_RATE, s.end / MODEL_RATE
+            output = in_stream_time(s.output, start)
+            if isinstance(s, Final):
+                out.append(Result(w.stream, w.channel, chan.finals, 0, start, end, True, output))
+                chan.finals += 1
+            elif isinstance(s, Partial) and w.interim:
+                out.append(Result(w.stream, w.channel, chan.finals, 0, start, end, False, output))
+
+    @staticmethod
+    def _progress(stream: str, held: Held) -> Progress:
+        chans = [held.chans.get(ch) for ch in range(held.channels)]
+        states = [CutState(c.point.sample, False, c.point.finals, 0, c.point.state) if c else CutState(0, False, 0, 0)
+                  for c in chans]
+        time = max((c.at for c in chans if c), default=0) / MODEL_RATE
+        return Progress(stream, time, [c.finals if c else 0 for c in chans],
+                        Checkpoint(min(s.sample for s in states), states))

@@ -1,0 +1,73 @@
+"""Reading a client's messages ahead of the session, so pings are answered while it is held back.
+
+aiohttp answers a client's PING only inside `receive()`. A session that stops calling it to
+push back on a fast client also stops answering pings, and a client with a keepalive (the
+`websockets` library pings every 20 s and gives up 20 s later) drops the connection while it
+waits. So one task reads the socket as frames come and queues them, up to `limit` bytes
+ahead of what the session has taken in; only past that does it stop reading, and TCP holds
+the client back. The session takes the frames in order with `next()`.
+
+What this costs is bounded: `limit` bytes per session (`[limits] read_ahead_bytes`), every
+frame counted, text as well as audio, each at least `FRAME_COST` (a client flooding text
+frames, or empty ones, while the session waits on it is held back as one flooding audio is).
+What it buys: a client held back for minutes by a slow model still gets its pongs, and the
+data ahead of a ping is at most the kernel's buffers, which the front keeps small
+(`socket_receive_buffer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from streamer.front.wire import END, Incoming, Wire
+
+FRAME_COST = 256  # bytes a queued frame costs whatever it holds: the message object and its place in the queue
+
+
+def cost(msg: Incoming) -> int:
+    return max(len(msg.data), FRAME_COST)
+
+
+class Intake:
+    def __init__(self, wire: Wire, limit: int, on_frame: Callable[[], None]) -> None:
+        self._wire = wire
+        self._limit = limit
+        self._on_frame = on_frame  # the client sent something (not idle)
+        self._frames: deque[Incoming] = deque()
+        self._bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._arrived = asyncio.Event()
+
+    async def run(self) -> None:
+        """Read until the client has gone (the `end` is the last message queued)."""
+        while True:
+            await self._room.wait()
+            msg = await self._wire.receive()
+            self._frames.append(msg)
+            self._arrived.set()
+            if msg.kind == "end":
+                return
+            self._on_frame()
+            self._bytes += cost(msg)
+            if self._bytes >= self._limit:
+                self._room.clear()
+
+    def end(self) -> None:
+        """No more reading (the session is closing): whoever waits in `next` gets the end."""
+        self._frames.append(END)
+        self._arrived.set()
+
+    async def next(self) -> Incoming:
+        """The client's next message, in order."""
+        while not self._frames:
+            self._arrived.clear()
+            await self._arrived.wait()
+        msg = self._frames.popleft()
+        if msg.kind != "end":
+            self._bytes -= cost(msg)
+            if self._bytes < self._limit:
+                self._room.set()
+        return msg

@@ -1,0 +1,118 @@
+"""The front's side of the pipeline: client audio out to the decoder, everything else back in.
+
+Out. Every session hands its stream's frames and control to `send`; the link gathers what
+all sessions give it for at most `[front] coalesce_ms` and sends the decoder one packet: one
+allocation in this front's pool holding every frame's bytes, and the items in the order the
+sessions gave them (a burst, such as a replay of a minute of audio, becomes several packets:
+`transport/outbox.py`). When the pool is full, or the decoder's inbox is, the packets wait
+and `room` is cleared: sessions stop reading their sockets until it is set again, so TCP
+holds the clients back. Nothing is dropped.
+
+In. The inbox's ZeroMQ file descriptor is watched by the event loop; on each wake-up every
+waiting packet is read and each item handed to the session that owns its stream (`routes`).
+An item of a stream that has ended is dropped; `Exited` and `Load` concern the whole front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import zmq
+
+from streamer.runtime.process import ChildContext
+from streamer.runtime.topology import Topology, front_inbox
+from streamer.transport import sockets
+from streamer.transport.messages import Exited, Load, Message, decode, stream_of
+from streamer.transport.outbox import Outbox
+from streamer.transport.shm import BufferPool
+
+log = logging.getLogger("front.link")
+
+DECODER = "decoder"
+MAX_PACKET_BYTES = 1 << 20  # audio this large goes at once, whatever the window
+RETRY_S = 0.002  # while the pool or the decoder is full
+
+
+class FrontLink:
+    def __init__(self, ctx: ChildContext, coalesce_s: float) -> None:
+        topo = Topology(ctx.cfg())
+        self.slot = ctx.slot
+        self._coalesce_s = coalesce_s
+        self._zctx: zmq.Context[sockets.Socket] = zmq.Context()
+        self._out = sockets.outbox(self._zctx, ctx.run_dir, DECODER)
+        self._in = self._zctx.socket(zmq.PULL)
+        sockets.bind_inbox(self._in, ctx.run_dir, front_inbox(ctx.slot))
+        self._pool = BufferPool.attach(topo.pools[front_inbox(ctx.slot)], ctx.run_id)
+        self._pool.reclaim()  # whatever a previous front wrote belongs to sessions that are gone
+        self._outbox = Outbox(self._pool, lambda _, data: sockets.try_send(self._out, data))
+        self._flush_at: asyncio.TimerHandle | asyncio.Handle | None = None
+        self.room = asyncio.Event()
+        self.room.set()
+        self.routes: dict[str, Callable[[Message], None]] = {}
+        self.on_exited: Callable[[Exited], None] = lambda _: None
+        self.on_load: Callable[[Load], None] = lambda _: None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sockets.fd(self._in), self._receive)
+        self._loop.call_soon(self._receive)
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._loop is not None:
+            self._loop.remove_reader(sockets.fd(self._in))
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+        self._zctx.destroy(linger=sockets.LINGER_MS)
+        self._pool.close()
+
+    # -- out ----------------------------------------------------------------------------------
+
+    def send(self, msg: Message, payload: bytes | None = None) -> None:
+        """Queue an item (with its bytes, for `Pcm`) for the next packet to the decoder."""
+        if self.closed:
+            return  # shutting down: a handler cancelled late has nobody left to tell
+        self._outbox.put(DECODER, msg, payload)
+        if self._outbox.pending_bytes >= MAX_PACKET_BYTES:
+            self.room.clear()
+            self._schedule(0.0)
+        elif self._flush_at is None:
+            self._schedule(self._coalesce_s)
+
+    def _schedule(self, delay: float) -> None:
+        assert self._loop is not None
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+        self._flush_at = self._loop.call_later(delay, self.flush) if delay > 0 else self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_at = None
+        if self._outbox.flush():
+            self.room.set()
+        else:  # the pool or the decoder is full: sessions stop reading their clients until it goes
+            self.room.clear()
+            self._schedule(RETRY_S)
+
+    # -- in -----------------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        raws = sockets.drain(self._in, 256)
+        for raw in raws:
+            for item in decode(raw).items:
+                self._route(item)
+        if len(raws) == 256 and self._loop is not None:
+            self._loop.call_soon(self._receive)  # more waiting: the fd will not fire again for them
+
+    def _route(self, item: Message) -> None:
+        if isinstance(item, Load):
+            self.on_load(item)
+        elif isinstance(item, Exited):
+            self.on_exited(item)
+        else:
+            handler = self.routes.get(stream_of(item) or "")
+            if handler is not None:
+                handler(item)

@@ -1,0 +1,55 @@
+"""`streamer`: the server's command line (`streamer serve` is the Procfile line).
+
+Its imports are inside `main`: every child is a `spawn`ed interpreter, and spawn runs the
+parent's main module again in each (this one, or the `streamer` script that imports it).
+Imported here, the supervisor's code cost every child a third of a second of CPU at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    import setproctitle
+
+    from streamer.runtime import config
+    from streamer.runtime.logs import setup_logging
+    from streamer.supervisor.supervisor import Supervisor
+
+    parser = argparse.ArgumentParser(prog="streamer", description="streaming audio inference server")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="run the supervisor and every actor (default)")
+    serve.add_argument("--port", type=int, help="HTTP/WebSocket port (overrides config)")
+    serve.add_argument("--models", type=int, help="number of model actors (overrides config)")
+    sub.add_parser("top", help="every process of a running server, live (see `streamer top --help`)",
+                   add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["top"]:
+        from streamer.client.top import main as top  # a client of the HTTP API, not part of the supervisor
+
+        return top(argv[1:])
+    args = parser.parse_args(argv)
+    overrides: dict[str, dict[str, int]] = {}
+    if getattr(args, "port", None) is not None:
+        overrides["server"] = {"port": args.port}
+    if getattr(args, "models", None) is not None:
+        overrides["actors"] = {"models": args.models}
+    try:
+        cfg = config.load(overrides=overrides)
+    except (ValueError, OSError) as e:
+        print(f"streamer: configuration error: {e}", file=sys.stderr)
+        return 2
+    setup_logging("supervisor", cfg.server.log_level)
+    setproctitle.setproctitle("streamer: supervisor")
+    try:
+        supervisor = Supervisor(cfg)
+    except RuntimeError as e:  # a run directory that is not ours to use
+        print(f"streamer: {e}", file=sys.stderr)
+        return 2
+    return supervisor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
