@@ -32,8 +32,8 @@ from hypothesis import strategies as st  # noqa: E402
 from test_fuzz import FRAME_LIMIT, PROTOCOL_CODES, Oversized, frame  # noqa: E402
 
 from audio import noise, speech  # noqa: E402
+from conversation import Transcript, converse, stream_steps  # noqa: E402
 from server import Server  # noqa: E402
-from wire import Transcript, converse, stream_steps  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from audio import SENTENCES, speech  # noqa: E402
+from conversation import converse, stream_steps  # noqa: E402
 from server import Server  # noqa: E402
-from wire import converse, stream_steps  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -39,7 +39,7 @@ RESULTS = ROOT / "bench" / "results"
 def model_audio_s(srv: Server) -> float:
     with urllib.request.urlopen(f"{srv.http}/metrics", timeout=10) as r:
         page = r.read().decode()
-    return sum(float(v) for v in re.findall(r'streamer_stage_audio_seconds_total\{role="model",slot="\d+"\} (\S+)',
+    return sum(float(v) for v in re.findall(r'streamer_stage_audio_seconds_total\{role="model",index="\d+"\} (\S+)',
                                             page))
 
 

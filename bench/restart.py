@@ -110,7 +110,7 @@ async def time_to_final(srv: Server, pcm: bytes, kill_after_s: float | None) -> 
             if m["type"] == "inactive":
                 inactive_at = time.monotonic()
                 if kill_after_s is not None:
-                    pid = srv.row("model-0")["pid"]  # an idle pair hands the first item to slot 0
+                    pid = srv.row("model-0")["pid"]  # an idle pair hands the first item to index 0
                     asyncio.get_running_loop().call_later(kill_after_s, os.kill, pid, signal.SIGKILL)
             elif m["type"] == "segment" and m.get("is_final"):
                 final_at = time.monotonic()
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             killed = []
             for _ in range(args.runs):
                 killed.append(asyncio.run(time_to_final(srv, pcm, 0.5)))
-                time.sleep(1.0)  # the slot is back and has announced itself
+                time.sleep(1.0)  # model-0 is back and has announced itself
         finally:
             srv.stop()
     extra = [k - statistics.median(base) for k in killed]

@@ -119,12 +119,13 @@ class Reading:
     """One front's admission metrics at one moment."""
 
     at: float
-    slot: int
+    index: int
     values: dict[str, float]
 
     def line(self) -> str:
         v = self.values
-        return (f"{self.at:7.2f} s front-{self.slot}: sessions {v.get('sessions', 0):.0f} (own {v.get('own', 0):.0f}), "
+        return (f"{self.at:7.2f} s front-{self.index}: "
+                f"sessions {v.get('sessions', 0):.0f} (own {v.get('own', 0):.0f}), "
                 f"report: streams {v.get('streams', 0):.0f}, per_stream {v.get('per_stream', 0):.4f}, "
                 f"busy {v.get('busy', 0):.3f}, queue_delay {v.get('queue_delay_s', 0):.3f} s, "
                 f"queued {v.get('queued_audio_s', 0):.1f} s; refused " +
@@ -156,7 +157,7 @@ def watch_admission(system: load.System, began: float, every_s: float, stop: thr
                     values = read_front(a.metrics_port)
                 except OSError:
                     continue
-                readings.append(Reading(time.monotonic() - began, a.slot, values))
+                readings.append(Reading(time.monotonic() - began, a.index, values))
 
 
 def refusals(readings: list[Reading]) -> list[str]:
@@ -164,8 +165,8 @@ def refusals(readings: list[Reading]) -> list[str]:
     out: list[str] = []
     last: dict[int, Reading] = {}
     for r in readings:
-        before = last.get(r.slot)
-        last[r.slot] = r
+        before = last.get(r.index)
+        last[r.index] = r
         if before is None:
             continue
         moved = {rule: r.values.get("refused_" + rule, 0) - before.values.get("refused_" + rule, 0) for rule in RULES}
@@ -263,7 +264,7 @@ def main() -> int:
     if args.readings:
         columns = [*ADMISSION.values(), *(f"refused_{r}" for r in RULES)]
         rows = [",".join(["at", "front", *columns])]
-        rows += [",".join([f"{r.at:.2f}", str(r.slot), *(f"{r.values.get(c, 0):g}" for c in columns)])
+        rows += [",".join([f"{r.at:.2f}", str(r.index), *(f"{r.values.get(c, 0):g}" for c in columns)])
                  for r in readings]
         args.readings.write_text("\n".join(rows) + "\n")
     RESULTS.mkdir(exist_ok=True)

@@ -40,58 +40,58 @@ class Group:
 
     # -- the model actors ------------------------------------------------------------------------
 
-    def start(self, slot: int) -> int:
-        """A new process in `slot`: it announces itself (its first turn's `Ready`); its pid."""
-        link = self.links[slot] = MemoryLink()
-        actor = ModelActor(Env(Place("model", slot), self.rig.cfg, link, self.rig.pools, self.rig.clock))
+    def start(self, index: int) -> int:
+        """A new process in `index`: it announces itself (its first turn's `Ready`); its pid."""
+        link = self.links[index] = MemoryLink()
+        actor = ModelActor(Env(Place("model", index), self.rig.cfg, link, self.rig.pools, self.rig.clock))
         actor.pid = next(_pids)  # one test process, many incarnations: each its own pid, as in life
-        self.models[slot] = actor
-        self.run(slot, 0)
+        self.models[index] = actor
+        self.run(index, 0)
         return actor.pid
 
-    def kill(self, slot: int) -> None:
+    def kill(self, index: int) -> None:
         """SIGKILL: what it had not answered dies with it; the supervisor tells the segmenter."""
-        actor = self.models[slot]
+        actor = self.models[index]
         assert actor is not None
-        self.models[slot] = None
-        self.rig.link.sent.pop(f"model-{slot}", None)
-        self.rig.put(SEGMENTER_CONTROL, Exited("model", slot, actor.pid, "signal SIGKILL"))
+        self.models[index] = None
+        self.rig.link.sent.pop(f"model-{index}", None)
+        self.rig.put(SEGMENTER_CONTROL, Exited("model", index, actor.pid, "signal SIGKILL"))
 
-    def waiting_on(self, slot: int) -> list[Work]:
-        """The work the segmenter has sent the slot and its process has not read yet."""
-        return [w for raw in self.rig.link.sent.get(f"model-{slot}", []) for w in decode(raw).items
+    def waiting_on(self, index: int) -> list[Work]:
+        """The work the segmenter has sent model-`index` and its process has not read yet."""
+        return [w for raw in self.rig.link.sent.get(f"model-{index}", []) for w in decode(raw).items
                 if isinstance(w, Work)]
 
-    def deliver(self, slot: int) -> int:
-        """Carry what the segmenter sent the slot into its process's inbox; how many packets."""
-        raws = self.rig.link.sent.pop(f"model-{slot}", [])
-        self.links[slot].inboxes[f"model-{slot}"].extend(raws)
+    def deliver(self, index: int) -> int:
+        """Carry what the segmenter sent model-`index` into its process's inbox; how many packets."""
+        raws = self.rig.link.sent.pop(f"model-{index}", [])
+        self.links[index].inboxes[f"model-{index}"].extend(raws)
         return len(raws)
 
-    def run(self, slot: int, packets: int = 1, answer: bool = True) -> None:
+    def run(self, index: int, packets: int = 1, answer: bool = True) -> None:
         """The actor runs `packets` of what it was delivered (one a turn; 0: one idle turn) and its
         answers are carried to the segmenter's control inbox (unless it is to die before they
         leave: `answer=False`)."""
-        actor = self.models[slot]
+        actor = self.models[index]
         assert actor is not None
         for _ in range(max(packets, 1)):
             actor.turn(0)
         if answer:
-            for raw in self.links[slot].sent.pop(SEGMENTER_CONTROL, []):
+            for raw in self.links[index].sent.pop(SEGMENTER_CONTROL, []):
                 self.rig.link.inboxes[SEGMENTER_CONTROL].append(raw)
 
-    def step(self, slot: int) -> None:
-        """One round trip: the segmenter turns, the slot runs what it was sent and answers."""
+    def step(self, index: int) -> None:
+        """One round trip: the segmenter turns, model-`index` runs what it was sent and answers."""
         self.turn()
-        self.run(slot, self.deliver(slot))
+        self.run(index, self.deliver(index))
 
     def bound(self, stream: str = "s-1") -> int | None:
-        """The slot a sequential stream is bound to (None: none, or it is over)."""
+        """The model index a sequential stream is bound to (None: none, or it is over)."""
         b = self.rig.actor.dispatcher.sequential.streams.get(stream)  # type: ignore[attr-defined]
-        return None if b is None else b.slot  # type: ignore[no-any-return]
+        return None if b is None else b.index  # type: ignore[no-any-return]
 
     def held(self) -> dict[int, int]:
-        return {slot: len(a.streams.held) for slot, a in enumerate(self.models) if a is not None and a.streams}
+        return {index: len(a.streams.held) for index, a in enumerate(self.models) if a is not None and a.streams}
 
     # -- the segmenter ---------------------------------------------------------------------------
 
@@ -115,11 +115,11 @@ class Group:
         for _ in range(rounds):
             self.turn()
             moved = 0
-            for slot, actor in enumerate(self.models):
+            for index, actor in enumerate(self.models):
                 if actor is not None:
-                    n = self.deliver(slot)
-                    if n or self.links[slot].inboxes[f"model-{slot}"]:
-                        self.run(slot, n or 1)
+                    n = self.deliver(index)
+                    if n or self.links[index].inboxes[f"model-{index}"]:
+                        self.run(index, n or 1)
                         moved += 1
             if not moved:
                 self.turn()

@@ -1,5 +1,5 @@
 """An OTLP/HTTP trace receiver for tests: aiohttp on a free port, protobuf decoded with
-opentelemetry-proto, spans kept with the resource (role, slot, pid) that sent them."""
+opentelemetry-proto, spans kept with the resource (role, index, pid) that sent them."""
 
 from __future__ import annotations
 

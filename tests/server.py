@@ -22,6 +22,7 @@ import psutil
 # Below Linux's ephemeral range (32768-60999): every process of a server binds its own metrics
 # port with port 0, and a port handed out here must not be grabbed that way before it is used.
 _PORTS = (20000, 32000)
+CLIENT = [sys.executable, "-m", "streamer.client.streamer_client"]  # `streamer-client`, from this venv
 
 
 def free_port() -> int:
@@ -114,7 +115,7 @@ class Server:
         return actors
 
     def per_front(self, name: str, **labels: str) -> dict[int, float]:
-        """A sample of every front's own registry, by front slot: read from each front's loopback
+        """A sample of every front's own registry, by front index: read from each front's loopback
         metrics port (one process's page is quick, the group's `/metrics` gathers them all)."""
         from prometheus_client.parser import text_string_to_metric_families
 
@@ -124,7 +125,7 @@ class Server:
                 continue
             with urllib.request.urlopen(f"http://127.0.0.1:{a['metrics_port']}/metrics", timeout=5) as r:
                 page = r.read().decode()
-            out[int(a["slot"])] = sum(s.value for fam in text_string_to_metric_families(page) for s in fam.samples
+            out[int(a["index"])] = sum(s.value for fam in text_string_to_metric_families(page) for s in fam.samples
                                       if s.name == name and labels.items() <= s.labels.items())
         return out
 

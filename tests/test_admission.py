@@ -18,9 +18,9 @@ import zmq
 from aiohttp.test_utils import TestServer
 
 from streamer.front.admission import Admission
-from streamer.front.app import LIVE, build_app
-from streamer.front.doors import Live
-from streamer.front.link import FrontLink
+from streamer.front.app import DOORS, build_app
+from streamer.front.doors import Doors
+from streamer.front.pipeline import Pipeline
 from streamer.runtime import config
 from streamer.runtime.process import ChildContext
 from streamer.runtime.topology import Topology, front_inbox
@@ -60,16 +60,16 @@ def test_the_demand_of_one_more_stream_is_counted_over_the_sessions_open() -> No
 
 
 class Front:
-    """One front app (`front/app.py`) served in the test's process, with its real link and inbox."""
+    """One front app (`front/app.py`) served in the test's process, with its real pipeline and inbox."""
 
-    def __init__(self, server: TestServer, link: FrontLink, segmenter: zmq.Socket[Any]) -> None:
+    def __init__(self, server: TestServer, pipeline: Pipeline, segmenter: zmq.Socket[Any]) -> None:
         self.server = server
-        self.link = link
+        self.pipeline = pipeline
         self._segmenter = segmenter
 
     @property
-    def live(self) -> Live:
-        return self.server.app[LIVE]  # type: ignore[index]
+    def live(self) -> Doors:
+        return self.server.app[DOORS]  # type: ignore[index]
 
     def url(self) -> str:
         return str(self.server.make_url("/api/v1/segmented"))
@@ -95,18 +95,18 @@ async def fronts(run_dir: Path) -> AsyncIterator[list[Front]]:
     async with AsyncExitStack() as stack:
         stack.callback(zctx.destroy, linger=0)
         out = []
-        for slot in range(FRONTS):
-            pool = BufferPool.create(Topology(cfg).pools[front_inbox(slot)], run_id)
+        for index in range(FRONTS):
+            pool = BufferPool.create(Topology(cfg).pools[front_inbox(index)], run_id)
             stack.callback(pool.unlink)
             stack.callback(pool.close)
-            link = FrontLink(ChildContext("front", slot, run_id, str(run_dir), msgspec.to_builtins(cfg)), 0.0)
-            link.start()
-            stack.push_async_callback(link.close)
-            server = TestServer(build_app(cfg, link, str(run_dir), slot, FRONTS))
+            pipeline = Pipeline(ChildContext("front", index, run_id, str(run_dir), msgspec.to_builtins(cfg)), 0.0)
+            pipeline.start()
+            stack.push_async_callback(pipeline.close)
+            server = TestServer(build_app(cfg, pipeline, str(run_dir), index, FRONTS))
             await server.start_server()
             stack.push_async_callback(server.close)
-            segmenter = sockets.outbox(zctx, run_dir, front_inbox(slot))
-            out.append(Front(server, link, segmenter))
+            segmenter = sockets.outbox(zctx, run_dir, front_inbox(index))
+            out.append(Front(server, pipeline, segmenter))
         yield out
 
 

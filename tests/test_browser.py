@@ -19,8 +19,8 @@ import soundfile
 from playwright.sync_api import Browser, Page, WebSocket, expect, sync_playwright
 
 from audio import speech
+from conversation import Transcript, check_regions_answered
 from server import Server, actor, wait_for
-from wire import Transcript, check_regions_answered
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 GRAMMAR = ("#JSGF V1.0;\ngrammar c;\npublic <c> = <verb> the <thing>;\n<verb> = open | close | start | stop;\n"

@@ -25,8 +25,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from audio import speech
+from conversation import Transcript, audio_frames, check_regions_answered, start_msg
 from server import Server, alive, shm_segments, wait_for
-from wire import Transcript, audio_frames, check_regions_answered, start_msg
 
 CHAOS_S = 30.0
 KILL_EVERY_S = 0.5

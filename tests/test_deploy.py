@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -27,8 +26,8 @@ import pytest
 import soundfile
 
 from audio import noise, speech
-from server import Server, alive, free_port, wait_for
-from wire import Transcript, check_regions_answered, check_simple_counts, converse, stream_steps
+from conversation import Transcript, check_regions_answered, check_simple_counts, converse, stream_steps
+from server import CLIENT, Server, alive, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCES = ("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning.",
@@ -160,7 +159,7 @@ def test_a_killed_instance_drops_its_sessions_and_the_client_reconnects_through_
     s = speech(SENTENCES, gap_s=0.8)
     wav = tmp_path / "speech.wav"
     soundfile.write(wav, s.samples, 16000, subtype="PCM_16")
-    client = subprocess.Popen([sys.executable, "-m", "streamer.client.stream", "-i", str(wav), "--addr", lb.ws(),
+    client = subprocess.Popen([*CLIENT, "-i", str(wav), "--addr", lb.ws(),
                                "--real-time"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: active_sessions(a) + active_sessions(b) >= 1, 10)
     victim, other = (a, b) if active_sessions(a) >= 1 else (b, a)

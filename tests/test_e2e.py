@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from audio import SENTENCES, model_samples, noise, speech
-from server import Server
-from wire import (
+from conversation import (
     audio_frames,
     check_segmented_order,
     check_simple_counts,
@@ -17,6 +16,7 @@ from wire import (
     start_msg,
     stream_steps,
 )
+from server import Server
 
 
 def two_channel_speech(rate: int) -> tuple[np.ndarray, list[int]]:

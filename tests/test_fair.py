@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamer.actors.affinity import Item
+from streamer.actors.binding import Item
 from streamer.actors.fair import FairQueue
 from streamer.transport.messages import Slice, Work
 

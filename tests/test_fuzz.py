@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audio import noise
+from conversation import Transcript, check_simple_counts, converse, stream_steps
 from server import Server
-from wire import Transcript, check_simple_counts, converse, stream_steps
 
 FRAME_LIMIT = 65536
 PROTOCOL_CODES = {1000, 1003, 1007, 1008, 1009}

@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -26,8 +25,8 @@ from streamer.api import streamer_pb2_grpc as pb_grpc
 from streamer.api.convert import from_response, start_request
 
 from audio import model_samples, noise, speech
-from server import Server, actor, wait_for
-from wire import check_segmented_order, check_simple_counts, converse, grpc_converse, start_msg, stream_steps
+from conversation import check_segmented_order, check_simple_counts, converse, grpc_converse, start_msg, stream_steps
+from server import CLIENT, Server, actor, wait_for
 
 MONO_16K = {"channels": 1, "sample_rate": 16000, "bit_depth": 16, "is_float": False}
 ONE_FRONT = {"STREAMER_ACTORS_FRONTS": "1"}  # one front: its memory is the one to watch
@@ -140,7 +139,7 @@ def test_past_the_session_limit_a_call_is_unavailable_with_retry_after(tmp_path:
 def test_the_client_script_speaks_grpc(srv: Server, tmp_path: Path) -> None:
     wav = tmp_path / "noise.wav"
     soundfile.write(wav, np.asarray(noise(2.0)), 16000, subtype="PCM_16")
-    out = subprocess.run([sys.executable, "-m", "streamer.client.stream", "-i", str(wav), "--grpc", srv.grpc,
+    out = subprocess.run([*CLIENT, "-i", str(wav), "--grpc", srv.grpc,
                           "--route", "simple", "--token", "s3cret"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count('"type": "segment"') == 4 and "close code OK" in out.stdout

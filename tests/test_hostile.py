@@ -16,8 +16,7 @@ import aiohttp
 import pytest
 
 from audio import model_samples, noise, speech
-from server import Server, wait_for
-from wire import (
+from conversation import (
     Transcript,
     audio_frames,
     check_regions_answered,
@@ -28,6 +27,7 @@ from wire import (
     start_msg,
     stream_steps,
 )
+from server import Server, wait_for
 
 FRAME_LIMIT = 65536
 

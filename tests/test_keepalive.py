@@ -14,8 +14,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from audio import noise, pcm_bytes
+from conversation import grpc_converse
 from server import Server
-from wire import grpc_converse
 
 SECONDS = 50.0  # of audio, sent at once; the model works through it at real time
 

@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from audio import noise
+from conversation import check_simple_counts, converse, stream_steps
 from server import Server, actor, alive, shm_segments, wait_for
-from wire import check_simple_counts, converse, stream_steps
 
 
 def test_processes_show_their_role_in_ps(fresh_server: Server) -> None:

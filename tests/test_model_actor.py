@@ -50,9 +50,9 @@ def results(answers: list[Any], stream: str) -> list[Result]:
 
 
 def test_a_packet_is_one_model_call_whose_answers_return_inside_its_credit(rig: Rig) -> None:
-    rig.turn()  # the first turn announces the slot
+    rig.turn()  # the first turn announces the index
     (hello,) = rig.sent(SEGMENTER_CONTROL, Ready)
-    assert (hello.slot, hello.capacity) == (1, rig.cfg.model.max_inflight)
+    assert (hello.index, hello.capacity) == (1, rig.cfg.model.max_inflight)
     calls = rig.actor.model._calls  # type: ignore[attr-defined]
     give(rig, (work(1, 0, 0.5), noise(0.5)), (work(2, 1, 0.25, seq=1), noise(0.25)), (work(3, 1, 0.1, seq=2),
                                                                                      noise(0.1)))

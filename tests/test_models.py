@@ -16,8 +16,8 @@ from streamer.actors.models.fake import FakeModel
 from streamer.runtime import config
 
 from audio import noise
-from server import Server
-from wire import check_regions_answered, check_simple_counts, client_transcript, converse, stream_steps
+from conversation import check_regions_answered, check_simple_counts, client_transcript, converse, stream_steps
+from server import CLIENT, Server
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "streamer-loudness"
 
@@ -87,7 +87,7 @@ def test_the_client_prints_the_text_and_the_transcript_of_a_recognizer(tmp_path:
     srv = Server(tmp_path / "run", env={"STREAMER_MODEL_NAME": "pocketsphinx",
                                         "STREAMER_MODEL_POCKETSPHINX_GRAMMAR": grammar}).start()
     try:
-        out = subprocess.run([sys.executable, "-m", "streamer.client.stream", "-i", str(wav), "--addr", srv.ws()],
+        out = subprocess.run([*CLIENT, "-i", str(wav), "--addr", srv.ws()],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert check_regions_answered(client_transcript(out.stdout), 0) == (3, 0)

@@ -22,9 +22,9 @@ import pytest
 import soundfile
 
 from audio import speech, tone
+from conversation import check_regions_answered, client_transcript, converse, stream_steps
 from otlp import Got, Receiver
-from server import Server, actor, free_port, wait_for
-from wire import check_regions_answered, client_transcript, converse, stream_steps
+from server import CLIENT, Server, actor, free_port, wait_for
 
 
 def started(tmp_path: Path, **env: str) -> Server:
@@ -44,7 +44,7 @@ def test_one_trace_from_the_client_through_every_process(tmp_path: Path) -> None
             s = speech(("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning."))
             wav = tmp_path / "two.wav"
             soundfile.write(wav, s.samples, 16000, subtype="PCM_16")
-            out = subprocess.run([sys.executable, "-m", "streamer.client.stream", "-i", str(wav), "--addr", srv.ws()],
+            out = subprocess.run([*CLIENT, "-i", str(wav), "--addr", srv.ws()],
                                  capture_output=True, text=True, timeout=60,
                                  env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint})
             assert out.returncode == 0, out.stderr

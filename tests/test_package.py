@@ -27,6 +27,7 @@ def tracked_copy(into: Path) -> Path:
     return into
 
 
+@pytest.mark.long
 @pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout to know the tracked files")
 def test_the_wheel_holds_one_top_level_package_with_its_data(tmp_path: Path) -> None:
     tree = tracked_copy(tmp_path / "tree")
@@ -39,7 +40,15 @@ def test_the_wheel_holds_one_top_level_package_with_its_data(tmp_path: Path) -> 
     assert "streamer/api/streamer.proto" in names
     entry_points = zipfile.ZipFile(wheel).read(wheel.name.split("-py")[0] + ".dist-info/entry_points.txt").decode()
     assert "streamer = streamer.supervisor.cli:main" in entry_points
-    assert "streamer-client = streamer.client.stream:main" in entry_points
+    assert "streamer-client = streamer.client.streamer_client:main" in entry_points
+    # Installed from the wheel alone, it finds its embedded defaults by its own name.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-c", "import streamer; from streamer.runtime import config; "
+                          "print(streamer.__file__, config.load(env={}).server.port)"],
+                         env={"PYTHONPATH": str(tmp_path / "site")}, cwd="/", capture_output=True, text=True, check=True)
+    where, port = out.stdout.split()
+    assert where.startswith(str(tmp_path / "site")) and int(port) > 0
 
 
 def test_the_package_imports_by_its_one_name() -> None:

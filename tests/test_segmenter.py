@@ -62,17 +62,17 @@ def stream_in(rig: Rig, x: np.ndarray, stream: str = "s-1", front: int = 0, rout
         rig.turn()
 
 
-def ready(rig: Rig, slot: int, pid: int, capacity: int = 2, max_batch: int = 8) -> None:
-    rig.put(SEGMENTER_CONTROL, Ready(slot, pid, capacity, max_batch))
+def ready(rig: Rig, index: int, pid: int, capacity: int = 2, max_batch: int = 8) -> None:
+    rig.put(SEGMENTER_CONTROL, Ready(index, pid, capacity, max_batch))
 
 
-def work_packets(rig: Rig, slot: int) -> list[Packet]:
-    """The packets of work sent to a slot (not the `Forget` each new pid gets first)."""
-    return [p for p in rig.packets(f"model-{slot}") if not all(isinstance(i, Forget) for i in p.items)]
+def work_packets(rig: Rig, index: int) -> list[Packet]:
+    """The packets of work sent to model-`index` (not the `Forget` each new pid gets first)."""
+    return [p for p in rig.packets(f"model-{index}") if not all(isinstance(i, Forget) for i in p.items)]
 
 
-def done(rig: Rig, slot: int, pid: int, packet: Packet) -> None:
-    rig.put(SEGMENTER_CONTROL, Done(slot, pid, [w.work_id for w in packet.items if isinstance(w, Work)], 0.01))
+def done(rig: Rig, index: int, pid: int, packet: Packet) -> None:
+    rig.put(SEGMENTER_CONTROL, Done(index, pid, [w.work_id for w in packet.items if isinstance(w, Work)], 0.01))
 
 
 def test_speech_gives_events_to_its_front_and_finals_to_a_model_with_credit(rig: Rig) -> None:
@@ -127,7 +127,7 @@ def test_interims_leave_a_slot_free_so_a_final_never_waits_behind_them(rig: Rig)
     running = work_packets(rig, 0) + work_packets(rig, 1)
     assert len(running) == 1 and {w.kind for w in running[0].items if isinstance(w, Work)} == {"interim"}
     d = rig.actor.dispatcher  # type: ignore[attr-defined]
-    busy = 0 if d.slots[0].batches else 1
+    busy = 0 if d.peers[0].batches else 1
     assert d.queued == 2  # each stream's newest interim waits
     for i in range(mid, sp.samples.shape[0], 1600):  # s-1's region ends
         piece = np.ascontiguousarray(sp.samples[i : i + 1600], np.float32)
@@ -148,7 +148,7 @@ def test_work_of_a_dead_model_is_redone_elsewhere_and_only_the_running_packet_sp
     again = work_packets(rig, 1)
     attempts = {w.seq: w.attempt for p in again for w in p.items if isinstance(w, Work)}
     assert attempts == {running.items[0].seq: 2, queued.items[0].seq: 1}  # type: ignore[union-attr]
-    # The dead slot's allocations are taken back here (only the segmenter knows them); only the
+    # The dead index's allocations are taken back here (only the segmenter knows them); only the
     # packets now with model-1 hold slots.
     assert rig.pools["segmenter"].used_slots() == sum(p.slab.nslots for p in again if p.slab is not None)
 
@@ -237,7 +237,7 @@ def test_every_front_hears_the_load_twice_a_second_by_the_clock(rig: Rig) -> Non
     ready(rig, 0, 100)
     rig.turn()
     (load,) = rig.sent("front-1", Load)
-    assert load.actors == 2 and load.streams == 0  # every slot counts, live or restarting
+    assert load.actors == 2 and load.streams == 0  # every index counts, live or restarting
 
 
 def test_reclaimed_audio_stops_the_stream_until_its_replay_rebuilds_it(rig: Rig) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from audio import noise
+from conversation import Transcript, converse, stream_steps
 from server import Server, actor, wait_for
-from wire import Transcript, converse, stream_steps
 
 SECONDS = 9.0
 FINAL_EVERY = 1.5

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,8 +19,7 @@ import pytest
 import soundfile
 
 from audio import SENTENCES, model_samples, noise, speech
-from server import Server, actor, alive, shm_segments, wait_for
-from wire import (
+from conversation import (
     Transcript,
     audio_frames,
     check_regions_answered,
@@ -32,6 +30,7 @@ from wire import (
     start_msg,
     stream_steps,
 )
+from server import CLIENT, Server, actor, alive, shm_segments, wait_for
 
 SLOW_MODEL = {  # every item stays in flight for a while, without eating the test machine's CPU
     "STREAMER_MODEL_FAKE_MODE": "sleep",
@@ -234,7 +233,7 @@ def test_the_client_script_reconnects_when_its_front_dies_and_says_so(tmp_path: 
         wav = tmp_path / "speech.wav"
         soundfile.write(wav, s.samples, 16000, subtype="PCM_16")
         kill_later(srv, "front-0", 2.0)
-        out = subprocess.run([sys.executable, "-m", "streamer.client.stream", "-i", str(wav), "--addr", srv.ws(),
+        out = subprocess.run([*CLIENT, "-i", str(wav), "--addr", srv.ws(),
                               "--real-time"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert "connection lost (close code 1006): reconnecting, resuming at" in out.stderr

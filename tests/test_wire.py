@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from wire import Transcript, check_regions_answered, check_segmented_order
+from conversation import Transcript, check_regions_answered, check_segmented_order
 
 
 def region(start: float, end: float, final: dict[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ It speaks the segmented route of shared/PROTOCOL.md (start, binary PCM, stop; `a
 `inactive`, interim and final `segment`s, errors) with the same rules as the product: the
 same decoder (`actors.pcm`), the same VAD and region rules (`actors.regions`, configured
 from the same `[segmenter]` table) and the same fake model (`[model.fake]`, real CPU).
-Decoding, resampling and VAD run in the event loop, frame by frame, as they arrive; each
+DecoderStream, resampling and VAD run in the event loop, frame by frame, as they arrive; each
 speech region goes to the pool, and so does every interim, computed the straightforward
 way: the model re-runs the region so far. Each session sends its messages in the order it
 produced them, waiting for each model answer in turn.

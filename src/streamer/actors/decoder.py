@@ -43,7 +43,7 @@ NOWHERE = Slice(0, 0)  # filled in when the packet is packed
 
 
 @dataclass
-class Decoding:
+class DecoderStream:
     """One stream as the decoder sees it."""
 
     pcm: PcmDecoder
@@ -60,7 +60,7 @@ class Decoder(Actor):
 
     def __init__(self, env: Env) -> None:
         super().__init__(env)
-        self.streams: dict[str, Decoding] = {}
+        self.streams: dict[str, DecoderStream] = {}
         self.meter = StageMeter()
 
     def stats(self) -> dict[str, object]:
@@ -101,7 +101,7 @@ class Decoder(Actor):
         if note.role != "front":
             return
         # That front's sessions died with it: nobody will stop these streams.
-        for stream in [s for s, d in self.streams.items() if d.front == note.slot]:
+        for stream in [s for s, d in self.streams.items() if d.front == note.index]:
             telemetry.finish(self.streams.pop(stream).span, "front died")
             self.emit("segmenter", Abort(stream))
 
@@ -130,7 +130,7 @@ class Decoder(Actor):
         STREAM_CRASHES.inc()
         self._fail(stream, f"internal error in the decoder: {type(error).__name__}")
 
-    def _send_audio(self, stream: str, d: Decoding, last: bool = False) -> None:
+    def _send_audio(self, stream: str, d: DecoderStream, last: bool = False) -> None:
         """Decode what the stream's frames of this turn hold (one call however many came: the
         per-call cost is the decoder's main cost at 20 ms frames) and queue it for the segmenter;
         `last` also drains the resampler."""
@@ -167,7 +167,7 @@ class Decoder(Actor):
             telemetry.finish(span, str(e))
             self.emit(front_inbox(msg.front), Failed(msg.stream, str(e)))
             return
-        self.streams[msg.stream] = Decoding(pcm, msg.front, logs.trace_of(msg.trace), span, gen=msg.gen)
+        self.streams[msg.stream] = DecoderStream(pcm, msg.front, logs.trace_of(msg.trace), span, gen=msg.gen)
         msg.trace = telemetry.traceparent_of(span) or msg.trace
         self.emit("segmenter", msg)
 

@@ -1,7 +1,7 @@
 """Handing work to model actors by credit, in batches, finals first.
 
 A plain PUSH socket deals messages to its peers in turn, queues them for a dead peer and
-loses whatever a dead peer had queued. Here each model slot has its own PUSH socket
+loses whatever a dead peer had queued. Here each model actor (a peer) has its own PUSH socket
 (IMMEDIATE: nothing queues for an absent peer) and takes `capacity` packets at a time, each
 of up to `max_batch` items that are waiting now: a packet never waits to be filled. A slow
 actor never sits on work an idle one could do, and every item handed out is remembered
@@ -10,7 +10,7 @@ until its `Done` comes back.
 The queue. Finals (and the simple route's chunks) go out ahead of every interim, in calls of
 their own, each channel's in arrival order and the channels in turn (`actors/fair.py`), so a
 stream that arrives with a backlog cannot hold every other stream's results back. Interims
-go only to a slot beside which another stays idle (when there are several), so a final never
+go only to a peer beside which another stays idle (when there are several), so a final never
 waits behind a call of interims. A channel has at most one interim waiting: a newer one
 replaces it (it covers the same region and more), and the region's final drops it; both are
 counted (`streamer_interims_superseded_total`). So when the models fall behind, interims thin
@@ -20,19 +20,19 @@ Audio waits in this process's memory until its item is dispatched; then the pack
 are written into one allocation of the segmenter's pool, which the model releases as soon as
 it has read them. The items' audio stays here until their `Done`, so they can be sent again.
 
-In flight. When a slot's process dies (the supervisor's `Exited`, at once) or turns out to
+In flight. When a peer's process dies (the supervisor's `Exited`, at once) or turns out to
 have been replaced (a `Ready` from a new pid), every item it held goes back to the head of
 the queue. Only the items of its oldest unanswered packet (the call it was running) spend an
 attempt; items merely queued behind it do not. An item that has spent an attempt travels
 alone from then on, so a poison item takes no innocent item down with it; past
-`max_attempts` the caller reports exactly one error for it (`failed`). The dead slot's
+`max_attempts` the caller reports exactly one error for it (`failed`). The dead peer's
 allocations are released here: only this process knows which ones it held.
 
-First contact. The first time this dispatcher hears a slot's pid, before anything else goes
+First contact. The first time this dispatcher hears a peer's pid, before anything else goes
 there, it sends that process `Forget`: drop every sequential stream you hold. The actor may
 have held streams for a segmenter that has since died, whose streams this one rebinds
 wherever it likes; nothing else would ever release them. Until the `Forget` has gone, the
-slot is offered nothing (ZeroMQ keeps one peer's messages in order, so whatever follows it
+peer is offered nothing (ZeroMQ keeps one peer's messages in order, so whatever follows it
 arrives after it).
 """
 
@@ -48,7 +48,7 @@ import numpy.typing as npt
 import prometheus_client
 from opentelemetry.trace import StatusCode
 
-from streamer.actors.affinity import Affinities, Item
+from streamer.actors.binding import Bindings, Item
 from streamer.actors.fair import FairQueue
 from streamer.runtime import logs, telemetry
 from streamer.runtime.clock import Clock
@@ -69,14 +69,14 @@ BATCH = prometheus_client.Histogram("streamer_dispatch_batch_items", "Items per 
 
 @dataclass
 class Batch:
-    """One packet handed to a slot, until every item of it is `Done`."""
+    """One packet handed to a peer, until every item of it is `Done`."""
 
     slab: BufferRef | None
     items: dict[int, Item]
 
 
 @dataclass
-class Slot:
+class Peer:
     dest: str
     pid: int = 0
     capacity: int = 0
@@ -93,7 +93,7 @@ class Dispatcher:
         self._last_id = first_id - 1
         self._send = send
         self._clock = clock
-        self.slots = [Slot(d) for d in dests]
+        self.peers = [Peer(d) for d in dests]
         self._finals = FairQueue()  # served in turn by channel (actors/fair.py)
         self._interims: dict[tuple[str, int], Item] = {}
         self._queued_samples = 0
@@ -101,7 +101,7 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self.failed: list[Work] = []  # items past their attempts: the caller reports them
         self.superseded = 0
-        self.sequential = Affinities(max_attempts)  # streams bound to one slot (stateful models)
+        self.sequential = Bindings(max_attempts)  # streams bound to one peer (stateful models)
         self.max_bytes = max(pool.capacity // 8, 1)  # of audio per packet: several fit the pool at once
 
     def new_id(self) -> int:
@@ -118,7 +118,7 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        """Items waiting in the shared queue (the sequential streams' wait on their own slots)."""
+        """Items waiting in the shared queue (the sequential streams' wait on their own peers)."""
         return len(self._finals) + len(self._interims)
 
     @property
@@ -127,11 +127,11 @@ class Dispatcher:
 
     @property
     def inflight(self) -> int:
-        return sum(len(b.items) for s in self.slots for b in s.batches)
+        return sum(len(b.items) for s in self.peers for b in s.batches)
 
     @property
     def live_slots(self) -> int:
-        return sum(1 for s in self.slots if s.pid)
+        return sum(1 for s in self.peers if s.pid)
 
     def queue_delay(self, counts: Callable[[str], bool] = lambda _: True) -> float:
         """How long the oldest waiting final of a stream that `counts` has waited (0 when none waits)."""
@@ -139,7 +139,7 @@ class Dispatcher:
         return 0.0 if oldest is None else self._clock.now() - oldest.queued_at
 
     def submit_sequential(self, work: Work, audio: npt.NDArray[np.float32]) -> None:
-        """An item of a sequential stream: it goes to the slot the stream is bound to, in order."""
+        """An item of a sequential stream: it goes to the peer the stream is bound to, in order."""
         self.sequential.submit(Item(work, audio, self._clock.now()))
 
     def submit(self, work: Work, audio: npt.NDArray[np.float32]) -> None:
@@ -180,49 +180,49 @@ class Dispatcher:
             abort = Work(self.new_id(), stream, 0, 0, 0, 0, 0.0, 0.0, "abort", Slice(0, 0))
             self.sequential.abort(stream, Item(abort, np.zeros(0, np.float32), self._clock.now()))
 
-    # -- the model slots --------------------------------------------------------------------
+    # -- the model peers --------------------------------------------------------------------
 
-    def _slot(self, index: int, pid: int) -> Slot | None:
-        if not 0 <= index < len(self.slots) or pid in self._dead:
+    def _peer(self, index: int, pid: int) -> Peer | None:
+        if not 0 <= index < len(self.peers) or pid in self._dead:
             return None
-        return self.slots[index]
+        return self.peers[index]
 
     def on_ready(self, msg: Ready) -> None:
-        slot = self._slot(msg.slot, msg.pid)
-        if slot is None:
+        peer = self._peer(msg.index, msg.pid)
+        if peer is None:
             return
-        if slot.pid != msg.pid:
-            if slot.pid:  # the old pid is gone and nobody told us yet
-                self._lost(msg.slot)
-            slot.pid, slot.greeted = msg.pid, False
-        slot.capacity, slot.max_batch = msg.capacity, max(1, msg.max_batch)
-        if not slot.greeted:
-            self._greet(slot)
+        if peer.pid != msg.pid:
+            if peer.pid:  # the old pid is gone and nobody told us yet
+                self._lost(msg.index)
+            peer.pid, peer.greeted = msg.pid, False
+        peer.capacity, peer.max_batch = msg.capacity, max(1, msg.max_batch)
+        if not peer.greeted:
+            self._greet(peer)
 
-    def _greet(self, slot: Slot) -> bool:
-        """Send the slot's process `Forget`; if it cannot go now, offer the slot nothing until its
+    def _greet(self, peer: Peer) -> bool:
+        """Send the peer's process `Forget`; if it cannot go now, offer the peer nothing until its
         next `Ready` (a second later), which tries again."""
         packed = pack(self._pool, [Forget(self.first_id)], [])
         assert packed is not None  # no audio: no allocation to wait for
-        slot.greeted = self._send(slot.dest, packed[0])
-        if not slot.greeted:
-            slot.capacity = 0
-        return slot.greeted
+        peer.greeted = self._send(peer.dest, packed[0])
+        if not peer.greeted:
+            peer.capacity = 0
+        return peer.greeted
 
     def on_exit(self, index: int, pid: int) -> None:
         """A model process died: its items go to the other actors now, not at its restart."""
         self._dead.add(pid)
-        if 0 <= index < len(self.slots) and self.slots[index].pid == pid:
-            slot = self.slots[index]
+        if 0 <= index < len(self.peers) and self.peers[index].pid == pid:
+            peer = self.peers[index]
             self._lost(index)
-            slot.pid, slot.capacity, slot.greeted = 0, 0, False
+            peer.pid, peer.capacity, peer.greeted = 0, 0, False
 
     def _lost(self, index: int) -> None:
-        """The slot's process is gone: its items go back to the queue, its sequential streams
+        """The peer's process is gone: its items go back to the queue, its sequential streams
         elsewhere (a death counting against those whose work it had)."""
-        slot = self.slots[index]
-        running = {i.work.stream for b in slot.batches for i in b.items.values() if i.work.sequential}
-        self._requeue(slot)
+        peer = self.peers[index]
+        running = {i.work.stream for b in peer.batches for i in b.items.values() if i.work.sequential}
+        self._requeue(peer)
         self.sequential.on_death(index, running)
 
     def on_done(self, msg: Done) -> list[Work]:
@@ -230,30 +230,30 @@ class Dispatcher:
         work that is not ours: a dead segmenter's packet, finished after its successor started).
         Its checkpoints count only for items we handed out: a predecessor's checkpoint of a
         stream now bound to the same actor again is no place to replay that stream from."""
-        slot = self._slot(msg.slot, msg.pid)
-        if slot is None or slot.pid != msg.pid:
+        peer = self._peer(msg.index, msg.pid)
+        if peer is None or peer.pid != msg.pid:
             return []
         ids = set(msg.work_ids)
         done = []
-        for batch in list(slot.batches):
+        for batch in list(peer.batches):
             for work_id in ids & batch.items.keys():
                 done.append(batch.items.pop(work_id).work)
             if not batch.items:
-                slot.batches.remove(batch)
+                peer.batches.remove(batch)
         ours = {w.work_id for w in done}
-        self.sequential.done(msg.slot, [w for w in done if w.sequential], [p for p in msg.points if p.work_id in ours])
+        self.sequential.done(msg.index, [w for w in done if w.sequential], [p for p in msg.points if p.work_id in ours])
         return done
 
     # -- handing out ------------------------------------------------------------------------
 
     def pump(self) -> None:
-        """Send waiting items to slots with credit: first each sequential stream's to its own slot,
-        then the shared queue's, the least loaded slot first, finals first. What is waiting is
-        shared among the slots that are idle: two items and two idle actors make two calls at
+        """Send waiting items to peers with credit: first each sequential stream's to its own peer,
+        then the shared queue's, the least loaded peer first, finals first. What is waiting is
+        shared among the peers that are idle: two items and two idle actors make two calls at
         once, not a batch of two on one actor while the other waits."""
         if self.sequential.waiting:
-            self.sequential.bind(i for i, s in enumerate(self.slots) if s.pid)
-            for index, bound_to in enumerate(self.slots):
+            self.sequential.bind(i for i, s in enumerate(self.peers) if s.pid)
+            for index, bound_to in enumerate(self.peers):
                 while bound_to.pid and len(bound_to.batches) < bound_to.capacity:
                     ordered = self.sequential.take(index, bound_to.max_batch, self.max_bytes)
                     if not ordered:
@@ -263,46 +263,46 @@ class Dispatcher:
                         break
                     self.sequential.handed(ordered)
         while self.queued:
-            slot = self._pick()
-            if slot is None:
+            peer = self._pick()
+            if peer is None:
                 return
             finals = bool(self._finals)
-            if not finals and not self._spare_beside(slot):
+            if not finals and not self._spare_beside(peer):
                 return
             waiting = len(self._finals) if finals else len(self._interims)
-            idle = sum(1 for s in self.slots if s.pid and not s.batches and s.capacity) or 1
-            items = self._take(min(slot.max_batch, -(-waiting // idle)), finals)
-            if not self._hand(slot, items):
+            idle = sum(1 for s in self.peers if s.pid and not s.batches and s.capacity) or 1
+            items = self._take(min(peer.max_batch, -(-waiting // idle)), finals)
+            if not self._hand(peer, items):
                 self._put_back(items)
-                if slot.capacity:  # the pool is full until models read what they were given
+                if peer.capacity:  # the pool is full until models read what they were given
                     return
 
-    def _spare_beside(self, slot: Slot) -> bool:
-        """Whether interims may go to `slot`: only if another live slot stays idle for the next
-        final, so a final never waits behind a call of interims (one slot: no choice)."""
-        live = [s for s in self.slots if s.pid and s.capacity]
-        return len(live) <= 1 or any(s is not slot and not s.batches for s in live)
+    def _spare_beside(self, peer: Peer) -> bool:
+        """Whether interims may go to `peer`: only if another live peer stays idle for the next
+        final, so a final never waits behind a call of interims (one peer: no choice)."""
+        live = [s for s in self.peers if s.pid and s.capacity]
+        return len(live) <= 1 or any(s is not peer and not s.batches for s in live)
 
-    def _hand(self, slot: Slot, items: list[Item]) -> bool:
-        """One packet of `items` to `slot`; False if it could not go (the pool is full, or the slot
+    def _hand(self, peer: Peer, items: list[Item]) -> bool:
+        """One packet of `items` to `peer`; False if it could not go (the pool is full, or the peer
         is not connected: then it is offered nothing more until it announces itself)."""
-        if not (slot.greeted or self._greet(slot)):
+        if not (peer.greeted or self._greet(peer)):
             return False
         packed = pack(self._pool, [i.work for i in items], [(k, i.audio) for k, i in enumerate(items)])
         if packed is None:
             return False
         packet, slab = packed
-        if not self._send(slot.dest, packet):
+        if not self._send(peer.dest, packet):
             if slab is not None:
                 self._pool.release(slab)
-            slot.capacity = 0
+            peer.capacity = 0
             return False
         BATCH.observe(len(items))
-        slot.batches.append(Batch(slab, {i.work.work_id: i for i in items}))
+        peer.batches.append(Batch(slab, {i.work.work_id: i for i in items}))
         return True
 
-    def _pick(self) -> Slot | None:
-        free = [s for s in self.slots if s.pid and len(s.batches) < s.capacity]
+    def _pick(self) -> Peer | None:
+        free = [s for s in self.peers if s.pid and len(s.batches) < s.capacity]
         return min(free, key=lambda s: len(s.batches)) if free else None
 
     def _take(self, limit: int, finals: bool) -> list[Item]:
@@ -341,14 +341,14 @@ class Dispatcher:
             else:
                 self._interims = {item.channel_key: item, **self._interims}
 
-    def _requeue(self, slot: Slot) -> None:
+    def _requeue(self, peer: Peer) -> None:
         again = []
-        for i, batch in enumerate(slot.batches):
+        for i, batch in enumerate(peer.batches):
             if batch.slab is not None:
                 self._pool.release(batch.slab)  # a no-op if the model had read (and released) it
             again += [item for item in batch.items.values()  # (a sequential stream's go again from its checkpoint)
-                      if not item.work.sequential and self._redo(item, slot.pid, ran=i == 0)]
-        slot.batches.clear()
+                      if not item.work.sequential and self._redo(item, peer.pid, ran=i == 0)]
+        peer.batches.clear()
         self._put_back(again)
 
     def _redo(self, item: Item, pid: int, ran: bool) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from streamer.actors.affinity import Item
+from streamer.actors.binding import Item
 
 Key = tuple[str, int]  # (stream, channel)
 

@@ -28,7 +28,7 @@ from opentelemetry.trace import StatusCode
 from streamer.actors import models
 from streamer.actors.actor import Actor, Env, run_process
 from streamer.actors.models.base import Audio
-from streamer.actors.stateful import Streams, in_stream_time
+from streamer.actors.states import States, in_stream_time
 from streamer.runtime import logs, telemetry
 from streamer.runtime.metrics import StageMeter
 from streamer.runtime.process import ChildContext
@@ -58,7 +58,7 @@ class ModelActor(Actor):
         self._work: list[tuple[Work, bytes | None]] = []
         self._last_hello = -READY_EVERY_S
         self._below = 0  # work numbered below this is an earlier segmenter's (`Forget`)
-        self.streams = Streams(self.model) if isinstance(self.model, models.StreamModel) else None
+        self.streams = States(self.model) if isinstance(self.model, models.StreamModel) else None
         self.max_batch = models.batch_limit(self.model, self.cfg.model.max_batch)
 
     def stats(self) -> dict[str, object]:
@@ -92,12 +92,12 @@ class ModelActor(Actor):
         now = self.clock.now()
         if now - self._last_hello >= READY_EVERY_S:
             self._last_hello = now
-            self.emit(SEGMENTER_CONTROL, Ready(self.place.slot, self.pid, self.cfg.model.max_inflight,
+            self.emit(SEGMENTER_CONTROL, Ready(self.place.index, self.pid, self.cfg.model.max_inflight,
                                                self.max_batch))
 
     def _answer(self, batch: list[tuple[Work, bytes | None]]) -> Done:
         """Run the packet's items; the `Done` that carries their answers."""
-        done = Done(self.place.slot, self.pid, [w.work_id for w, _ in batch], 0.0)
+        done = Done(self.place.index, self.pid, [w.work_id for w, _ in batch], 0.0)
         todo = [(w, np.frombuffer(slab, np.float32, w.at.nbytes // 4, w.at.offset) if slab is not None else NO_AUDIO)
                 for w, slab in batch if slab is not None or not w.at.nbytes]
         if len(todo) < len(batch):

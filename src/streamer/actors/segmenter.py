@@ -77,7 +77,7 @@ NO_AUDIO = np.zeros(0, np.float32)
 
 
 @dataclass
-class Cuts:
+class SegmenterStream:
     """One stream as the segmenter sees it."""
 
     start: Open
@@ -116,7 +116,7 @@ def cutters_for(start: Open, cfg: Config) -> list[Cutter]:
     return [SpeechRegions.resume(rules, start.interim, c, cp.sample) for c in cp.channels]
 
 
-def checkpoint_of(state: Cuts) -> Checkpoint:
+def checkpoint_of(state: SegmenterStream) -> Checkpoint:
     """Where the stream could be rebuilt from now: every channel's own point, and the replay's
     start at or before all of them, on a whole input sample."""
     channels = [c.checkpoint() for c in state.cutters]
@@ -159,7 +159,7 @@ class Segmenter(Actor):
     def __init__(self, env: Env) -> None:
         super().__init__(env)
         assert self.pool is not None
-        self.streams: dict[str, Cuts] = {}
+        self.streams: dict[str, SegmenterStream] = {}
         self.dispatcher = Dispatcher(self.pool, env.link.send, env.topology.model_inboxes(), self.clock,
                                      max_attempts=self.cfg.model.max_attempts, first_id=first_work_id(self.pool))
         self.meter = StageMeter()
@@ -249,10 +249,11 @@ class Segmenter(Actor):
             "streamer.replay_from": -1 if cp is None else cp.sample})
         cp = cp or Checkpoint.start(msg.channels)
         taken = cp.sample / MODEL_RATE
-        state = self.streams[msg.stream] = Cuts(msg, cutters_for(msg, self.cfg), [c.finals for c in cp.channels],
-                                                [c.events for c in cp.channels], span,
-                                                telemetry.traceparent_of(span) or msg.trace, taken_s=taken,
-                                                told_s=taken)
+        state = self.streams[msg.stream] = SegmenterStream(msg, cutters_for(msg, self.cfg),
+                                                           [c.finals for c in cp.channels],
+                                                           [c.events for c in cp.channels], span,
+                                                           telemetry.traceparent_of(span) or msg.trace, taken_s=taken,
+                                                           told_s=taken)
         if msg.route == "sequential":  # the model's state for each channel, from scratch or the checkpoint's
             for ch, c in enumerate(cp.channels):
                 self._sequential(msg.stream, state, ch, "restore", c.sample, c.sample, None, seq=c.finals,
@@ -260,11 +261,11 @@ class Segmenter(Actor):
 
     def on_exit(self, note: Exited) -> None:
         if note.role == "model":
-            self.dispatcher.on_exit(note.slot, note.pid)
+            self.dispatcher.on_exit(note.index, note.pid)
         elif note.role == "front":
             # Its sessions died with it. The decoder says so too (Abort), but not if it was down
             # itself at the time: nobody else would ever end these streams.
-            for stream in [k for k, c in self.streams.items() if c.start.front == note.slot]:
+            for stream in [k for k, c in self.streams.items() if c.start.front == note.index]:
                 telemetry.finish(self.streams.pop(stream).span, "front died")
                 self.dispatcher.cancel(stream)
 
@@ -290,7 +291,7 @@ class Segmenter(Actor):
             self.emit(state.front, Progress(msg.stream, state.taken_s, list(state.results), checkpoint_of(state),
                                             state.start.gen))
 
-    def _deliver(self, stream: str, state: Cuts, ch: int, outputs: list[Output]) -> None:
+    def _deliver(self, stream: str, state: SegmenterStream, ch: int, outputs: list[Output]) -> None:
         for o in outputs:
             if isinstance(o, Activity):
                 self.emit(state.front, Event(stream, ch, o.kind, o.time, state.events[ch],  # type: ignore[arg-type]
@@ -308,7 +309,7 @@ class Segmenter(Actor):
                 state.results[ch] += 1
             self.dispatcher.submit(work, o.audio)
 
-    def _sequential(self, stream: str, state: Cuts, ch: int, kind: WorkKind, start: int, end: int,
+    def _sequential(self, stream: str, state: SegmenterStream, ch: int, kind: WorkKind, start: int, end: int,
                     audio: npt.NDArray[np.float32] | None, seq: int = 0,
                     model_state: dict[str, Any] | None = None) -> None:
         """One item of a sequential stream's channel, for the model actor that holds its state."""
@@ -368,13 +369,13 @@ class Segmenter(Actor):
         now = self.clock.now()
         if now - self._last_load >= LOAD_EVERY_S:
             self._last_load = now
-            # Capacity counts every model slot, live or restarting: a slot's death lasts a restart
+            # Capacity counts every model process, live or restarting: a death lasts a restart
             # (a few hundred ms), and refusing sessions for it would let a client notice it.
             # The wait that says the models are behind is that of open streams' finals: the last
             # finals of streams already stopped are a backlog that cannot grow (a newcomer's own
             # final, should it wait behind them, counts); counted, they refused sessions whenever
             # many streams stopped at once (the soak's first turnover).
-            load = Load(len(self.streams), len(self.dispatcher.slots), round(self.busy.share(now), 4),
+            load = Load(len(self.streams), len(self.dispatcher.peers), round(self.busy.share(now), 4),
                         round(self.per_stream(), 4), round(self.dispatcher.queue_delay(self.streams.__contains__), 4),
                         round(self.dispatcher.queued_seconds, 3))
             for front in self._fronts:

@@ -1,9 +1,9 @@
 """`streamer top`: every process of a running server, its CPU and what it is doing, live.
 
-Reads `GET /api/v1/actors` once a second and redraws a table: role and slot, pid, state,
+Reads `GET /api/v1/actors` once a second and redraws a table: role and index, pid, state,
 CPU (% of one core over the last second), resident memory, restarts, uptime, items in
 flight and processed, the stage's real-time factor (busy seconds per audio second) and
-how the previous process of the slot ended. `--once` prints one table and exits.
+how the previous process in its place ended. `--once` prints one table and exits.
 """
 
 from __future__ import annotations

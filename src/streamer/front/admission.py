@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from streamer.front.metrics import LOAD
+from streamer.front.front_metrics import LOAD
 from streamer.transport.messages import Load
 
 Rule = Literal["behind", "busy", "demand"]

@@ -22,10 +22,10 @@ from aiohttp import web
 
 from streamer.front import grpc_api, protocol
 from streamer.front.admission import Admission
-from streamer.front.doors import RETRY_AFTER_S, Live, Refused
+from streamer.front.doors import RETRY_AFTER_S, Doors, Refused
+from streamer.front.front_metrics import REFUSED, group_page
 from streamer.front.guard import SUBPROTOCOL, Proxies, access_logger, handshake_token, origin_ok, redact_logs, token_ok
-from streamer.front.link import FrontLink
-from streamer.front.metrics import REFUSED, group_page
+from streamer.front.pipeline import Pipeline
 from streamer.front.processes import CpuSampler
 from streamer.front.seats import Seat, Seats
 from streamer.front.session import Session
@@ -39,11 +39,11 @@ from streamer.transport.messages import Exited, Roster, Route
 log = logging.getLogger("front")
 
 CFG: web.AppKey[Config] = web.AppKey("cfg", Config)
-LINK: web.AppKey[FrontLink] = web.AppKey("link", FrontLink)
+PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline", Pipeline)
 PROXIES: web.AppKey[Proxies] = web.AppKey("proxies", Proxies)
 RUN_DIR: web.AppKey[str] = web.AppKey("run_dir", str)
 SAMPLER: web.AppKey[CpuSampler] = web.AppKey("sampler", CpuSampler)
-SLOT: web.AppKey[int] = web.AppKey("slot", int)
+INDEX: web.AppKey[int] = web.AppKey("index", int)
 LINGER_S = 0.5
 ROSTER_EVERY_S = 2.0
 WEB = Path(__file__).resolve().parents[3] / "web"  # the repository's web/ (src/streamer/front/app.py)
@@ -51,7 +51,7 @@ ADMIN_PATHS = frozenset({"/metrics", "/api/v1/actors"})
 RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_S)}
 
 
-LIVE: web.AppKey[Live] = web.AppKey("live", Live)
+DOORS: web.AppKey[Doors] = web.AppKey("doors", Doors)
 
 
 def missing_roles(state: group.Group | None) -> list[str]:
@@ -65,7 +65,7 @@ async def page(request: web.Request) -> web.FileResponse:
 
 
 async def health(request: web.Request) -> web.Response:
-    if request.app[LIVE].draining:
+    if request.app[DOORS].draining:
         return web.json_response({"status": "draining"}, status=503)
     missing = missing_roles(group.read(request.app[RUN_DIR]))
     if missing:
@@ -92,7 +92,7 @@ async def metrics(request: web.Request) -> web.Response:
     if request.query.get("self"):
         body = prometheus_client.generate_latest().decode()
     else:
-        body = await group_page(request.app[CFG].metrics.host, group.read(request.app[RUN_DIR]), request.app[SLOT])
+        body = await group_page(request.app[CFG].metrics.host, group.read(request.app[RUN_DIR]), request.app[INDEX])
     return web.Response(text=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
 
@@ -153,18 +153,18 @@ async def _drop_if_stuck(transport: asyncio.Transport, grace_s: float) -> None:
 def stream_route(route: Route) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         cfg = request.app[CFG]
-        live = request.app[LIVE]
+        doors = request.app[DOORS]
         if not origin_ok(cfg.security, request):
             REFUSED.labels("origin").inc()
             raise web.HTTPForbidden(text="origin not allowed")
         try:
-            seat = live.admit()
+            seat = doors.admit()
         except Refused as e:
             raise web.HTTPServiceUnavailable(text=e.text, headers=RETRY_AFTER) from None
         with seat:
-            return await seated(request, live, cfg, seat)
+            return await seated(request, doors, cfg, seat)
 
-    async def seated(request: web.Request, live: Live, cfg: Config, seat: Seat) -> web.StreamResponse:
+    async def seated(request: web.Request, doors: Doors, cfg: Config, seat: Seat) -> web.StreamResponse:
         # No permessage-deflate, though aiohttp would accept a client's offer (the websockets library
         # and browsers make one): PCM barely compresses, and inflating every frame cost the front
         # (and deflating it the client) more CPU than the audio's own handling.
@@ -186,13 +186,13 @@ def stream_route(route: Route) -> Any:
             await asyncio.sleep(LINGER_S)
             return ws
         transport = request.transport
-        session = Session(WebSocketWire(ws), request.app[LINK], route, cfg,
+        session = Session(WebSocketWire(ws), request.app[PIPELINE], route, cfg,
                           authenticated=not cfg.security.token or offered is not None)
-        live.enter(session)
+        doors.enter(session)
         try:
             await session.run()
         finally:
-            live.leave(session)
+            doors.leave(session)
             seat.release()
             if transport is not None:
                 await _drop_if_stuck(transport, cfg.limits.send_timeout_s)
@@ -203,18 +203,18 @@ def stream_route(route: Route) -> Any:
     return handler
 
 
-def build_app(cfg: Config, link: FrontLink, run_dir: str, slot: int, fronts: int) -> web.Application:
+def build_app(cfg: Config, pipeline: Pipeline, run_dir: str, index: int, fronts: int) -> web.Application:
     app = web.Application(middlewares=[admin_on_loopback])
     app[CFG] = cfg
     app[PROXIES] = Proxies(cfg.server.trusted_proxies)
     app[SAMPLER] = CpuSampler(run_dir)
-    app[LINK] = link
+    app[PIPELINE] = pipeline
     app[RUN_DIR] = run_dir
-    app[SLOT] = slot
+    app[INDEX] = index
     admission = Admission(cfg.admission.max_busy, cfg.admission.max_queue_delay_s)
-    app[LIVE] = Live(Seats(run_dir, slot, fronts, cfg.limits.max_sessions), admission, cfg.limits.max_sessions)
-    link.on_load = admission.update
-    link.on_exited = lambda note: stage_died(app[LIVE], note)
+    app[DOORS] = Doors(Seats(run_dir, index, fronts, cfg.limits.max_sessions), admission, cfg.limits.max_sessions)
+    pipeline.on_load = admission.update
+    pipeline.on_exited = lambda note: stage_died(app[DOORS], note)
     app.router.add_get("/api/v1/segmented", stream_route("segmented"))
     app.router.add_get("/api/v1/simple", stream_route("simple"))
     app.router.add_get("/api/v1/sequential", stream_route("sequential"))
@@ -227,13 +227,13 @@ def build_app(cfg: Config, link: FrontLink, run_dir: str, slot: int, fronts: int
     return app
 
 
-def stage_died(live: Live, note: Exited) -> None:
+def stage_died(doors: Doors, note: Exited) -> None:
     """A decoder or segmenter held every open stream's state (resampler, VAD, regions): each
     open stream is played to the pipeline again from its last checkpoint, so its client gets
     what an undisturbed run would have given."""
     if note.role not in ("decoder", "segmenter"):
         return
-    open_ = [s for s in live.sessions if s.stream is not None]
+    open_ = [s for s in doors.sessions if s.stream is not None]
     if open_:
         log.warning("%s died (%s): replaying %d open streams", note.role, note.how, len(open_))
     for session in open_:
@@ -243,36 +243,36 @@ def stage_died(live: Live, note: Exited) -> None:
 async def serve(ctx: ChildContext) -> None:
     cfg = ctx.cfg()
     redact_logs()
-    link = FrontLink(ctx, cfg.front.coalesce_ms / 1000)
-    link.start()
-    app = build_app(cfg, link, ctx.run_dir, ctx.slot, cfg.front_count)
+    pipeline = Pipeline(ctx, cfg.front.coalesce_ms / 1000)
+    pipeline.start()
+    app = build_app(cfg, pipeline, ctx.run_dir, ctx.index, cfg.front_count)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
                            access_log_class=access_logger(app[PROXIES]))
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True, reuse_port=True)
     await site.start()
     log.info("listening on http://%s:%d", cfg.server.host, cfg.server.port)
-    rpc = await grpc_api.serve(cfg, link, app[LIVE])
+    rpc = await grpc_api.serve(cfg, pipeline, app[DOORS])
     ctx.ready()
     stopped = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
     async with asyncio.TaskGroup() as tasks:
         beating = tasks.create_task(heartbeat(ctx))
         sampling = tasks.create_task(app[SAMPLER].run())
-        telling = tasks.create_task(roster(app[LIVE], link))
+        telling = tasks.create_task(roster(app[DOORS], pipeline))
         await stopped.wait()
         log.info("stopping")
-        await app[LIVE].drain(cfg.supervisor.drain_s)
+        await app[DOORS].drain(cfg.supervisor.drain_s)
         if rpc is not None:
             await rpc.stop(1.0)
         beating.cancel()
         sampling.cancel()
         telling.cancel()
     await runner.cleanup()
-    await link.close()
+    await pipeline.close()
 
 
-async def roster(live: Live, link: FrontLink) -> None:
+async def roster(doors: Doors, pipeline: Pipeline) -> None:
     """Every `ROSTER_EVERY_S`, the streams this front has open, to the decoder and the segmenter,
     which forget any other stream of this front. A stream's `Abort` dies with a decoder killed
     before it passed it on, and nothing else would ever end that stream there (six clients gone
@@ -281,7 +281,7 @@ async def roster(live: Live, link: FrontLink) -> None:
     ends it."""
     while True:
         await asyncio.sleep(ROSTER_EVERY_S)
-        link.send(Roster(link.slot, [s.stream.id for s in live.sessions if s.stream is not None]))
+        pipeline.send(Roster(pipeline.index, [s.stream.id for s in doors.sessions if s.stream is not None]))
 
 
 async def heartbeat(ctx: ChildContext) -> None:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 
 from streamer.front.admission import Admission, Refusal
-from streamer.front.metrics import LOAD, REFUSED, SESSIONS, SESSIONS_TOTAL
+from streamer.front.front_metrics import LOAD, REFUSED, SESSIONS, SESSIONS_TOTAL
 from streamer.front.seats import Seat, Seats
 from streamer.front.session import Session
 from streamer.transport.messages import Load
@@ -32,7 +32,7 @@ class Refused(Exception):
         self.text = text
 
 
-class Live:
+class Doors:
     """The sessions of this process, and whether it is draining for shutdown."""
 
     def __init__(self, seats: Seats, admission: Admission, max_sessions: int) -> None:

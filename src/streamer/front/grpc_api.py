@@ -34,10 +34,10 @@ from streamer.api import streamer_pb2 as pb
 from streamer.api import streamer_pb2_grpc as pb_grpc
 from streamer.api.convert import to_response
 from streamer.front import protocol
-from streamer.front.doors import RETRY_AFTER_S, Live, Refused
+from streamer.front.doors import RETRY_AFTER_S, Doors, Refused
+from streamer.front.front_metrics import REFUSED
 from streamer.front.guard import token_ok
-from streamer.front.link import FrontLink
-from streamer.front.metrics import REFUSED
+from streamer.front.pipeline import Pipeline
 from streamer.front.session import Session
 from streamer.front.wire import END, Incoming
 from streamer.runtime.config import Config
@@ -171,8 +171,8 @@ class Servicer(pb_grpc.StreamerServicer):
     generator: a generator's code runs only while grpc asks it for the next response, so a call
     whose client does not read could neither end its session nor give back its seat."""
 
-    def __init__(self, cfg: Config, link: FrontLink, live: Live) -> None:
-        self.cfg, self.link, self.live = cfg, link, live
+    def __init__(self, cfg: Config, pipeline: Pipeline, doors: Doors) -> None:
+        self.cfg, self.pipeline, self.doors = cfg, pipeline, doors
 
     async def Segmented(self, requests: AsyncIterator[pb.Request], context: Context) -> None:
         await self._session("segmented", requests, context)
@@ -193,7 +193,7 @@ class Servicer(pb_grpc.StreamerServicer):
             await _linger(requests)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failed")
         try:
-            seat = self.live.admit()
+            seat = self.doors.admit()
         except Refused as e:
             await _linger(requests)
             await context.abort(grpc.StatusCode.UNAVAILABLE, e.text, (("retry-after", str(RETRY_AFTER_S)),))
@@ -202,7 +202,7 @@ class Servicer(pb_grpc.StreamerServicer):
         # such calls there are, as the WebSocket's reset of a stuck socket does there.
         context.add_done_callback(lambda _: seat.release())
         with GrpcWire(context) as wire:
-            await self._run(Session(wire, self.link, route, cfg))
+            await self._run(Session(wire, self.pipeline, route, cfg))
             if wire.code not in (None, protocol.NORMAL):
                 await wire.linger()
         if wire.code not in (None, protocol.NORMAL):
@@ -211,11 +211,11 @@ class Servicer(pb_grpc.StreamerServicer):
     async def _run(self, session: Session) -> None:
         """The session, counted while it runs. Nothing here keeps it once it is over, so a call
         waiting for its client to read holds only what grpc holds, not the undelivered results."""
-        self.live.enter(session)
+        self.doors.enter(session)
         try:
             await session.run()  # a cancelled call cancels it here: its stream is aborted at once
         finally:
-            self.live.leave(session)
+            self.doors.leave(session)
 
 
 async def _linger(requests: AsyncIterator[pb.Request]) -> None:
@@ -228,7 +228,7 @@ async def _linger(requests: AsyncIterator[pb.Request]) -> None:
                 pass
 
 
-async def serve(cfg: Config, link: FrontLink, live: Live) -> grpc.aio.Server | None:
+async def serve(cfg: Config, pipeline: Pipeline, doors: Doors) -> grpc.aio.Server | None:
     """Start the service on `[server] grpc_port` (None when it is 0)."""
     if not cfg.server.grpc_port:
         return None
@@ -240,12 +240,12 @@ async def serve(cfg: Config, link: FrontLink, live: Live) -> grpc.aio.Server | N
         # What a client may send ahead of what its call has read: the largest request and
         # `socket_receive_buffer` more (as a WebSocket's kernel buffer), fixed, instead of the
         # window grpc grows by probing the link (to 4 MiB a call on loopback, more on a long fat
-        # link). Not less: a client learns its request was too big (RESOURCE_EXHAUSTED) only if
+        # pipeline). Not less: a client learns its request was too big (RESOURCE_EXHAUSTED) only if
         # its write of it completes; grpcio's client reports its own failed write (INTERNAL).
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", largest + cfg.limits.socket_receive_buffer),
     ])
-    pb_grpc.add_StreamerServicer_to_server(Servicer(cfg, link, live), server)  # type: ignore[no-untyped-call]
+    pb_grpc.add_StreamerServicer_to_server(Servicer(cfg, pipeline, doors), server)  # type: ignore[no-untyped-call]
     # Reflection: generic tools (grpcurl, grpc_requests, Postman) can call it without the .proto.
     reflection.enable_server_reflection((pb.DESCRIPTOR.services_by_name["Streamer"].full_name,
                                          reflection.SERVICE_NAME), server)

@@ -1,6 +1,6 @@
 """`GET /api/v1/actors`: every process of the group, for a person (and `streamer top`).
 
-The supervisor's published table says who is running (role, slot, pid, state, restarts,
+The supervisor's published table says who is running (role, index, pid, state, restarts,
 uptime, last exit) and what each stage last reported in its heartbeat (processed,
 in-flight, RTF; for a model actor, the sequential streams whose state it holds). CPU and
 memory come from the kernel via psutil, sampled once a second by a background task, so a
@@ -73,10 +73,10 @@ class CpuSampler:
         state = group.read(self.run_dir)
         if state is None:
             return {"run_id": None, "front_pid": os.getpid(), "actors": []}
-        rows: list[dict[str, Any]] = [{"role": "supervisor", "slot": 0, "name": "supervisor", "pid": state.pid,
+        rows: list[dict[str, Any]] = [{"role": "supervisor", "index": 0, "name": "supervisor", "pid": state.pid,
                                        "state": "running", "restarts": 0, **self._usage(state.pid)}]
         for a in state.actors:
-            rows.append({"role": a.role, "slot": a.slot, "name": a.name, "pid": a.pid, "state": a.state,
+            rows.append({"role": a.role, "index": a.index, "name": a.name, "pid": a.pid, "state": a.state,
                          "restarts": a.restarts, "uptime_s": a.uptime_s, "last_exit": a.last_exit,
                          "processed": a.processed, "inflight": a.inflight, "rtf": a.rtf, "held": a.held,
                          **self._usage(a.pid)})

@@ -29,8 +29,8 @@ _WORD = 8
 
 
 class Seats:
-    def __init__(self, run_dir: str, slot: int, fronts: int, limit: int) -> None:
-        self.slot = slot
+    def __init__(self, run_dir: str, index: int, fronts: int, limit: int) -> None:
+        self.index = index
         self.limit = limit
         size = _WORD * max(1, fronts)
         self._fd = os.open(Path(run_dir, SEATS_FILE), os.O_RDWR | os.O_CREAT, 0o600)
@@ -39,7 +39,7 @@ class Seats:
                 os.ftruncate(self._fd, size)
             self._map = mmap.mmap(self._fd, size)
             self._counts = memoryview(self._map).cast("q")
-            self._counts[slot] = 0  # whatever a previous front of this slot held died with it
+            self._counts[index] = 0  # whatever a previous front of this index held died with it
         self.mine = 0
 
     def _locked(self) -> _Flock:
@@ -57,13 +57,13 @@ class Seats:
             if not admits(taken) or taken >= self.limit:
                 return None
             self.mine += 1
-            self._counts[self.slot] = self.mine
+            self._counts[self.index] = self.mine
         return Seat(self)
 
     def give_back(self) -> None:
         with self._locked():
             self.mine = max(0, self.mine - 1)
-            self._counts[self.slot] = self.mine
+            self._counts[self.index] = self.mine
 
     def close(self) -> None:
         self._counts.release()

@@ -8,7 +8,7 @@ Phases, and what moves a session between them:
          (a client error, a limit, a failed stream: 1011, shutdown: 1001)
 
 The session is the only writer of its client's outbox: client requests, what the pipeline
-says about its stream (the link calls `on_pipeline`), limits and shutdown all go through its
+says about its stream (the pipeline calls `on_pipeline`), limits and shutdown all go through its
 methods, and one sender task drains the outbox in order. Its tasks (reader, sender,
 watchdog, a close started by the pipeline) live in one task group and end with it.
 
@@ -41,7 +41,7 @@ from opentelemetry.trace import Span
 from streamer.front import protocol
 from streamer.front.guard import token_ok
 from streamer.front.intake import Intake
-from streamer.front.link import FrontLink
+from streamer.front.pipeline import Pipeline
 from streamer.front.protocol import ProtocolError, Start, Stop
 from streamer.front.stream import Budget, Stream
 from streamer.front.wire import Wire
@@ -80,9 +80,9 @@ class Phase(enum.Enum):
 
 
 class Session:
-    def __init__(self, wire: Wire, link: FrontLink, route: Route, cfg: Config, authenticated: bool = True) -> None:
+    def __init__(self, wire: Wire, pipeline: Pipeline, route: Route, cfg: Config, authenticated: bool = True) -> None:
         self.wire = wire
-        self.link = link
+        self.pipeline = pipeline
         self.route = route
         self.cfg = cfg
         self.id = secrets.token_hex(6)
@@ -180,14 +180,14 @@ class Session:
             "audio.channels": f.channels, "audio.sample_rate": f.sample_rate, "audio.bit_depth": f.bit_depth})
         carried = telemetry.traceparent_of(span) or parent
         interim = req.interim_results and self.route in ("segmented", "sequential")
-        opened = Open(stream_id, self.link.slot, self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
+        opened = Open(stream_id, self.pipeline.index, self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
                       interim, carried)
         limits = self.cfg.limits
         self.stream = Stream(opened, span, logs.trace_of(carried), budget=Budget(
             limits.max_inflight_audio_s, limits.max_inflight_bytes, self.cfg.server.stop_timeout_s))
         self._done.clear()
-        self.link.routes[stream_id] = self.on_pipeline
-        self.link.send(opened)
+        self.pipeline.routes[stream_id] = self.on_pipeline
+        self.pipeline.send(opened)
         self.phase = Phase.STREAMING
         self._active = self._loop.time()
         logs.bind(stream_id, self.stream.trace_id)  # this task's log lines name the stream from here on
@@ -217,7 +217,7 @@ class Session:
         stream = self.stream
         assert stream is not None
         self.phase = Phase.FLUSHING
-        self.link.send(Close(stream.id, stream.replays))
+        self.pipeline.send(Close(stream.id, stream.replays))
         missed = await self._until_done(quiet_s, deadline_s)
         if missed == "quiet":
             stream.fail(f"no result came for {quiet_s:g} s: the rest of this stream's results were given up")
@@ -246,9 +246,9 @@ class Session:
         if stream is None:
             return
         self.stream = None
-        self.link.routes.pop(stream.id, None)
+        self.pipeline.routes.pop(stream.id, None)
         if aborted and not stream.complete:
-            self.link.send(Abort(stream.id))
+            self.pipeline.send(Abort(stream.id))
         stream.end()
         if self.phase in (Phase.STREAMING, Phase.FLUSHING):
             self.phase = Phase.IDLE
@@ -259,7 +259,7 @@ class Session:
         """Into the pipeline, once the stream, the client and the front are within their budgets."""
         limits = self.cfg.limits
         if stream.over_budget(self._loop.time()) or self.outbox.qsize() > limits.max_outbox \
-                or not self.link.room.is_set():
+                or not self.pipeline.room.is_set():
             self._waiting_on_us = True
             try:
                 await self._wait_for_room(stream)
@@ -267,7 +267,7 @@ class Session:
                 self._waiting_on_us = False
             if self.phase is not Phase.STREAMING:
                 return
-        self.link.send(Pcm(stream.id, NOWHERE), data)
+        self.pipeline.send(Pcm(stream.id, NOWHERE), data)
         stream.fed(data)
         self._active = self._loop.time()
         self._warned_idle = False
@@ -306,9 +306,9 @@ class Session:
                     "server works through it; it waits, nothing is lost"))
             if self.outbox.qsize() > limits.max_outbox:
                 await self._wait_for_reader()
-            elif not self.link.room.is_set():
+            elif not self.pipeline.room.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.link.room.wait(), 1.0)
+                    await asyncio.wait_for(self.pipeline.room.wait(), 1.0)
             elif stream.over_budget(now):
                 self._moved.clear()
                 with contextlib.suppress(TimeoutError):
@@ -324,7 +324,7 @@ class Session:
     # -- what the pipeline says -----------------------------------------------------------------
 
     def on_pipeline(self, msg: Message) -> None:
-        """An item for this session's stream, from the link's reader (never blocks)."""
+        """An item for this session's stream, from the pipeline's reader (never blocks)."""
         stream = self.stream
         if stream is None:
             return
@@ -355,11 +355,11 @@ class Session:
         if stream is None or stream.complete or stream.failed is not None:
             return
         opened, chunks = stream.replay()
-        self.link.send(opened)
+        self.pipeline.send(opened)
         for chunk in chunks:
-            self.link.send(Pcm(stream.id, NOWHERE), chunk)
+            self.pipeline.send(Pcm(stream.id, NOWHERE), chunk)
         if self.phase is Phase.FLUSHING:
-            self.link.send(Close(stream.id, stream.replays))
+            self.pipeline.send(Close(stream.id, stream.replays))
         assert opened.resume is not None
         log.info("replaying the stream from %.2f s (%d bytes) after %s", opened.resume.sample / 16000,
                  sum(len(c) for c in chunks), why)

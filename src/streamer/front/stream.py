@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 from opentelemetry.trace import INVALID_SPAN, Span, StatusCode
 
-from streamer.front.metrics import FIRST_RESULT, PEAK_INFLIGHT, SPEECH_END_TO_FINAL
+from streamer.front.front_metrics import FIRST_RESULT, PEAK_INFLIGHT, SPEECH_END_TO_FINAL
 from streamer.front.reorder import StreamOrder
 from streamer.transport.messages import MODEL_RATE, Checkpoint, Event, Open, Progress, Result, StreamEnd, align
 

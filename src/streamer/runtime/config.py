@@ -189,7 +189,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def defaults() -> dict[str, Any]:
-    text = resources.files("runtime").joinpath("defaults.toml").read_text()
+    text = resources.files("streamer.runtime").joinpath("defaults.toml").read_text()
     return tomllib.loads(text)
 
 

@@ -17,10 +17,10 @@ STATE_FILE = "actors.json"
 
 
 class Member(msgspec.Struct, omit_defaults=True):
-    """One child slot and the process filling it now."""
+    """One place of the group (role and index) and the process filling it now."""
 
     role: str
-    slot: int
+    index: int
     name: str
     pid: int | None
     state: str  # starting | running | restarting | stopped

@@ -5,7 +5,7 @@ process is spawned and serves its own metrics on `[metrics] host` (loopback by d
 at `base_port` + its index in the topology (`Topology.metrics_port`), or an ephemeral port
 when `base_port` is 0. It tells the supervisor the port it got, the
 supervisor publishes it, and the front's `/metrics` gathers every process into one page
-labelled by role and slot, so one scrape target is enough.
+labelled by role and index, so one scrape target is enough.
 
 `StageMeter` is what every stage measures the same way: items processed, the real-time
 factor of its work (busy seconds per audio second), and a summary for the heartbeat that

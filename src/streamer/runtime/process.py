@@ -1,4 +1,4 @@
-"""The start of every child process: identity, signals, logging, the link to the supervisor.
+"""The start of every child process: identity, signals, logging, the control pipe to the supervisor.
 
 Children are started with the `spawn` context, so nothing of the parent's state (sockets,
 threads, telemetry exporters) leaks in; each builds its own here, after it starts.
@@ -29,11 +29,11 @@ class ChildContext:
     """What the supervisor hands a child: who it is, where the run lives, its configuration."""
 
     role: str
-    slot: int
+    index: int
     run_id: str
     run_dir: str
     config: dict[str, Any]
-    link: Connection | None = None
+    control: Connection | None = None
     lifeline: Connection | None = None  # read end of a pipe only the supervisor writes: EOF = it is gone
     stopping: threading.Event = field(default_factory=threading.Event)
     beat_every_s: float = 1.0
@@ -52,7 +52,7 @@ class ChildContext:
 
     @property
     def place(self) -> Place:
-        return Place(self.role, self.slot)
+        return Place(self.role, self.index)
 
     @property
     def name(self) -> str:
@@ -81,10 +81,10 @@ class ChildContext:
         few hundred bytes is written whole or not at all (under PIPE_BUF). A supervisor busy
         stopping the group may not read for a while; a beat it misses is worth less than a
         main loop stuck on it."""
-        if self.link is None:
+        if self.control is None:
             return
         try:
-            self.link.send(msg)
+            self.control.send(msg)
         except BlockingIOError:
             pass  # the supervisor is not reading just now: this word is lost, the next one will do
         except (BrokenPipeError, OSError):
@@ -121,11 +121,11 @@ def enter_child(ctx: ChildContext) -> None:
     """Call first thing in a child: name, logging, and signals that end its loop cleanly."""
     setproctitle.setproctitle(f"streamer: {ctx.name}")
     _die_with_supervisor(ctx)
-    if ctx.link is not None:
-        os.set_blocking(ctx.link.fileno(), False)
+    if ctx.control is not None:
+        os.set_blocking(ctx.control.fileno(), False)
     setup_logging(ctx.name, str(ctx.config["server"]["log_level"]))
     cfg = ctx.cfg()
-    telemetry.setup(ctx.role, ctx.slot if ctx.role in ("model", "front") else None)
+    telemetry.setup(ctx.role, ctx.index if ctx.role in ("model", "front") else None)
     ctx.announce_metrics(metrics.serve(cfg, ctx.place))
 
     def on_term(signum: int, frame: object) -> None:

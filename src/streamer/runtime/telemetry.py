@@ -2,7 +2,7 @@
 
 OpenTelemetry's batch processor keeps a thread and a queue, neither of which survive a
 fork, so each process (spawned, not forked) builds its provider here, with a resource
-naming its role, slot and pid. Spans are exported over OTLP/HTTP only when the standard
+naming its role, index and pid. Spans are exported over OTLP/HTTP only when the standard
 `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set; otherwise nothing is
 recorded at all. The batch processor drops spans when its queue is full rather than wait,
 so a slow or absent collector never slows the pipeline.
@@ -33,7 +33,7 @@ def exporting(env: Mapping[str, str] | None = None) -> bool:
     return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def setup(role: str, slot: int | None = None, service: str = SERVICE) -> None:
+def setup(role: str, index: int | None = None, service: str = SERVICE) -> None:
     """Install this process's tracer provider (once). Without an endpoint, tracing is a no-op."""
     global _provider_ready
     if _provider_ready or not exporting():
@@ -44,8 +44,8 @@ def setup(role: str, slot: int | None = None, service: str = SERVICE) -> None:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     attrs: dict[str, str | int] = {"service.name": service, "streamer.role": role, "process.pid": os.getpid()}
-    if slot is not None:
-        attrs["streamer.slot"] = slot
+    if index is not None:
+        attrs["streamer.index"] = index
     provider = TracerProvider(resource=Resource.create(attrs))
     # Short export timeout and a bounded queue: a stuck collector costs dropped spans, not latency.
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(timeout=2), max_queue_size=4096,

@@ -34,19 +34,19 @@ class Place:
     """One process of the group: a role and its index."""
 
     role: str
-    slot: int = 0
+    index: int = 0
 
     @property
     def name(self) -> str:
-        return self.role if self.role in _ONE_OF_A_KIND else f"{self.role}-{self.slot}"
+        return self.role if self.role in _ONE_OF_A_KIND else f"{self.role}-{self.index}"
 
 
-def front_inbox(slot: int) -> str:
-    return f"front-{slot}"
+def front_inbox(index: int) -> str:
+    return f"front-{index}"
 
 
-def model_inbox(slot: int) -> str:
-    return f"model-{slot}"
+def model_inbox(index: int) -> str:
+    return f"model-{index}"
 
 
 class Topology:
@@ -76,7 +76,7 @@ class Topology:
     @staticmethod
     def immediate(dest: str) -> bool:
         """Destinations that take nothing while absent: the segmenter keeps its own record of
-        what each model slot holds, so nothing may queue for a dead one."""
+        what each model process holds, so nothing may queue for a dead one."""
         return dest.startswith("model-")
 
     def model_inboxes(self) -> list[str]:

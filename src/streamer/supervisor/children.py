@@ -61,12 +61,12 @@ def child_main(ctx: ChildContext) -> None:
 
 @dataclass
 class Child:
-    """One supervised slot: a role and index, and the process currently filling it."""
+    """One supervised place: a role and index, and the process currently filling it."""
 
     role: str
-    slot: int
+    index: int
     process: BaseProcess | None = None
-    link: Connection | None = None
+    control: Connection | None = None
     state: str = "stopped"  # starting | running | restarting | stopped
     pid: int | None = None
     restarts: int = 0
@@ -82,16 +82,16 @@ class Child:
 
     @property
     def name(self) -> str:
-        return Place(self.role, self.slot).name
+        return Place(self.role, self.index).name
 
     def start(self, run_id: str, run_dir: str, config: dict[str, Any]) -> None:
         ours, theirs = _forks.Pipe(duplex=False)
-        ctx = ChildContext(self.role, self.slot, run_id, run_dir, config, link=theirs, lifeline=lifeline(),
+        ctx = ChildContext(self.role, self.index, run_id, run_dir, config, control=theirs, lifeline=lifeline(),
                            beat_every_s=float(config["supervisor"]["heartbeat_s"]))
         proc = _forks.Process(target=child_main, args=(ctx,), name=f"streamer: {self.name}", daemon=False)
         proc.start()
         theirs.close()
-        self.process, self.link = proc, ours
+        self.process, self.control = proc, ours
         self.pid = proc.pid
         self.state = "starting"
         self.started_at = self.last_beat = time.monotonic()
@@ -109,10 +109,10 @@ class Child:
             self.process.kill()
             self.process.join()
         code = self.process.exitcode
-        if self.link is not None:
-            self.link.close()
+        if self.control is not None:
+            self.control.close()
         self.process.close()
-        self.process, self.link = None, None
+        self.process, self.control = None, None
         self.last_exit = describe_exit(code)
         if self.killed_as_hung is not None:
             self.last_exit += f" (hung: no heartbeat for {self.killed_as_hung:.1f} s)"
@@ -141,7 +141,7 @@ class Child:
 
     def snapshot(self, now: float) -> Member:
         alive = self.process is not None
-        return Member(self.role, self.slot, self.name, self.pid if alive else None, self.state, self.restarts,
+        return Member(self.role, self.index, self.name, self.pid if alive else None, self.state, self.restarts,
                       round(now - self.started_at, 3) if alive else 0.0, self.last_exit,
                       self.metrics_port if alive else None, **self.stats)
 

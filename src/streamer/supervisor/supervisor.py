@@ -105,7 +105,7 @@ class Supervisor:
         self.run_id = secrets.token_hex(4)
         self.run_dir = make_run_dir(cfg.server.run_dir, self.run_id)
         self.topology = Topology(cfg)
-        self.children = [Child(p.role, p.slot) for p in self.topology.places]
+        self.children = [Child(p.role, p.index) for p in self.topology.places]
         self.pools: dict[str, BufferPool] = {}
         self._zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._tell = [sockets.outbox(self._zctx, self.run_dir, name, immediate=True)
@@ -169,19 +169,19 @@ class Supervisor:
             for c in self.children:
                 if c.process is not None:
                     waitables[c.process.sentinel] = ("exit", c)
-                    if c.link is not None:
-                        waitables[c.link] = ("link", c)
+                    if c.control is not None:
+                        waitables[c.control] = ("control", c)
             ready = wait(list(waitables), self._next_timer_in())
             # Read what a child said before reaping it: its last words may be in the pipe.
-            for kind in ("wake", "link", "exit"):
+            for kind in ("wake", "control", "exit"):
                 for obj in ready:
                     what, child = waitables[obj]
                     if what != kind:
                         continue
                     if what == "wake":
                         os.read(self._wake_r, 64)
-                    elif what == "link" and child is not None and child.link is obj:
-                        self._on_link(child)
+                    elif what == "control" and child is not None and child.control is obj:
+                        self._on_control(child)
                     elif what == "exit" and child is not None and child.process is not None \
                             and child.process.sentinel == obj:
                         self._on_exit(child)
@@ -189,13 +189,13 @@ class Supervisor:
             self._kill_hung()
             self._restart_due()
 
-    def _on_link(self, child: Child) -> None:
-        if child.link is None:
+    def _on_control(self, child: Child) -> None:
+        if child.control is None:
             return
         try:
-            msg = child.link.recv()
+            msg = child.control.recv()
         except (EOFError, OSError):
-            child.link = None  # the process is going; its sentinel will fire
+            child.control = None  # the process is going; its sentinel will fire
             return
         if not (isinstance(msg, tuple) and msg):
             return
@@ -232,12 +232,12 @@ class Supervisor:
         still taken were handed to the dead consumer (or queued for it and lost), and its
         replacement is not started yet, so nobody else will touch them.
         """
-        for name in self.topology.reclaimed_at_death(Place(child.role, child.slot)):
+        for name in self.topology.reclaimed_at_death(Place(child.role, child.index)):
             pool = self.pools[name]
             freed = pool.reclaim(below_alloc=pool.next_alloc)
             if freed:
                 log.info("reclaimed %d %s-pool slots held by dead %s", freed, pool.spec.name, child.name)
-        note = encode(Packet(None, [Exited(child.role, child.slot, pid, how)]))
+        note = encode(Packet(None, [Exited(child.role, child.index, pid, how)]))
         give_up = time.monotonic() + NOTICE_TIMEOUT_S
         self._undelivered += [(sock, note, give_up) for sock in self._tell]
         self._deliver()

@@ -291,10 +291,10 @@ class Load(msgspec.Struct, tag="load", array_like=True):
 
 
 class Ready(msgspec.Struct, tag="ready", array_like=True):
-    """Model -> segmenter: this incarnation of a slot is up; it takes `capacity` packets at a
+    """Model -> segmenter: a new process of a model index is up; it takes `capacity` packets at a
     time, each of up to `max_batch` items."""
 
-    slot: int
+    index: int
     pid: int
     capacity: int
     max_batch: int
@@ -335,7 +335,7 @@ class Done(msgspec.Struct, tag="done", array_like=True):
     stream's front). `busy_s` is the wall time the model call took; `points` the checkpoints
     its stateful work reached."""
 
-    slot: int
+    index: int
     pid: int
     work_ids: list[int]
     busy_s: float
@@ -352,7 +352,7 @@ class Exited(msgspec.Struct, tag="exited", array_like=True):
     """
 
     role: str
-    slot: int
+    index: int
     pid: int
     how: str
 

@@ -2,7 +2,7 @@
 what the front hears of them.
 
 Each channel of a stream bound to this actor has the model's state, how many finals it has
-made, and where its audio stands. Items come in order (`actors/affinity.py`): `restore`
+made, and where its audio stands. Items come in order (`actors/binding.py`): `restore`
 (re)builds the state, `feed` runs the model on the next audio, `close` ends the channel,
 `abort` forgets the stream.
 
@@ -72,7 +72,7 @@ def in_stream_time(output: dict[str, Any], offset_s: float) -> dict[str, Any]:
     return {**output, "words": moved}
 
 
-class Streams:
+class States:
     def __init__(self, model: StreamModel) -> None:
         self.model = model
         self.held: dict[str, Held] = {}

@@ -2,10 +2,10 @@
 
 Every process serves its own registry on loopback (`runtime.metrics`). Scraping six or
 more ports is a chore, so the front's `/metrics` also fetches each of them (ports from the
-supervisor's published table), labels every sample with the process's `role` and `slot`,
+supervisor's published table), labels every sample with the process's `role` and `index`,
 merges families of the same name and appends its own: one scrape target is enough. A
 process that does not answer within a second is left out of that scrape, and
-`streamer_scrape_up{role,slot}` says so.
+`streamer_scrape_up{role,index}` says so.
 """
 
 from __future__ import annotations
@@ -117,23 +117,23 @@ class _Static:
         return self._families
 
 
-async def group_page(host: str, state: Group | None, own_slot: int) -> str:
-    """All processes' metrics, labelled by role and slot (this front's own included, read in
+async def group_page(host: str, state: Group | None, own_index: int) -> str:
+    """All processes' metrics, labelled by role and index (this front's own included, read in
     process; the other fronts' fetched like every other process)."""
     targets: list[tuple[dict[str, str], int]] = []
     if state is not None and state.metrics_port:
-        targets.append(({"role": "supervisor", "slot": "0"}, state.metrics_port))
+        targets.append(({"role": "supervisor", "index": "0"}, state.metrics_port))
     for a in state.actors if state is not None else []:
-        if a.metrics_port and not (a.role == "front" and a.slot == own_slot):
-            targets.append(({"role": a.role, "slot": str(a.slot)}, a.metrics_port))
+        if a.metrics_port and not (a.role == "front" and a.index == own_index):
+            targets.append(({"role": a.role, "index": str(a.index)}, a.metrics_port))
     async with aiohttp.ClientSession() as http:
         texts = await asyncio.gather(*(_fetch(http, host, port) for _, port in targets))
-    pages = [({"role": "front", "slot": str(own_slot)}, prometheus_client.generate_latest().decode())]
+    pages = [({"role": "front", "index": str(own_index)}, prometheus_client.generate_latest().decode())]
     up_lines = []
     for (labels, _), text in zip(targets, texts, strict=True):
         if text is not None:
             pages.append((labels, text))
-        up_lines.append(f'streamer_scrape_up{{role="{labels["role"]}",slot="{labels["slot"]}"}} '
+        up_lines.append(f'streamer_scrape_up{{role="{labels["role"]}",index="{labels["index"]}"}} '
                         f'{0 if text is None else 1}')
     up = "# HELP streamer_scrape_up Whether the front could read this process's metrics\n" \
          "# TYPE streamer_scrape_up gauge\n" + "\n".join(up_lines) + "\n"

@@ -39,8 +39,8 @@ def running(models: int = 2, **model: Any) -> Iterator[Group]:
     rig = Rig(Segmenter, Place("segmenter"), fronts=1, models=models, model={**model, "fake": fake})
     try:
         group = Group(rig, models)
-        for slot in range(models):
-            group.start(slot)
+        for index in range(models):
+            group.start(index)
         group.settle()
         yield group
     finally:
@@ -183,12 +183,12 @@ def test_a_stream_whose_actors_die_running_it_fails_at_max_attempts(g: Group, cl
         g.feed("s-1", X[-1600:])  # the last piece is on the actor
     deaths = 0
     while "s-1" not in g.failed and deaths < 6:
-        slot = g.bound()
-        assert slot is not None
-        g.deliver(slot)
-        g.kill(slot)
+        index = g.bound()
+        assert index is not None
+        g.deliver(index)
+        g.kill(index)
         deaths += 1
-        g.start(slot)
+        g.start(index)
         g.turn()
     assert deaths == 3, g.failed
     assert g.failed["s-1"].startswith("the model actor holding this stream died 3 times")
@@ -203,10 +203,10 @@ def test_deaths_of_its_actor_while_none_of_its_work_is_there_cost_a_stream_nothi
     g.feed("s-1", X[:24000])
     g.settle()  # a checkpoint at 1.0 s; nothing of the stream on its actor now
     for k in range(4):
-        slot = g.bound()
-        assert slot is not None
-        g.kill(slot)
-        g.start(slot)
+        index = g.bound()
+        assert index is not None
+        g.kill(index)
+        g.start(index)
         g.settle()
         g.feed("s-1", X[24000 + 1600 * k : 24000 + 1600 * (k + 1)])  # on, short of the next checkpoint
         g.settle()

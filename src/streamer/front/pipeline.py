@@ -1,6 +1,6 @@
 """The front's side of the pipeline: client audio out to the decoder, everything else back in.
 
-Out. Every session hands its stream's frames and control to `send`; the link gathers what
+Out. Every session hands its stream's frames and control to `send`; the pipeline gathers what
 all sessions give it for at most `[front] coalesce_ms` and sends the decoder one packet: one
 allocation in this front's pool holding every frame's bytes, and the items in the order the
 sessions gave them (a burst, such as a replay of a minute of audio, becomes several packets:
@@ -28,23 +28,23 @@ from streamer.transport.messages import Exited, Load, Message, decode, stream_of
 from streamer.transport.outbox import Outbox
 from streamer.transport.shm import BufferPool
 
-log = logging.getLogger("front.link")
+log = logging.getLogger("front.pipeline")
 
 DECODER = "decoder"
 MAX_PACKET_BYTES = 1 << 20  # audio this large goes at once, whatever the window
 RETRY_S = 0.002  # while the pool or the decoder is full
 
 
-class FrontLink:
+class Pipeline:
     def __init__(self, ctx: ChildContext, coalesce_s: float) -> None:
         topo = Topology(ctx.cfg())
-        self.slot = ctx.slot
+        self.index = ctx.index
         self._coalesce_s = coalesce_s
         self._zctx: zmq.Context[sockets.Socket] = zmq.Context()
         self._out = sockets.outbox(self._zctx, ctx.run_dir, DECODER)
         self._in = self._zctx.socket(zmq.PULL)
-        sockets.bind_inbox(self._in, ctx.run_dir, front_inbox(ctx.slot))
-        self._pool = BufferPool.attach(topo.pools[front_inbox(ctx.slot)], ctx.run_id)
+        sockets.bind_inbox(self._in, ctx.run_dir, front_inbox(ctx.index))
+        self._pool = BufferPool.attach(topo.pools[front_inbox(ctx.index)], ctx.run_id)
         self._pool.reclaim()  # whatever a previous front wrote belongs to sessions that are gone
         self._outbox = Outbox(self._pool, lambda _, data: sockets.try_send(self._out, data))
         self._flush_at: asyncio.TimerHandle | asyncio.Handle | None = None

@@ -1,6 +1,6 @@
 """Sequential streams: each one's audio goes to one model actor, in order, and outlives it.
 
-A stateful model keeps a state per stream, so a stream is bound to one model slot (the one
+A stateful model keeps a state per stream, so a stream is bound to one model actor (the one
 with the fewest bound streams when its first item goes out) and every item of it goes there,
 in order: a `restore` per channel first (a fresh state, or the one a checkpoint describes),
 then its `feed`s, then its `close`s.
@@ -8,7 +8,7 @@ then its `feed`s, then its `close`s.
 What a death costs: the actor's `Done` carries the checkpoints its model reached (`Point`:
 after item N, channel C's state is S at sample P, with F finals made). Here every item handed
 out since a channel's last checkpoint is kept (`since`), and that checkpoint as a `restore`
-item. When the slot's process dies, the stream is bound again, to the least loaded live slot,
+item. When that actor's process dies, the stream is bound again, to the least loaded live actor,
 and gets the restores and everything since once more: the new actor rebuilds the state and
 makes again the results after the checkpoint, which the front already has or takes now (it
 drops what it has: same `seq`). Results equal an undisturbed run; the memory this costs is
@@ -21,7 +21,7 @@ there. A death while none of the stream's work was on the actor (another stream'
 operator, the kernel) moves the stream but costs it no attempt: it cannot have caused it.
 
 A replay after the decoder or the segmenter died (`reset`) starts the stream again from the
-front's checkpoint, on the same slot. What its actor still answers for work from before it
+front's checkpoint, on the same actor. What its actor still answers for work from before it
 (numbered below the stream's `floor`) says nothing about the replay: a checkpoint of it would
 restore the stream past audio the replay sends again, and a close of it would end the stream
 with the replay's own work still to come.
@@ -53,10 +53,10 @@ class Item:
 
 
 @dataclass
-class Bound:
+class BoundStream:
     """One sequential stream, as the dispatcher holds it."""
 
-    slot: int | None = None
+    index: int | None = None
     waiting: deque[Item] = field(default_factory=deque)  # not handed out yet, in order
     since: list[Item] = field(default_factory=list)  # handed out since each channel's last checkpoint
     restores: dict[int, Item] = field(default_factory=dict)  # per channel: its last checkpoint, as an item
@@ -67,9 +67,9 @@ class Bound:
     first: Work | None = None  # its first item: who the stream's results go to, how it is traced
 
 
-class Affinities:
+class Bindings:
     def __init__(self, max_attempts: int) -> None:
-        self.streams: dict[str, Bound] = {}
+        self.streams: dict[str, BoundStream] = {}
         self.max_attempts = max_attempts
         self.failed: list[tuple[str, int, str]] = []  # (stream, its front, why): given up on
 
@@ -82,7 +82,7 @@ class Affinities:
         return sum(i.audio.shape[0] for b in self.streams.values() for i in b.waiting)
 
     def submit(self, item: Item) -> None:
-        b = self.streams.setdefault(item.work.stream, Bound())
+        b = self.streams.setdefault(item.work.stream, BoundStream())
         b.first = b.first or item.work
         if item.work.kind == "restore":
             b.restores[item.work.channel] = item
@@ -91,7 +91,7 @@ class Affinities:
     def reset(self, stream: str, floor: int) -> None:
         """The stream starts again from a checkpoint (a replay after the decoder or segmenter
         died): what waits is superseded by the restores that follow, numbered from `floor` on.
-        It stays on its slot, so those come after whatever that actor still has of it."""
+        It stays on its actor, so those come after whatever that actor still has of it."""
         b = self.streams.get(stream)
         if b is not None:
             b.waiting.clear()
@@ -105,7 +105,7 @@ class Affinities:
         b = self.streams.get(stream)
         if b is None:
             return
-        if b.slot is None:
+        if b.index is None:
             del self.streams[stream]
             return
         b.waiting = deque([abort_item])
@@ -116,21 +116,21 @@ class Affinities:
     # -- handing out ------------------------------------------------------------------------------
 
     def bind(self, live: Iterable[int]) -> None:
-        """Give every stream that has items and no slot the live slot with the fewest streams."""
-        slots = list(live)
-        if not slots:
+        """Give every stream that has items and no actor the live actor with the fewest streams."""
+        indices = list(live)
+        if not indices:
             return
-        load = {s: 0 for s in slots}
+        load = {s: 0 for s in indices}
         for b in self.streams.values():
-            if b.slot in load:
-                load[b.slot] += 1
+            if b.index in load:
+                load[b.index] += 1
         for b in self.streams.values():
-            if b.slot is None and b.waiting:
-                b.slot = min(slots, key=lambda s: load[s])
-                load[b.slot] += 1
+            if b.index is None and b.waiting:
+                b.index = min(indices, key=lambda s: load[s])
+                load[b.index] += 1
 
-    def take(self, slot: int, limit: int, max_bytes: int) -> list[Item]:
-        """Up to `limit` items for `slot` with at most `max_bytes` of audio (one item, however large),
+    def take(self, index: int, limit: int, max_bytes: int) -> list[Item]:
+        """Up to `limit` items for `index` with at most `max_bytes` of audio (one item, however large),
         each stream's in order. A stream that a death has counted against since its checkpoint
         (a suspect) shares its packet with no other: should its work kill the next actor too,
         that death counts against no innocent stream (as a suspect item travels alone)."""
@@ -138,7 +138,7 @@ class Affinities:
         size = 0
         alone = False
         for b in self.streams.values():
-            if b.slot != slot or not b.waiting:
+            if b.index != index or not b.waiting:
                 continue
             if out and (alone or b.deaths):
                 break
@@ -157,7 +157,7 @@ class Affinities:
                 b.since.append(item)
 
     def put_back(self, items: list[Item]) -> None:
-        """Items that could not go (the slot vanished): back to the head, in order."""
+        """Items that could not go (the actor vanished): back to the head, in order."""
         for item in reversed(items):
             b = self.streams.get(item.work.stream)
             if b is not None:
@@ -165,10 +165,10 @@ class Affinities:
 
     # -- what comes back --------------------------------------------------------------------------
 
-    def done(self, slot: int, works: list[Work], points: list[Point]) -> None:
+    def done(self, index: int, works: list[Work], points: list[Point]) -> None:
         for p in points:
             b = self.streams.get(p.stream)
-            if b is None or b.slot != slot or p.work_id < b.floor:
+            if b is None or b.index != index or p.work_id < b.floor:
                 continue  # from an actor this stream has left, or from before its replay: not ours to trust
             b.since = [i for i in b.since if i.work.channel != p.channel or i.work.work_id > p.work_id]
             f = b.first
@@ -187,13 +187,13 @@ class Affinities:
             if w.kind == "abort" or b.closed >= (b.first.channels if b.first else 1):
                 del self.streams[w.stream]
 
-    def on_death(self, slot: int, running: set[str]) -> None:
-        """The slot's process died: its streams go elsewhere, from their checkpoints. Those in
+    def on_death(self, index: int, running: set[str]) -> None:
+        """The actor's process died: its streams go elsewhere, from their checkpoints. Those in
         `running` had work on it, unanswered: the death counts against them."""
         for stream, b in list(self.streams.items()):
-            if b.slot != slot:
+            if b.index != index:
                 continue
-            b.slot = None
+            b.index = None
             if b.aborted:
                 del self.streams[stream]
                 continue
