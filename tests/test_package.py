@@ -46,7 +46,8 @@ def test_the_wheel_holds_one_top_level_package_with_its_data(tmp_path: Path) -> 
                     str(wheel)], check=True, capture_output=True)
     out = subprocess.run([sys.executable, "-c", "import streamer; from streamer.runtime import config; "
                           "print(streamer.__file__, config.load(env={}).server.port)"],
-                         env={"PYTHONPATH": str(tmp_path / "site")}, cwd="/", capture_output=True, text=True, check=True)
+                         env={"PYTHONPATH": str(tmp_path / "site")}, cwd="/", capture_output=True, text=True,
+                         check=True)
     where, port = out.stdout.split()
     assert where.startswith(str(tmp_path / "site")) and int(port) > 0
 
