@@ -20,11 +20,21 @@ from streamer.actors.model_actor import ModelActor
 from streamer.front.reorder import StreamOrder
 from streamer.runtime.topology import SEGMENTER_CONTROL, Place
 from streamer.transport.link import MemoryLink
-from streamer.transport.messages import Close, Exited, Failed, Frames, Open, Result, Slice, StreamEnd, Work, decode
+from streamer.transport.messages import (
+    NOWHERE,
+    Close,
+    Exited,
+    Failed,
+    Frames,
+    Open,
+    Result,
+    StreamEnd,
+    Work,
+    decode,
+)
 
 from rig import Rig
 
-NOWHERE = Slice(0, 0)
 _pids = itertools.count(1000)
 
 

@@ -73,7 +73,7 @@ def test_waiting_output_holds_the_data_inbox_but_not_control() -> None:
         rig.put(SEGMENTER_CONTROL, Ready(0, 100, 2, 8))
         rig.turn(2)
         assert len(rig.link.inboxes["segmenter"]) == 1  # data: left where it is
-        assert rig.actor.dispatcher.live_slots == 1  # type: ignore[attr-defined]  # control: read
+        assert rig.actor.dispatcher.live_peers == 1  # type: ignore[attr-defined]  # control: read
         rig.link.refusing.clear()
         rig.turn(2)
         assert len(rig.link.inboxes["segmenter"]) == 0

@@ -11,6 +11,7 @@ from streamer.actors.decoder import Decoder
 from streamer.actors.pcm import PcmDecoder, expected_frames
 from streamer.runtime.topology import Place
 from streamer.transport.messages import (
+    NOWHERE,
     Abort,
     Checkpoint,
     Close,
@@ -22,14 +23,11 @@ from streamer.transport.messages import (
     Open,
     Pcm,
     Roster,
-    Slice,
     align,
 )
 
 from audio import noise, pcm_bytes
 from rig import Rig
-
-NOWHERE = Slice(0, 0)
 
 
 @pytest.fixture

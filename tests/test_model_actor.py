@@ -10,12 +10,20 @@ import pytest
 
 from streamer.actors.model_actor import READY_EVERY_S, ModelActor
 from streamer.runtime.topology import SEGMENTER_CONTROL, Place
-from streamer.transport.messages import Checkpoint, Done, Forget, Progress, Ready, Result, Slice, StreamEnd, Work
+from streamer.transport.messages import (
+    NOWHERE,
+    Checkpoint,
+    Done,
+    Forget,
+    Progress,
+    Ready,
+    Result,
+    StreamEnd,
+    Work,
+)
 
 from audio import noise
 from rig import Rig
-
-NOWHERE = Slice(0, 0)
 
 
 def make(**fake: Any) -> Rig:

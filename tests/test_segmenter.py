@@ -11,6 +11,7 @@ import pytest
 from streamer.actors.segmenter import LOAD_EVERY_S, Segmenter
 from streamer.runtime.topology import SEGMENTER_CONTROL, Place
 from streamer.transport.messages import (
+    NOWHERE,
     Abort,
     Checkpoint,
     Close,
@@ -28,7 +29,6 @@ from streamer.transport.messages import (
     Ready,
     Result,
     Roster,
-    Slice,
     StreamEnd,
     Work,
 )
@@ -36,7 +36,6 @@ from streamer.transport.messages import (
 from audio import noise, speech
 from rig import Rig
 
-NOWHERE = Slice(0, 0)
 TWO = ("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning.")
 
 

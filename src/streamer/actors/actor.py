@@ -44,6 +44,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 from streamer.runtime.clock import Clock, MonotonicClock
@@ -73,8 +74,9 @@ class Env:
     beat: Callable[[], None] = lambda: None
     stopping: threading.Event = field(default_factory=threading.Event)
 
-    @property
+    @cached_property
     def topology(self) -> Topology:
+        """Built once: the config does not change in a process's life."""
         return Topology(self.cfg)
 
 

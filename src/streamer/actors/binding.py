@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from streamer.transport.messages import Point, Slice, Work
+from streamer.transport.messages import MODEL_RATE, NOWHERE, Point, Work
 
 
 @dataclass
@@ -173,9 +173,10 @@ class Bindings:
             b.since = [i for i in b.since if i.work.channel != p.channel or i.work.work_id > p.work_id]
             f = b.first
             assert f is not None
+            at = p.sample / MODEL_RATE
             b.restores[p.channel] = Item(Work(
-                p.work_id, p.stream, f.front, p.channel, p.finals, 0, p.sample / 16000, p.sample / 16000, "restore",
-                Slice(0, 0), trace=f.trace, interim=f.interim, channels=f.channels, state=p.state),
+                p.work_id, p.stream, f.front, p.channel, p.finals, 0, at, at, "restore", NOWHERE, trace=f.trace,
+                interim=f.interim, channels=f.channels, state=p.state),
                 np.zeros(0, np.float32))
             b.deaths = 0
         for w in works:

@@ -23,6 +23,7 @@ from streamer.runtime.metrics import STREAM_CRASHES, StageMeter, watch_pool
 from streamer.runtime.process import ChildContext
 from streamer.runtime.topology import front_inbox
 from streamer.transport.messages import (
+    NOWHERE,
     Abort,
     Close,
     Exited,
@@ -33,13 +34,11 @@ from streamer.transport.messages import (
     Open,
     Pcm,
     Roster,
-    Slice,
     stream_of,
 )
 
 log = logging.getLogger("decoder")
 _tracer = telemetry.tracer("streamer.decoder")
-NOWHERE = Slice(0, 0)  # filled in when the packet is packed
 
 
 @dataclass

@@ -52,7 +52,7 @@ from streamer.actors.binding import Bindings, Item
 from streamer.actors.fair import FairQueue
 from streamer.runtime import logs, telemetry
 from streamer.runtime.clock import Clock
-from streamer.transport.messages import Done, Forget, Ready, Slice, Work
+from streamer.transport.messages import MODEL_RATE, Done, Forget, Ready, Slice, Work
 from streamer.transport.outbox import aligned, pack
 from streamer.transport.shm import BufferPool, BufferRef
 
@@ -123,14 +123,14 @@ class Dispatcher:
 
     @property
     def queued_seconds(self) -> float:
-        return (self._queued_samples + self.sequential.waiting_samples) / 16000
+        return (self._queued_samples + self.sequential.waiting_samples) / MODEL_RATE
 
     @property
     def inflight(self) -> int:
         return sum(len(b.items) for s in self.peers for b in s.batches)
 
     @property
-    def live_slots(self) -> int:
+    def live_peers(self) -> int:
         return sum(1 for s in self.peers if s.pid)
 
     def queue_delay(self, counts: Callable[[str], bool] = lambda _: True) -> float:

@@ -33,7 +33,7 @@ from streamer.runtime import logs, telemetry
 from streamer.runtime.metrics import StageMeter
 from streamer.runtime.process import ChildContext
 from streamer.runtime.topology import SEGMENTER_CONTROL
-from streamer.transport.messages import Done, Failed, Forget, Message, Ready, Result, Work
+from streamer.transport.messages import MODEL_RATE, Done, Failed, Forget, Message, Ready, Result, Work
 
 log = logging.getLogger("model")
 _tracer = telemetry.tracer("streamer.model")
@@ -123,7 +123,7 @@ class ModelActor(Actor):
         busy = time.perf_counter() - t0
         done.busy_s += busy
         LATENCY.observe(busy)
-        self.meter.done(busy, sum(a.shape[0] for _, a in todo) / 16000, len(todo))
+        self.meter.done(busy, sum(a.shape[0] for _, a in todo) / MODEL_RATE, len(todo))
         self.meter.set_inflight(0)
         for (w, audio), out, span in zip(todo, outputs, spans, strict=True):
             done.answers.append(self._result(w, audio, out))
@@ -143,7 +143,7 @@ class ModelActor(Actor):
             self.streams.handle(w, audio, done.answers, done.points)
         busy = time.perf_counter() - t0
         done.busy_s += busy
-        self.meter.done(busy, sum(a.shape[0] for _, a in items) / 16000, len(items))
+        self.meter.done(busy, sum(a.shape[0] for _, a in items) / MODEL_RATE, len(items))
 
     def _result(self, w: Work, audio: Audio, out: dict[str, Any] | Exception) -> Result:
         result = Result(w.stream, w.channel, w.seq, w.events_before, w.start_time, w.end_time, w.is_final, gen=w.gen)

@@ -41,6 +41,7 @@ from streamer.runtime.metrics import QUEUED, STREAM_CRASHES, StageMeter, watch_p
 from streamer.runtime.process import ChildContext
 from streamer.runtime.topology import front_inbox
 from streamer.transport.messages import (
+    NOWHERE,
     Abort,
     Checkpoint,
     Close,
@@ -56,7 +57,6 @@ from streamer.transport.messages import (
     Ready,
     Result,
     Roster,
-    Slice,
     StreamEnd,
     Work,
     WorkKind,
@@ -72,7 +72,6 @@ LOAD_EVERY_S = 0.5
 LOAD_WINDOW_S = 5.0
 LAG_S = 5.0  # how far behind the audio taken in a speaking stream's latest final may lie
 MIN_ANSWERED_S = 2.0  # audio behind a stream before its demand counts (a region or two)
-NOWHERE = Slice(0, 0)
 NO_AUDIO = np.zeros(0, np.float32)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import webrtcvad
 
-RATE = 16000
+from streamer.transport.messages import MODEL_RATE as RATE  # the VAD hears what the models hear
 
 
 class Vad(Protocol):

@@ -48,6 +48,8 @@ from streamer.front.wire import Wire
 from streamer.runtime import logs, telemetry
 from streamer.runtime.config import Config
 from streamer.transport.messages import (
+    MODEL_RATE,
+    NOWHERE,
     Abort,
     Close,
     Event,
@@ -59,13 +61,11 @@ from streamer.transport.messages import (
     Progress,
     Result,
     Route,
-    Slice,
     StreamEnd,
 )
 
 log = logging.getLogger("front.session")
 _tracer = telemetry.tracer("streamer.front")
-NOWHERE = Slice(0, 0)
 
 # What the sender takes: a message and the span it belongs to (None: the session's own).
 Outgoing = tuple[dict[str, Any], Span | None] | None
@@ -361,7 +361,7 @@ class Session:
         if self.phase is Phase.FLUSHING:
             self.pipeline.send(Close(stream.id, stream.replays))
         assert opened.resume is not None
-        log.info("replaying the stream from %.2f s (%d bytes) after %s", opened.resume.sample / 16000,
+        log.info("replaying the stream from %.2f s (%d bytes) after %s", opened.resume.sample / MODEL_RATE,
                  sum(len(c) for c in chunks), why)
 
     def fail(self, message: str) -> None:

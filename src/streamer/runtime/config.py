@@ -116,7 +116,6 @@ class Model(msgspec.Struct, forbid_unknown_fields=True):
 class Segmenter(msgspec.Struct, forbid_unknown_fields=True):
     vad: str
     vad_aggressiveness: int
-    onset_ms: int
     hangover_ms: int
     min_speech_ms: int
     pad_ms: int

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from streamer.runtime.config import Config
+from streamer.transport.messages import MODEL_RATE
 from streamer.transport.shm import PoolSpec
 
 ROLES = ("front", "decoder", "segmenter", "model")
@@ -60,10 +61,6 @@ class Topology:
         """Every child, in start order: consumers first, the door last (stop is the reverse)."""
         return ([Place("model", i) for i in range(self.models)] + [Place("segmenter"), Place("decoder")]
                 + [Place("front", k) for k in range(self.fronts)])
-
-    def inbox(self, p: Place) -> str:
-        """The inbox a process reads its work from (and the one peers send it work to)."""
-        return p.name
 
     def inboxes(self, p: Place) -> tuple[str, ...]:
         """Every inbox the process binds, control first: control is read even while the
@@ -113,7 +110,7 @@ class Topology:
         if front < 2 * limits.max_frame_bytes:
             raise ValueError(f"[pools] front_slot_bytes x front_slots ({front} bytes) must hold twice "
                              f"[limits] max_frame_bytes ({limits.max_frame_bytes})")
-        region = int(self._cfg.segmenter.max_segment_s * 16000) * 4
+        region = int(self._cfg.segmenter.max_segment_s * MODEL_RATE) * 4
         segmenter = p.segmenter_slot_bytes * p.segmenter_slots
         if segmenter < 8 * region:
             raise ValueError(f"[pools] segmenter_slot_bytes x segmenter_slots ({segmenter} bytes) must hold eight "

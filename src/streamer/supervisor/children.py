@@ -12,7 +12,6 @@ of the supervisor's lifeline (`runtime.process`): it exits when the supervisor i
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -156,9 +155,3 @@ def describe_exit(code: int | None) -> str:
             return f"signal {-code}"
     return f"exit {code}"
 
-
-def kill_quietly(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

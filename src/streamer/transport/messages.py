@@ -30,6 +30,9 @@ class Slice(msgspec.Struct, array_like=True, frozen=True):
     nbytes: int
 
 
+NOWHERE = Slice(0, 0)  # an item's place before `pack` writes its bytes into a slab (or for no bytes)
+
+
 class CutState(msgspec.Struct, array_like=True, frozen=True):
     """One channel at a checkpoint: its audio is needed again from `sample` (16 kHz index), a
     region is open there or not, `finals` finals (or chunks) and `events` events came before it,

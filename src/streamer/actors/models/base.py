@@ -33,6 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from streamer.transport.messages import MODEL_RATE as MODEL_RATE  # every model's audio: mono float32 at this rate
+
 Audio = npt.NDArray[np.float32]
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.actors.models.base import Audio, Final, ModelError, Partial, Said
+from streamer.actors.models.base import MODEL_RATE, Audio, Final, ModelError, Partial, Said
 
 
 class FakeModel:
@@ -52,7 +52,7 @@ class FakeModel:
         self.mode = mode
         self._rng = random.Random(seed)
         self._calls = 0
-        self.final_every = max(1, round(final_every_s * 16000))
+        self.final_every = max(1, round(final_every_s * MODEL_RATE))
 
     @property
     def max_batch(self) -> int:
@@ -62,7 +62,7 @@ class FakeModel:
 
     def cost(self, samples: int) -> float:
         """Seconds one call on `samples` samples in all will take (without the random parts)."""
-        base = self.delay + self.constant_factor * samples / 16000
+        base = self.delay + self.constant_factor * samples / MODEL_RATE
         return base + (self.warmup_penalty if self._calls == 0 else 0.0)
 
     def process(self, audio: Audio, is_final: bool | None) -> dict[str, Any]:

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import webrtcvad
 
+from streamer.actors.models.base import MODEL_RATE as RATE
 from streamer.actors.models.base import Audio, Final, ModelError, Partial, Said
 
-RATE = 16000
 FRAME = 480  # 30 ms, for webrtcvad
 FRAMES_PER_S = 100  # pocketsphinx's frame rate
 
