@@ -19,8 +19,8 @@ run: setup
 	# honcho runs the Procfile through /bin/sh: put the venv's `streamer` on its PATH.
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start
 
-# Most tests wait on real time (streams paced as a microphone would, models that sleep): four at
-# at once keep two cores busy. Those that measure CPU or race timers run by themselves afterwards.
+# Most tests wait on real time (streams paced as a microphone would, models that sleep): six at
+# once keep two cores busy. Those that measure CPU or race timers run by themselves afterwards.
 test: setup
 	$(BIN)/python -m pytest -n 6 --dist worksteal -m "not alone"
 	$(BIN)/python -m pytest -m alone

@@ -1,5 +1,5 @@
 """Talking to a running server as a client does, and checking what came back against
-shared/PROTOCOL.md's ordering rules (stated once here, used by every end-to-end test)."""
+docs/protocol.md's ordering rules (stated once here, used by every end-to-end test)."""
 
 from __future__ import annotations
 

@@ -152,7 +152,7 @@ def test_pocketsphinx_transcribes_a_stream_utterance_by_utterance(tmp_path: Path
     """The real recognizer on the sequential route: one final per utterance (it finds them
     itself), partial hypotheses as it decodes, word times in the stream's time. With a grammar
     the espeak-ng commands come back word for word; free decoding of espeak-ng's voice is poor
-    (see the README's table), so only its shape is checked."""
+    (see bench/README.md), so only its shape is checked."""
     from audio import speech
 
     said = ("open the door", "stop the music", "close the window")

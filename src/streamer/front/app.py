@@ -1,4 +1,4 @@
-"""The HTTP/WebSocket front process: the routes of shared/PROTOCOL.md and the group's views.
+"""The HTTP/WebSocket front process: the routes of docs/protocol.md and the group's views.
 
 `[actors] fronts` of these share one port (SO_REUSEPORT: the kernel spreads connections
 across them), each with its own pool, its own inbox and its own sessions, so a front's death

@@ -1,4 +1,4 @@
-"""The client side of shared/PROTOCOL.md: requests, their validation, close codes."""
+"""The client side of docs/protocol.md: requests, their validation, close codes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One WebSocket session: the protocol of shared/PROTOCOL.md, and the one owner of its stream.
+"""One WebSocket session: the protocol of docs/protocol.md, and the one owner of its stream.
 
 Phases, and what moves a session between them:
 

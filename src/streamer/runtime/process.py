@@ -1,7 +1,8 @@
 """The start of every child process: identity, signals, logging, the control pipe to the supervisor.
 
-Children are started with the `spawn` context, so nothing of the parent's state (sockets,
-threads, telemetry exporters) leaks in; each builds its own here, after it starts.
+Children are forked by multiprocessing's fork server (`supervisor/children.py`), which has
+none of the supervisor's state (sockets, threads, telemetry exporters): nothing of it leaks
+in, and each child builds its own here, after it starts.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """`streamer`: the server's command line (`streamer serve` is the Procfile line).
 
-Its imports are inside `main`: every child is a `spawn`ed interpreter, and spawn runs the
-parent's main module again in each (this one, or the `streamer` script that imports it).
-Imported here, the supervisor's code cost every child a third of a second of CPU at start.
+Its imports are inside `main`: multiprocessing's fork server runs the parent's main module
+again (this one, or the `streamer` script that imports it) before it preloads the roles'
+modules. Imported here, the supervisor's code would be imported there too, for nothing.
 """
 
 from __future__ import annotations
