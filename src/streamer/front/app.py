@@ -19,6 +19,7 @@ from typing import Any
 
 import prometheus_client
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from streamer.front import grpc_api, protocol
 from streamer.front.admission import Admission
@@ -100,7 +101,7 @@ async def actors(request: web.Request) -> web.Response:
     return web.json_response(request.app[SAMPLER].table())
 
 
-class _WebSocket(web.WebSocketResponse):
+class ProtocolWebSocket(web.WebSocketResponse):
     """Two fixes to how aiohttp ends a WebSocket, both so that a client learns why it was closed.
 
     * A frame over `max_msg_size` is closed with 1009 and nothing else; the protocol wants a
@@ -110,12 +111,21 @@ class _WebSocket(web.WebSocketResponse):
       makes the client's kernel discard our error and close frame before the client reads
       them. So the socket is closed a moment later instead (a lingering close, as nginx
       does): meanwhile asyncio keeps reading and aiohttp drops what it reads.
+
+    The second overrides `_close_transport`, aiohttp's one private hook used here (aiohttp has
+    no public way to delay that close): the dependency is pinned below the next minor release,
+    and `tests/test_front_close.py` fails if the override stops being called.
     """
 
     def __init__(self, max_frame_bytes: int, **kwargs: Any) -> None:
         # aiohttp refuses a message of exactly max_msg_size; the limit is the largest one allowed.
         super().__init__(max_msg_size=max_frame_bytes + 1, **kwargs)
         self.max_frame_bytes = max_frame_bytes
+        self._transport: asyncio.BaseTransport | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter:
+        self._transport = request.transport  # public; aiohttp keeps its own request private
+        return await super().prepare(request)
 
     async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
         if code == protocol.TOO_BIG and not message and not self.closed:
@@ -125,7 +135,7 @@ class _WebSocket(web.WebSocketResponse):
         return await super().close(code=code, message=message, drain=drain)
 
     def _close_transport(self) -> None:
-        transport = self._req.transport if self._req is not None else None
+        transport = self._transport
         if transport is not None and not transport.is_closing():
             asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
@@ -168,7 +178,7 @@ def stream_route(route: Route) -> Any:
         # No permessage-deflate, though aiohttp would accept a client's offer (the websockets library
         # and browsers make one): PCM barely compresses, and inflating every frame cost the front
         # (and deflating it the client) more CPU than the audio's own handling.
-        ws = _WebSocket(cfg.limits.max_frame_bytes, autoping=True, protocols=(SUBPROTOCOL,), compress=False)
+        ws = ProtocolWebSocket(cfg.limits.max_frame_bytes, autoping=True, protocols=(SUBPROTOCOL,), compress=False)
         offered = handshake_token(request)
         await ws.prepare(request)
         sock = request.transport.get_extra_info("socket") if request.transport is not None else None
