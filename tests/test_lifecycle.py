@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -32,6 +33,7 @@ def test_stop_signal_leaves_no_segment_and_no_process(fresh_server: Server, sig:
     run_id = fresh_server.run_id()
     children = fresh_server.descendants()
     assert len(children) >= 6 and len(shm_segments(run_id)) == 4  # a pool per front, the decoder's, the segmenter's
+    urllib.request.urlopen(f"{fresh_server.http}/api/v1/actors", timeout=5).close()  # its CPU readings: a file
     fresh_server.signal(sig)
     assert fresh_server.wait(30) == 0
     assert shm_segments(run_id) == []

@@ -140,6 +140,60 @@ def test_actors_table_shows_cpu_rising_with_work_and_restarts_after_kill(tmp_pat
         srv.stop()
 
 
+def test_actors_first_read_from_either_front_has_cpu_and_memory_and_both_share_one_window(tmp_path: Path) -> None:
+    # Two fronts on one port: every read below is a new TCP connection, so the kernel's
+    # SO_REUSEPORT hash spreads them over both, and each front gets its own first read.
+    srv = started(tmp_path)
+    try:
+        def read() -> tuple[float, float, dict[str, Any]]:
+            began = time.monotonic()
+            table = get_json(f"{srv.http}/api/v1/actors")  # urlopen: a fresh connection every time
+            return began, time.monotonic(), table
+
+        def check_usage(table: dict[str, Any]) -> None:
+            assert {a["state"] for a in table["actors"]} == {"running"}, table
+            for a in table["actors"]:
+                assert a["rss_bytes"] is not None and a["rss_bytes"] > 0, (table["front_pid"], a)
+                assert a["cpu_percent"] is not None and a["cpu_percent"] >= 0, (table["front_pid"], a)
+                assert a["cpu_window_s"] is not None and a["cpu_window_s"] > 0, (table["front_pid"], a)
+
+        first_began, first_ended, table = read()
+        check_usage(table)  # the very first read, before anyone has sampled anything
+        firsts = {table["front_pid"]}
+
+        def both_fronts_read_first() -> bool:
+            table = read()[2]
+            check_usage(table)
+            firsts.add(table["front_pid"])
+            return len(firsts) == 2
+
+        wait_for(both_fronts_read_first)
+
+        # A second after the first read, CPU is the share since an earlier read, whichever front
+        # took it: a window no longer than the time since that first read. A front with its own
+        # clock would answer with CPU since the process started, a longer window.
+        late: dict[int, int] = {}
+
+        def both_fronts_show_the_shared_window() -> bool:
+            began, ended, table = read()
+            check_usage(table)
+            if began >= first_ended + 1.0:
+                for a in table["actors"]:
+                    assert a["cpu_window_s"] <= ended - first_began, (table["front_pid"], a, ended - first_began)
+                late[table["front_pid"]] = late.get(table["front_pid"], 0) + 1
+            return len(late) == 2 and min(late.values()) >= 3
+
+        wait_for(both_fronts_show_the_shared_window)
+
+        top = subprocess.run([sys.executable, "-m", "streamer.supervisor.cli", "top", "--once", "--addr", srv.http],
+                             capture_output=True, text=True, timeout=30)
+        assert top.returncode == 0, top.stderr
+        rows = [line.split() for line in top.stdout.splitlines()[1:-1]]
+        assert len(rows) == len(table["actors"]) and all(float(r[3]) >= 0 and float(r[4]) > 0 for r in rows), top.stdout
+    finally:
+        srv.stop()
+
+
 def test_a_real_prometheus_scrapes_every_process_through_the_front(tmp_path: Path) -> None:
     if shutil.which("prometheus") is None:
         pytest.fail("Debian's prometheus package is required (bash .ci/run installs it)")

@@ -1,9 +1,11 @@
 """`streamer top`: every process of a running server, its CPU and what it is doing, live.
 
 Reads `GET /api/v1/actors` once a second and redraws a table: role and index, pid, state,
-CPU (% of one core over the last second), resident memory, restarts, uptime, items in
-flight and processed, the stage's real-time factor (busy seconds per audio second) and
-how the previous process in its place ended. `--once` prints one table and exits.
+CPU (% of one core over the server's `cpu_window_s`: the last second or two while watched,
+since the process started on a first look, as with `--once`), resident memory, restarts,
+uptime, items in flight and processed, the stage's real-time factor (busy seconds per
+audio second) and how the previous process in its place ended. `--once` prints one table
+and exits.
 """
 
 from __future__ import annotations

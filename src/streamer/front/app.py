@@ -27,7 +27,7 @@ from streamer.front.doors import RETRY_AFTER_S, Doors, Refused
 from streamer.front.front_metrics import REFUSED, group_page
 from streamer.front.guard import SUBPROTOCOL, Proxies, access_logger, handshake_token, origin_ok, redact_logs, token_ok
 from streamer.front.pipeline import Pipeline
-from streamer.front.processes import CpuSampler
+from streamer.front.processes import Usage
 from streamer.front.seats import Seat, Seats
 from streamer.front.session import Session
 from streamer.front.wire import WebSocketWire
@@ -43,7 +43,7 @@ CFG: web.AppKey[Config] = web.AppKey("cfg", Config)
 PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline", Pipeline)
 PROXIES: web.AppKey[Proxies] = web.AppKey("proxies", Proxies)
 RUN_DIR: web.AppKey[str] = web.AppKey("run_dir", str)
-SAMPLER: web.AppKey[CpuSampler] = web.AppKey("sampler", CpuSampler)
+USAGE: web.AppKey[Usage] = web.AppKey("usage", Usage)
 INDEX: web.AppKey[int] = web.AppKey("index", int)
 LINGER_S = 0.5
 ROSTER_EVERY_S = 2.0
@@ -98,7 +98,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def actors(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SAMPLER].table())
+    return web.json_response(request.app[USAGE].table())
 
 
 class ProtocolWebSocket(web.WebSocketResponse):
@@ -217,7 +217,7 @@ def build_app(cfg: Config, pipeline: Pipeline, run_dir: str, index: int, fronts:
     app = web.Application(middlewares=[admin_on_loopback])
     app[CFG] = cfg
     app[PROXIES] = Proxies(cfg.server.trusted_proxies)
-    app[SAMPLER] = CpuSampler(run_dir)
+    app[USAGE] = Usage(run_dir)
     app[PIPELINE] = pipeline
     app[RUN_DIR] = run_dir
     app[INDEX] = index
@@ -268,7 +268,6 @@ async def serve(ctx: ChildContext) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
     async with asyncio.TaskGroup() as tasks:
         beating = tasks.create_task(heartbeat(ctx))
-        sampling = tasks.create_task(app[SAMPLER].run())
         telling = tasks.create_task(roster(app[DOORS], pipeline))
         await stopped.wait()
         log.info("stopping")
@@ -276,7 +275,6 @@ async def serve(ctx: ChildContext) -> None:
         if rpc is not None:
             await rpc.stop(1.0)
         beating.cancel()
-        sampling.cancel()
         telling.cancel()
     await runner.cleanup()
     await pipeline.close()

@@ -33,6 +33,7 @@ from typing import Any
 import prometheus_client
 import zmq
 
+from streamer.front.processes import SAMPLES_FILE
 from streamer.front.seats import SEATS_FILE
 from streamer.runtime import group, metrics
 from streamer.runtime.config import Config
@@ -333,7 +334,7 @@ class Supervisor:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         else:  # a directory we were given: take back only what we put there
             for leftover in [*Path(self.run_dir).glob("*.sock"), Path(self.run_dir, group.STATE_FILE),
-                             Path(self.run_dir, SEATS_FILE)]:
+                             Path(self.run_dir, SEATS_FILE), Path(self.run_dir, SAMPLES_FILE)]:
                 leftover.unlink(missing_ok=True)
         os.close(self._wake_r)
         os.close(self._wake_w)
