@@ -1,9 +1,9 @@
 """Finals waiting for a model actor, served in turn by channel rather than by arrival.
 
-One first-in-first-out queue for every stream let a stream that arrived with a minute of
-audio (a file uploaded at full speed) stand in front of every stream behind it: twenty
-8-channel uploads were answered one stream after another, and the last ones heard nothing
-for over a minute and were given up. Here each channel of each stream has its own queue, in
+With one first-in-first-out queue, a stream that arrives with a minute of audio (a file
+uploaded at full speed) stands in front of every stream behind it, and those hear nothing
+until it is done: long enough for their stop timeout to give them up. So each channel of
+each stream has its own queue, in
 arrival order, and the channels take turns: the next item comes from the channel at the head
 of the rotation, which then goes to the back. A stream's results keep coming at its share of
 the models however many others are waiting, a live stream's final never waits behind an

@@ -112,9 +112,9 @@ class Stream:
     def budget_s(self, now: float) -> float:
         """Seconds of audio this stream may have unanswered now: `max_s`, or what its answers at
         their recent pace cover in half the stop timeout, never less than `MIN_INFLIGHT_S`; and
-        `MIN_INFLIGHT_S` until the pace is known (a slow start, as TCP's: twenty 8-channel uploads
-        let in at a real-time guess filled the pipeline with a few streams' audio, and the
-        streams behind it heard nothing for over a minute)."""
+        `MIN_INFLIGHT_S` until the pace is known (a slow start, as TCP's: a guess made before any
+        answer came lets a few fast uploads fill the pipeline, and the streams behind them wait
+        for all of it)."""
         b = self.budget
         marks = self._answered_at
         if not marks or now - marks[0][0] < RATE_WINDOW_S / 2:
