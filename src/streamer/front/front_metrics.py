@@ -45,7 +45,7 @@ class LoadMetrics:
         g, c = prometheus_client.Gauge, prometheus_client.Counter
         self.reports = c("streamer_front_load_reports", "Load reports heard from the segmenter (two a second)")
         self.streams = g("streamer_front_load_streams", "Streams open in the segmenter, as of the last load report")
-        self.actors = g("streamer_front_load_actors", "Model actor slots (live or restarting), as of the last load "
+        self.actors = g("streamer_front_load_actors", "Model actors (live or restarting), as of the last load "
                         "report")
         self.busy = g("streamer_front_load_busy", "Model actors' seconds in model calls per second over the last "
                       "5 s (1 = one actor always busy), as of the last load report")

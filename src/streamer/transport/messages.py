@@ -278,7 +278,7 @@ class Progress(msgspec.Struct, tag="progress", array_like=True):
 
 class Load(msgspec.Struct, tag="load", array_like=True):
     """Segmenter -> every front, twice a second: what the model actors are asked to do, for
-    admission. `actors` is the number of model slots (live or restarting); `busy` is the model
+    admission. `actors` is the number of model processes (live or restarting); `busy` is the model
     actors' wall time spent in model calls per second over the last seconds (1.0 = one actor
     always busy); `per_stream` the model time a stream costs per second of
     its audio, learned from each stream's answered finals (0 until there is one); `queue_delay_s`

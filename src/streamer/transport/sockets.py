@@ -50,7 +50,7 @@ def outbox(ctx: zmq.Context[Socket], run_dir: str | Path, name: str, *, immediat
     """A PUSH socket connected to another process's inbox.
 
     `immediate` makes a send impossible while the peer is not connected instead of queueing
-    for it: used where the sender keeps its own record of what it handed out (model slots).
+    for it: used where the sender keeps its own record of what it handed out (the model actors).
     """
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
