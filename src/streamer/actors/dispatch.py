@@ -34,6 +34,19 @@ have held streams for a segmenter that has since died, whose streams this one re
 wherever it likes; nothing else would ever release them. Until the `Forget` has gone, the
 peer is offered nothing (ZeroMQ keeps one peer's messages in order, so whatever follows it
 arrives after it).
+
+Sending. Packets go through the segmenter's own `Outbox` (the pool it writes into, the link it
+sends on, the size of a packet), but by `offer`, not by the `put` and `flush` that hold a
+packet back until it can go. A packet for a peer must go now or not at all, for three
+reasons. Credit: an item is handed to a peer only once its packet has gone; one that cannot
+go stays in this queue, to be offered to whichever peer can take it (finals first, channels
+in turn), not pinned behind a peer that may be dead. Input: the skeleton stops reading its
+data inboxes while any packet waits in its outbox, and a model process that is absent
+(IMMEDIATE: a send fails exactly then) or restarting must not stop the segmenter taking in
+audio while the other actors work; its own backpressure is the audio waiting here
+(`queued_seconds`, `[segmenter] max_pending_s`). Deaths: what a dead peer held is redone from
+here, and its slabs released here; a packet still waiting for a dead process would reach its
+successor, numbered for a credit nobody granted.
 """
 
 from __future__ import annotations
@@ -53,8 +66,8 @@ from streamer.actors.fair import FairQueue
 from streamer.runtime import logs, telemetry
 from streamer.runtime.clock import Clock
 from streamer.transport.messages import MODEL_RATE, Done, Forget, Ready, Slice, Work
-from streamer.transport.outbox import aligned, pack
-from streamer.transport.shm import BufferPool, BufferRef
+from streamer.transport.outbox import Outbox, Refused, Went, aligned
+from streamer.transport.shm import BufferRef
 
 log = logging.getLogger("dispatch")
 _tracer = telemetry.tracer("streamer.dispatch")
@@ -86,12 +99,11 @@ class Peer:
 
 
 class Dispatcher:
-    def __init__(self, pool: BufferPool, send: Callable[[str, bytes], bool], dests: list[str], clock: Clock,
-                 max_attempts: int = 3, first_id: int = 0) -> None:
-        self._pool = pool
+    def __init__(self, outbox: Outbox, dests: list[str], clock: Clock, max_attempts: int = 3,
+                 first_id: int = 0) -> None:
+        self._outbox = outbox
         self.first_id = first_id  # the lowest `work_id` this dispatcher will hand out (`Forget.below`)
         self._last_id = first_id - 1
-        self._send = send
         self._clock = clock
         self.peers = [Peer(d) for d in dests]
         self._finals = FairQueue()  # served in turn by channel (actors/fair.py)
@@ -102,7 +114,7 @@ class Dispatcher:
         self.failed: list[Work] = []  # items past their attempts: the caller reports them
         self.superseded = 0
         self.sequential = Bindings(max_attempts)  # streams bound to one peer (stateful models)
-        self.max_bytes = max(pool.capacity // 8, 1)  # of audio per packet: several fit the pool at once
+        self.max_bytes = outbox.max_bytes  # of audio per packet: several fit the pool at once
 
     def new_id(self) -> int:
         """A `work_id` for a new item: every item has its own, an abort too (a packet's items are
@@ -202,9 +214,7 @@ class Dispatcher:
     def _greet(self, peer: Peer) -> bool:
         """Send the peer's process `Forget`; if it cannot go now, offer the peer nothing until its
         next `Ready` (a second later), which tries again."""
-        packed = pack(self._pool, [Forget(self.first_id)], [])
-        assert packed is not None  # no audio: no allocation to wait for
-        peer.greeted = self._send(peer.dest, packed[0])
+        peer.greeted = isinstance(self._outbox.offer(peer.dest, [Forget(self.first_id)], []), Went)
         if not peer.greeted:
             peer.capacity = 0
         return peer.greeted
@@ -288,17 +298,13 @@ class Dispatcher:
         is not connected: then it is offered nothing more until it announces itself)."""
         if not (peer.greeted or self._greet(peer)):
             return False
-        packed = pack(self._pool, [i.work for i in items], [(k, i.audio) for k, i in enumerate(items)])
-        if packed is None:
-            return False
-        packet, slab = packed
-        if not self._send(peer.dest, packet):
-            if slab is not None:
-                self._pool.release(slab)
+        sent = self._outbox.offer(peer.dest, [i.work for i in items], [(k, i.audio) for k, i in enumerate(items)])
+        if sent is Refused.PEER:
             peer.capacity = 0
+        if not isinstance(sent, Went):
             return False
         BATCH.observe(len(items))
-        peer.batches.append(Batch(slab, {i.work.work_id: i for i in items}))
+        peer.batches.append(Batch(sent.slab, {i.work.work_id: i for i in items}))
         return True
 
     def _pick(self) -> Peer | None:
@@ -344,8 +350,7 @@ class Dispatcher:
     def _requeue(self, peer: Peer) -> None:
         again = []
         for i, batch in enumerate(peer.batches):
-            if batch.slab is not None:
-                self._pool.release(batch.slab)  # a no-op if the model had read (and released) it
+            self._outbox.release(batch.slab)  # a no-op if the model had read (and released) it
             again += [item for item in batch.items.values()  # (a sequential stream's go again from its checkpoint)
                       if not item.work.sequential and self._redo(item, peer.pid, ran=i == 0)]
         peer.batches.clear()

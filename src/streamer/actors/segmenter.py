@@ -159,7 +159,7 @@ class Segmenter(Actor):
         super().__init__(env)
         assert self.pool is not None
         self.streams: dict[str, SegmenterStream] = {}
-        self.dispatcher = Dispatcher(self.pool, env.link.send, env.topology.model_inboxes(), self.clock,
+        self.dispatcher = Dispatcher(self.outbox, env.topology.model_inboxes(), self.clock,
                                      max_attempts=self.cfg.model.max_attempts, first_id=first_work_id(self.pool))
         self.meter = StageMeter()
         self.busy = BusyWindow(LOAD_WINDOW_S, self.clock.now())
