@@ -25,10 +25,8 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from streamer.actors.actor import Actor, Env, run_process
@@ -41,25 +39,27 @@ from streamer.runtime.metrics import QUEUED, STREAM_CRASHES, StageMeter, watch_p
 from streamer.runtime.process import ChildContext
 from streamer.runtime.topology import front_inbox
 from streamer.transport.messages import (
-    NOWHERE,
     Abort,
     Checkpoint,
     Close,
+    CloseChannel,
     Done,
     Event,
     Exited,
     Failed,
+    Feed,
     Frames,
+    Infer,
     Load,
     Message,
     Open,
     Progress,
     Ready,
+    Restore,
     Result,
     Roster,
     StreamEnd,
     Work,
-    WorkKind,
     align,
     stream_of,
 )
@@ -72,7 +72,6 @@ LOAD_EVERY_S = 0.5
 LOAD_WINDOW_S = 5.0
 LAG_S = 5.0  # how far behind the audio taken in a speaking stream's latest final may lie
 MIN_ANSWERED_S = 2.0  # audio behind a stream before its demand counts (a region or two)
-NO_AUDIO = np.zeros(0, np.float32)
 
 
 @dataclass
@@ -84,7 +83,7 @@ class SegmenterStream:
     results: list[int]  # finals (or chunks) so far, per channel
     events: list[int]
     span: Span = INVALID_SPAN  # "segment": parent of every inference of the stream
-    work_trace: str | None = None  # what each `Work` carries: the segment span's traceparent
+    work_trace: str | None = None  # what each item of its work carries: the segment span's traceparent
     taken_s: float = 0.0  # audio consumed so far (seconds per channel)
     told_s: float = 0.0  # last `Progress` sent
     model_s: float = 0.0  # model call time spent on its items
@@ -120,6 +119,19 @@ def checkpoint_of(state: SegmenterStream) -> Checkpoint:
     start at or before all of them, on a whole input sample."""
     channels = [c.checkpoint() for c in state.cutters]
     return Checkpoint(align(min(c.sample for c in channels), state.start.sample_rate), channels)
+
+
+def answered(work: Work) -> float:
+    """How far into its stream's audio an answered item reaches, in seconds (0: it says nothing of
+    that; an interim's region is not answered yet)."""
+    match work:
+        case Infer():
+            return work.end_time if work.is_final is not False else 0.0
+        case Feed():
+            return work.end / MODEL_RATE
+        case Restore() | CloseChannel():
+            return work.sample / MODEL_RATE
+    return 0.0
 
 
 def first_work_id(pool: BufferPool) -> int:
@@ -230,8 +242,7 @@ class Segmenter(Actor):
         for work in done:
             if (state := self.streams.get(work.stream)) is not None:
                 state.model_s += msg.busy_s / len(done)
-                if work.kind != "interim":
-                    state.answered_s = max(state.answered_s, work.end_time)
+                state.answered_s = max(state.answered_s, answered(work))
 
     def _open(self, msg: Open) -> None:
         cp = msg.resume
@@ -255,8 +266,9 @@ class Segmenter(Actor):
                                                            told_s=taken)
         if msg.route == "sequential":  # the model's state for each channel, from scratch or the checkpoint's
             for ch, c in enumerate(cp.channels):
-                self._sequential(msg.stream, state, ch, "restore", c.sample, c.sample, None, seq=c.finals,
-                                 model_state=c.model)
+                self.dispatcher.submit_sequential(Restore(
+                    work_id=self.dispatcher.new_id(), stream=msg.stream, front=msg.front, trace=state.work_trace,
+                    channel=ch, channels=msg.channels, sample=c.sample, finals=c.finals, state=c.model))
 
     def on_exit(self, note: Exited) -> None:
         if note.role == "model":
@@ -298,24 +310,18 @@ class Segmenter(Actor):
                 state.events[ch] += 1
                 continue
             if state.start.route == "sequential":
-                self._sequential(stream, state, ch, "feed", o.start, o.end, o.audio)
+                self.dispatcher.submit_sequential(Feed(
+                    work_id=self.dispatcher.new_id(), stream=stream, front=state.start.front, trace=state.work_trace,
+                    channel=ch, channels=state.start.channels, start=o.start, end=o.end,
+                    interim=state.start.interim), o.audio)
                 continue
-            kind: WorkKind = "chunk" if o.is_final is None else "final" if o.is_final else "interim"
-            work = Work(self.dispatcher.new_id(), stream, state.start.front, ch, state.results[ch], state.events[ch],
-                        o.start / MODEL_RATE, o.end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace,
-                        gen=state.start.gen)
-            if kind != "interim":
+            work = Infer(work_id=self.dispatcher.new_id(), stream=stream, front=state.start.front,
+                         trace=state.work_trace, channel=ch, seq=state.results[ch], events_before=state.events[ch],
+                         start_time=o.start / MODEL_RATE, end_time=o.end / MODEL_RATE, is_final=o.is_final,
+                         gen=state.start.gen)
+            if o.is_final is not False:  # an interim takes the number of the final it comes before
                 state.results[ch] += 1
             self.dispatcher.submit(work, o.audio)
-
-    def _sequential(self, stream: str, state: SegmenterStream, ch: int, kind: WorkKind, start: int, end: int,
-                    audio: npt.NDArray[np.float32] | None, seq: int = 0,
-                    model_state: dict[str, Any] | None = None) -> None:
-        """One item of a sequential stream's channel, for the model actor that holds its state."""
-        work = Work(self.dispatcher.new_id(), stream, state.start.front, ch, seq, 0, start / MODEL_RATE,
-                    end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace, interim=state.start.interim,
-                    channels=state.start.channels, state=model_state, gen=state.start.gen)
-        self.dispatcher.submit_sequential(work, audio if audio is not None else NO_AUDIO)
 
     def contain(self, item: Message, error: Exception) -> bool:
         stream = stream_of(item)
@@ -345,15 +351,17 @@ class Segmenter(Actor):
         telemetry.finish(state.span)
         if state.start.route == "sequential":  # how many finals there were is the model's to say
             for ch, cutter in enumerate(state.cutters):
-                at = cutter.checkpoint().sample
-                self._sequential(stream, state, ch, "close", at, at, None)
+                self.dispatcher.submit_sequential(CloseChannel(
+                    work_id=self.dispatcher.new_id(), stream=stream, front=state.start.front, trace=state.work_trace,
+                    channel=ch, channels=state.start.channels, sample=cutter.checkpoint().sample,
+                    interim=state.start.interim))
             return
         state.span.set_attribute("streamer.results", sum(state.results))
         self.emit(state.front, StreamEnd(stream, state.results, state.events, state.start.gen))
 
     def on_idle(self) -> None:
         self.dispatcher.pump()
-        for work in self.dispatcher.failed:
+        for work in self.dispatcher.failed:  # (pieces on their own: a sequential stream fails whole, below)
             self.emit(front_inbox(work.front), Result(
                 work.stream, work.channel, work.seq, work.events_before, work.start_time, work.end_time,
                 work.is_final, error=f"inference failed for {work.start_time:.2f}-{work.end_time:.2f}: "
