@@ -443,3 +443,20 @@ def test_a_stream_its_front_no_longer_has_is_forgotten_with_its_waiting_work(rig
     rig.turn()
     assert set(rig.actor.streams) == {"s-1", "s-3"}  # type: ignore[attr-defined]
     assert rig.actor.dispatcher.queued == 4  # type: ignore[attr-defined]
+
+
+def test_a_sequential_streams_model_demand_is_known_from_the_audio_its_model_has_taken(rig: Rig) -> None:
+    """On the sequential route the answered audio is what the stream's model actor has been fed
+    (its `Feed`s' ends), not the ends of finals: the model puts those where it likes."""
+    ready(rig, 0, 100, capacity=1, max_batch=8)
+    stream_in(rig, noise(3.0), route="sequential", close=False)  # a Restore, then a Feed per 0.1 s
+    calls = 0
+    while packets := work_packets(rig, 0):
+        (packet,) = packets
+        rig.put(SEGMENTER_CONTROL, Done(0, 100, [w.work_id for w in packet.items if isinstance(w, Work)], 0.3))
+        rig.turn()
+        calls += 1
+    rig.clock.advance(LOAD_EVERY_S)
+    rig.turn()
+    load = rig.sent("front-0", Load)[-1]
+    assert calls > 1 and load.per_stream == pytest.approx(calls * 0.3 / 3.0, abs=1e-4)

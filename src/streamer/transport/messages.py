@@ -20,7 +20,7 @@ import msgspec
 
 from streamer.transport.shm import BufferRef
 
-Route = Literal["segmented", "simple", "sequential"]
+RouteName = Literal["segmented", "simple", "sequential"]
 
 
 class Slice(msgspec.Struct, array_like=True, frozen=True):
@@ -110,7 +110,7 @@ class Open(msgspec.Struct, tag="open", array_like=True):
 
     stream: str
     front: int
-    route: Route
+    route: RouteName
     channels: int
     sample_rate: int
     bit_depth: int
