@@ -12,7 +12,7 @@ import pytest
 
 from streamer.actors.segmenter import Segmenter
 from streamer.runtime.topology import Place
-from streamer.transport.messages import Abort, Checkpoint, CutState, encode
+from streamer.transport.messages import Abort, Checkpoint, CutState, Drop, encode
 
 from audio import noise
 from ensemble import Group
@@ -99,7 +99,7 @@ def test_streams_aborted_together_are_each_forgotten() -> None:
         g.rig.put("segmenter", Abort("s-1"), Abort("s-2"))
         g.turn()
         (packet,) = g.rig.packets("model-0")
-        assert [w.kind for w in packet.items] == ["abort", "abort"]  # type: ignore[union-attr]
+        assert [(type(w), w.stream) for w in packet.items] == [(Drop, "s-1"), (Drop, "s-2")]  # type: ignore[union-attr]
         g.rig.link.sent["model-0"] = [encode(packet)]
         g.settle()
         assert g.held() == {0: 0} and g.rig.actor.dispatcher.sequential.streams == {}  # type: ignore[attr-defined]

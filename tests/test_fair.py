@@ -7,11 +7,12 @@ import numpy as np
 
 from streamer.actors.binding import Item
 from streamer.actors.fair import FairQueue
-from streamer.transport.messages import Slice, Work
+from streamer.transport.messages import Infer
 
 
-def item(stream: str, channel: int, seq: int, at: float = 0.0) -> Item:
-    work = Work(seq, stream, 0, channel, seq, 0, seq * 0.5, seq * 0.5 + 0.5, "chunk", Slice(0, 0))
+def item(stream: str, channel: int, seq: int, at: float = 0.0) -> Item[Infer]:
+    work = Infer(work_id=seq, stream=stream, front=0, channel=channel, seq=seq, events_before=0, start_time=seq * 0.5,
+                 end_time=seq * 0.5 + 0.5, is_final=None)
     return Item(work, np.zeros(8000, np.float32), at)
 
 

@@ -11,15 +11,18 @@ import pytest
 from streamer.actors.model_actor import READY_EVERY_S, ModelActor
 from streamer.runtime.topology import SEGMENTER_CONTROL, Place
 from streamer.transport.messages import (
-    NOWHERE,
     Checkpoint,
+    CloseChannel,
     Done,
+    Drop,
+    Feed,
     Forget,
+    Infer,
     Progress,
     Ready,
+    Restore,
     Result,
     StreamEnd,
-    Work,
 )
 
 from audio import noise
@@ -39,11 +42,12 @@ def rig() -> Iterator[Rig]:
         r.close()
 
 
-def work(work_id: int, front: int, seconds: float, seq: int = 0, kind: str = "final") -> Work:
-    return Work(work_id, f"s-{front}", front, 0, seq, 0, 0.0, seconds, kind, NOWHERE)  # type: ignore[arg-type]
+def work(work_id: int, front: int, seconds: float, seq: int = 0, is_final: bool | None = True) -> Infer:
+    return Infer(work_id=work_id, stream=f"s-{front}", front=front, channel=0, seq=seq, events_before=0,
+                 start_time=0.0, end_time=seconds, is_final=is_final)
 
 
-def give(rig: Rig, *items: tuple[Work, np.ndarray]) -> None:
+def give(rig: Rig, *items: tuple[Infer, np.ndarray]) -> None:
     rig.put("model-1", *[w for w, _ in items], audio=[a for _, a in items], pool="segmenter")
 
 
@@ -132,10 +136,21 @@ def test_a_packet_whose_buffer_was_reclaimed_is_acknowledged_and_not_run(rig: Ri
     assert answers == [] and [d.work_ids for d in dones] == [[1]]
 
 
-def seq_work(work_id: int, kind: str, start: int, end: int, seq: int = 0, state: dict[str, Any] | None = None,
-             interim: bool = False) -> Work:
-    return Work(work_id, "s-0", 0, 0, seq, 0, start / 16000, end / 16000, kind, NOWHERE,  # type: ignore[arg-type]
-                interim=interim, state=state)
+def restore(work_id: int, sample: int, finals: int = 0, state: dict[str, Any] | None = None, channel: int = 0,
+            channels: int = 1, stream: str = "s-0") -> Restore:
+    return Restore(work_id=work_id, stream=stream, front=0, channel=channel, channels=channels, sample=sample,
+                   finals=finals, state=state)
+
+
+def feed(work_id: int, start: int, end: int, interim: bool = False, channel: int = 0, channels: int = 1,
+         stream: str = "s-0") -> Feed:
+    return Feed(work_id=work_id, stream=stream, front=0, channel=channel, channels=channels, start=start, end=end,
+                interim=interim)
+
+
+def close(work_id: int, sample: int, channel: int = 0, channels: int = 1, stream: str = "s-0") -> CloseChannel:
+    return CloseChannel(work_id=work_id, stream=stream, front=0, channel=channel, channels=channels, sample=sample,
+                        interim=False)
 
 
 def test_a_sequential_stream_runs_in_order_through_the_stateful_model_with_checkpoints_at_its_finals() -> None:
@@ -143,12 +158,12 @@ def test_a_sequential_stream_runs_in_order_through_the_stateful_model_with_check
     try:
         x = noise(2.5)
         pieces = [(0, 7000), (7000, 20000), (20000, 40000)]  # cut anywhere: finals at 16000 and 32000
-        rig.put("model-1", seq_work(1, "restore", 0, 0))
+        rig.put("model-1", restore(1, 0))
         rig.turn()
         for k, (a, b) in enumerate(pieces):
-            rig.put("model-1", seq_work(2 + k, "feed", a, b, interim=True), audio=[x[a:b]], pool="segmenter")
+            rig.put("model-1", feed(2 + k, a, b, interim=True), audio=[x[a:b]], pool="segmenter")
             rig.turn()
-        rig.put("model-1", seq_work(9, "close", 40000, 40000))
+        rig.put("model-1", close(9, 40000))
         rig.turn()
         dones, told = answered(rig)
         finals = [r for r in told if isinstance(r, Result) and r.is_final]
@@ -171,10 +186,10 @@ def test_a_restored_state_goes_on_exactly_as_the_undisturbed_one() -> None:
     rig = make(final_every_s=1.0)
     try:
         x = noise(2.5)
-        rig.put("model-1", seq_work(1, "restore", 20000, 20000, seq=1, state={"start": 16000, "total": 20000}))
-        rig.put("model-1", seq_work(2, "feed", 20000, 40000), audio=[x[20000:40000]], pool="segmenter")
+        rig.put("model-1", restore(1, 20000, finals=1, state={"start": 16000, "total": 20000}))
+        rig.put("model-1", feed(2, 20000, 40000), audio=[x[20000:40000]], pool="segmenter")
         rig.turn(2)
-        rig.put("model-1", seq_work(3, "close", 40000, 40000))
+        rig.put("model-1", close(3, 40000))
         rig.turn()
         finals = [(r.seq, r.output) for r in results(answered(rig)[1], "s-0") if r.is_final]
         assert finals == [(1, {"count": 16000, "total": 32000}), (2, {"count": 8000, "total": 40000})]
@@ -190,21 +205,71 @@ def test_forget_drops_every_stream_held_and_what_an_earlier_segmenter_still_had_
     rig = make(final_every_s=1.0)
     try:
         x = noise(1.0)
-        rig.put("model-1", seq_work(1, "restore", 0, 0))
-        rig.put("model-1", seq_work(2, "feed", 0, 8000), audio=[x[:8000]], pool="segmenter")
+        rig.put("model-1", restore(1, 0))
+        rig.put("model-1", feed(2, 0, 8000), audio=[x[:8000]], pool="segmenter")
         rig.turn(2)
         assert rig.actor.stats()["held"] == 1
         rig.put("model-1", Forget(100))
         rig.turn()
         assert rig.actor.stats()["held"] == 0
         answered(rig)
-        rig.put("model-1", seq_work(3, "feed", 8000, 16000), audio=[x[8000:]], pool="segmenter")
+        rig.put("model-1", feed(3, 8000, 16000), audio=[x[8000:]], pool="segmenter")
         rig.turn()
         assert rig.actor.stats()["held"] == 0 and answered(rig) == ([], [])
-        rig.put("model-1", seq_work(100, "restore", 8000, 8000, state={"start": 0, "total": 8000}))
+        rig.put("model-1", restore(100, 8000, state={"start": 0, "total": 8000}))
         rig.put("model-1", Forget(50))
         rig.turn(2)
         assert rig.actor.stats()["held"] == 1
         assert [d.work_ids for d in answered(rig)[0]] == [[100]]
+    finally:
+        rig.close()
+
+
+def test_a_stream_ends_once_every_channel_is_closed_each_with_its_own_finals() -> None:
+    """`CloseChannel` ends one channel: its last final comes at once, the stream's end (how many
+    finals each channel made) only with the last channel's close."""
+    rig = make(final_every_s=1.0)
+    try:
+        x = noise(1.5)
+        for ch, end in ((0, 24000), (1, 8000)):
+            rig.put("model-1", restore(10 + ch, 0, channel=ch, channels=2))
+            rig.put("model-1", feed(20 + ch, 0, end, channel=ch, channels=2), audio=[x[:end]], pool="segmenter")
+        rig.turn(4)
+        answered(rig)
+        rig.put("model-1", close(30, 24000, channel=0, channels=2))
+        rig.turn()
+        told = answered(rig)[1]
+        assert [(r.channel, r.seq, r.end_time) for r in results(told, "s-0")] == [(0, 1, 1.5)]
+        assert not any(isinstance(m, StreamEnd) for m in told) and rig.actor.stats()["held"] == 1
+        rig.put("model-1", close(31, 8000, channel=1, channels=2))
+        rig.turn()
+        told = answered(rig)[1]
+        assert [(r.channel, r.seq, r.end_time) for r in results(told, "s-0")] == [(1, 0, 0.5)]
+        (end,) = [m for m in told if isinstance(m, StreamEnd)]
+        assert end.results == [2, 1] and rig.actor.stats()["held"] == 0
+    finally:
+        rig.close()
+
+
+def test_a_drop_lets_the_stream_go_without_a_word_and_leaves_the_others_alone() -> None:
+    """`Drop` (its client left): the stream's states go without a close, so no last final and no
+    end; it is acknowledged like any item, and the stream beside it goes on."""
+    rig = make(final_every_s=1.0)
+    try:
+        x = noise(1.0)
+        for stream in ("s-0", "s-1"):
+            rig.put("model-1", restore(1, 0, stream=stream))
+            rig.put("model-1", feed(2, 0, 8000, stream=stream), audio=[x[:8000]], pool="segmenter")
+        rig.turn(4)
+        answered(rig)
+        assert rig.actor.stats()["held"] == 2
+        rig.put("model-1", Drop(work_id=3, stream="s-0", front=0))
+        rig.turn()
+        dones, told = answered(rig)
+        assert [d.work_ids for d in dones] == [[3]] and told == [] and rig.actor.stats()["held"] == 1
+        rig.put("model-1", feed(4, 8000, 16000, stream="s-1"), audio=[x[8000:]], pool="segmenter")
+        rig.turn()
+        assert [(r.seq, r.output) for r in results(answered(rig)[1], "s-1")] == [(0, {"count": 16000,
+                                                                                        "total": 16000})]
     finally:
         rig.close()

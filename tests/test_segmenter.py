@@ -21,12 +21,14 @@ from streamer.transport.messages import (
     Failed,
     Forget,
     Frames,
+    Infer,
     Load,
     Open,
     Packet,
     Point,
     Progress,
     Ready,
+    Restore,
     Result,
     Roster,
     StreamEnd,
@@ -85,8 +87,8 @@ def test_speech_gives_events_to_its_front_and_finals_to_a_model_with_credit(rig:
     ready(rig, 0, 100)
     rig.turn()
     (packet,) = work_packets(rig, 0)  # both finals waiting: one packet, one allocation
-    works = [w for w in packet.items if isinstance(w, Work)]
-    assert [(w.seq, w.kind, w.front) for w in works] == [(0, "final", 1), (1, "final", 1)]
+    works = [w for w in packet.items if isinstance(w, Infer)]
+    assert [(w.seq, w.is_final, w.front) for w in works] == [(0, True, 1), (1, True, 1)]
     for w in works:
         audio = rig.read(packet, w.at)
         assert audio.shape[0] == round((w.end_time - w.start_time) * 16000)
@@ -111,7 +113,7 @@ def test_finals_go_ahead_of_interims_and_one_interim_per_channel_waits(rig: Rig)
     ready(rig, 0, 100, capacity=1, max_batch=8)
     rig.turn()
     (packet,) = work_packets(rig, 0)
-    assert [w.kind for w in packet.items if isinstance(w, Work)] == ["final", "final"]
+    assert [w.is_final for w in packet.items if isinstance(w, Infer)] == [True, True]
 
 
 def test_interims_leave_a_slot_free_so_a_final_never_waits_behind_them(rig: Rig) -> None:
@@ -124,7 +126,7 @@ def test_interims_leave_a_slot_free_so_a_final_never_waits_behind_them(rig: Rig)
     stream_in(rig, sp.samples[:mid], stream="s-2", interim=True, close=False)
     stream_in(rig, sp.samples[:mid], stream="s-1", interim=True, close=False)
     running = work_packets(rig, 0) + work_packets(rig, 1)
-    assert len(running) == 1 and {w.kind for w in running[0].items if isinstance(w, Work)} == {"interim"}
+    assert len(running) == 1 and {w.is_final for w in running[0].items if isinstance(w, Infer)} == {False}
     d = rig.actor.dispatcher  # type: ignore[attr-defined]
     busy = 0 if d.peers[0].batches else 1
     assert d.queued == 2  # each stream's newest interim waits
@@ -134,7 +136,7 @@ def test_interims_leave_a_slot_free_so_a_final_never_waits_behind_them(rig: Rig)
         rig.turn()
     assert work_packets(rig, busy) == []
     (packet,) = work_packets(rig, 1 - busy)
-    assert [(w.stream, w.kind) for w in packet.items if isinstance(w, Work)] == [("s-1", "final")]
+    assert [(w.stream, w.is_final) for w in packet.items if isinstance(w, Infer)] == [("s-1", True)]
 
 
 def test_work_of_a_dead_model_is_redone_elsewhere_and_only_the_running_packet_spends_an_attempt(rig: Rig) -> None:
@@ -145,7 +147,7 @@ def test_work_of_a_dead_model_is_redone_elsewhere_and_only_the_running_packet_sp
     rig.put(SEGMENTER_CONTROL, Exited("model", 0, 100, "signal SIGKILL"))
     rig.turn()
     again = work_packets(rig, 1)
-    attempts = {w.seq: w.attempt for p in again for w in p.items if isinstance(w, Work)}
+    attempts = {w.seq: w.attempt for p in again for w in p.items if isinstance(w, Infer)}
     assert attempts == {running.items[0].seq: 2, queued.items[0].seq: 1}  # type: ignore[union-attr]
     # The dead index's allocations are taken back here (only the segmenter knows them); only the
     # packets now with model-1 hold slots.
@@ -160,7 +162,7 @@ def test_a_models_answers_reach_each_streams_front_only_with_a_credit_the_dispat
     ready(rig, 0, 100, capacity=1, max_batch=8)
     rig.turn()
     (packet,) = work_packets(rig, 0)  # both finals in one call
-    works = [w for w in packet.items if isinstance(w, Work)]
+    works = [w for w in packet.items if isinstance(w, Infer)]
     answers = [Result(w.stream, w.channel, w.seq, w.events_before, w.start_time, w.end_time, True, {"count": 1})
                for w in works]
     rig.sent("front-1")
@@ -170,7 +172,7 @@ def test_a_models_answers_reach_each_streams_front_only_with_a_credit_the_dispat
     assert rig.sent("front-0", Result) == []
     stream_in(rig, speech(TWO).samples, stream="s-2", front=0)
     (packet,) = work_packets(rig, 0)
-    works = [w for w in packet.items if isinstance(w, Work)]
+    works = [w for w in packet.items if isinstance(w, Infer)]
     assert len(works) == 1  # the first final went at once; the second waits for the credit
     late = [Result(w.stream, w.channel, w.seq, w.events_before, w.start_time, w.end_time, True, {"count": 1})
             for w in works]
@@ -193,7 +195,7 @@ def test_an_item_that_kills_every_model_gets_one_error_and_takes_nobody_with_it(
         if not packets:
             break
         (packet,) = packets
-        works = [w for w in packet.items if isinstance(w, Work)]
+        works = [w for w in packet.items if isinstance(w, Infer)]
         if works[0].seq == 0:  # the poison: kills whoever runs it
             rig.put(SEGMENTER_CONTROL, Exited("model", 0, pid, "signal SIGABRT"))
             pid += 1
@@ -221,8 +223,8 @@ def test_simple_route_chunks_every_sample(rig: Rig) -> None:
     assert end.results == [3] and end.events == [0]
     ready(rig, 0, 100, capacity=4, max_batch=8)
     rig.turn()
-    works = [w for p in work_packets(rig, 0) for w in p.items if isinstance(w, Work)]
-    assert [w.kind for w in works] == ["chunk"] * 3
+    works = [w for p in work_packets(rig, 0) for w in p.items if isinstance(w, Infer)]
+    assert [w.is_final for w in works] == [None] * 3
     assert sum(round((w.end_time - w.start_time) * 16000) for w in works) == x.shape[0]
 
 
@@ -280,7 +282,7 @@ def test_a_replay_rebuilds_the_stream_and_numbers_what_it_makes_again_as_before(
         assert [i for i in got if isinstance(i, StreamEnd)] == [i for i in want if isinstance(i, StreamEnd)]
         ready(again, 0, 100, capacity=8)
         again.turn()
-        seqs = [w.seq for p in work_packets(again, 0) for w in p.items if isinstance(w, Work)]
+        seqs = [w.seq for p in work_packets(again, 0) for w in p.items if isinstance(w, Infer)]
         assert seqs == list(range(cp.channels[0].finals, 2))
     finally:
         again.close()
@@ -311,8 +313,8 @@ def test_a_streams_model_demand_is_known_from_its_first_final(rig: Rig) -> None:
     streams, twice what two cores carry, before any stream was old enough to count)."""
     ready(rig, 0, 100)
     stream_in(rig, speech(TWO).samples, close=False)  # a few seconds: no clock time passes
-    works = [w for p in work_packets(rig, 0) for w in p.items if isinstance(w, Work)]
-    assert [w.kind for w in works] == ["final", "final"]
+    works = [w for p in work_packets(rig, 0) for w in p.items if isinstance(w, Infer)]
+    assert [w.is_final for w in works] == [True, True]
     rig.put(SEGMENTER_CONTROL, Done(0, 100, [w.work_id for w in works], 1.2))
     rig.clock.advance(LOAD_EVERY_S)
     rig.turn()
@@ -386,6 +388,7 @@ def test_a_new_segmenter_numbers_its_work_above_all_of_its_predecessors(rig: Rig
     rig.put("segmenter", Open("s-1", 0, "sequential", 1, 16000, 16, False, False))
     rig.turn()
     (restore,) = [w for p in work_packets(rig, 0) for w in p.items if isinstance(w, Work)]
+    assert isinstance(restore, Restore)
     successor = Segmenter(rig.actor.env)
     assert successor.dispatcher.first_id > restore.work_id
 
@@ -404,7 +407,7 @@ def test_checkpoints_in_a_done_for_work_that_is_not_ours_are_ignored(rig: Rig) -
     rig.put(SEGMENTER_CONTROL, Exited("model", 0, 100, "signal SIGKILL"))
     rig.turn()
     first = next(w for p in work_packets(rig, 1) for w in p.items if isinstance(w, Work))
-    assert (first.kind, first.work_id, first.seq, first.state) == ("restore", restore.work_id, 0, None)
+    assert isinstance(first, Restore) and (first.work_id, first.finals, first.state) == (restore.work_id, 0, None)
 
 
 def test_a_replayed_stream_takes_nothing_of_the_run_its_replay_superseded(rig: Rig) -> None:
@@ -440,3 +443,20 @@ def test_a_stream_its_front_no_longer_has_is_forgotten_with_its_waiting_work(rig
     rig.turn()
     assert set(rig.actor.streams) == {"s-1", "s-3"}  # type: ignore[attr-defined]
     assert rig.actor.dispatcher.queued == 4  # type: ignore[attr-defined]
+
+
+def test_a_sequential_streams_model_demand_is_known_from_the_audio_its_model_has_taken(rig: Rig) -> None:
+    """On the sequential route the answered audio is what the stream's model actor has been fed
+    (its `Feed`s' ends), not the ends of finals: the model puts those where it likes."""
+    ready(rig, 0, 100, capacity=1, max_batch=8)
+    stream_in(rig, noise(3.0), route="sequential", close=False)  # a Restore, then a Feed per 0.1 s
+    calls = 0
+    while packets := work_packets(rig, 0):
+        (packet,) = packets
+        rig.put(SEGMENTER_CONTROL, Done(0, 100, [w.work_id for w in packet.items if isinstance(w, Work)], 0.3))
+        rig.turn()
+        calls += 1
+    rig.clock.advance(LOAD_EVERY_S)
+    rig.turn()
+    load = rig.sent("front-0", Load)[-1]
+    assert calls > 1 and load.per_stream == pytest.approx(calls * 0.3 / 3.0, abs=1e-4)

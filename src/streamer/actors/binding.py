@@ -2,12 +2,12 @@
 
 A stateful model keeps a state per stream, so a stream is bound to one model actor (the one
 with the fewest bound streams when its first item goes out) and every item of it goes there,
-in order: a `restore` per channel first (a fresh state, or the one a checkpoint describes),
-then its `feed`s, then its `close`s.
+in order: a `Restore` per channel first (a fresh state, or the one a checkpoint describes),
+then its `Feed`s, then a `CloseChannel` per channel; or, if the client leaves, a `Drop`.
 
 What a death costs: the actor's `Done` carries the checkpoints its model reached (`Point`:
 after item N, channel C's state is S at sample P, with F finals made). Here every item handed
-out since a channel's last checkpoint is kept (`since`), and that checkpoint as a `restore`
+out since a channel's last checkpoint is kept (`since`), and that checkpoint as a `Restore`
 item. When that actor's process dies, the stream is bound again, to the least loaded live actor,
 and gets the restores and everything since once more: the new actor rebuilds the state and
 makes again the results after the checkpoint, which the front already has or takes now (it
@@ -32,24 +32,31 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Generic, TypeGuard, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from streamer.transport.messages import MODEL_RATE, NOWHERE, Point, Work
+from streamer.transport.messages import ChannelWork, CloseChannel, Drop, Feed, Point, Restore, Stateful, Work
+
+W = TypeVar("W", bound=Work, covariant=True)
+T = TypeVar("T", bound=Work)
+NO_AUDIO = np.zeros(0, np.float32)
 
 
-@dataclass
-class Item:
-    """A work item and its audio, while it waits, and until its `Done`."""
+@dataclass(frozen=True)
+class Item(Generic[W]):
+    """A work item and its audio (none for an item that carries none), while it waits, and until
+    its `Done`."""
 
-    work: Work
-    audio: npt.NDArray[np.float32]
+    work: W
+    audio: npt.NDArray[np.float32] = field(default_factory=lambda: NO_AUDIO)
     queued_at: float = 0.0
 
-    @property
-    def channel_key(self) -> tuple[str, int]:
-        return self.work.stream, self.work.channel
+
+def holds(item: Item[Work], kind: type[T]) -> TypeGuard[Item[T]]:
+    """Whether `item`'s work is a `kind`."""
+    return isinstance(item.work, kind)
 
 
 @dataclass
@@ -57,14 +64,15 @@ class BoundStream:
     """One sequential stream, as the dispatcher holds it."""
 
     index: int | None = None
-    waiting: deque[Item] = field(default_factory=deque)  # not handed out yet, in order
-    since: list[Item] = field(default_factory=list)  # handed out since each channel's last checkpoint
-    restores: dict[int, Item] = field(default_factory=dict)  # per channel: its last checkpoint, as an item
+    waiting: deque[Item[Stateful]] = field(default_factory=deque)  # not handed out yet, in order
+    # handed out since each channel's last checkpoint:
+    since: list[Item[Feed | CloseChannel]] = field(default_factory=list)
+    restores: dict[int, Item[Restore]] = field(default_factory=dict)  # per channel: its last checkpoint
     deaths: int = 0  # of its actor while running its work, since its last checkpoint
     closed: int = 0  # channels whose close is done
     floor: int = 0  # work numbered below this is from before its last replay
     aborted: bool = False
-    first: Work | None = None  # its first item: who the stream's results go to, how it is traced
+    first: ChannelWork | None = None  # its first item: who the stream's results go to, how it is traced
 
 
 class Bindings:
@@ -81,10 +89,10 @@ class Bindings:
     def waiting_samples(self) -> int:
         return sum(i.audio.shape[0] for b in self.streams.values() for i in b.waiting)
 
-    def submit(self, item: Item) -> None:
+    def submit(self, item: Item[Restore | Feed | CloseChannel]) -> None:
         b = self.streams.setdefault(item.work.stream, BoundStream())
         b.first = b.first or item.work
-        if item.work.kind == "restore":
+        if holds(item, Restore):
             b.restores[item.work.channel] = item
         b.waiting.append(item)
 
@@ -100,15 +108,16 @@ class Bindings:
             b.deaths = b.closed = 0
             b.floor = floor
 
-    def abort(self, stream: str, abort_item: Item) -> None:
-        """Forget the stream; the actor holding its state is told so."""
+    def abort(self, stream: str, work_id: int, now: float) -> None:
+        """Forget the stream; the actor holding its state is told so (`Drop`, numbered `work_id`)."""
         b = self.streams.get(stream)
         if b is None:
             return
         if b.index is None:
             del self.streams[stream]
             return
-        b.waiting = deque([abort_item])
+        assert b.first is not None
+        b.waiting = deque([Item(Drop(work_id=work_id, stream=stream, front=b.first.front), queued_at=now)])
         b.since.clear()
         b.restores.clear()
         b.aborted = True
@@ -129,12 +138,12 @@ class Bindings:
                 b.index = min(indices, key=lambda s: load[s])
                 load[b.index] += 1
 
-    def take(self, index: int, limit: int, max_bytes: int) -> list[Item]:
+    def take(self, index: int, limit: int, max_bytes: int) -> list[Item[Stateful]]:
         """Up to `limit` items for `index` with at most `max_bytes` of audio (one item, however large),
         each stream's in order. A stream that a death has counted against since its checkpoint
         (a suspect) shares its packet with no other: should its work kill the next actor too,
         that death counts against no innocent stream (as a suspect item travels alone)."""
-        out: list[Item] = []
+        out: list[Item[Stateful]] = []
         size = 0
         alone = False
         for b in self.streams.values():
@@ -150,13 +159,13 @@ class Bindings:
                 out.append(b.waiting.popleft())
         return out
 
-    def handed(self, items: list[Item]) -> None:
+    def handed(self, items: list[Item[Stateful]]) -> None:
         for item in items:
             b = self.streams.get(item.work.stream)
-            if b is not None and item.work.kind in ("feed", "close"):
+            if b is not None and (holds(item, Feed) or holds(item, CloseChannel)):
                 b.since.append(item)
 
-    def put_back(self, items: list[Item]) -> None:
+    def put_back(self, items: list[Item[Stateful]]) -> None:
         """Items that could not go (the actor vanished): back to the head, in order."""
         for item in reversed(items):
             b = self.streams.get(item.work.stream)
@@ -165,7 +174,7 @@ class Bindings:
 
     # -- what comes back --------------------------------------------------------------------------
 
-    def done(self, index: int, works: list[Work], points: list[Point]) -> None:
+    def done(self, index: int, works: list[Stateful], points: list[Point]) -> None:
         for p in points:
             b = self.streams.get(p.stream)
             if b is None or b.index != index or p.work_id < b.floor:
@@ -173,19 +182,17 @@ class Bindings:
             b.since = [i for i in b.since if i.work.channel != p.channel or i.work.work_id > p.work_id]
             f = b.first
             assert f is not None
-            at = p.sample / MODEL_RATE
-            b.restores[p.channel] = Item(Work(
-                p.work_id, p.stream, f.front, p.channel, p.finals, 0, at, at, "restore", NOWHERE, trace=f.trace,
-                interim=f.interim, channels=f.channels, state=p.state),
-                np.zeros(0, np.float32))
+            b.restores[p.channel] = Item(Restore(
+                work_id=p.work_id, stream=p.stream, front=f.front, trace=f.trace, channel=p.channel,
+                channels=f.channels, sample=p.sample, finals=p.finals, state=p.state))
             b.deaths = 0
         for w in works:
             b = self.streams.get(w.stream)
             if b is None:
                 continue
-            if w.kind == "close" and w.work_id >= b.floor:
+            if isinstance(w, CloseChannel) and w.work_id >= b.floor:
                 b.closed += 1
-            if w.kind == "abort" or b.closed >= (b.first.channels if b.first else 1):
+            if isinstance(w, Drop) or b.closed >= (b.first.channels if b.first else 1):
                 del self.streams[w.stream]
 
     def on_death(self, index: int, running: set[str]) -> None:

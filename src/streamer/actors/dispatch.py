@@ -34,13 +34,26 @@ have held streams for a segmenter that has since died, whose streams this one re
 wherever it likes; nothing else would ever release them. Until the `Forget` has gone, the
 peer is offered nothing (ZeroMQ keeps one peer's messages in order, so whatever follows it
 arrives after it).
+
+Sending. Packets go through the segmenter's own `Outbox` (the pool it writes into, the link it
+sends on, the size of a packet), but by `offer`, not by the `put` and `flush` that hold a
+packet back until it can go. A packet for a peer must go now or not at all, for three
+reasons. Credit: an item is handed to a peer only once its packet has gone; one that cannot
+go stays in this queue, to be offered to whichever peer can take it (finals first, channels
+in turn), not pinned behind a peer that may be dead. Input: the skeleton stops reading its
+data inboxes while any packet waits in its outbox, and a model process that is absent
+(IMMEDIATE: a send fails exactly then) or restarting must not stop the segmenter taking in
+audio while the other actors work; its own backpressure is the audio waiting here
+(`queued_seconds`, `[segmenter] max_pending_s`). Deaths: what a dead peer held is redone from
+here, and its slabs released here; a packet still waiting for a dead process would reach its
+successor, numbered for a credit nobody granted.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,13 +61,25 @@ import numpy.typing as npt
 import prometheus_client
 from opentelemetry.trace import StatusCode
 
-from streamer.actors.binding import Bindings, Item
-from streamer.actors.fair import FairQueue
+from streamer.actors.binding import NO_AUDIO, Bindings, Item, holds
+from streamer.actors.fair import FairQueue, Key, channel_of
 from streamer.runtime import logs, telemetry
 from streamer.runtime.clock import Clock
-from streamer.transport.messages import MODEL_RATE, Done, Forget, Ready, Slice, Work
-from streamer.transport.outbox import aligned, pack
-from streamer.transport.shm import BufferPool, BufferRef
+from streamer.transport.messages import (
+    MODEL_RATE,
+    CloseChannel,
+    Done,
+    Feed,
+    Forget,
+    Infer,
+    Ready,
+    Restore,
+    Stateful,
+    ToModel,
+    audio_place,
+)
+from streamer.transport.outbox import Outbox, Refused, Went, aligned
+from streamer.transport.shm import BufferRef
 
 log = logging.getLogger("dispatch")
 _tracer = telemetry.tracer("streamer.dispatch")
@@ -72,7 +97,7 @@ class Batch:
     """One packet handed to a peer, until every item of it is `Done`."""
 
     slab: BufferRef | None
-    items: dict[int, Item]
+    items: dict[int, Item[ToModel]]
 
 
 @dataclass
@@ -86,26 +111,25 @@ class Peer:
 
 
 class Dispatcher:
-    def __init__(self, pool: BufferPool, send: Callable[[str, bytes], bool], dests: list[str], clock: Clock,
-                 max_attempts: int = 3, first_id: int = 0) -> None:
-        self._pool = pool
+    def __init__(self, outbox: Outbox, dests: list[str], clock: Clock, max_attempts: int = 3,
+                 first_id: int = 0) -> None:
+        self._outbox = outbox
         self.first_id = first_id  # the lowest `work_id` this dispatcher will hand out (`Forget.below`)
         self._last_id = first_id - 1
-        self._send = send
         self._clock = clock
         self.peers = [Peer(d) for d in dests]
         self._finals = FairQueue()  # served in turn by channel (actors/fair.py)
-        self._interims: dict[tuple[str, int], Item] = {}
+        self._interims: dict[Key, Item[Infer]] = {}
         self._queued_samples = 0
         self._dead: set[int] = set()
         self.max_attempts = max_attempts
-        self.failed: list[Work] = []  # items past their attempts: the caller reports them
+        self.failed: list[Infer] = []  # items past their attempts: the caller reports them
         self.superseded = 0
         self.sequential = Bindings(max_attempts)  # streams bound to one peer (stateful models)
-        self.max_bytes = max(pool.capacity // 8, 1)  # of audio per packet: several fit the pool at once
+        self.max_bytes = outbox.max_bytes  # of audio per packet: several fit the pool at once
 
     def new_id(self) -> int:
-        """A `work_id` for a new item: every item has its own, an abort too (a packet's items are
+        """A `work_id` for a new item: every item has its own, a `Drop` too (a packet's items are
         told apart by it, and a model actor skips work numbered below its segmenter's first)."""
         self._last_id += 1
         return self._last_id
@@ -138,26 +162,29 @@ class Dispatcher:
         oldest = self._finals.oldest(counts)
         return 0.0 if oldest is None else self._clock.now() - oldest.queued_at
 
-    def submit_sequential(self, work: Work, audio: npt.NDArray[np.float32]) -> None:
+    def submit_sequential(self, work: Restore | Feed | CloseChannel,
+                          audio: npt.NDArray[np.float32] = NO_AUDIO) -> None:
         """An item of a sequential stream: it goes to the peer the stream is bound to, in order."""
         self.sequential.submit(Item(work, audio, self._clock.now()))
 
-    def submit(self, work: Work, audio: npt.NDArray[np.float32]) -> None:
+    def submit(self, work: Infer, audio: npt.NDArray[np.float32]) -> None:
+        """A piece on its own: finals and chunks to the fair queue, an interim in its channel's one place."""
         item = Item(work, audio, self._clock.now())
+        key = channel_of(item)
         self._queued_samples += audio.shape[0]
-        if work.kind == "interim":
-            old = self._interims.get(item.channel_key)
+        if work.is_final is False:
+            old = self._interims.get(key)
             if old is not None:
                 self._forget(old)
-            self._interims[item.channel_key] = item
+            self._interims[key] = item
             return
-        waiting = self._interims.get(item.channel_key)
-        if work.kind == "final" and waiting is not None and waiting.work.seq == work.seq:
-            del self._interims[item.channel_key]
+        waiting = self._interims.get(key)
+        if work.is_final and waiting is not None and waiting.work.seq == work.seq:
+            del self._interims[key]
             self._forget(waiting)
         self._finals.append(item)
 
-    def _forget(self, item: Item) -> None:
+    def _forget(self, item: Item[Infer]) -> None:
         self._queued_samples -= item.audio.shape[0]
         self.superseded += 1
         SUPERSEDED.inc()
@@ -166,9 +193,9 @@ class Dispatcher:
         """Forget a stream's waiting items (its in-flight ones finish and are ignored); with
         `keep_below`, keep its finals whose `seq` on their channel is below that (a replay
         makes the rest again)."""
-        def kept(i: Item) -> bool:
+        def kept(i: Item[Infer]) -> bool:
             w = i.work
-            return w.stream != stream or (keep_below is not None and w.kind != "interim"
+            return w.stream != stream or (keep_below is not None and w.is_final is not False
                                           and w.seq < keep_below[w.channel])
 
         self._finals.keep(kept)
@@ -177,8 +204,7 @@ class Dispatcher:
         if keep_below is not None:
             self.sequential.reset(stream, floor=self._last_id + 1)
         else:
-            abort = Work(self.new_id(), stream, 0, 0, 0, 0, 0.0, 0.0, "abort", Slice(0, 0))
-            self.sequential.abort(stream, Item(abort, np.zeros(0, np.float32), self._clock.now()))
+            self.sequential.abort(stream, self.new_id(), self._clock.now())
 
     # -- the model peers --------------------------------------------------------------------
 
@@ -202,9 +228,7 @@ class Dispatcher:
     def _greet(self, peer: Peer) -> bool:
         """Send the peer's process `Forget`; if it cannot go now, offer the peer nothing until its
         next `Ready` (a second later), which tries again."""
-        packed = pack(self._pool, [Forget(self.first_id)], [])
-        assert packed is not None  # no audio: no allocation to wait for
-        peer.greeted = self._send(peer.dest, packed[0])
+        peer.greeted = isinstance(self._outbox.offer(peer.dest, [Forget(self.first_id)], []), Went)
         if not peer.greeted:
             peer.capacity = 0
         return peer.greeted
@@ -221,11 +245,11 @@ class Dispatcher:
         """The peer's process is gone: its items go back to the queue, its sequential streams
         elsewhere (a death counting against those whose work it had)."""
         peer = self.peers[index]
-        running = {i.work.stream for b in peer.batches for i in b.items.values() if i.work.sequential}
+        running = {i.work.stream for b in peer.batches for i in b.items.values() if not isinstance(i.work, Infer)}
         self._requeue(peer)
         self.sequential.on_death(index, running)
 
-    def on_done(self, msg: Done) -> list[Work]:
+    def on_done(self, msg: Done) -> list[ToModel]:
         """The items answered (none if the `Done` is from a process we no longer count on, or for
         work that is not ours: a dead segmenter's packet, finished after its successor started).
         Its checkpoints count only for items we handed out: a predecessor's checkpoint of a
@@ -241,7 +265,8 @@ class Dispatcher:
             if not batch.items:
                 peer.batches.remove(batch)
         ours = {w.work_id for w in done}
-        self.sequential.done(msg.index, [w for w in done if w.sequential], [p for p in msg.points if p.work_id in ours])
+        self.sequential.done(msg.index, [w for w in done if isinstance(w, Stateful)],
+                             [p for p in msg.points if p.work_id in ours])
         return done
 
     # -- handing out ------------------------------------------------------------------------
@@ -283,34 +308,31 @@ class Dispatcher:
         live = [s for s in self.peers if s.pid and s.capacity]
         return len(live) <= 1 or any(s is not peer and not s.batches for s in live)
 
-    def _hand(self, peer: Peer, items: list[Item]) -> bool:
+    def _hand(self, peer: Peer, items: Sequence[Item[ToModel]]) -> bool:
         """One packet of `items` to `peer`; False if it could not go (the pool is full, or the peer
         is not connected: then it is offered nothing more until it announces itself)."""
         if not (peer.greeted or self._greet(peer)):
             return False
-        packed = pack(self._pool, [i.work for i in items], [(k, i.audio) for k, i in enumerate(items)])
-        if packed is None:
-            return False
-        packet, slab = packed
-        if not self._send(peer.dest, packet):
-            if slab is not None:
-                self._pool.release(slab)
+        sent = self._outbox.offer(peer.dest, [i.work for i in items],
+                                  [(k, i.audio) for k, i in enumerate(items) if audio_place(i.work) is not None])
+        if sent is Refused.PEER:
             peer.capacity = 0
+        if not isinstance(sent, Went):
             return False
         BATCH.observe(len(items))
-        peer.batches.append(Batch(slab, {i.work.work_id: i for i in items}))
+        peer.batches.append(Batch(sent.slab, {i.work.work_id: i for i in items}))
         return True
 
     def _pick(self) -> Peer | None:
         free = [s for s in self.peers if s.pid and len(s.batches) < s.capacity]
         return min(free, key=lambda s: len(s.batches)) if free else None
 
-    def _take(self, limit: int, finals: bool) -> list[Item]:
+    def _take(self, limit: int, finals: bool) -> list[Item[Infer]]:
         """Up to `limit` waiting finals, or if `finals` is False interims: a final shares its call
         with finals only, so no interim's work stands between it and its result. A suspect (an
         item whose actor died running it) goes alone, and nothing joins a batch behind one. A
         batch carries at most `max_bytes` of audio, so it always fits the pool."""
-        out: list[Item] = []
+        out: list[Item[Infer]] = []
         size = 0
         while len(out) < limit and (self._finals if finals else self._interims):
             item = self._finals.peek() if finals else next(iter(self._interims.values()))
@@ -321,37 +343,36 @@ class Dispatcher:
             if finals:
                 self._finals.popleft()
             else:
-                del self._interims[item.channel_key]
+                del self._interims[channel_of(item)]
             self._queued_samples -= item.audio.shape[0]
             out.append(item)
             if suspect:
                 break
         return out
 
-    def _put_back(self, items: list[Item]) -> None:
+    def _put_back(self, items: list[Item[Infer]]) -> None:
         """Return items to the head of the queue, in their order."""
         for item in reversed(items):
             self._queued_samples += item.audio.shape[0]
-            if item.work.kind != "interim":
+            if item.work.is_final is not False:
                 self._finals.appendleft(item)
-            elif item.channel_key in self._interims:
+            elif channel_of(item) in self._interims:
                 self._queued_samples -= item.audio.shape[0]  # a newer interim is waiting: this one is stale
                 self.superseded += 1
                 SUPERSEDED.inc()
             else:
-                self._interims = {item.channel_key: item, **self._interims}
+                self._interims = {channel_of(item): item, **self._interims}
 
     def _requeue(self, peer: Peer) -> None:
-        again = []
+        again: list[Item[Infer]] = []
         for i, batch in enumerate(peer.batches):
-            if batch.slab is not None:
-                self._pool.release(batch.slab)  # a no-op if the model had read (and released) it
+            self._outbox.release(batch.slab)  # a no-op if the model had read (and released) it
             again += [item for item in batch.items.values()  # (a sequential stream's go again from its checkpoint)
-                      if not item.work.sequential and self._redo(item, peer.pid, ran=i == 0)]
+                      if holds(item, Infer) and self._redo(item, peer.pid, ran=i == 0)]
         peer.batches.clear()
         self._put_back(again)
 
-    def _redo(self, item: Item, pid: int, ran: bool) -> bool:
+    def _redo(self, item: Item[Infer], pid: int, ran: bool) -> bool:
         work = item.work
         with _tracer.start_as_current_span("redo", context=telemetry.context_of(work.trace), attributes={
             "streamer.work_id": work.work_id, "streamer.attempt": work.attempt, "streamer.lost_pid": pid,

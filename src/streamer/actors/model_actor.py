@@ -1,8 +1,10 @@
-"""A model actor: takes a packet of `Work`, runs the model once on it, answers the fronts, returns a credit.
+"""A model actor: takes a packet of work, runs the model once on it, answers the fronts, returns a credit.
 
-One packet per turn (`turn_limit = 1`), so each call's results leave as soon as it ends. A
-model with a batch call gets the whole packet in one call (`models.run_batch`), any other
-model one call per item.
+One packet per turn (`turn_limit = 1`), so each call's results leave as soon as it ends. Each
+item does what its type says: the packet's `Infer`s (pieces on their own) go to the model in
+one call if it has a batch call (`models.run_batch`), one call per item otherwise; the
+sequential route's items (`Restore`, `Feed`, `CloseChannel`, `Drop`) go one at a time, in
+order, to the states this actor holds (`actors/states.py`).
 
 The results travel inside the `Done` that returns the credit, to the segmenter, which
 forwards them to each stream's front: one message, so there is no moment at which the
@@ -33,7 +35,19 @@ from streamer.runtime import logs, telemetry
 from streamer.runtime.metrics import StageMeter
 from streamer.runtime.process import ChildContext
 from streamer.runtime.topology import SEGMENTER_CONTROL
-from streamer.transport.messages import MODEL_RATE, Done, Failed, Forget, Message, Ready, Result, Work
+from streamer.transport.messages import (
+    MODEL_RATE,
+    Done,
+    Failed,
+    Forget,
+    Infer,
+    Message,
+    Ready,
+    Result,
+    Stateful,
+    ToModel,
+    audio_place,
+)
 
 log = logging.getLogger("model")
 _tracer = telemetry.tracer("streamer.model")
@@ -55,7 +69,7 @@ class ModelActor(Actor):
         self.model = models.build(self.cfg.model.name, env.cfg.to_dict()["model"], seed=os.getpid())
         self.pid = os.getpid()
         self.meter = StageMeter()
-        self._work: list[tuple[Work, bytes | None]] = []
+        self._work: list[tuple[ToModel, bytes | None]] = []
         self._last_hello = -READY_EVERY_S
         self._below = 0  # work numbered below this is an earlier segmenter's (`Forget`)
         self.streams = States(self.model) if isinstance(self.model, models.StreamModel) else None
@@ -67,7 +81,7 @@ class ModelActor(Actor):
         return {**self.meter.summary(), "held": len(self.streams.held) if self.streams is not None else 0}
 
     def on_message(self, msg: Message, slab: bytes | None) -> None:
-        if isinstance(msg, Work):
+        if isinstance(msg, ToModel):
             if msg.work_id >= self._below:
                 self._work.append((msg, slab))
             else:  # queued by a segmenter that has died since: nobody waits for its answer
@@ -95,23 +109,32 @@ class ModelActor(Actor):
             self.emit(SEGMENTER_CONTROL, Ready(self.place.index, self.pid, self.cfg.model.max_inflight,
                                                self.max_batch))
 
-    def _answer(self, batch: list[tuple[Work, bytes | None]]) -> Done:
+    def _answer(self, batch: list[tuple[ToModel, bytes | None]]) -> Done:
         """Run the packet's items; the `Done` that carries their answers."""
         done = Done(self.place.index, self.pid, [w.work_id for w, _ in batch], 0.0)
-        todo = [(w, np.frombuffer(slab, np.float32, w.at.nbytes // 4, w.at.offset) if slab is not None else NO_AUDIO)
-                for w, slab in batch if slab is not None or not w.at.nbytes]
-        if len(todo) < len(batch):
-            log.info("%d items were stale (their segmenter restarted): skipped", len(batch) - len(todo))
-        ordered = [(w, a) for w, a in todo if w.sequential]
+        pieces: list[tuple[Infer, Audio]] = []
+        ordered: list[tuple[Stateful, Audio]] = []
+        for w, slab in batch:
+            at = audio_place(w)
+            if at is not None and at.nbytes and slab is None:
+                continue  # its audio was reclaimed: stale
+            audio = NO_AUDIO if at is None or slab is None else np.frombuffer(slab, np.float32, at.nbytes // 4,
+                                                                               at.offset)
+            if isinstance(w, Infer):
+                pieces.append((w, audio))
+            else:
+                ordered.append((w, audio))
+        if len(pieces) + len(ordered) < len(batch):
+            log.info("%d items were stale (their segmenter restarted): skipped",
+                     len(batch) - len(pieces) - len(ordered))
         if ordered:
             self._answer_in_order(ordered, done)
-        todo = [(w, a) for w, a in todo if not w.sequential]
-        if todo:
-            self._call(todo, done)
+        if pieces:
+            self._call(pieces, done)
         done.busy_s = round(done.busy_s, 6)
         return done
 
-    def _call(self, todo: list[tuple[Work, Audio]], done: Done) -> None:
+    def _call(self, todo: list[tuple[Infer, Audio]], done: Done) -> None:
         """One model call for the packet's independent items."""
         self.meter.set_inflight(len(todo))
         spans = [_tracer.start_span("inference", context=telemetry.context_of(w.trace), attributes={
@@ -131,7 +154,7 @@ class ModelActor(Actor):
                 span.set_status(StatusCode.ERROR, str(out))
             span.end()
 
-    def _answer_in_order(self, items: list[tuple[Work, Audio]], done: Done) -> None:
+    def _answer_in_order(self, items: list[tuple[Stateful, Audio]], done: Done) -> None:
         """Sequential streams' items, one at a time, in the order they came."""
         if self.streams is None:
             for stream in dict.fromkeys(w.stream for w, _ in items):
@@ -145,7 +168,7 @@ class ModelActor(Actor):
         done.busy_s += busy
         self.meter.done(busy, sum(a.shape[0] for _, a in items) / MODEL_RATE, len(items))
 
-    def _result(self, w: Work, audio: Audio, out: dict[str, Any] | Exception) -> Result:
+    def _result(self, w: Infer, audio: Audio, out: dict[str, Any] | Exception) -> Result:
         result = Result(w.stream, w.channel, w.seq, w.events_before, w.start_time, w.end_time, w.is_final, gen=w.gen)
         if isinstance(out, dict):
             result.output = in_stream_time(out, w.start_time)

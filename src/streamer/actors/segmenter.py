@@ -1,11 +1,14 @@
 """The segmenter: decides what audio the model sees, per stream and channel.
 
-For every channel it keeps a cutter (`SpeechRegions` or `FixedChunks`). Each final (or
-chunk) gets `seq`, its place among the channel's finals, and `events_before`, how many
-events precede it; an interim carries the `seq` of the final it comes before. That is all a
-front needs to put results back in audio order, after their `inactive`, and to drop an
-interim once its region's final is out. Events and progress go to the stream's front at
-the end of the turn (one packet per front); work goes to the `Dispatcher`.
+For every channel it keeps a cutter, and for every stream its route (`actors/routes.py`,
+chosen when the stream opens): what the cutters are, what their pieces become for the model
+actors, what the front hears of the stream's progress and end. On the segmented and simple
+routes each final (or chunk) gets `seq`, its place among the channel's finals, and
+`events_before`, how many events precede it; an interim carries the `seq` of the final it
+comes before. That is all a front needs to put results back in audio order, after their
+`inactive`, and to drop an interim once its region's final is out. Events and progress go to
+the stream's front at the end of the turn (one packet per front); work goes to the
+`Dispatcher`.
 
 When more than `max_pending_s` of audio waits for a model it stops reading its input: the
 decoder's packets wait, the decoder stops reading, the fronts' pools fill and the fronts stop
@@ -25,23 +28,19 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
-from opentelemetry.trace import INVALID_SPAN, Span
 
 from streamer.actors.actor import Actor, Env, run_process
 from streamer.actors.dispatch import Dispatcher
 from streamer.actors.pcm import MODEL_RATE
-from streamer.actors.regions import Activity, Cutter, FixedChunks, Output, Passthrough, RegionRules, SpeechRegions
+from streamer.actors.regions import Activity, Output
+from streamer.actors.routes import SegmenterStream, routes
 from streamer.runtime import logs, telemetry
-from streamer.runtime.config import Config
 from streamer.runtime.metrics import QUEUED, STREAM_CRASHES, StageMeter, watch_pool
 from streamer.runtime.process import ChildContext
 from streamer.runtime.topology import front_inbox
 from streamer.transport.messages import (
-    NOWHERE,
     Abort,
     Checkpoint,
     Close,
@@ -53,73 +52,19 @@ from streamer.transport.messages import (
     Load,
     Message,
     Open,
-    Progress,
     Ready,
     Result,
     Roster,
-    StreamEnd,
-    Work,
-    WorkKind,
-    align,
     stream_of,
 )
 from streamer.transport.shm import BufferPool
 
 log = logging.getLogger("segmenter")
 _tracer = telemetry.tracer("streamer.segmenter")
-PROGRESS_EVERY_S = 0.5  # how often a front hears how far a stream's audio is taken in
 LOAD_EVERY_S = 0.5
 LOAD_WINDOW_S = 5.0
 LAG_S = 5.0  # how far behind the audio taken in a speaking stream's latest final may lie
 MIN_ANSWERED_S = 2.0  # audio behind a stream before its demand counts (a region or two)
-NO_AUDIO = np.zeros(0, np.float32)
-
-
-@dataclass
-class SegmenterStream:
-    """One stream as the segmenter sees it."""
-
-    start: Open
-    cutters: list[Cutter]
-    results: list[int]  # finals (or chunks) so far, per channel
-    events: list[int]
-    span: Span = INVALID_SPAN  # "segment": parent of every inference of the stream
-    work_trace: str | None = None  # what each `Work` carries: the segment span's traceparent
-    taken_s: float = 0.0  # audio consumed so far (seconds per channel)
-    told_s: float = 0.0  # last `Progress` sent
-    model_s: float = 0.0  # model call time spent on its items
-    answered_s: float = 0.0  # the end of its latest answered final (stream seconds)
-    lost: bool = False  # some of its audio was reclaimed: nothing more until the front's replay
-
-    @property
-    def front(self) -> str:
-        return front_inbox(self.start.front)
-
-
-def cutters_for(start: Open, cfg: Config) -> list[Cutter]:
-    """A stream's cutters: fresh, or rebuilt from the checkpoint a replay starts at."""
-    s = cfg.segmenter
-    cp = start.resume
-    if start.route == "sequential":
-        if cp is None:
-            return [Passthrough() for _ in range(start.channels)]
-        return [Passthrough.resume(c, cp.sample) for c in cp.channels]
-    if start.route == "simple":
-        if cp is None:
-            return [FixedChunks(s.chunk_s) for _ in range(start.channels)]
-        return [FixedChunks.resume(s.chunk_s, c, cp.sample) for c in cp.channels]
-    rules = RegionRules(s.vad_aggressiveness, s.min_speech_ms, s.hangover_ms, s.pad_ms,
-                        s.max_segment_s, s.interim_interval_s, s.interim_growth, s.vad)
-    if cp is None:
-        return [SpeechRegions(rules, start.interim) for _ in range(start.channels)]
-    return [SpeechRegions.resume(rules, start.interim, c, cp.sample) for c in cp.channels]
-
-
-def checkpoint_of(state: SegmenterStream) -> Checkpoint:
-    """Where the stream could be rebuilt from now: every channel's own point, and the replay's
-    start at or before all of them, on a whole input sample."""
-    channels = [c.checkpoint() for c in state.cutters]
-    return Checkpoint(align(min(c.sample for c in channels), state.start.sample_rate), channels)
 
 
 def first_work_id(pool: BufferPool) -> int:
@@ -159,8 +104,9 @@ class Segmenter(Actor):
         super().__init__(env)
         assert self.pool is not None
         self.streams: dict[str, SegmenterStream] = {}
-        self.dispatcher = Dispatcher(self.pool, env.link.send, env.topology.model_inboxes(), self.clock,
+        self.dispatcher = Dispatcher(self.outbox, env.topology.model_inboxes(), self.clock,
                                      max_attempts=self.cfg.model.max_attempts, first_id=first_work_id(self.pool))
+        self.routes = routes(self.cfg.segmenter, self.dispatcher, self.emit)
         self.meter = StageMeter()
         self.busy = BusyWindow(LOAD_WINDOW_S, self.clock.now())
         self._last_load = -LOAD_EVERY_S
@@ -230,8 +176,7 @@ class Segmenter(Actor):
         for work in done:
             if (state := self.streams.get(work.stream)) is not None:
                 state.model_s += msg.busy_s / len(done)
-                if work.kind != "interim":
-                    state.answered_s = max(state.answered_s, work.end_time)
+                state.answered_s = max(state.answered_s, state.route.answered(work))
 
     def _open(self, msg: Open) -> None:
         cp = msg.resume
@@ -248,15 +193,13 @@ class Segmenter(Actor):
             "streamer.replay_from": -1 if cp is None else cp.sample})
         cp = cp or Checkpoint.start(msg.channels)
         taken = cp.sample / MODEL_RATE
-        state = self.streams[msg.stream] = SegmenterStream(msg, cutters_for(msg, self.cfg),
+        route = self.routes[msg.route]
+        state = self.streams[msg.stream] = SegmenterStream(msg, route, route.cutters(msg),
                                                            [c.finals for c in cp.channels],
                                                            [c.events for c in cp.channels], span,
                                                            telemetry.traceparent_of(span) or msg.trace, taken_s=taken,
                                                            told_s=taken)
-        if msg.route == "sequential":  # the model's state for each channel, from scratch or the checkpoint's
-            for ch, c in enumerate(cp.channels):
-                self._sequential(msg.stream, state, ch, "restore", c.sample, c.sample, None, seq=c.finals,
-                                 model_state=c.model)
+        route.opened(state, cp)
 
     def on_exit(self, note: Exited) -> None:
         if note.role == "model":
@@ -281,41 +224,20 @@ class Segmenter(Actor):
         audio = np.frombuffer(slab, np.float32, msg.channels * msg.frames, msg.at.offset)
         audio = audio.reshape(msg.channels, msg.frames)
         for ch, cutter in enumerate(state.cutters):
-            self._deliver(msg.stream, state, ch, cutter.feed(audio[ch]))
+            self._deliver(state, ch, cutter.feed(audio[ch]))
         self.meter.add(time.perf_counter() - t0, msg.frames / MODEL_RATE)
         state.taken_s += msg.frames / MODEL_RATE
-        if state.taken_s - state.told_s >= PROGRESS_EVERY_S and state.start.route != "sequential":
-            # (a sequential stream's progress and checkpoints are its model's: its actor says them)
-            state.told_s = state.taken_s
-            self.emit(state.front, Progress(msg.stream, state.taken_s, list(state.results), checkpoint_of(state),
-                                            state.start.gen))
+        state.route.taken(state)
 
-    def _deliver(self, stream: str, state: SegmenterStream, ch: int, outputs: list[Output]) -> None:
+    def _deliver(self, state: SegmenterStream, ch: int, outputs: list[Output]) -> None:
+        """What a channel's cutter made: its events to the front, its pieces to its route."""
         for o in outputs:
             if isinstance(o, Activity):
-                self.emit(state.front, Event(stream, ch, o.kind, o.time, state.events[ch],  # type: ignore[arg-type]
-                                             state.start.gen))
+                self.emit(state.front, Event(state.stream, ch, o.kind, o.time,  # type: ignore[arg-type]
+                                             state.events[ch], state.start.gen))
                 state.events[ch] += 1
-                continue
-            if state.start.route == "sequential":
-                self._sequential(stream, state, ch, "feed", o.start, o.end, o.audio)
-                continue
-            kind: WorkKind = "chunk" if o.is_final is None else "final" if o.is_final else "interim"
-            work = Work(self.dispatcher.new_id(), stream, state.start.front, ch, state.results[ch], state.events[ch],
-                        o.start / MODEL_RATE, o.end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace,
-                        gen=state.start.gen)
-            if kind != "interim":
-                state.results[ch] += 1
-            self.dispatcher.submit(work, o.audio)
-
-    def _sequential(self, stream: str, state: SegmenterStream, ch: int, kind: WorkKind, start: int, end: int,
-                    audio: npt.NDArray[np.float32] | None, seq: int = 0,
-                    model_state: dict[str, Any] | None = None) -> None:
-        """One item of a sequential stream's channel, for the model actor that holds its state."""
-        work = Work(self.dispatcher.new_id(), stream, state.start.front, ch, seq, 0, start / MODEL_RATE,
-                    end / MODEL_RATE, kind, NOWHERE, trace=state.work_trace, interim=state.start.interim,
-                    channels=state.start.channels, state=model_state, gen=state.start.gen)
-        self.dispatcher.submit_sequential(work, audio if audio is not None else NO_AUDIO)
+            else:
+                state.route.piece(state, ch, o)
 
     def contain(self, item: Message, error: Exception) -> bool:
         stream = stream_of(item)
@@ -341,19 +263,13 @@ class Segmenter(Actor):
             return  # a lost stream's replay says `stop` again; an earlier run's stop is not this run's end
         del self.streams[stream]
         for ch, cutter in enumerate(state.cutters):
-            self._deliver(stream, state, ch, cutter.flush())
+            self._deliver(state, ch, cutter.flush())
         telemetry.finish(state.span)
-        if state.start.route == "sequential":  # how many finals there were is the model's to say
-            for ch, cutter in enumerate(state.cutters):
-                at = cutter.checkpoint().sample
-                self._sequential(stream, state, ch, "close", at, at, None)
-            return
-        state.span.set_attribute("streamer.results", sum(state.results))
-        self.emit(state.front, StreamEnd(stream, state.results, state.events, state.start.gen))
+        state.route.closed(state)
 
     def on_idle(self) -> None:
         self.dispatcher.pump()
-        for work in self.dispatcher.failed:
+        for work in self.dispatcher.failed:  # (pieces on their own: a sequential stream fails whole, below)
             self.emit(front_inbox(work.front), Result(
                 work.stream, work.channel, work.seq, work.events_before, work.start_time, work.end_time,
                 work.is_final, error=f"inference failed for {work.start_time:.2f}-{work.end_time:.2f}: "

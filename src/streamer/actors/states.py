@@ -2,9 +2,9 @@
 what the front hears of them.
 
 Each channel of a stream bound to this actor has the model's state, how many finals it has
-made, and where its audio stands. Items come in order (`actors/binding.py`): `restore`
-(re)builds the state, `feed` runs the model on the next audio, `close` ends the channel,
-`abort` forgets the stream.
+made, and where its audio stands. Items come in order (`actors/binding.py`), and each does what
+its type says: `Restore` (re)builds a channel's state, `Feed` runs the model on its next audio,
+`CloseChannel` ends it, `Drop` forgets the stream.
 
 A feed's `Partial`s become interim results (if the client asked), its `Final`s final ones,
 numbered per channel. After a feed the state may be a checkpoint: the model returned a
@@ -28,14 +28,19 @@ from streamer.runtime import logs
 from streamer.transport.messages import (
     MODEL_RATE,
     Answer,
+    ChannelWork,
     Checkpoint,
+    CloseChannel,
     CutState,
+    Drop,
     Failed,
+    Feed,
     Point,
     Progress,
+    Restore,
     Result,
+    Stateful,
     StreamEnd,
-    Work,
 )
 
 log = logging.getLogger("model")
@@ -72,6 +77,11 @@ def in_stream_time(output: dict[str, Any], offset_s: float) -> dict[str, Any]:
     return {**output, "words": moved}
 
 
+def starts_at(w: Restore | Feed | CloseChannel) -> int:
+    """The 16 kHz sample an item of a channel starts at."""
+    return w.start if isinstance(w, Feed) else w.sample
+
+
 class States:
     def __init__(self, model: StreamModel) -> None:
         self.model = model
@@ -81,51 +91,54 @@ class States:
 
     def forget_all(self) -> int:
         """Drop every stream (a new segmenter rebinds them as it likes); how many there were. As
-        for `abort`, their states are let go without `close`: nothing more of them is wanted."""
+        for `Drop`, their states are let go without `close`: nothing more of them is wanted."""
         count = len(self.held)
         self.held.clear()
         return count
 
-    def handle(self, w: Work, audio: Audio, out: list[Answer], points: list[Point]) -> None:
+    def handle(self, w: Stateful, audio: Audio, out: list[Answer], points: list[Point]) -> None:
         """Run one item; what the front must hear goes to `out`, checkpoints to `points`."""
-        held = self.held.get(w.stream)
-        if w.kind == "abort":
+        if isinstance(w, Drop):
             self.held.pop(w.stream, None)
             return
-        if held is None:
+        held = self.held.get(w.stream)
+        if held is None:  # (a stream met first by a feed or a close: its model failed it, and it goes on)
             held = self.held[w.stream] = Held(w.front, w.channels)
         try:
-            if w.kind == "restore":
-                self._restore(held, w)
-            elif w.kind == "feed":
-                self._feed(held, w, audio, out, points)
-            elif w.kind == "close":
-                self._close(held, w, out)
+            match w:
+                case Restore():
+                    self._restore(held, w)
+                case Feed():
+                    self._feed(held, w, audio, out, points)
+                case CloseChannel():
+                    self._close(held, w, out)
         except Exception as e:  # the model failed this stream: its state cannot be trusted any more
             self.held.pop(w.stream, None)
+            at = starts_at(w) / MODEL_RATE
             with logs.bound(w.stream, logs.trace_of(w.trace)):
-                log.error("the model failed the stream at %.2f s: %r", w.start_time, e)
+                log.error("the model failed the stream at %.2f s: %r", at, e)
             why = str(e) if isinstance(e, ModelError) else type(e).__name__
-            out.append(Failed(w.stream, f"inference failed at {w.start_time:.2f} s: {why}"))
+            out.append(Failed(w.stream, f"inference failed at {at:.2f} s: {why}"))
 
-    def _restore(self, held: Held, w: Work) -> None:
-        at = round(w.start_time * MODEL_RATE)
+    def _restore(self, held: Held, w: Restore) -> None:
+        at = w.sample
         if w.state is not None and isinstance(self.model, Snapshots):
             state = self.model.restore(w.state)
         else:
             state = self.model.open()
-        held.chans[w.channel] = Channel(state, w.seq, at, Point(w.stream, w.channel, w.work_id, at, w.seq, w.state))
+        held.chans[w.channel] = Channel(state, w.finals, at,
+                                        Point(w.stream, w.channel, w.work_id, at, w.finals, w.state))
         held.closed.discard(w.channel)
 
-    def _channel(self, held: Held, w: Work) -> Channel:
+    def _channel(self, held: Held, w: ChannelWork) -> Channel:
         chan = held.chans.get(w.channel)
         if chan is None:  # no restore came first: a fresh state from the stream's start
             chan = held.chans[w.channel] = Channel(self.model.open(), 0, 0, Point(w.stream, w.channel, 0, 0, 0))
         return chan
 
-    def _feed(self, held: Held, w: Work, audio: Audio, out: list[Answer], points: list[Point]) -> None:
+    def _feed(self, held: Held, w: Feed, audio: Audio, out: list[Answer], points: list[Point]) -> None:
         chan = self._channel(held, w)
-        at = round(w.start_time * MODEL_RATE)
+        at = w.start
         said = self.model.feed(chan.state, audio, at)
         chan.at = at + audio.shape[0]
         self._say(held, w, chan, said, out)
@@ -146,7 +159,7 @@ class States:
         return bool(self._at_rest is not None and not finals and self._at_rest(chan.state)
                     and chan.point.sample < chan.at)
 
-    def _close(self, held: Held, w: Work, out: list[Answer]) -> None:
+    def _close(self, held: Held, w: CloseChannel, out: list[Answer]) -> None:
         chan = self._channel(held, w)
         self._say(held, w, chan, self.model.close(chan.state, chan.at), out)
         held.closed.add(w.channel)
@@ -155,7 +168,7 @@ class States:
             out.append(StreamEnd(w.stream, finals, [0] * held.channels))
             del self.held[w.stream]
 
-    def _say(self, held: Held, w: Work, chan: Channel, said: list[Said], out: list[Answer]) -> None:
+    def _say(self, held: Held, w: Feed | CloseChannel, chan: Channel, said: list[Said], out: list[Answer]) -> None:
         for s in said:
             start, end = s.start / MODEL_RATE, s.end / MODEL_RATE
             output = in_stream_time(s.output, start)

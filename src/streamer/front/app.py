@@ -35,7 +35,7 @@ from streamer.runtime import group
 from streamer.runtime.config import Config
 from streamer.runtime.process import ChildContext, enter_child
 from streamer.runtime.topology import ROLES
-from streamer.transport.messages import Exited, Roster, Route
+from streamer.transport.messages import Exited, Roster, RouteName
 
 log = logging.getLogger("front")
 
@@ -160,7 +160,7 @@ async def _drop_if_stuck(transport: asyncio.Transport, grace_s: float) -> None:
         await asyncio.sleep(0.1)
 
 
-def stream_route(route: Route) -> Any:
+def stream_route(route: RouteName) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         cfg = request.app[CFG]
         doors = request.app[DOORS]

@@ -41,7 +41,7 @@ from streamer.front.pipeline import Pipeline
 from streamer.front.session import Session
 from streamer.front.wire import END, Incoming
 from streamer.runtime.config import Config
-from streamer.transport.messages import Route
+from streamer.transport.messages import RouteName
 
 log = logging.getLogger("front.grpc")
 LINGER_S = 0.5
@@ -183,7 +183,7 @@ class Servicer(pb_grpc.StreamerServicer):
     async def Sequential(self, requests: AsyncIterator[pb.Request], context: Context) -> None:
         await self._session("sequential", requests, context)
 
-    async def _session(self, route: Route, requests: AsyncIterator[pb.Request], context: Context) -> None:
+    async def _session(self, route: RouteName, requests: AsyncIterator[pb.Request], context: Context) -> None:
         cfg = self.cfg
         # The token can only come as metadata here (a Start has none): a call without it gets no
         # session, so nothing it sends is served and it takes no seat.

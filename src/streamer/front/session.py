@@ -60,7 +60,7 @@ from streamer.transport.messages import (
     Pcm,
     Progress,
     Result,
-    Route,
+    RouteName,
     StreamEnd,
 )
 
@@ -80,7 +80,8 @@ class Phase(enum.Enum):
 
 
 class Session:
-    def __init__(self, wire: Wire, pipeline: Pipeline, route: Route, cfg: Config, authenticated: bool = True) -> None:
+    def __init__(self, wire: Wire, pipeline: Pipeline, route: RouteName, cfg: Config,
+                 authenticated: bool = True) -> None:
         self.wire = wire
         self.pipeline = pipeline
         self.route = route

@@ -8,7 +8,7 @@ recorded at all. The batch processor drops spans when its queue is full rather t
 so a slow or absent collector never slows the pipeline.
 
 Trace context crosses processes as a W3C `traceparent` string inside the ZeroMQ messages
-(`StreamStart.trace`, `Work.trace`): `context_of` turns one into a parent, `traceparent_of`
+(`Open.trace`, `Work.trace`): `context_of` turns one into a parent, `traceparent_of`
 turns a span into one.
 """
 

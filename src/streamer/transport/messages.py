@@ -20,7 +20,7 @@ import msgspec
 
 from streamer.transport.shm import BufferRef
 
-Route = Literal["segmented", "simple", "sequential"]
+RouteName = Literal["segmented", "simple", "sequential"]
 
 
 class Slice(msgspec.Struct, array_like=True, frozen=True):
@@ -110,7 +110,7 @@ class Open(msgspec.Struct, tag="open", array_like=True):
 
     stream: str
     front: int
-    route: Route
+    route: RouteName
     channels: int
     sample_rate: int
     bit_depth: int
@@ -180,49 +180,93 @@ class Event(msgspec.Struct, tag="event", array_like=True):
     gen: int = 0
 
 
-WorkKind = Literal["final", "interim", "chunk", "feed", "close", "restore", "abort"]
+class Work(msgspec.Struct, array_like=True, kw_only=True):
+    """Segmenter -> model actor: what every item for a model actor has. Not an item itself: each
+    item says what it is by its type (`Infer`, or on the sequential route `Restore`, `Feed`,
+    `CloseChannel`, `Drop`), and the model actor does what the type says.
 
-
-class Work(msgspec.Struct, tag="work", array_like=True):
-    """Segmenter -> model: run the model on one piece of audio (16 kHz float32 mono).
-
-    `seq` is the piece's place among its channel's finals (or chunks); an interim carries the
-    `seq` of the final it comes before, so the front can place it and drop it once stale.
-
-    On the sequential route a channel's audio goes to one model actor, in order: `feed` (the
-    next piece; `interim` if the client asked for interim results), `close` (the end; then the
-    actor reports the stream's end once all `channels` are closed), `restore` (start the
-    channel's state again from `state`, None for a fresh one, with `seq` finals already made,
-    at `start_time`: before a replay) and `abort` (forget the stream)."""
+    `work_id` names it (a packet's items are told apart by it, its `Done` lists it, and a model
+    actor skips work numbered below its segmenter's first, `Forget.below`); `front` is whose
+    inbox its answers go to; `trace` the stream's segment span (a traceparent)."""
 
     work_id: int
     stream: str
     front: int
+    trace: str | None = None
+
+
+class Infer(Work, tag="infer", kw_only=True):
+    """A piece on its own, for any model: a region (a final, `is_final` True), a region so far
+    (an interim, False) or a chunk (None). Its audio (16 kHz float32 mono) lies at `at`.
+
+    `seq` is the piece's place among its channel's finals (or chunks); an interim carries the
+    `seq` of the final it comes before, so the front can place it and drop it once stale.
+    `attempt` counts the model actors it was running on when they died, plus one."""
+
     channel: int
     seq: int
     events_before: int
     start_time: float
     end_time: float
-    kind: WorkKind
-    at: Slice
+    is_final: bool | None
+    at: Slice = NOWHERE
     attempt: int = 1
-    trace: str | None = None
-    interim: bool = False
-    channels: int = 1
-    state: dict[str, Any] | None = None
     gen: int = 0  # the stream's run (`Event.gen`), copied into its result
 
-    @property
-    def sequential(self) -> bool:
-        return self.kind in ("feed", "close", "restore", "abort")
 
-    @property
-    def is_final(self) -> bool | None:
-        return None if self.kind == "chunk" else self.kind == "final"
+class ChannelWork(Work, kw_only=True):
+    """The sequential route: an item for one channel of a stream bound to one model actor, which
+    holds the channel's model state. `channels` is how many the stream has: the actor reports
+    the stream's end once all of them are closed."""
+
+    channel: int
+    channels: int
+
+
+class Restore(ChannelWork, tag="restore", kw_only=True):
+    """(Re)start the channel's model state: from `state` (what a checkpoint's `snapshot` gave), or
+    a fresh one when None, at 16 kHz sample `sample`, with `finals` finals already made. A
+    channel's first item, and after a death or a replay the first again."""
+
+    sample: int
+    finals: int
+    state: dict[str, Any] | None = None
+
+
+class Feed(ChannelWork, tag="feed", kw_only=True):
+    """The channel's next audio, samples [`start`, `end`), at `at`; `interim`: the client asked
+    for interim results (the model's `Partial`s)."""
+
+    start: int
+    end: int
+    interim: bool
+    at: Slice = NOWHERE
+
+
+class CloseChannel(ChannelWork, tag="close_channel", kw_only=True):
+    """The channel's audio ended at `sample`: the model says its last words (`Partial`s too, if
+    `interim`) and lets the state go."""
+
+    sample: int
+    interim: bool
+
+
+class Drop(Work, tag="drop", kw_only=True):
+    """Forget the sequential stream: its states go without a close, nothing more is said of it
+    (its client left, or the stream failed)."""
+
+
+Stateful = Restore | Feed | CloseChannel | Drop  # the sequential route's items
+ToModel = Infer | Stateful  # every item a model actor takes
+
+
+def audio_place(work: Work) -> Slice | None:
+    """Where an item's audio lies in its packet's slab; None for an item that carries none."""
+    return work.at if isinstance(work, Infer | Feed) else None
 
 
 class Result(msgspec.Struct, tag="result", array_like=True):
-    """Model -> front: the answer for one `Work` (or why there is none)."""
+    """Model -> front: the answer for one piece (or why there is none)."""
 
     stream: str
     channel: int
@@ -361,8 +405,8 @@ class Exited(msgspec.Struct, tag="exited", array_like=True):
 
 
 Message = (
-    Open | Pcm | Frames | Close | Abort | Roster | Event | Work | Result | StreamEnd | Failed | Notice | Progress
-    | Load | Ready | Done | Exited | Forget
+    Open | Pcm | Frames | Close | Abort | Roster | Event | Infer | Restore | Feed | CloseChannel | Drop | Result
+    | StreamEnd | Failed | Notice | Progress | Load | Ready | Done | Exited | Forget
 )
 
 

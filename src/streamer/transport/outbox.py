@@ -2,9 +2,9 @@
 
 Every process that sends audio does the same three things: gather the items for one
 destination, write all of their audio into one allocation of its own pool (filling in each
-item's `at`), encode the packet. `pack` is that, once. The dispatcher calls it directly (it
-keeps its own record of what each model holds); actors and a front's link go through an
-`Outbox`.
+item's `at`), encode the packet. `pack` is that, once, and an `Outbox` is the one way to send
+what it makes: actors (`emit`), the front's `Pipeline` and the segmenter's dispatcher all hold
+one (a test rig calls `pack` to stand in for a peer).
 
 An `Outbox` keeps, per destination and in order, the items not yet sent. A packet holds at
 most `max_bytes` of audio, so however much a turn produces, no packet can outgrow the pool:
@@ -17,11 +17,16 @@ What cannot go now (the pool is full, the peer's queue is full, the peer is abse
 the head of its destination's queue and everything for that destination waits behind it:
 the sender stops reading its own input meanwhile, which is how backpressure travels
 upstream. Nothing is dropped except by `discard`, at stop, which gives back the slabs.
+
+`offer` is the other way to send, for a sender that keeps its items itself and must know at
+once whether they went: one packet, now or not at all, nothing left waiting. The dispatcher
+sends work so (`actors/dispatch.py` says why a model actor's packet must never wait here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from streamer.transport.messages import Message, Packet, Slice, encode
@@ -42,7 +47,7 @@ def aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def pack(pool: BufferPool | None, items: list[Message],
+def pack(pool: BufferPool | None, items: Sequence[Message],
          payloads: list[tuple[int, Payload]]) -> tuple[bytes, BufferRef | None] | None:
     """One encoded packet of `items` and its slab: the payloads (item index, bytes) written into one
     allocation of `pool`, each such item's `at` filled in. None while the pool has no room (try
@@ -57,7 +62,22 @@ def pack(pool: BufferPool | None, items: list[Message],
         slab, offsets = written
         for (i, p), offset in zip(payloads, offsets, strict=True):
             items[i].at = Slice(offset, nbytes(p))  # type: ignore[union-attr]
-    return encode(Packet(slab, items)), slab
+    return encode(Packet(slab, list(items))), slab
+
+
+class Refused(enum.Enum):
+    """Why `offer` sent nothing."""
+
+    POOL_FULL = "the pool has no room for its audio"
+    PEER = "the destination cannot take it now"
+
+
+@dataclass(frozen=True)
+class Went:
+    """`offer` sent the packet. `slab` holds its audio (None: it had none): the receiver releases
+    it once read, or the sender with `release` once the receiver is known to be dead."""
+
+    slab: BufferRef | None
 
 
 @dataclass
@@ -115,6 +135,26 @@ class Outbox:
             if not queue:
                 del self._queues[dest]
         return not self._queues
+
+    def offer(self, dest: str, items: Sequence[Message], payloads: list[tuple[int, Payload]]) -> Went | Refused:
+        """Send `items` to `dest` as one packet now, or nothing: what cannot go is the caller's
+        again at once (its slab, if written, is given back), and nothing waits here. Never for a
+        destination that `put` sends to: the two would not keep one order."""
+        assert dest not in self._queues, f"{dest} has packets waiting: an offer would overtake them"
+        packed = pack(self._pool, items, payloads)
+        if packed is None:
+            return Refused.POOL_FULL
+        data, slab = packed
+        if not self._send(dest, data):
+            self.release(slab)
+            return Refused.PEER
+        return Went(slab)
+
+    def release(self, slab: BufferRef | None) -> None:
+        """Give back the allocation of a packet sent by `offer` whose receiver died (a no-op if it
+        had read and released it)."""
+        if slab is not None and self._pool is not None:
+            self._pool.release(slab)
 
     @property
     def held(self) -> bool:
