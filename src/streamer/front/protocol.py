@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
 
 from streamer.runtime.config import Limits
+from streamer.transport.messages import RouteName
 
 # WebSocket close codes used by the protocol (RFC 6455 section 7.4.1).
 NORMAL = 1000
@@ -18,6 +20,22 @@ POLICY = 1008
 TOO_BIG = 1009
 INTERNAL = 1011
 TRY_LATER = 1013
+
+
+@dataclass(frozen=True)
+class RouteKind:
+    """What a route promises its client, where the front's handling differs by route."""
+
+    interims: bool  # interim results, if the client asks (the simple route's chunks have none)
+    model_ordered: bool  # a stateful model numbers the finals and says where the stream ends, and
+    # keeps its own account of replays (the sequential route); otherwise the segmenter does
+
+
+ROUTES: dict[RouteName, RouteKind] = {
+    "segmented": RouteKind(interims=True, model_ordered=False),
+    "simple": RouteKind(interims=False, model_ordered=False),
+    "sequential": RouteKind(interims=True, model_ordered=True),
+}
 
 
 class Format(msgspec.Struct, forbid_unknown_fields=True):

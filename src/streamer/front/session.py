@@ -180,7 +180,7 @@ class Session:
             "streamer.session": self.id, "streamer.stream": stream_id, "streamer.route": self.route,
             "audio.channels": f.channels, "audio.sample_rate": f.sample_rate, "audio.bit_depth": f.bit_depth})
         carried = telemetry.traceparent_of(span) or parent
-        interim = req.interim_results and self.route in ("segmented", "sequential")
+        interim = req.interim_results and protocol.ROUTES[self.route].interims
         opened = Open(stream_id, self.pipeline.index, self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
                       interim, carried)
         limits = self.cfg.limits

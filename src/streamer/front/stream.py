@@ -29,6 +29,7 @@ import msgspec
 from opentelemetry.trace import INVALID_SPAN, Span, StatusCode
 
 from streamer.front.front_metrics import FIRST_RESULT, PEAK_INFLIGHT, SPEECH_END_TO_FINAL
+from streamer.front.protocol import ROUTES
 from streamer.front.reorder import StreamOrder
 from streamer.transport.messages import MODEL_RATE, Checkpoint, Event, Open, Progress, Result, StreamEnd, align
 
@@ -188,7 +189,7 @@ class Stream:
         restart = self._restart
         pinned = [msgspec.structs.replace(cut, pins=[at for index, at in told if index >= cut.events])
                   for told, cut in zip(self._told, restart.channels, strict=True)]
-        if self.opened.route != "sequential":
+        if not ROUTES[self.opened.route].model_ordered:
             self.order.end = None  # the new run ends itself (its `Close` goes with the replay)
         return msgspec.structs.replace(self.opened, resume=msgspec.structs.replace(restart, channels=pinned),
                                        gen=self.replays), chunks
@@ -199,7 +200,7 @@ class Stream:
         before the replay's `Open`), and the replay was pinned only to what the client had been
         told before it. The sequential route's progress and results are its stateful model's,
         which keeps its own account of replays."""
-        return msg.gen < self.replays and self.opened.route != "sequential"
+        return msg.gen < self.replays and not ROUTES[self.opened.route].model_ordered
 
     def on_event(self, e: Event) -> list[dict[str, Any]]:
         items = self.order.on_event(e)
