@@ -154,8 +154,7 @@ class Segmenter(Actor):
                 telemetry.finish(gone.span, "aborted")
             self.dispatcher.cancel(msg.stream)
         elif isinstance(msg, Roster):
-            listed = set(msg.streams)
-            for stream in [k for k, c in self.streams.items() if c.start.front == msg.front and k not in listed]:
+            for stream in [k for k, c in self.streams.items() if msg.forgets(c.start.front, k, c.start.opened_at)]:
                 log.info("forgetting stream %s: its front no longer has it (its abort was lost)", stream)
                 telemetry.finish(self.streams.pop(stream).span, "gone")
                 self.dispatcher.cancel(stream)
