@@ -8,11 +8,14 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
+import numpy as np
 import pytest
 
 from streamer.actors.segmenter import Segmenter
+from streamer.front.reorder import StreamOrder
 from streamer.runtime.topology import Place
-from streamer.transport.messages import Abort, Checkpoint, CutState, Drop, encode
+from streamer.transport.messages import NOWHERE, Abort, Checkpoint, Close, CutState, Drop, Frames, Open, encode
 
 from audio import noise
 from ensemble import Group
@@ -287,3 +290,27 @@ def test_a_replay_during_the_close_is_not_ended_by_the_close_from_before_it() ->
         g.close("s-1")
         g.settle()
         over(g)
+
+
+@pytest.mark.parametrize("end", ["close", "abort"])
+def test_a_dead_decoders_open_read_after_the_replay_ended_leaves_nothing_held(end: str) -> None:
+    """The decoder died with a new stream's `Open` still queued for a segmenter that was behind;
+    the replay (run 1) went through the new decoder and was read first, all of it, up to its stop
+    (or its client left). The dead decoder's `Open` of run 0, read last, is of a run that is
+    over: it must not open the stream again, or its restore follows the close (or the drop) onto
+    the actor, and the state it builds there is nobody's, held for good."""
+    with running(max_inflight=2, fake={"delay": 0.001}) as g:
+        run0 = Open("s-1", 0, "sequential", 1, 16000, 16, False, False)
+        g.orders["s-1"], g.got["s-1"], g.ends["s-1"] = StreamOrder(1), [], []
+        g.rig.put("segmenter", msgspec.structs.replace(run0, resume=Checkpoint.start(1), gen=1))
+        for i in range(0, X.shape[0], 1600):
+            piece = np.ascontiguousarray(X[i : i + 1600], np.float32)
+            g.rig.put("segmenter", Frames("s-1", 1, piece.shape[0], NOWHERE, gen=1), audio=[piece], pool="decoder")
+            g.turn()
+        g.rig.put("segmenter", Close("s-1", gen=1) if end == "close" else Abort("s-1"), run0)
+        g.turn()
+        g.settle()
+        if end == "close":
+            assert g.finals("s-1") == undisturbed() and g.complete("s-1")
+        assert g.held() == {0: 0, 1: 0}
+        assert g.rig.actor.dispatcher.sequential.streams == {}  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -173,6 +174,21 @@ def test_a_fronts_roster_ends_its_streams_it_no_longer_has_and_goes_on_to_the_se
     rig.turn()
     assert rig.sent("segmenter") == [roster]  # the segmenter keeps what a lost Abort leaves behind
     assert set(rig.actor.streams) == {"a", "c"}  # type: ignore[attr-defined]
+
+
+def test_a_roster_read_late_forgets_no_stream_opened_after_it_was_listed(rig: Rig) -> None:
+    """A dead front's roster can reach the decoder after its replacement's `Open` (ZeroMQ
+    interleaves the two connections, and the replacement has the same index): that stream was
+    opened after the roster was listed, so the roster says nothing of it."""
+    rig.put("decoder", msgspec.structs.replace(opened("a", front=0), opened_at=20.0))
+    rig.turn()
+    rig.sent("segmenter")
+    rig.put("decoder", Roster(0, [], listed_at=19.0))
+    rig.turn()
+    assert set(rig.actor.streams) == {"a"}  # type: ignore[attr-defined]
+    rig.put("decoder", Roster(0, [], listed_at=21.0))
+    rig.turn()
+    assert set(rig.actor.streams) == set()  # type: ignore[attr-defined]
 
 
 def test_a_full_segmenter_holds_the_decoders_input_back_without_losing_anything(rig: Rig) -> None:

@@ -460,3 +460,22 @@ def test_a_sequential_streams_model_demand_is_known_from_the_audio_its_model_has
     rig.turn()
     load = rig.sent("front-0", Load)[-1]
     assert calls > 1 and load.per_stream == pytest.approx(calls * 0.3 / 3.0, abs=1e-4)
+
+
+def test_a_roster_read_late_forgets_no_stream_opened_after_it_was_listed(rig: Rig) -> None:
+    """A roster the dead decoder had queued can reach the segmenter after what its replacement sent
+    (ZeroMQ interleaves the two connections): the `Open` of a stream its front opened after that
+    roster was listed. The roster says nothing of that stream: it must not forget it. A roster
+    listed after the stream opened, without it, still does."""
+    x = speech(TWO).samples
+    rig.put("segmenter", Open("s-1", 0, "simple", 1, 16000, 16, False, False, opened_at=20.0))
+    rig.put("segmenter", Roster(0, [], listed_at=19.0))  # listed before s-1 opened, read after its Open
+    rig.put("segmenter", Frames("s-1", 1, 8000, NOWHERE), audio=[x[:8000]], pool="decoder")
+    rig.put("segmenter", Close("s-1"))
+    rig.turn()
+    (end,) = rig.sent("front-0", StreamEnd)
+    assert end.results == [1]
+    stream_in(rig, x[:8000], stream="s-2", route="simple", close=False)  # opened_at 0: long ago
+    rig.put("segmenter", Roster(0, [], listed_at=21.0))
+    rig.turn()
+    assert "s-2" not in rig.actor.streams  # type: ignore[attr-defined]

@@ -52,6 +52,7 @@ class DecoderStream:
     raw: list[memoryview] = field(default_factory=list)  # client bytes of this turn, not yet decoded
     lost: bool = False  # some of its audio was reclaimed: nothing more until the front's replay
     gen: int = 0  # the run (`Open.gen`) being decoded: its Frames say so
+    opened_at: float = 0.0  # `Open.opened_at`: a roster listed before it says nothing of the stream
 
 
 class Decoder(Actor):
@@ -91,8 +92,7 @@ class Decoder(Actor):
                 telemetry.finish(gone.span, "aborted")
             self.emit("segmenter", msg)
         elif isinstance(msg, Roster):
-            listed = set(msg.streams)
-            for stream in [s for s, d in self.streams.items() if d.front == msg.front and s not in listed]:
+            for stream in [s for s, d in self.streams.items() if msg.forgets(d.front, s, d.opened_at)]:
                 telemetry.finish(self.streams.pop(stream).span, "gone")
             self.emit("segmenter", msg)  # the segmenter's are what a lost Abort leaves behind
 
@@ -166,7 +166,8 @@ class Decoder(Actor):
             telemetry.finish(span, str(e))
             self.emit(front_inbox(msg.front), Failed(msg.stream, str(e)))
             return
-        self.streams[msg.stream] = DecoderStream(pcm, msg.front, logs.trace_of(msg.trace), span, gen=msg.gen)
+        self.streams[msg.stream] = DecoderStream(pcm, msg.front, logs.trace_of(msg.trace), span, gen=msg.gen,
+                                              opened_at=msg.opened_at)
         msg.trace = telemetry.traceparent_of(span) or msg.trace
         self.emit("segmenter", msg)
 

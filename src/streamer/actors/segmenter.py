@@ -104,6 +104,9 @@ class Segmenter(Actor):
         super().__init__(env)
         assert self.pool is not None
         self.streams: dict[str, SegmenterStream] = {}
+        # Streams ended here (closed, aborted, failed), by their last run's `Open`, until their front's
+        # roster no longer has them: an earlier run's `Open` read after the end opens nothing.
+        self.ended: dict[str, Open] = {}
         self.dispatcher = Dispatcher(self.outbox, env.topology.model_inboxes(), self.clock,
                                      max_attempts=self.cfg.model.max_attempts, first_id=first_work_id(self.pool))
         self.routes = routes(self.cfg.segmenter, self.dispatcher, self.emit)
@@ -152,13 +155,15 @@ class Segmenter(Actor):
             gone = self.streams.pop(msg.stream, None)
             if gone is not None:
                 telemetry.finish(gone.span, "aborted")
+                self.ended[msg.stream] = gone.start
             self.dispatcher.cancel(msg.stream)
         elif isinstance(msg, Roster):
-            listed = set(msg.streams)
-            for stream in [k for k, c in self.streams.items() if c.start.front == msg.front and k not in listed]:
+            for stream in [k for k, c in self.streams.items() if msg.forgets(c.start.front, k, c.start.opened_at)]:
                 log.info("forgetting stream %s: its front no longer has it (its abort was lost)", stream)
                 telemetry.finish(self.streams.pop(stream).span, "gone")
                 self.dispatcher.cancel(stream)
+            for stream in [k for k, o in self.ended.items() if msg.forgets(o.front, k, o.opened_at)]:
+                del self.ended[stream]
 
     def _done(self, msg: Done) -> None:
         """A model answered: its answers go on to their streams' fronts, and the stream's cost is
@@ -183,6 +188,13 @@ class Segmenter(Actor):
         old = self.streams.get(msg.stream)
         if old is not None and msg.gen < old.start.gen:
             return  # a dead decoder's, read after the replay that superseded it (see `Open.gen`)
+        ended = self.ended.pop(msg.stream, None)
+        if ended is not None and msg.gen <= ended.gen:
+            # A dead decoder's, read after the run that superseded it had ended here: opened again,
+            # a sequential stream's restore would follow its close (or drop) onto its model actor,
+            # and build a state there that nobody would ever let go.
+            self.ended[msg.stream] = ended
+            return
         self.streams.pop(msg.stream, None)
         if old is not None:  # a replay after the decoder died: what this process knew is superseded
             telemetry.finish(old.span, "replayed")
@@ -210,6 +222,7 @@ class Segmenter(Actor):
             for stream in [k for k, c in self.streams.items() if c.start.front == note.index]:
                 telemetry.finish(self.streams.pop(stream).span, "front died")
                 self.dispatcher.cancel(stream)
+            self.ended = {k: o for k, o in self.ended.items() if o.front != note.index}
 
     def _frames(self, msg: Frames, slab: bytes | None) -> None:
         state = self.streams.get(msg.stream)
@@ -252,6 +265,7 @@ class Segmenter(Actor):
 
     def _fail(self, stream: str, message: str) -> None:
         state = self.streams.pop(stream)
+        self.ended[stream] = state.start
         telemetry.finish(state.span, message)
         self.dispatcher.cancel(stream)
         self.emit(state.front, Failed(stream, message))
@@ -262,6 +276,7 @@ class Segmenter(Actor):
         if state is None or state.lost or msg.gen < state.start.gen:
             return  # a lost stream's replay says `stop` again; an earlier run's stop is not this run's end
         del self.streams[stream]
+        self.ended[stream] = state.start
         for ch, cutter in enumerate(state.cutters):
             self._deliver(state, ch, cutter.flush())
         telemetry.finish(state.span)

@@ -14,6 +14,7 @@ import logging
 import signal
 import socket
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -286,10 +287,11 @@ async def roster(doors: Doors, pipeline: Pipeline) -> None:
     before it passed it on, and nothing else would ever end that stream there (six clients gone
     3 ms before the decoder was killed left five or six streams in the segmenter for good, in 5
     runs of 8). A dead decoder's `Open` read late (`Open.gen`) can leave one too: the next roster
-    ends it."""
+    ends it. It is stamped when listed, so a roster read late forgets no stream opened after it."""
     while True:
         await asyncio.sleep(ROSTER_EVERY_S)
-        pipeline.send(Roster(pipeline.index, [s.stream.id for s in doors.sessions if s.stream is not None]))
+        pipeline.send(Roster(pipeline.index, [s.stream.id for s in doors.sessions if s.stream is not None],
+                             time.monotonic()))
 
 
 async def heartbeat(ctx: ChildContext) -> None:

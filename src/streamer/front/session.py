@@ -33,6 +33,7 @@ import enum
 import logging
 import math
 import secrets
+import time
 from typing import Any
 
 from opentelemetry import trace
@@ -182,7 +183,7 @@ class Session:
         carried = telemetry.traceparent_of(span) or parent
         interim = req.interim_results and protocol.ROUTES[self.route].interims
         opened = Open(stream_id, self.pipeline.index, self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
-                      interim, carried)
+                      interim, carried, opened_at=time.monotonic())  # (see `Roster`)
         limits = self.cfg.limits
         self.stream = Stream(opened, span, logs.trace_of(carried), budget=Budget(
             limits.max_inflight_audio_s, limits.max_inflight_bytes, self.cfg.server.stop_timeout_s))

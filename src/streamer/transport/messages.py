@@ -119,6 +119,7 @@ class Open(msgspec.Struct, tag="open", array_like=True):
     trace: str | None = None
     resume: Checkpoint | None = None
     gen: int = 0  # see the class doc; and everything the segmenter makes of the run carries it
+    opened_at: float = 0.0  # its front's `time.monotonic()` when the stream opened (`Roster`); a replay keeps it
 
 
 class Pcm(msgspec.Struct, tag="pcm", array_like=True):
@@ -157,10 +158,20 @@ class Roster(msgspec.Struct, tag="roster", array_like=True):
     """Front -> decoder -> segmenter, every few seconds: the streams this front has open. A stage
     forgets every other stream of this front: the `Abort` that would have ended it went the same
     way and died with a decoder that died before passing it on (nobody else ever ends such a
-    stream: its state, audio and place in the load report stayed for good)."""
+    stream: its state, audio and place in the load report stayed for good).
+
+    Only a stream opened before `listed_at` (`Open.opened_at`, both the front's `time.monotonic()`:
+    one clock for every process of the host) is forgotten: the roster can speak only of those. A
+    roster can be read after a later `Open` of its front: one a dead decoder (or a dead front) had
+    queued reaches its reader interleaved with what the replacement sends."""
 
     front: int
     streams: list[str]
+    listed_at: float = 0.0
+
+    def forgets(self, front: int, stream: str, opened_at: float) -> bool:
+        """Whether a stage forgets this stream of `front`, opened at `opened_at`."""
+        return front == self.front and opened_at <= self.listed_at and stream not in self.streams
 
 
 class Event(msgspec.Struct, tag="event", array_like=True):
