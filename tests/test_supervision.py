@@ -11,7 +11,9 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -53,6 +55,14 @@ def kill_later(srv: Server, name: str, after_s: float, sig: int = signal.SIGKILL
     return t
 
 
+def in_background(coro: Coroutine[Any, Any, Transcript]) -> tuple[threading.Thread, list[Transcript]]:
+    """A client in a thread of its own: its transcript lands in the list once it is done."""
+    outcome: list[Transcript] = []
+    client = threading.Thread(target=lambda: outcome.append(asyncio.run(coro)), daemon=True)
+    client.start()
+    return client, outcome
+
+
 async def admitted(url: str, steps: list[dict[str, object] | bytes | str], within_s: float = 20.0) -> Transcript:
     """`converse`, knocking again while the server says 503 (at capacity: a backlog it is still
     working off), as a client honouring Retry-After would."""
@@ -91,11 +101,19 @@ def test_a_hung_actor_is_found_by_heartbeats_killed_and_restarted(tmp_path: Path
 def test_work_in_flight_on_a_killed_model_is_redone_on_another(tmp_path: Path) -> None:
     srv = started(tmp_path, **SLOW_MODEL)
     try:
-        # Both regions reach the models at once; each takes 0.6 s, so the kill finds work in flight.
-        kill_later(srv, "model-0", 0.3)
-        t = asyncio.run(converse(srv.ws(), two_sentences()))
+        # The first region handed out goes to model-0 (the first of two idle actors), once the
+        # segmenter knows it (its first heartbeat follows its first `Ready`). Stopped, it keeps
+        # that work unanswered until the kill, however slow the machine.
+        wait_for(lambda: actor(srv, "model-0").get("processed") is not None, 10)
+        model = actor(srv, "model-0")["pid"]
+        os.kill(model, signal.SIGSTOP)
+        client, outcome = in_background(converse(srv.ws(), two_sentences()))
+        wait_for(lambda: actor(srv, "segmenter").get("inflight", 0) >= 1, 20)  # handed out
+        os.kill(model, signal.SIGKILL)
+        client.join(60)
+        (t,) = outcome
         assert check_regions_answered(t, 0) == (2, 0)
-        assert actor(srv, "model-0")["restarts"] == 1
+        wait_for(lambda: actor(srv, "model-0")["restarts"] == 1, 10)
         assert "redoing work" in srv.log()
     finally:
         srv.stop()
