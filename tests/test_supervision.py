@@ -22,7 +22,9 @@ import soundfile
 
 from audio import SENTENCES, model_samples, noise, speech
 from conversation import (
+    Action,
     Transcript,
+    at_audio,
     audio_frames,
     check_regions_answered,
     check_simple_counts,
@@ -31,6 +33,7 @@ from conversation import (
     raw_handshake,
     start_msg,
     stream_steps,
+    until,
 )
 from server import CLIENT, Server, actor, alive, shm_segments, wait_for
 
@@ -45,14 +48,9 @@ def started(tmp_path: Path, **env: str) -> Server:
     return srv.start()
 
 
-def kill_later(srv: Server, name: str, after_s: float, sig: int = signal.SIGKILL) -> threading.Thread:
-    def go() -> None:
-        time.sleep(after_s)
-        os.kill(actor(srv, name)["pid"], sig)
-
-    t = threading.Thread(target=go, daemon=True)
-    t.start()
-    return t
+def kill(srv: Server, name: str) -> Action:
+    """An action for `converse`: SIGKILL `name` there."""
+    return lambda _: os.kill(actor(srv, name)["pid"], signal.SIGKILL)
 
 
 def in_background(coro: Coroutine[Any, Any, Transcript]) -> tuple[threading.Thread, list[Transcript]]:
@@ -73,7 +71,7 @@ async def admitted(url: str, steps: list[dict[str, object] | bytes | str], withi
         except aiohttp.WSServerHandshakeError as e:
             if e.status != 503 or time.monotonic() > deadline:
                 raise
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # pacing: a client's back-off before it knocks again
 
 
 def two_sentences() -> list[dict[str, object] | bytes | str]:
@@ -165,8 +163,9 @@ def test_a_dead_stage_goes_unnoticed_its_streams_are_replayed_from_their_checkpo
         s = speech(SENTENCES[:3], rate=rate, gap_s=0.8)
         steps = stream_steps(s.samples[None, :], rate, False)
         alone = asyncio.run(converse(srv.ws(route), steps, pace_s=0.03))
-        kill_later(srv, role, 1.6)  # into the second sentence
-        t = asyncio.run(converse(srv.ws(route), steps, pace_s=0.03))
+        into_the_second_sentence = sum(s.truth[1]) / 2
+        t = asyncio.run(converse(srv.ws(route), at_audio(steps, into_the_second_sentence, kill(srv, role)),
+                                 pace_s=0.03))
         assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
         if route == "segmented":
             check_regions_answered(t, 0)
@@ -195,7 +194,7 @@ def test_a_crash_loop_escalates_to_a_nonzero_exit_and_leaves_nothing(tmp_path: P
         if pid and pid not in killed:
             killed.add(pid)
             os.kill(pid, signal.SIGKILL)
-        time.sleep(0.02)
+        time.sleep(0.02)  # polling for the next model-0 to kill
     assert srv.wait(30) == 1
     assert len(killed) == 3  # two restarts allowed, the third crash within the period escalates
     assert "giving up" in srv.log()
@@ -208,12 +207,16 @@ def test_sigterm_mid_stream_delivers_finals_then_closes_1001(tmp_path: Path) -> 
     children = srv.descendants()
     s = speech()
 
-    def terminate() -> None:
-        time.sleep(s.truth[1][0] + 0.8)  # into the second sentence: one region answered, one open
+    async def terminate(messages: list[dict[str, Any]]) -> None:
+        def one_answered_one_open() -> bool:
+            kinds = [m["type"] for m in messages]
+            return any(m.get("is_final") for m in messages) and kinds.count("active") == kinds.count("inactive") + 1
+
+        await until(one_answered_one_open)
         srv.signal(signal.SIGTERM)
 
-    threading.Thread(target=terminate, daemon=True).start()
-    t = asyncio.run(converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False), pace_s=0.1))
+    steps = at_audio(stream_steps(s.samples[None, :], 16000, False), s.truth[1][0] + 0.8, terminate)
+    t = asyncio.run(converse(srv.ws(), steps, pace_s=0.1))
     finals, errors = check_regions_answered(t, 0, close_code=1001)  # the open region was closed and finalised
     assert finals >= 2 and errors == 0 and not t.of_type("error")
     assert srv.wait(30) == 0
@@ -226,12 +229,25 @@ def test_a_dead_front_drops_only_its_own_sessions(tmp_path: Path) -> None:
     srv = started(tmp_path)
     try:
         s = speech(SENTENCES[:3], gap_s=0.8)
-        steps = stream_steps(s.samples[None, :], 16000, False)
+        sessions = 12
 
         async def all_of_them() -> list[Transcript]:
-            return list(await asyncio.gather(*(converse(srv.ws(), steps, pace_s=0.03) for _ in range(12))))
+            arrived = 0
+            everyone_midway = asyncio.Event()
 
-        kill_later(srv, "front-0", 1.5)
+            async def midway(_: object) -> None:
+                """Every session is mid-stream, wherever it is, when front-0 dies."""
+                nonlocal arrived
+                arrived += 1
+                if arrived == sessions:
+                    os.kill(actor(srv, "front-0")["pid"], signal.SIGKILL)
+                    everyone_midway.set()
+                async with asyncio.timeout(30):
+                    await everyone_midway.wait()
+
+            steps = at_audio(stream_steps(s.samples[None, :], 16000, False), s.seconds / 2, midway)
+            return list(await asyncio.gather(*(converse(srv.ws(), steps, pace_s=0.03) for _ in range(sessions))))
+
         transcripts = asyncio.run(all_of_them())
         codes = sorted(t.close_code or 0 for t in transcripts)
         assert set(codes) <= {1000, 1006} and 1000 in codes and 1006 in codes, codes
@@ -250,13 +266,32 @@ def test_the_client_script_reconnects_when_its_front_dies_and_says_so(tmp_path: 
         s = speech(SENTENCES[:3], gap_s=0.8)
         wav = tmp_path / "speech.wav"
         soundfile.write(wav, s.samples, 16000, subtype="PCM_16")
-        kill_later(srv, "front-0", 2.0)
-        out = subprocess.run([*CLIENT, "-i", str(wav), "--addr", srv.ws(),
-                              "--real-time"], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
-        assert "connection lost (close code 1006): reconnecting, resuming at" in out.stderr
-        assert "reconnected 1 times" in out.stdout
-        finals = [json.loads(line.split("s ", 1)[1]) for line in out.stdout.splitlines()
+        lines: list[str] = []
+        with subprocess.Popen([*CLIENT, "-i", str(wav), "--addr", srv.ws(), "--real-time"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as client:
+            assert client.stdout is not None and client.stderr is not None
+            out = client.stdout
+
+            def read() -> None:
+                for line in out:
+                    lines.append(line)
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            try:
+                # Mid-sentence: the client has been told a region began (it prints each message as it comes).
+                wait_for(lambda: any('"type": "active"' in line for line in lines), 30)
+                os.kill(actor(srv, "front-0")["pid"], signal.SIGKILL)
+                code = client.wait(60)
+                reader.join(10)
+                err, stdout = client.stderr.read(), "".join(lines)
+            finally:
+                if client.poll() is None:
+                    client.kill()
+        assert code == 0, err
+        assert "connection lost (close code 1006): reconnecting, resuming at" in err
+        assert "reconnected 1 times" in stdout
+        finals = [json.loads(line.split("s ", 1)[1]) for line in stdout.splitlines()
                   if '"is_final": true' in line]
         ends = [f["end_time"] for f in finals]
         assert ends == sorted(ends) and len(finals) >= 3  # every sentence answered, in order, once or more
@@ -402,7 +437,7 @@ def test_a_replay_answers_the_regions_its_client_was_told_of_not_ones_its_fresh_
                 for step in steps:
                     if isinstance(step, bytes):
                         await ws.send_bytes(step)
-                        await asyncio.sleep(0.05)
+                        await asyncio.sleep(0.05)  # pacing: twice real time, so events come while audio flows
                     else:
                         await ws.send_json(step)
                 await asyncio.wait_for(reader, 60)
@@ -434,7 +469,7 @@ def test_streams_whose_abort_died_with_the_decoder_are_forgotten(tmp_path: Path)
         for frame in frames[:10]:
             for sock in clients:
                 sock.sendall(raw_frame(2, frame))
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing: frames of 0.1 s at twice real time
         wait_for(lambda: set(srv.per_front("streamer_front_load_streams").values()) == {4.0}, 10)
         os.kill(decoder, signal.SIGSTOP)
         for sock in clients:
@@ -504,7 +539,7 @@ def test_what_a_live_segmenter_makes_of_a_dead_decoders_audio_after_the_replay_i
                 for step in steps:
                     if isinstance(step, bytes):
                         await ws.send_bytes(step)
-                        await asyncio.sleep(0.05)
+                        await asyncio.sleep(0.05)  # pacing: twice real time, so events come while audio flows
                     else:
                         await ws.send_json(step)
                 await asyncio.wait_for(reader, 60)
