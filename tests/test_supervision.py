@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -59,6 +60,11 @@ def in_background(coro: Coroutine[Any, Any, Transcript]) -> tuple[threading.Thre
     client = threading.Thread(target=lambda: outcome.append(asyncio.run(coro)), daemon=True)
     client.start()
     return client, outcome
+
+
+def decoded(srv: Server) -> float:
+    """Seconds of audio the decoder process has decoded, as of its last heartbeat."""
+    return srv.metric("decoder", "streamer_stage_audio_seconds_total")
 
 
 async def admitted(url: str, steps: list[dict[str, object] | bytes | str], within_s: float = 20.0) -> Transcript:
@@ -379,31 +385,61 @@ def test_a_dead_decoders_queued_audio_read_after_its_replacements_replay_is_igno
     that had already come: nothing more of it was taken, and its client got an error and 1011 once
     the results stopped (8 of 12 sessions in three runs). Each item now says which run of its
     stream it belongs to, and the segmenter takes nothing of a run a replay superseded."""
-    srv = started(tmp_path, STREAMER_SERVER_STOP_TIMEOUT_S="8")
+    # Heartbeats every 0.2 s: the decoder's totals, which say how far it has got, follow it closely.
+    srv = started(tmp_path, STREAMER_SERVER_STOP_TIMEOUT_S="8", STREAMER_SUPERVISOR_HEARTBEAT_S="0.2")
     try:
         s = speech(SENTENCES[:3], gap_s=0.8)
-        steps = stream_steps(s.samples[None, :], 16000, False)
+        sessions, midway = 4, s.seconds / 2
+        segmenter = actor(srv, "segmenter")["pid"]
+        stopped = threading.Event()
+        failures: list[BaseException] = []
+
+        def replayed() -> list[float]:
+            """Seconds of audio in each replay the fronts have sent (16 kHz, 16 bits)."""
+            return [int(n) / 32000 for n in re.findall(r"replaying the stream from \S+ s \((\d+) bytes\)", srv.log())]
 
         def chaos() -> None:
-            time.sleep(0.6)
-            segmenter = actor(srv, "segmenter")["pid"]
-            os.kill(segmenter, signal.SIGSTOP)
-            time.sleep(0.3)  # the decoder's packets wait in the segmenter's inbox
-            decoder = actor(srv, "decoder")["pid"]
-            os.kill(decoder, signal.SIGKILL)
-            wait_for(lambda: actor(srv, "decoder")["pid"] not in (None, decoder)
-                     and actor(srv, "decoder")["state"] == "running", 15)
-            time.sleep(0.3)  # the replacement has sent the replays
-            os.kill(segmenter, signal.SIGCONT)
+            try:
+                assert stopped.wait(60)
+                # The decoder's packets wait in the segmenter's inbox: the decoder has decoded a second
+                # more than the sessions had sent (all the segmenter could have read) when it stopped.
+                wait_for(lambda: decoded(srv) >= sessions * midway + 1.0, 20)
+                decoder = actor(srv, "decoder")["pid"]
+                os.kill(decoder, signal.SIGKILL)
+                wait_for(lambda: actor(srv, "decoder")["pid"] not in (None, decoder)
+                         and actor(srv, "decoder")["state"] == "running", 15)
+                # The replacement has sent the replays on: it has decoded all the audio they hold.
+                wait_for(lambda: len(r := replayed()) == sessions and decoded(srv) >= sum(r) - 0.01 * sessions, 15)
+            except BaseException as e:
+                failures.append(e)
+            finally:
+                os.kill(segmenter, signal.SIGCONT)
 
         killer = threading.Thread(target=chaos, daemon=True)
         killer.start()
 
-        async def sessions() -> list[Transcript]:
-            return list(await asyncio.gather(*(converse(srv.ws("simple"), steps, pace_s=0.01) for _ in range(4))))
+        async def all_of_them() -> list[Transcript]:
+            arrived = 0
+            everyone_midway = asyncio.Event()
 
-        transcripts = asyncio.run(sessions())
-        killer.join()
+            async def stop_the_segmenter(_: object) -> None:
+                """Behind from here on, with every stream half sent."""
+                nonlocal arrived
+                arrived += 1
+                if arrived == sessions:
+                    os.kill(segmenter, signal.SIGSTOP)
+                    stopped.set()
+                    everyone_midway.set()
+                async with asyncio.timeout(30):
+                    await everyone_midway.wait()
+
+            steps = at_audio(stream_steps(s.samples[None, :], 16000, False), midway, stop_the_segmenter)
+            return list(await asyncio.gather(*(converse(srv.ws("simple"), steps, pace_s=0.01)
+                                               for _ in range(sessions))))
+
+        transcripts = asyncio.run(all_of_them())
+        killer.join(60)
+        assert not failures, failures
         for t in transcripts:
             assert t.close_code == 1000 and not t.of_type("error"), t.messages[-2:]
             check_simple_counts(t, 0, s.samples.shape[0])
