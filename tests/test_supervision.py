@@ -508,9 +508,19 @@ def test_streams_whose_abort_died_with_the_decoder_are_forgotten(tmp_path: Path)
             time.sleep(0.05)  # pacing: frames of 0.1 s at twice real time
         wait_for(lambda: set(srv.per_front("streamer_front_load_streams").values()) == {4.0}, 10)
         os.kill(decoder, signal.SIGSTOP)
+        had = srv.per_front("streamer_front_sessions_active")
+        sent = srv.per_front("streamer_messages_total", direction="out")
         for sock in clients:
             sock.close()  # gone: no stop, no close frame
-        time.sleep(0.5)  # the fronts' aborts wait in the stuck decoder's inbox
+
+        def aborts_sent() -> bool:
+            """Every session has ended (its stream's `Abort` queued for the decoder), and every front
+            that had one has sent the decoder a packet since (the `Abort` in it, or before it)."""
+            ended = sum(srv.per_front("streamer_front_sessions_active").values()) == 0
+            now = srv.per_front("streamer_messages_total", direction="out")
+            return ended and all(now[k] > sent[k] for k, n in had.items() if n)
+
+        wait_for(aborts_sent, 10)  # the fronts' aborts wait in the stuck decoder's inbox
         os.kill(decoder, signal.SIGKILL)
         wait_for(lambda: actor(srv, "decoder")["pid"] not in (None, decoder)
                  and actor(srv, "decoder")["state"] == "running", 15)
