@@ -546,53 +546,38 @@ def test_what_a_live_segmenter_makes_of_a_dead_decoders_audio_after_the_replay_i
     stream. (Every role here has died once already, so its next restart waits: the dead
     decoder's audio stays readable until the segmenter has worked through it, and no model
     takes the region's first final before the replay cancels it.)"""
+    # Heartbeats every 0.2 s: the decoder's totals, which say how far it has got, follow it closely.
     srv = started(tmp_path, **SLOW_MODEL, STREAMER_SUPERVISOR_DECODER_BACKOFF_STEP_S="2.0",
-                  STREAMER_SUPERVISOR_MODEL_BACKOFF_STEP_S="4.0")
+                  STREAMER_SUPERVISOR_MODEL_BACKOFF_STEP_S="4.0", STREAMER_SUPERVISOR_HEARTBEAT_S="0.2")
     try:
         for name in ("decoder", "model-0", "model-1"):
             kill_and_wait(srv, name)
+        segmenter = actor(srv, "segmenter")["pid"]
         s = speech(SENTENCES[:3], gap_s=0.8)
         x = s.samples + np.random.default_rng(0).normal(0, 0.003, s.samples.shape).astype(np.float32)
-        steps = stream_steps(x[None, :], 16000, False)
-        second_final = threading.Event()
 
-        def chaos() -> None:
-            second_final.wait(60)
-            time.sleep(0.3)  # into the third region (its start, 8.64 s, is in the usable checkpoint)
+        async def into_the_third_region(messages: list[dict[str, Any]]) -> None:
+            """Once the second final is out and the third region has begun (its start, 8.64 s, is
+            in the usable checkpoint); the client has not sent the region's end yet."""
+            await until(lambda: sum(1 for m in messages if m.get("is_final")) == 2
+                        and [m["type"] for m in messages].count("active") == 3)
             for i in range(2):
                 os.kill(actor(srv, f"model-{i}")["pid"], signal.SIGKILL)  # back in 4 s
-            segmenter = actor(srv, "segmenter")["pid"]
             os.kill(segmenter, signal.SIGSTOP)
-            time.sleep(1.0)  # the region's end waits in the segmenter's inbox
-            replays = srv.log().count("replaying the stream")
-            os.kill(actor(srv, "decoder")["pid"], signal.SIGKILL)  # back in 2 s
-            wait_for(lambda: srv.log().count("replaying the stream") > replays, 10)
-            os.kill(segmenter, signal.SIGCONT)
 
-        killer = threading.Thread(target=chaos, daemon=True)
-        killer.start()
+        async def past_its_end(_: object) -> None:
+            try:
+                # The region's end waits in the segmenter's inbox: the decoder has decoded it all.
+                await asyncio.to_thread(wait_for, lambda: decoded(srv) >= s.seconds - 0.01, 20)
+                replays = srv.log().count("replaying the stream")
+                os.kill(actor(srv, "decoder")["pid"], signal.SIGKILL)  # back in 2 s
+                await asyncio.to_thread(wait_for, lambda: srv.log().count("replaying the stream") > replays, 10)
+            finally:
+                os.kill(segmenter, signal.SIGCONT)
 
-        async def stream() -> Transcript:
-            messages: list[dict[str, object]] = []
-            async with aiohttp.ClientSession() as http, http.ws_connect(srv.ws()) as ws:
-                async def read() -> None:
-                    async for msg in ws:
-                        messages.append(json.loads(msg.data))
-                        if sum(1 for m in messages if m.get("is_final")) == 2:
-                            second_final.set()
-
-                reader = asyncio.create_task(read())
-                for step in steps:
-                    if isinstance(step, bytes):
-                        await ws.send_bytes(step)
-                        await asyncio.sleep(0.05)  # pacing: twice real time, so events come while audio flows
-                    else:
-                        await ws.send_json(step)
-                await asyncio.wait_for(reader, 60)
-                return Transcript(messages, ws.close_code)
-
-        t = asyncio.run(stream())
-        killer.join()
+        steps = [*at_audio(stream_steps(x[None, :], 16000, False), sum(s.truth[2]) / 2, into_the_third_region),
+                 past_its_end]
+        t = asyncio.run(converse(srv.ws(), steps, pace_s=0.05))
         assert check_regions_answered(t, 0) == (3, 0)
     finally:
         srv.stop()
