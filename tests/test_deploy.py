@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -174,14 +173,21 @@ def test_a_killed_instance_drops_its_sessions_and_the_client_reconnects_through_
     others: list[Transcript] = []
     children = victim.descendants()
 
-    def kill_later() -> None:
-        time.sleep(2.0)
-        victim.signal(signal.SIGKILL)
+    failures: list[BaseException] = []
 
-    t = threading.Thread(target=kill_later)
+    def kill_mid_run() -> None:
+        try:
+            wait_for(lambda: active_sessions(a) + active_sessions(b) == 11, 30)  # the client's and the ten others
+        except BaseException as e:
+            failures.append(e)
+        finally:
+            victim.signal(signal.SIGKILL)
+
+    t = threading.Thread(target=kill_mid_run)
     t.start()
     others = asyncio.run(sessions(lb.ws(), steps, 10, stagger_s=0.1))
     t.join()
+    assert not failures, failures
     out, err = client.communicate(timeout=90)
     assert client.returncode == 0, err
     assert "connection lost (close code 1006): reconnecting" in err
