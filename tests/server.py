@@ -184,12 +184,12 @@ def shm_segments(run_id: str) -> list[str]:
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"streamer-{run_id}-")]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> None:
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.05)
+        time.sleep(every)  # polling: the condition is the wait
     raise TimeoutError("condition not met")
 
 
