@@ -85,7 +85,7 @@ class Server:
                     raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
                 if self.health()[0] == 200 and self.all_running():
                     return self
-                time.sleep(0.1)
+                time.sleep(0.1)  # polling: the condition is the wait
             raise TimeoutError(f"server not healthy within {timeout} s:\n{self.log()}")
         except BaseException:
             self.stop()  # never leave a half-started server behind
