@@ -389,7 +389,7 @@ def test_a_dead_decoders_queued_audio_read_after_its_replacements_replay_is_igno
     srv = started(tmp_path, STREAMER_SERVER_STOP_TIMEOUT_S="8", STREAMER_SUPERVISOR_HEARTBEAT_S="0.2")
     try:
         s = speech(SENTENCES[:3], gap_s=0.8)
-        sessions, midway = 4, s.seconds / 2
+        sessions, midway = 4, round(s.seconds / 2, 1)  # a whole number of 0.1 s frames
         segmenter = actor(srv, "segmenter")["pid"]
         stopped = threading.Event()
         failures: list[BaseException] = []
