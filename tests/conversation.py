@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
+import math
 import os
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,11 +61,32 @@ def audio_frames(audio: npt.NDArray[np.float32], is_float: bool, chunk_s: float 
     return [data[i : i + step] for i in range(0, len(data), step)]
 
 
-async def converse(url: str, steps: list[dict[str, Any] | bytes | str], timeout: float = 60.0,
+# What a test does at a point of a stream: called with the messages read so far; if it returns an
+# awaitable, the sending waits for it (the reading goes on).
+Action = Callable[[list[dict[str, Any]]], object]
+Step = dict[str, Any] | bytes | str | Action
+
+
+def at_audio(steps: Sequence[Step], seconds: float, action: Action, chunk_s: float = 0.1) -> list[Step]:
+    """`stream_steps` with `action` once the client has sent the first `seconds` of its audio."""
+    k = 1 + math.ceil(round(seconds / chunk_s, 6))  # after the start and the frames that hold it
+    assert 1 < k < len(steps) and all(isinstance(s, bytes) for s in steps[1:k]), (seconds, len(steps))
+    return [*steps[:k], action, *steps[k:]]
+
+
+async def until(predicate: Callable[[], object], timeout: float = 30.0) -> None:
+    """Wait in the event loop (a client's reading goes on) until `predicate()` holds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)  # polling: the condition is the wait
+
+
+async def converse(url: str, steps: Sequence[Step], timeout: float = 60.0,
                    pace_s: float = 0.0, **connect: Any) -> Transcript:
-    """Send every step (JSON objects as text, bytes as binary, str verbatim) and read until close;
-    `pace_s` waits between binary frames (a client streaming live rather than a file). A send
-    into a socket the server has closed ends the sending: hostile inputs get cut off mid-way."""
+    """Send every step (JSON objects as text, bytes as binary, str verbatim, an `Action` run)
+    and read until close; `pace_s` waits between binary frames (a client streaming live rather
+    than a file). A send into a socket the server has closed ends the sending: hostile inputs
+    get cut off mid-way."""
     messages: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0, **connect) as ws:
 
@@ -75,11 +99,16 @@ async def converse(url: str, steps: list[dict[str, Any] | bytes | str], timeout:
         for step in steps:
             if ws.closed:
                 break
+            if callable(step):
+                done = step(messages)
+                if inspect.isawaitable(done):
+                    await done
+                continue
             try:
                 if isinstance(step, bytes):
                     await ws.send_bytes(step)
                     if pace_s:
-                        await asyncio.sleep(pace_s)
+                        await asyncio.sleep(pace_s)  # pacing: a client sending as it records
                 elif isinstance(step, str):
                     await ws.send_str(step)
                 else:
@@ -233,7 +262,7 @@ async def grpc_converse(addr: str, route: str, steps: list[dict[str, Any] | byte
         for req in grpc_requests(steps):
             yield req
             if pace_s and req.WhichOneof("request") == "audio":
-                await asyncio.sleep(pace_s)
+                await asyncio.sleep(pace_s)  # pacing: a client sending as it records
 
     messages: list[dict[str, Any]] = []
     async with grpc.aio.insecure_channel(addr) as channel:

@@ -97,5 +97,5 @@ class Receiver:
             spans = self.of_trace(trace_id)
             if names <= {s.name for s in spans}:
                 return spans
-            time.sleep(0.1)
+            time.sleep(0.1)  # polling: the condition is the wait
         raise TimeoutError(f"spans {names - {s.name for s in self.of_trace(trace_id)}} never arrived")

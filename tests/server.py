@@ -85,7 +85,7 @@ class Server:
                     raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
                 if self.health()[0] == 200 and self.all_running():
                     return self
-                time.sleep(0.1)
+                time.sleep(0.1)  # polling: the condition is the wait
             raise TimeoutError(f"server not healthy within {timeout} s:\n{self.log()}")
         except BaseException:
             self.stop()  # never leave a half-started server behind
@@ -117,17 +117,19 @@ class Server:
     def per_front(self, name: str, **labels: str) -> dict[int, float]:
         """A sample of every front's own registry, by front index: read from each front's loopback
         metrics port (one process's page is quick, the group's `/metrics` gathers them all)."""
-        from prometheus_client.parser import text_string_to_metric_families
+        return {int(a["index"]): scrape(a["metrics_port"], name, **labels) for a in self.actors()
+                if a["role"] == "front" and a.get("metrics_port")}
 
-        out = {}
-        for a in self.actors():
-            if a["role"] != "front" or not a.get("metrics_port"):
-                continue
-            with urllib.request.urlopen(f"http://127.0.0.1:{a['metrics_port']}/metrics", timeout=5) as r:
-                page = r.read().decode()
-            out[int(a["index"])] = sum(s.value for fam in text_string_to_metric_families(page) for s in fam.samples
-                                      if s.name == name and labels.items() <= s.labels.items())
-        return out
+    def metric(self, child: str, name: str, **labels: str) -> float:
+        """A sample of one child's own registry (`decoder`, `model-1` ...), 0 until its process
+        serves one. A stage's totals there move at its heartbeats. Never ask a stopped process."""
+        port = actor(self, child).get("metrics_port")
+        if not port:
+            return 0.0
+        try:
+            return scrape(port, name, **labels)
+        except OSError:
+            return 0.0  # it died since (its row goes on naming it until its replacement starts)
 
     def run_id(self) -> str:
         return str(json.loads((self.run_dir / "actors.json").read_text())["run_id"])
@@ -168,16 +170,26 @@ class Server:
         return self.proc.returncode
 
 
+def scrape(port: int, name: str, **labels: str) -> float:
+    """A sample (summed over those with `labels`) of the registry a process serves on `port`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        page = r.read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(page) for s in fam.samples
+               if s.name == name and labels.items() <= s.labels.items())
+
+
 def shm_segments(run_id: str) -> list[str]:
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"streamer-{run_id}-")]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> None:
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.05)
+        time.sleep(every)  # polling: the condition is the wait
     raise TimeoutError("condition not met")
 
 

@@ -83,7 +83,7 @@ class Front:
 async def until(predicate: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # polling: the condition is the wait
 
 
 @asynccontextmanager

@@ -70,7 +70,7 @@ async def one_stream(url: str, frames: list[bytes]) -> Transcript:
         await ws.send(json.dumps(start_msg(1, 16000, False)))
         for frame in frames:
             await ws.send(frame)
-            await asyncio.sleep(0.1 / SPEED)
+            await asyncio.sleep(0.1 / SPEED)  # pacing: 0.1 s frames at SPEED times real time
         await ws.send(json.dumps({"request": "stop", "disconnect": True}))
         await asyncio.wait_for(reader, 120)
         return Transcript(messages, ws.close_code)
@@ -81,7 +81,7 @@ async def clients(url: str, frames: list[bytes]) -> list[Transcript]:
     end = time.monotonic() + CHAOS_S
 
     async def one_after_another(i: int) -> None:
-        await asyncio.sleep(i * 0.15)
+        await asyncio.sleep(i * 0.15)  # pacing: the clients arrive one after another
         while time.monotonic() < end:
             done.append(await one_stream(url, frames))
 

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import urllib.parse
 import urllib.request
 import uuid
@@ -120,7 +119,7 @@ def get(port: int, target: str, host: str = "127.0.0.1", headers: dict[str, str]
 
 async def sessions(url: str, steps: list[object], n: int, stagger_s: float = 0.05) -> list[Transcript]:
     async def one(i: int) -> Transcript:
-        await asyncio.sleep(i * stagger_s)
+        await asyncio.sleep(i * stagger_s)  # pacing: clients arrive one after another, not all at once
         return await converse(url, steps, pace_s=0.05, timeout=90)  # type: ignore[arg-type]
 
     return list(await asyncio.gather(*(one(i) for i in range(n))))
@@ -128,20 +127,27 @@ async def sessions(url: str, steps: list[object], n: int, stagger_s: float = 0.0
 
 def test_a_draining_instance_finishes_its_sessions_and_new_ones_go_elsewhere(
         pair: tuple[Server, Server, Balancer]) -> None:
-    a, _, lb = pair
+    a, b, lb = pair
     steps = stream_steps(speech(SENTENCES, gap_s=0.8).samples[None, :], 16000, False)
     late: list[Transcript] = []
+    failures: list[BaseException] = []
 
     def drain_a_then_start_more() -> None:
-        time.sleep(2.5)
-        a.signal(signal.SIGTERM)
-        time.sleep(0.3)  # sessions opening now may still be sent to `a`: HAProxy retries them elsewhere
-        late.extend(asyncio.run(sessions(lb.ws(), steps, 5)))
+        try:
+            wait_for(lambda: active_sessions(a) + active_sessions(b) == 20, 30)  # mid-run: all of them open
+            a.signal(signal.SIGTERM)
+            # Once both of a's fronts drain, a refuses new sessions (503) and HAProxy retries them on b,
+            # before its health check has taken a out of rotation.
+            wait_for(lambda: len(re.findall(r"front-\d\[\d+\] INFO front: stopping", a.log())) == 2, 30)
+            late.extend(asyncio.run(sessions(lb.ws(), steps, 5)))
+        except BaseException as e:
+            failures.append(e)
 
     t = threading.Thread(target=drain_a_then_start_more)
     t.start()
     first = asyncio.run(sessions(lb.ws(), steps, 20))
     t.join()
+    assert not failures, failures
     assert a.wait(30) == 0
     drained = [x for x in first if x.close_code == 1001]
     assert drained and len(drained) < 20, [x.close_code for x in first]
@@ -170,14 +176,21 @@ def test_a_killed_instance_drops_its_sessions_and_the_client_reconnects_through_
     others: list[Transcript] = []
     children = victim.descendants()
 
-    def kill_later() -> None:
-        time.sleep(2.0)
-        victim.signal(signal.SIGKILL)
+    failures: list[BaseException] = []
 
-    t = threading.Thread(target=kill_later)
+    def kill_mid_run() -> None:
+        try:
+            wait_for(lambda: active_sessions(a) + active_sessions(b) == 11, 30)  # the client's and the ten others
+        except BaseException as e:
+            failures.append(e)
+        finally:
+            victim.signal(signal.SIGKILL)
+
+    t = threading.Thread(target=kill_mid_run)
     t.start()
     others = asyncio.run(sessions(lb.ws(), steps, 10, stagger_s=0.1))
     t.join()
+    assert not failures, failures
     out, err = client.communicate(timeout=90)
     assert client.returncode == 0, err
     assert "connection lost (close code 1006): reconnecting" in err

@@ -117,7 +117,8 @@ def test_past_the_session_limit_a_call_is_unavailable_with_retry_after(tmp_path:
 
             first = stub.Simple(forever())
             await held.put(pb.Request(start=pb.Start(format=pb.Format(channels=1, sample_rate=16000, bit_depth=16))))
-            await asyncio.sleep(1.0)  # the first session holds the only seat
+            # Once the first call holds the only seat (taken when its call arrives at a front).
+            await asyncio.to_thread(wait_for, lambda: seats_taken(s) == 1, 30)
             try:
                 async for _ in stub.Simple(iter(grpc_requests_one())):
                     pass

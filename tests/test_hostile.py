@@ -251,7 +251,7 @@ def test_sockets_opened_and_closed_without_start_cannot_let_streams_in_past_capa
     async def until(name: str, ok: Any, **labels: str) -> dict[int, float]:
         async with asyncio.timeout(20):
             while not ((seen := await front(name, **labels)) and len(seen) == 2 and ok(seen)):
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # polling: the condition is the wait
         return seen
 
     async def scenario() -> tuple[int, int, float, float, list[Transcript]]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -87,14 +87,27 @@ def test_supervisor_killed_outright_takes_its_children_and_segments_with_it(fres
 def test_a_supervisor_killed_while_its_children_still_start_leaves_no_orphan(tmp_path: Path) -> None:
     """Regression: a child whose supervisor died before the child set PR_SET_PDEATHSIG (which it
     does after the spawn bootstrap and its imports) was never signalled: it lived on, holding
-    the pools and the port. Children now check their parent once the setting is in force."""
+    the pools and the port. Children now check their parent once the setting is in force.
+    It is killed at two moments of the start: once its helpers are up, and as soon as its first
+    child is forked."""
     srv = Server(tmp_path / "run")
     port_holders: list[psutil.Process] = []
-    for delay in (0.3, 0.6, 0.9):
+
+    def forked() -> int:
+        """Children the fork server has forked (the supervisor's grandchildren)."""
+        n = 0
+        for p in srv.descendants():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                n += p.ppid() != srv.proc.pid  # type: ignore[union-attr]
+        return n
+
+    moments = [lambda: len(srv.descendants()) >= 2,  # the resource tracker and the fork server
+               lambda: forked() >= 1]
+    for moment in moments:
         srv.proc = subprocess.Popen([sys.executable, "-m", "streamer.supervisor.cli", "serve"], env=srv.environment(),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            time.sleep(delay)
+            wait_for(moment, 60, every=0.005)
             children = srv.descendants()
             srv.signal(signal.SIGKILL)
             srv.wait(10)

@@ -22,7 +22,7 @@ import pytest
 import soundfile
 
 from audio import speech, tone
-from conversation import check_regions_answered, client_transcript, converse, stream_steps
+from conversation import Transcript, check_regions_answered, client_transcript, converse, stream_steps
 from otlp import Got, Receiver
 from server import CLIENT, Server, actor, free_port, wait_for
 
@@ -117,14 +117,21 @@ def test_actors_table_shows_cpu_rising_with_work_and_restarts_after_kill(tmp_pat
         assert names == {"supervisor", "front-0", "front-1", "decoder", "segmenter", "model-0"}
         model = next(a for a in table["actors"] if a["name"] == "model-0")
         steps = stream_steps(tone(6.0)[None, :], 16000, False)
-        done = threading.Event()
-        threading.Thread(target=lambda: (asyncio.run(converse(srv.ws("simple"), steps)), done.set()),
-                         daemon=True).start()
+        outcome: list[Transcript] = []
+        client = threading.Thread(target=lambda: outcome.append(asyncio.run(converse(srv.ws("simple"), steps))),
+                                  daemon=True)
+        client.start()
         peak = 0.0
-        while not done.is_set():
+
+        def sampled_until_the_stream_ends() -> bool:
+            nonlocal peak
             rows = {a["name"]: a for a in get_json(f"{srv.http}/api/v1/actors")["actors"]}
             peak = max(peak, rows["model-0"]["cpu_percent"] or 0.0)
-            time.sleep(0.3)
+            return not client.is_alive()
+
+        wait_for(sampled_until_the_stream_ends, 60)
+        (t,) = outcome
+        assert t.close_code == 1000, t.messages[-3:]
         assert peak > 50.0, peak  # a busy fake model burns a core
         wait_for(lambda: actor(srv, "model-0").get("processed") == 1, 5)  # the next heartbeat says so
         row = next(a for a in get_json(f"{srv.http}/api/v1/actors")["actors"] if a["name"] == "model-0")

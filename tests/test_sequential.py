@@ -9,14 +9,13 @@ import contextlib
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from audio import noise
-from conversation import Transcript, converse, stream_steps
+from conversation import Transcript, at_audio, converse, stream_steps, until
 from server import Server, actor, wait_for
 
 SECONDS = 9.0
@@ -73,20 +72,21 @@ def test_two_channels_each_keep_their_own_state(srv: Server) -> None:
 
 @pytest.mark.parametrize("role", ["model", "decoder", "segmenter"])
 def test_a_death_mid_stream_leaves_the_results_of_an_undisturbed_run(srv: Server, role: str) -> None:
-    """The process holding the stream's state (or the audio on its way) is SIGKILLed halfway:
-    the stream goes on elsewhere from its last checkpoint and every final, count and running
-    total is what it would have been."""
-    steps = stream_steps(noise(SECONDS)[None, :], 16000, False)
+    """The process holding the stream's state (or the audio on its way) is SIGKILLed once the
+    client has sent half of the audio: the stream goes on elsewhere from its last checkpoint
+    and every final, count and running total is what it would have been."""
     kills: list[str] = []
 
-    def kill_when_busy() -> None:
-        time.sleep(SECONDS / 2 * 0.5)  # pace 0.05 s per 0.1 s frame: halfway through the audio
-        rows = [a for a in srv.actors() if a["role"] == role and a["pid"]]
-        busiest = max(rows, key=lambda a: a.get("processed") or 0)  # the model holding the stream
+    async def kill_the_busiest(_: object) -> None:
+        def rows() -> list[dict[str, Any]]:
+            return [a for a in srv.actors() if a["role"] == role and a["pid"]]
+
+        await until(lambda: any(a.get("processed") for a in rows()))  # its heartbeats show it at work
+        busiest = max(rows(), key=lambda a: a.get("processed") or 0)  # the model holding the stream
         os.kill(busiest["pid"], signal.SIGKILL)
         kills.append(busiest["name"])
 
-    threading.Thread(target=kill_when_busy, daemon=True).start()
+    steps = at_audio(stream_steps(noise(SECONDS)[None, :], 16000, False), SECONDS / 2, kill_the_busiest)
     t = asyncio.run(converse(srv.ws("sequential"), steps, pace_s=0.05))
     assert kills and t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
     assert finals(t) == expected(SECONDS, FINAL_EVERY)

@@ -95,7 +95,7 @@ async def upload(url: str, up: Upload, data: bytes, timeout: float = 600.0) -> O
                     if _status(e) != 503:
                         raise
                     out.refused += 1  # the server is at capacity: come back, as streamer-client does
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(1.0)  # pacing: a client's back-off after a 503
     except Exception as e:  # reported, not raised: one client's failure is a figure
         out.failure = repr(e)
     out.seconds = time.monotonic() - began
