@@ -284,9 +284,8 @@ async def serve(ctx: ChildContext) -> None:
 async def roster(doors: Doors, pipeline: Pipeline) -> None:
     """Every `ROSTER_EVERY_S`, the streams this front has open, to the decoder and the segmenter,
     which forget any other stream of this front. A stream's `Abort` dies with a decoder killed
-    before it passed it on, and nothing else would ever end that stream there (six clients gone
-    3 ms before the decoder was killed left five or six streams in the segmenter for good, in 5
-    runs of 8). A dead decoder's `Open` read late (`Open.gen`) can leave one too: the next roster
+    before it passed it on, and nothing else would ever end that stream there: its audio and its
+    place in the load report would stay for good. A dead decoder's `Open` read late (`Open.gen`) can leave one too: the next roster
     ends it. It is stamped when listed, so a roster read late forgets no stream opened after it."""
     while True:
         await asyncio.sleep(ROSTER_EVERY_S)
