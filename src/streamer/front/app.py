@@ -286,7 +286,8 @@ async def roster(doors: Doors, pipeline: Pipeline) -> None:
     which forget any other stream of this front. A stream's `Abort` dies with a decoder killed
     before it passed it on, and nothing else would ever end that stream there: its audio and its
     place in the load report would stay for good. A dead decoder's `Open` read late (`Open.gen`)
-    can leave one too: the next roster ends it. It is stamped when listed, so a roster read late forgets no stream opened after it."""
+    can leave one too: the next roster ends it. It is stamped when listed, so a roster read late
+    forgets no stream opened after it."""
     while True:
         await asyncio.sleep(ROSTER_EVERY_S)
         pipeline.send(Roster(pipeline.index, [s.stream.id for s in doors.sessions if s.stream is not None],
