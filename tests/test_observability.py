@@ -185,8 +185,9 @@ def test_actors_first_read_from_either_front_has_cpu_and_memory_and_both_share_o
             began, ended, table = read()
             check_usage(table)
             if began >= first_ended + 1.0:
-                for a in table["actors"]:
-                    assert a["cpu_window_s"] <= ended - first_began, (table["front_pid"], a, ended - first_began)
+                for a in table["actors"]:  # (the figure is rounded to 0.01 s: half of that either way)
+                    assert a["cpu_window_s"] <= ended - first_began + 0.005, \
+                        (table["front_pid"], a, ended - first_began)
                 late[table["front_pid"]] = late.get(table["front_pid"], 0) + 1
             return len(late) == 2 and min(late.values()) >= 3
 
