@@ -33,7 +33,10 @@ there, it sends that process `Forget`: drop every sequential stream you hold. Th
 have held streams for a segmenter that has since died, whose streams this one rebinds
 wherever it likes; nothing else would ever release them. Until the `Forget` has gone, the
 peer is offered nothing (ZeroMQ keeps one peer's messages in order, so whatever follows it
-arrives after it).
+arrives after it). A `Forget` that cannot go yet (a process that has just bound its inbox is
+reachable only once this side's connection comes up, a reconnect interval later) is tried
+again at every `pump`, not at the peer's next `Ready` a second later: under load, a second
+without a new model actor held up work that it could have taken.
 
 Sending. Packets go through the segmenter's own `Outbox` (the pool it writes into, the link it
 sends on, the size of a packet), but by `offer`, not by the `put` and `flush` that hold a
@@ -108,6 +111,7 @@ class Peer:
     max_batch: int = 1
     batches: deque[Batch] = field(default_factory=deque)  # oldest first: the head is the call running
     greeted: bool = False  # its process has been sent `Forget`
+    granted: int = 0  # the capacity its last `Ready` gave, which it has once greeted
 
 
 class Dispatcher:
@@ -221,16 +225,16 @@ class Dispatcher:
             if peer.pid:  # the old pid is gone and nobody told us yet
                 self._lost(msg.index)
             peer.pid, peer.greeted = msg.pid, False
-        peer.capacity, peer.max_batch = msg.capacity, max(1, msg.max_batch)
+        peer.capacity = peer.granted = msg.capacity
+        peer.max_batch = max(1, msg.max_batch)
         if not peer.greeted:
             self._greet(peer)
 
     def _greet(self, peer: Peer) -> bool:
-        """Send the peer's process `Forget`; if it cannot go now, offer the peer nothing until its
-        next `Ready` (a second later), which tries again."""
+        """Send the peer's process `Forget`: it has its credit once that has gone, none before
+        (`pump` tries again)."""
         peer.greeted = isinstance(self._outbox.offer(peer.dest, [Forget(self.first_id)], []), Went)
-        if not peer.greeted:
-            peer.capacity = 0
+        peer.capacity = peer.granted if peer.greeted else 0
         return peer.greeted
 
     def on_exit(self, index: int, pid: int) -> None:
@@ -276,6 +280,9 @@ class Dispatcher:
         then the shared queue's, the least loaded peer first, finals first. What is waiting is
         shared among the peers that are idle: two items and two idle actors make two calls at
         once, not a batch of two on one actor while the other waits."""
+        for ungreeted in self.peers:
+            if ungreeted.pid and not ungreeted.greeted:
+                self._greet(ungreeted)
         if self.sequential.waiting:
             self.sequential.bind(i for i, s in enumerate(self.peers) if s.pid)
             for index, bound_to in enumerate(self.peers):
