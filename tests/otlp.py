@@ -91,11 +91,18 @@ class Receiver:
         with self._lock:
             return [s for s in self.spans if s.trace_id == trace_id]
 
-    def wait_for(self, trace_id: str, names: set[str], timeout: float = 20.0) -> list[Got]:
+    def wait_for(self, trace_id: str, names: set[str] | dict[str, int], timeout: float = 20.0) -> list[Got]:
+        """The trace's spans once it has each of `names` (or, for a dict, at least that many of
+        each): spans come from several processes, each exporting in its own batches."""
+        want = names if isinstance(names, dict) else dict.fromkeys(names, 1)
+
+        def missing(spans: list[Got]) -> dict[str, int]:
+            return {n: k for n, k in want.items() if sum(s.name == n for s in spans) < k}
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             spans = self.of_trace(trace_id)
-            if names <= {s.name for s in spans}:
+            if not missing(spans):
                 return spans
             time.sleep(0.1)  # polling: the condition is the wait
-        raise TimeoutError(f"spans {names - {s.name for s in self.of_trace(trace_id)}} never arrived")
+        raise TimeoutError(f"spans {missing(self.of_trace(trace_id))} never arrived")

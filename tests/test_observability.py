@@ -50,7 +50,8 @@ def test_one_trace_from_the_client_through_every_process(tmp_path: Path) -> None
             assert out.returncode == 0, out.stderr
             assert check_regions_answered(client_transcript(out.stdout), 0) == (2, 0)
             trace_id = out.stdout.strip().splitlines()[-1].removeprefix("trace id: ")
-            spans = otlp.wait_for(trace_id, {"stream", "session", "decode", "segment", "inference", "deliver"})
+            spans = otlp.wait_for(trace_id, {"stream": 1, "session": 1, "decode": 1, "segment": 1, "inference": 2,
+                                             "deliver": 2})  # two regions: the models may be two processes
         finally:
             srv.stop()
     client, session = only(spans, "stream"), only(spans, "session")
