@@ -81,7 +81,7 @@ def test_a_retry_after_a_crash_is_part_of_the_sessions_trace(tmp_path: Path) -> 
             def kill() -> None:
                 # Once the region is handed to the one model actor (which takes 2 s on it), not at a
                 # fixed moment: on a slow machine the region may not be cut yet.
-                wait_for(lambda: actor(srv, "segmenter").get("inflight", 0) >= 1, 20)
+                wait_for(lambda: srv.metric("segmenter", "streamer_dispatch_handed") >= 1, 20)
                 os.kill(actor(srv, "model-0")["pid"], signal.SIGKILL)
 
             threading.Thread(target=kill, daemon=True).start()

@@ -106,13 +106,14 @@ def test_work_in_flight_on_a_killed_model_is_redone_on_another(tmp_path: Path) -
     srv = started(tmp_path, **SLOW_MODEL)
     try:
         # The first region handed out goes to model-0 (the first of two idle actors), once the
-        # segmenter knows it (its first heartbeat follows its first `Ready`). Stopped, it keeps
-        # that work unanswered until the kill, however slow the machine.
-        wait_for(lambda: actor(srv, "model-0").get("processed") is not None, 10)
+        # segmenter can reach both: their `Ready` came and their `Forget` went. (A model stopped
+        # before its connection is up is never reachable, and the work goes to model-1.) Stopped,
+        # it keeps that work unanswered until the kill, however slow the machine.
+        wait_for(lambda: srv.metric("segmenter", "streamer_dispatch_reachable_models") == 2, 20)
         model = actor(srv, "model-0")["pid"]
         os.kill(model, signal.SIGSTOP)
         client, outcome = in_background(converse(srv.ws(), two_sentences()))
-        wait_for(lambda: actor(srv, "segmenter").get("inflight", 0) >= 1, 20)  # handed out
+        wait_for(lambda: srv.metric("segmenter", "streamer_dispatch_handed") >= 1, 20)
         os.kill(model, signal.SIGKILL)
         client.join(60)
         (t,) = outcome
@@ -317,6 +318,7 @@ def test_a_result_is_never_lost_between_a_model_that_dies_and_a_front_that_is_sl
     try:
         s = speech(("The quick brown fox jumps over the lazy dog.",))
         front, model = actor(srv, "front-0")["pid"], actor(srv, "model-0")["pid"]
+        wait_for(lambda: srv.metric("segmenter", "streamer_dispatch_reachable_models") == 1, 20)
         os.kill(model, signal.SIGSTOP)  # the region's work will wait in its queue
         outcome: list[Transcript] = []
 
@@ -325,7 +327,7 @@ def test_a_result_is_never_lost_between_a_model_that_dies_and_a_front_that_is_sl
 
         client = threading.Thread(target=lambda: asyncio.run(stream()), daemon=True)
         client.start()
-        wait_for(lambda: actor(srv, "segmenter").get("inflight", 0) >= 1, 15)  # the region is cut and handed out
+        wait_for(lambda: srv.metric("segmenter", "streamer_dispatch_handed") >= 1, 15)  # cut and handed out
         os.kill(front, signal.SIGSTOP)
         os.kill(model, signal.SIGKILL)  # its work goes to its replacement, which cannot reach the paused front
         wait_for(lambda: actor(srv, "model-0")["pid"] not in (None, model)

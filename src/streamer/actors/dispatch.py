@@ -91,6 +91,11 @@ GAVE_UP = prometheus_client.Counter("streamer_dispatch_failures",
                                     "Work items answered with an error after max_attempts model deaths")
 SUPERSEDED = prometheus_client.Counter("streamer_interims_superseded",
                                        "Interims dropped while waiting: a newer interim or the region's final came")
+HANDED = prometheus_client.Gauge("streamer_dispatch_handed",
+                                 "Work items sent to a model actor and not yet answered (those waiting here: "
+                                 "streamer_stage_queue_depth)")
+REACHABLE = prometheus_client.Gauge("streamer_dispatch_reachable_models",
+                                    "Model actors this segmenter can hand work to now (announced and greeted)")
 BATCH = prometheus_client.Histogram("streamer_dispatch_batch_items", "Items per packet handed to a model actor",
                                     buckets=(1, 2, 4, 8, 16, 32, 64))
 
@@ -160,6 +165,16 @@ class Dispatcher:
     @property
     def live_peers(self) -> int:
         return sum(1 for s in self.peers if s.pid)
+
+    @property
+    def reachable(self) -> int:
+        """Peers that may be handed work now: their `Ready` came and their `Forget` has gone."""
+        return sum(1 for s in self.peers if s.pid and s.greeted)
+
+    def publish(self) -> None:
+        """The gauges that tell a backlog here from work the models hold (`stats`, each heartbeat)."""
+        HANDED.set(self.inflight)
+        REACHABLE.set(self.reachable)
 
     def queue_delay(self, counts: Callable[[str], bool] = lambda _: True) -> float:
         """How long the oldest waiting final of a stream that `counts` has waited (0 when none waits)."""

@@ -118,6 +118,7 @@ class Segmenter(Actor):
     def stats(self) -> dict[str, object]:
         self.meter.set_inflight(self.dispatcher.inflight + self.dispatcher.queued)
         QUEUED.set(self.dispatcher.queued)
+        self.dispatcher.publish()
         if self.pool is not None:
             watch_pool("segmenter", self.pool.used_slots(), self.pool.spec.nslots)
         return self.meter.summary()
