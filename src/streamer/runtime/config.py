@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -43,6 +43,7 @@ class Server(msgspec.Struct, forbid_unknown_fields=True):
 class Actors(msgspec.Struct, forbid_unknown_fields=True):
     models: int
     fronts: int
+    placement: Literal["split", "pipeline"]  # which actors share a process (docs/placement.md)
 
 
 class Front(msgspec.Struct, forbid_unknown_fields=True):

@@ -14,6 +14,11 @@ processes by it. Nothing else spells an endpoint or a role list.
 
 Every front has its own pool and its own inbox: a stream's results go back to the front that
 owns it, and a front's death touches only its own sessions.
+
+What an actor is (a `Place`) does not decide where it runs (a `Host`): `[actors] placement`
+maps actors to processes. "split" gives every actor a process of its own; "pipeline" runs the
+decoder and the segmenter in one, where the decoder's packets to the segmenter are handed over
+in memory (`local`) and its inbox is not bound at all (docs/placement.md).
 """
 
 from __future__ import annotations
@@ -42,6 +47,27 @@ class Place:
         return self.role if self.role in _ONE_OF_A_KIND else f"{self.role}-{self.index}"
 
 
+@dataclass(frozen=True)
+class Host:
+    """One process of the group and the actors it runs, in the order its loop turns them: a
+    producer before its consumer, so what one hands the next in memory is taken in the same turn.
+    Most hosts run one actor; its name is then the actor's."""
+
+    places: tuple[Place, ...]
+
+    @property
+    def name(self) -> str:
+        return "+".join(p.name for p in self.places)
+
+    @property
+    def first(self) -> Place:
+        """The place that speaks for the process where one must (its restart policy, its metrics port)."""
+        return self.places[0]
+
+    def __contains__(self, place: object) -> bool:
+        return place in self.places
+
+
 def front_inbox(index: int) -> str:
     return f"front-{index}"
 
@@ -54,6 +80,7 @@ class Topology:
     def __init__(self, cfg: Config) -> None:
         self.fronts = cfg.front_count
         self.models = cfg.model_count
+        self.placement = cfg.actors.placement
         self._cfg = cfg
 
     @cached_property
@@ -61,6 +88,47 @@ class Topology:
         """Every child, in start order: consumers first, the door last (stop is the reverse)."""
         return ([Place("model", i) for i in range(self.models)] + [Place("segmenter"), Place("decoder")]
                 + [Place("front", k) for k in range(self.fronts)])
+
+    @cached_property
+    def hosts(self) -> list[Host]:
+        """Every process, in start order (stop is the reverse): each actor alone, or with
+        `placement = "pipeline"` the decoder and the segmenter together, where the segmenter
+        would have started (its consumers, the models, are up before it)."""
+        if self.placement == "split":
+            return [Host((p,)) for p in self.places]
+        together = Host((Place("decoder"), Place("segmenter")))
+        out: list[Host] = []
+        for p in self.places:
+            if p not in together:
+                out.append(Host((p,)))
+            elif together not in out:
+                out.append(together)
+        return out
+
+    def host_of(self, p: Place) -> Host:
+        return next(h for h in self.hosts if p in h)
+
+    def owner(self, inbox: str) -> Place | None:
+        """The place that binds `inbox` (None: the supervisor's or nobody's)."""
+        return next((p for p in self.places if inbox in self.inboxes(p)), None)
+
+    def local(self, p: Place, dest: str) -> bool:
+        """`dest` is an inbox of another actor in `p`'s own process: a send there is a hand-off in
+        memory, in the same turn of that process's loop."""
+        owner = self.owner(dest)
+        return owner is not None and owner != p and owner in self.host_of(p)
+
+    def bound(self, h: Host) -> tuple[str, ...]:
+        """The inboxes the process binds: those of its actors that someone outside it sends to
+        (another process, or the supervisor's death notices). An inbox only a co-located actor
+        sends to is a queue in memory and never a socket."""
+        outside = [q for q in self.places if q not in h]
+        return tuple(i for p in h.places for i in self.inboxes(p)
+                     if i in self.listeners() or any(i in self.sends_to(q) for q in outside))
+
+    def peers(self, h: Host) -> list[str]:
+        """The inboxes of other processes that the process sends to."""
+        return list(dict.fromkeys(d for p in h.places for d in self.sends_to(p) if not self.local(p, d)))
 
     def inboxes(self, p: Place) -> tuple[str, ...]:
         """Every inbox the process binds, control first: control is read even while the
@@ -124,12 +192,12 @@ class Topology:
             return tuple(front_inbox(k) for k in range(self.fronts))
         return {"segmenter": ("decoder",), "model": ("segmenter",)}.get(p.role, ())
 
-    def reclaimed_at_death(self, p: Place) -> tuple[str, ...]:
-        """Pools whose taken slots below the producer's next allocation belong to `p` once it is
-        dead: the supervisor frees them before the replacement starts. A model's are not here:
-        several models read the segmenter's pool, so the segmenter, which knows what each one
-        held, takes those back itself."""
-        return self.reads(p) if p.role in ("decoder", "segmenter") else ()
+    def reclaimed_at_death(self, h: Host) -> tuple[str, ...]:
+        """Pools whose taken slots below the producer's next allocation belong to the process `h`
+        once it is dead: the supervisor frees them before the replacement starts. A model's are
+        not here: several models read the segmenter's pool, so the segmenter, which knows what
+        each one held, takes those back itself."""
+        return tuple(dict.fromkeys(n for p in h.places if p.role in ("decoder", "segmenter") for n in self.reads(p)))
 
     # -- metrics ------------------------------------------------------------------------
 
