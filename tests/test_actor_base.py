@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from streamer.actors.actor import Actor
+from streamer.actors.actor import Actor, Slab
 from streamer.actors.segmenter import Segmenter
 from streamer.runtime.topology import SEGMENTER_CONTROL, Place
 from streamer.transport.messages import Abort, Close, Message, Ready
@@ -27,7 +27,7 @@ class Relay(Actor):
         self.handled: list[str] = []
         self.stopped_after: int | None = None
 
-    def on_message(self, msg: Message, slab: bytes | None) -> None:
+    def on_message(self, msg: Message, slab: Slab | None) -> None:
         assert isinstance(msg, Close)
         self.handled.append(msg.stream)
         self.emit("segmenter", Abort(msg.stream))

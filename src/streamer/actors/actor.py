@@ -7,7 +7,9 @@ Hooks, all optional:
 * `on_message(msg, slab)`: one item of a packet. `slab` holds the bytes of the packet's
   shared-memory allocation (copied out and already released), None when the packet carried
   none, or when its allocation was reclaimed after a crash (then every item with a `Slice`
-  has lost its audio, and the actor must say so rather than read it).
+  has lost its audio, and the actor must say so rather than read it). From an actor of the
+  same process it is that item's own audio, read-only, where its `Slice` says: the actor
+  reads it the same way and cannot tell.
 * `on_exit(note)`: another process of the group died (the supervisor's `Exited`).
 * `on_idle()`: after every turn, also when nothing came: dispatch, timers, periodic reports.
 * `on_stop()`: last, once the fate of what was queued is settled.
@@ -22,6 +24,11 @@ item to its hook, run `on_idle`, then `flush`: everything the actor `emit`ted du
 turn goes out as one packet per destination, with one allocation in the actor's own pool
 for all of that packet's audio. Nothing waits for a timer: a packet holds what was waiting
 when the turn began.
+
+Where an actor runs is not its business: alone in its process (`run_process`, which turns it
+with `turn`), or beside others (`actors/host.py`, which waits for all of them at once and gives
+each a `step` per turn); its link says which destinations are in the same process, and the
+outbox hands their packets over in memory.
 
 Backpressure: when the pool is full, or a destination cannot take a packet, the packet
 stays pending (what the actor emits for that destination meanwhile queues behind it, in
@@ -51,7 +58,7 @@ from streamer.runtime.clock import Clock, MonotonicClock
 from streamer.runtime.config import Config
 from streamer.runtime.process import ChildContext, enter_child
 from streamer.runtime.topology import Place, Topology
-from streamer.transport.link import Link
+from streamer.transport.link import Handed, HostLink, Link, Raw
 from streamer.transport.messages import Exited, Message, decode
 from streamer.transport.outbox import Outbox
 from streamer.transport.shm import BufferPool, Payload, StaleBuffer
@@ -60,6 +67,8 @@ log = logging.getLogger("actor")
 
 POLL_S = 0.1  # longest wait for input: on_idle timers run at least this often
 HELD_POLL_S = 0.002  # while output is pending, how often the flush is retried
+
+Slab = bytes | memoryview  # what `on_message` gets: a packet's audio, or a co-located sender's item's
 
 
 @dataclass
@@ -97,7 +106,12 @@ class Actor:
         self._data = tuple(i for i in topo.inboxes(env.place) if i not in self._control)
         own = topo.writes(env.place)
         self.pool: BufferPool | None = env.pools.get(own) if own else None
-        self.outbox = Outbox(self.pool, env.link.send)
+        link = env.link
+        if isinstance(link, HostLink):  # beside other actors: theirs are handed over in memory
+            local = [d for d in topo.sends_to(env.place) if d in link.local]
+            self.outbox = Outbox(self.pool, link.send, hand=link.hand, local=local)
+        else:
+            self.outbox = Outbox(self.pool, link.send)
         self.dropped_at_stop = 0
 
     # -- hooks ---------------------------------------------------------------------------
@@ -105,7 +119,7 @@ class Actor:
     def on_start(self) -> None:
         pass
 
-    def on_message(self, msg: Message, slab: bytes | None) -> None:
+    def on_message(self, msg: Message, slab: Slab | None) -> None:
         pass
 
     def on_exit(self, note: Exited) -> None:
@@ -144,14 +158,25 @@ class Actor:
 
     def turn(self, timeout_s: float | None = None) -> None:
         """Wait for input, handle what is waiting, run `on_idle`, flush."""
-        reading = self._control + (self._data if self.accepting() and not self.held else ())
-        wait = HELD_POLL_S if self.held else POLL_S
-        self.env.link.wait(reading, wait if timeout_s is None else timeout_s)
+        reading = self.reading()
+        self.env.link.wait(reading, self.patience() if timeout_s is None else timeout_s)
+        self.step(reading)
+        self.env.beat()
+
+    def reading(self) -> tuple[str, ...]:
+        """The inboxes this turn reads: control always, data unless held back."""
+        return self._control + (self._data if self.accepting() and not self.held else ())
+
+    def patience(self) -> float:
+        """How long this actor may wait for input before its next step."""
+        return HELD_POLL_S if self.held else POLL_S
+
+    def step(self, reading: tuple[str, ...]) -> None:
+        """A turn less its wait: handle what is waiting in `reading`, run `on_idle`, flush."""
         for inbox in reading:
             self._take(inbox)
         self.on_idle()
         self.flush()
-        self.env.beat()
 
     def _take(self, inbox: str) -> None:
         """Handle up to `turn_limit` packets of `inbox`, and no more once the audio they carried
@@ -166,8 +191,12 @@ class Actor:
             for raw in raws:
                 audio += self._handle(raw)
 
-    def _handle(self, raw: bytes) -> int:
+    def _handle(self, raw: Raw) -> int:
         """Hand a packet's items to the hooks; the bytes of audio it carried."""
+        if isinstance(raw, Handed):  # from an actor of this process: each item with its own audio
+            for item, audio in zip(raw.items, raw.audio, strict=True):
+                self._item(item, audio)
+            return raw.nbytes
         packet = decode(raw)
         slab: bytes | None = None
         if packet.slab is not None:
@@ -178,15 +207,18 @@ class Actor:
                 log.warning("a packet's audio was reclaimed before it was read (its producer restarted)")
             pool.release(packet.slab)
         for item in packet.items:
-            try:
-                if isinstance(item, Exited):
-                    self.on_exit(item)
-                else:
-                    self.on_message(item, slab)
-            except Exception as e:
-                if not self.contain(item, e):
-                    raise
+            self._item(item, slab)
         return packet.slab.nbytes if packet.slab is not None else 0
+
+    def _item(self, item: Message, slab: Slab | None) -> None:
+        try:
+            if isinstance(item, Exited):
+                self.on_exit(item)
+            else:
+                self.on_message(item, slab)
+        except Exception as e:
+            if not self.contain(item, e):
+                raise
 
     def contain(self, item: Message, error: Exception) -> bool:
         """A handler raised on `item`: end what it concerns (a stream) and go on, or return False

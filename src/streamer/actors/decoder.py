@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from opentelemetry.trace import Span
 
-from streamer.actors.actor import Actor, Env, run_process
+from streamer.actors.actor import Actor, Env, Slab, run_process
 from streamer.actors.pcm import MODEL_RATE, PcmDecoder, UnsupportedFormat
 from streamer.runtime import logs, telemetry
 from streamer.runtime.metrics import STREAM_CRASHES, StageMeter, watch_pool
@@ -69,7 +69,7 @@ class Decoder(Actor):
             watch_pool("decoder", self.pool.used_slots(), self.pool.spec.nslots)
         return self.meter.summary()
 
-    def on_message(self, msg: Message, slab: bytes | None) -> None:
+    def on_message(self, msg: Message, slab: Slab | None) -> None:
         if isinstance(msg, Pcm):
             d = self.streams.get(msg.stream)
             if d is None or d.lost:

@@ -28,7 +28,7 @@ import prometheus_client
 from opentelemetry.trace import StatusCode
 
 from streamer.actors import models
-from streamer.actors.actor import Actor, Env, run_process
+from streamer.actors.actor import Actor, Env, Slab, run_process
 from streamer.actors.models.base import Audio
 from streamer.actors.states import States, in_stream_time
 from streamer.runtime import logs, telemetry
@@ -69,7 +69,7 @@ class ModelActor(Actor):
         self.model = models.build(self.cfg.model.name, env.cfg.to_dict()["model"], seed=os.getpid())
         self.pid = os.getpid()
         self.meter = StageMeter()
-        self._work: list[tuple[ToModel, bytes | None]] = []
+        self._work: list[tuple[ToModel, Slab | None]] = []
         self._last_hello = -READY_EVERY_S
         self._below = 0  # work numbered below this is an earlier segmenter's (`Forget`)
         self.streams = States(self.model) if isinstance(self.model, models.StreamModel) else None
@@ -80,7 +80,7 @@ class ModelActor(Actor):
         for: each may be a whole decoder (pocketsphinx: ~75 MiB), so one never let go shows."""
         return {**self.meter.summary(), "held": len(self.streams.held) if self.streams is not None else 0}
 
-    def on_message(self, msg: Message, slab: bytes | None) -> None:
+    def on_message(self, msg: Message, slab: Slab | None) -> None:
         if isinstance(msg, ToModel):
             if msg.work_id >= self._below:
                 self._work.append((msg, slab))
@@ -109,7 +109,7 @@ class ModelActor(Actor):
             self.emit(SEGMENTER_CONTROL, Ready(self.place.index, self.pid, self.cfg.model.max_inflight,
                                                self.max_batch))
 
-    def _answer(self, batch: list[tuple[ToModel, bytes | None]]) -> Done:
+    def _answer(self, batch: list[tuple[ToModel, Slab | None]]) -> Done:
         """Run the packet's items; the `Done` that carries their answers."""
         done = Done(self.place.index, self.pid, [w.work_id for w, _ in batch], 0.0)
         pieces: list[tuple[Infer, Audio]] = []

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamer.actors.actor import Actor, Env, run_process
+from streamer.actors.actor import Actor, Env, Slab, run_process
 from streamer.actors.dispatch import Dispatcher
 from streamer.actors.pcm import MODEL_RATE
 from streamer.actors.regions import Activity, Output
@@ -141,7 +141,7 @@ class Segmenter(Actor):
     def accepting(self) -> bool:
         return self.dispatcher.queued_seconds < self.cfg.segmenter.max_pending_s
 
-    def on_message(self, msg: Message, slab: bytes | None) -> None:
+    def on_message(self, msg: Message, slab: Slab | None) -> None:
         if isinstance(msg, Frames):
             self._frames(msg, slab)
         elif isinstance(msg, Done):
@@ -225,7 +225,7 @@ class Segmenter(Actor):
                 self.dispatcher.cancel(stream)
             self.ended = {k: o for k, o in self.ended.items() if o.front != note.index}
 
-    def _frames(self, msg: Frames, slab: bytes | None) -> None:
+    def _frames(self, msg: Frames, slab: Slab | None) -> None:
         state = self.streams.get(msg.stream)
         if state is None or state.lost or msg.gen < state.start.gen:
             return  # ended, failed, waiting for its replay, or of a run a replay superseded: nowhere

@@ -18,6 +18,10 @@ the head of its destination's queue and everything for that destination waits be
 the sender stops reading its own input meanwhile, which is how backpressure travels
 upstream. Nothing is dropped except by `discard`, at stop, which gives back the slabs.
 
+A destination in the same process (`local`, see `transport/link.py`) gets the same packets in
+the same order, only not packed: `hand` gives it the items and their audio as they are (no
+slab, no encoding), and a full local inbox holds them back like a full socket.
+
 `offer` is the other way to send, for a sender that keeps its items itself and must know at
 once whether they went: one packet, now or not at all, nothing left waiting. The dispatcher
 sends work so (`actors/dispatch.py` says why a model actor's packet must never wait here).
@@ -26,9 +30,10 @@ sends work so (`actors/dispatch.py` says why a model actor's packet must never w
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
+from streamer.transport.link import Handed, hand_over
 from streamer.transport.messages import Message, Packet, Slice, encode
 from streamer.transport.shm import BufferPool, BufferRef, Payload
 
@@ -91,9 +96,13 @@ class _Pending:
 
 
 class Outbox:
-    def __init__(self, pool: BufferPool | None, send: Callable[[str, bytes], bool], max_bytes: int = 0) -> None:
+    def __init__(self, pool: BufferPool | None, send: Callable[[str, bytes], bool], max_bytes: int = 0,
+                 hand: Callable[[str, Handed], bool] | None = None, local: Collection[str] = ()) -> None:
         self._pool = pool
         self._send = send
+        self._hand = hand
+        self._local = frozenset(local)
+        assert hand is not None or not self._local, "local destinations need a hand to give to"
         capacity = pool.capacity if pool is not None else 0
         # A packet takes at most an eighth of the pool by default: several can be in flight at once.
         self.max_bytes = max_bytes or max(capacity // 8, 1)
@@ -124,6 +133,13 @@ class Outbox:
         for dest, queue in list(self._queues.items()):
             while queue:
                 head = queue[0]
+                if dest in self._local:
+                    assert self._hand is not None
+                    if not self._hand(dest, hand_over(head.items, head.payloads)):
+                        break  # its inbox is full: keep the items, try again later
+                    queue.pop(0)
+                    self.pending_bytes -= head.size
+                    continue
                 if head.packet is None:
                     head.packet = pack(self._pool, head.items, head.payloads)
                     if head.packet is None:
@@ -141,6 +157,7 @@ class Outbox:
         again at once (its slab, if written, is given back), and nothing waits here. Never for a
         destination that `put` sends to: the two would not keep one order."""
         assert dest not in self._queues, f"{dest} has packets waiting: an offer would overtake them"
+        assert dest not in self._local, "an offer goes to another process"
         packed = pack(self._pool, items, payloads)
         if packed is None:
             return Refused.POOL_FULL
