@@ -225,7 +225,7 @@ def build_app(cfg: Config, pipeline: Pipeline, run_dir: str, index: int, fronts:
     admission = Admission(cfg.admission.max_busy, cfg.admission.max_queue_delay_s)
     app[DOORS] = Doors(Seats(run_dir, index, fronts, cfg.limits.max_sessions), admission, cfg.limits.max_sessions)
     pipeline.on_load = admission.update
-    pipeline.on_exited = lambda note: stage_died(app[DOORS], note)
+    pipeline.on_exited = StageDeaths(app[DOORS])
     app.router.add_get("/api/v1/segmented", stream_route("segmented"))
     app.router.add_get("/api/v1/simple", stream_route("simple"))
     app.router.add_get("/api/v1/sequential", stream_route("sequential"))
@@ -238,17 +238,30 @@ def build_app(cfg: Config, pipeline: Pipeline, run_dir: str, index: int, fronts:
     return app
 
 
-def stage_died(doors: Doors, note: Exited) -> None:
+class StageDeaths:
     """A decoder or segmenter held every open stream's state (resampler, VAD, regions): each
     open stream is played to the pipeline again from its last checkpoint, so its client gets
-    what an undisturbed run would have given."""
-    if note.role not in ("decoder", "segmenter"):
-        return
-    open_ = [s for s in doors.sessions if s.stream is not None]
-    if open_:
-        log.warning("%s died (%s): replaying %d open streams", note.role, note.how, len(open_))
-    for session in open_:
-        session.replay(f"the {note.role} died ({note.how})")
+    what an undisturbed run would have given.
+
+    Once per dead process: actors that shared one (`[actors] placement`) died together, and the
+    supervisor's notes for them (one per actor, back to back, the same pid) ask for one replay."""
+
+    def __init__(self, doors: Doors) -> None:
+        self.doors = doors
+        self.replayed_for: int | None = None  # the pid of the last death a replay answered
+
+    def __call__(self, note: Exited) -> None:
+        if note.role not in ("decoder", "segmenter"):
+            return
+        if note.pid == self.replayed_for:
+            log.info("%s died with the process already replayed for (pid %d)", note.role, note.pid)
+            return
+        self.replayed_for = note.pid
+        open_ = [s for s in self.doors.sessions if s.stream is not None]
+        if open_:
+            log.warning("%s died (%s): replaying %d open streams", note.role, note.how, len(open_))
+        for session in open_:
+            session.replay(f"the {note.role} died ({note.how})")
 
 
 async def serve(ctx: ChildContext) -> None:

@@ -123,9 +123,11 @@ async def group_page(host: str, state: Group | None, own_index: int) -> str:
     targets: list[tuple[dict[str, str], int]] = []
     if state is not None and state.metrics_port:
         targets.append(({"role": "supervisor", "index": "0"}, state.metrics_port))
+    seen: set[int] = set()  # actors that share a process share its page: read it once, named by the process
     for a in state.actors if state is not None else []:
-        if a.metrics_port and not (a.role == "front" and a.index == own_index):
-            targets.append(({"role": a.role, "index": str(a.index)}, a.metrics_port))
+        if a.metrics_port and a.metrics_port not in seen and not (a.role == "front" and a.index == own_index):
+            seen.add(a.metrics_port)
+            targets.append(({"role": a.process or a.role, "index": str(a.index)}, a.metrics_port))
     async with aiohttp.ClientSession() as http:
         texts = await asyncio.gather(*(_fetch(http, host, port) for _, port in targets))
     pages = [({"role": "front", "index": str(own_index)}, prometheus_client.generate_latest().decode())]

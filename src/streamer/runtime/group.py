@@ -32,6 +32,7 @@ class Member(msgspec.Struct, omit_defaults=True):
     inflight: int | None = None
     rtf: float | None = None
     held: int | None = None  # a model actor's sequential streams (each a model state in its memory)
+    process: str | None = None  # the process it shares with other actors (`[actors] placement`), by name
 
 
 class Group(msgspec.Struct):

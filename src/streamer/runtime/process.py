@@ -27,7 +27,10 @@ from streamer.runtime.topology import Place
 
 @dataclass
 class ChildContext:
-    """What the supervisor hands a child: who it is, where the run lives, its configuration."""
+    """What the supervisor hands a child: who it is, where the run lives, its configuration.
+
+    `role` and `index` are its actor's; a process that runs several actors (`Topology.hosts`)
+    lists them in `places`, and `role` and `index` are then its first's."""
 
     role: str
     index: int
@@ -39,6 +42,7 @@ class ChildContext:
     stopping: threading.Event = field(default_factory=threading.Event)
     beat_every_s: float = 1.0
     stats: Callable[[], dict[str, Any]] | None = None
+    places: tuple[Place, ...] = ()
     _last_beat: float = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
@@ -57,7 +61,12 @@ class ChildContext:
 
     @property
     def name(self) -> str:
-        return self.place.name
+        return "+".join(p.name for p in self.places) if self.places else self.place.name
+
+    @property
+    def hosted(self) -> tuple[Place, ...]:
+        """The actors this process runs."""
+        return self.places or (self.place,)
 
     def cfg(self) -> Config:
         return config_mod.from_dict(self.config)
@@ -126,7 +135,8 @@ def enter_child(ctx: ChildContext) -> None:
         os.set_blocking(ctx.control.fileno(), False)
     setup_logging(ctx.name, str(ctx.config["server"]["log_level"]))
     cfg = ctx.cfg()
-    telemetry.setup(ctx.role, ctx.index if ctx.role in ("model", "front") else None)
+    role = "+".join(p.role for p in ctx.hosted)
+    telemetry.setup(role, ctx.index if ctx.role in ("model", "front") else None)
     ctx.announce_metrics(metrics.serve(cfg, ctx.place))
 
     def on_term(signum: int, frame: object) -> None:

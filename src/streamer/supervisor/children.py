@@ -22,12 +22,12 @@ from typing import Any
 
 from streamer.runtime.group import Member
 from streamer.runtime.process import ChildContext
-from streamer.runtime.topology import Place
+from streamer.runtime.topology import Host, Place
 
 _forks = mp.get_context("forkserver")
 # What the fork server imports once, so that no child imports it again.
 _forks.set_forkserver_preload(["streamer.supervisor.children", "streamer.actors.decoder", "streamer.actors.segmenter",
-                               "streamer.actors.model_actor", "streamer.front.app"])
+                               "streamer.actors.model_actor", "streamer.actors.host", "streamer.front.app"])
 _lifeline: tuple[Connection, Connection] | None = None  # (children's read end, our write end), for our life
 
 
@@ -55,15 +55,22 @@ def _entry(role: str) -> Callable[[ChildContext], None]:
 
 def child_main(ctx: ChildContext) -> None:
     """Top of every child process (module level, so `spawn` can import it)."""
-    _entry(ctx.role)(ctx)
+    if len(ctx.places) > 1:
+        from streamer.actors.host import run_host
+
+        run_host(ctx)
+    else:
+        _entry(ctx.role)(ctx)
 
 
 @dataclass
 class Child:
-    """One supervised place: a role and index, and the process currently filling it."""
+    """One supervised process: the actors it runs (`places`; its `role` and `index` are its
+    first's, and say which restart policy it follows), and the process currently filling it."""
 
     role: str
     index: int
+    places: tuple[Place, ...] = ()  # () = just (role, index)
     process: BaseProcess | None = None
     control: Connection | None = None
     state: str = "stopped"  # starting | running | restarting | stopped
@@ -75,18 +82,26 @@ class Child:
     restart_at: float | None = None
     last_beat: float = 0.0
     metrics_port: int | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per place name, from its last heartbeat
     killed_as_hung: float | None = None  # seconds of silence, when the supervisor killed it
     terminated: bool = False  # SIGTERM sent to the current process
 
+    @classmethod
+    def of(cls, host: Host) -> Child:
+        return cls(host.first.role, host.first.index, host.places if len(host.places) > 1 else ())
+
+    @property
+    def hosted(self) -> tuple[Place, ...]:
+        return self.places or (Place(self.role, self.index),)
+
     @property
     def name(self) -> str:
-        return Place(self.role, self.index).name
+        return Host(self.hosted).name
 
     def start(self, run_id: str, run_dir: str, config: dict[str, Any]) -> None:
         ours, theirs = _forks.Pipe(duplex=False)
         ctx = ChildContext(self.role, self.index, run_id, run_dir, config, control=theirs, lifeline=lifeline(),
-                           beat_every_s=float(config["supervisor"]["heartbeat_s"]))
+                           beat_every_s=float(config["supervisor"]["heartbeat_s"]), places=self.places)
         proc = _forks.Process(target=child_main, args=(ctx,), name=f"streamer: {self.name}", daemon=False)
         proc.start()
         theirs.close()
@@ -138,11 +153,15 @@ class Child:
         self.reap()
         self.state = "stopped"
 
-    def snapshot(self, now: float) -> Member:
+    def snapshot(self, now: float) -> list[Member]:
+        """One row per actor: actors that share a process share its pid, state and restarts, and
+        name it (`process`)."""
         alive = self.process is not None
-        return Member(self.role, self.index, self.name, self.pid if alive else None, self.state, self.restarts,
-                      round(now - self.started_at, 3) if alive else 0.0, self.last_exit,
-                      self.metrics_port if alive else None, **self.stats)
+        process = self.name if self.places else None
+        return [Member(p.role, p.index, p.name, self.pid if alive else None, self.state, self.restarts,
+                       round(now - self.started_at, 3) if alive else 0.0, self.last_exit,
+                       self.metrics_port if alive else None, **self.stats.get(p.name, {}), process=process)
+                for p in self.hosted]
 
 
 def describe_exit(code: int | None) -> str:

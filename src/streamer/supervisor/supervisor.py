@@ -37,7 +37,7 @@ from streamer.front.processes import SAMPLES_FILE
 from streamer.front.seats import SEATS_FILE
 from streamer.runtime import group, metrics
 from streamer.runtime.config import Config
-from streamer.runtime.topology import ROLES, Place, Topology
+from streamer.runtime.topology import ROLES, Host, Topology
 from streamer.supervisor.children import Child
 from streamer.supervisor.policy import Escalate, RestartPolicy
 from streamer.transport import sockets
@@ -106,7 +106,7 @@ class Supervisor:
         self.run_id = secrets.token_hex(4)
         self.run_dir = make_run_dir(cfg.server.run_dir, self.run_id)
         self.topology = Topology(cfg)
-        self.children = [Child(p.role, p.index) for p in self.topology.places]
+        self.children = [Child.of(h) for h in self.topology.hosts]
         self.pools: dict[str, BufferPool] = {}
         self._zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._tell = [sockets.outbox(self._zctx, self.run_dir, name, immediate=True)
@@ -202,7 +202,10 @@ class Supervisor:
             return
         child.last_beat = time.monotonic()
         if msg[0] == "beat" and len(msg) == 3 and isinstance(msg[2], dict):
-            child.stats = {k: msg[2][k] for k in STATS if k in msg[2]}
+            # A process of several actors reports each one's stats under its place's name.
+            said = msg[2] if child.places else {child.name: msg[2]}
+            child.stats = {p.name: {k: v for k, v in stats.items() if k in STATS}
+                           for p in child.hosted if isinstance(stats := said.get(p.name), dict)}
             self._publish()
         elif msg[0] == "metrics" and len(msg) == 3:
             child.metrics_port = int(msg[2])
@@ -233,14 +236,17 @@ class Supervisor:
         still taken were handed to the dead consumer (or queued for it and lost), and its
         replacement is not started yet, so nobody else will touch them.
         """
-        for name in self.topology.reclaimed_at_death(Place(child.role, child.index)):
+        for name in self.topology.reclaimed_at_death(Host(child.hosted)):
             pool = self.pools[name]
             freed = pool.reclaim(below_alloc=pool.next_alloc)
             if freed:
                 log.info("reclaimed %d %s-pool slots held by dead %s", freed, pool.spec.name, child.name)
-        note = encode(Packet(None, [Exited(child.role, child.index, pid, how)]))
+        # Every actor of the process died with it, and each listener hears of each: as if they had
+        # died at once (a front replays its streams once for them all: same pid).
         give_up = time.monotonic() + NOTICE_TIMEOUT_S
-        self._undelivered += [(sock, note, give_up) for sock in self._tell]
+        for p in child.hosted:
+            note = encode(Packet(None, [Exited(p.role, p.index, pid, how)]))
+            self._undelivered += [(sock, note, give_up) for sock in self._tell]
         self._deliver()
 
     def _deliver(self) -> None:
@@ -293,7 +299,8 @@ class Supervisor:
         for c in self.children:
             if c.restart_at is not None and c.restart_at <= now and not self._stop_requested:
                 c.restarts += 1
-                self.metrics.restarts.labels(c.role).inc()
+                for p in c.hosted:
+                    self.metrics.restarts.labels(p.role).inc()
                 self._start(c)
                 self._publish()
 
@@ -302,8 +309,10 @@ class Supervisor:
     def snapshot(self) -> group.Group:
         now = time.monotonic()
         for role in ROLES:
-            self.metrics.live.labels(role).set(sum(1 for c in self.children if c.role == role and c.state == "running"))
-        return group.Group(self.run_id, os.getpid(), self.metrics_port, [c.snapshot(now) for c in self.children])
+            self.metrics.live.labels(role).set(sum(1 for c in self.children for p in c.hosted
+                                                   if p.role == role and c.state == "running"))
+        return group.Group(self.run_id, os.getpid(), self.metrics_port, [m for c in self.children
+                                                                         for m in c.snapshot(now)])
 
     def _publish(self) -> None:
         """Write the children table; the fronts' health, actors and metrics routes read it."""
