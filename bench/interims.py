@@ -17,13 +17,13 @@ Writes `bench/results/interims.md`.
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 import tempfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -39,8 +39,8 @@ RESULTS = ROOT / "bench" / "results"
 def model_audio_s(srv: Server) -> float:
     with urllib.request.urlopen(f"{srv.http}/metrics", timeout=10) as r:
         page = r.read().decode()
-    return sum(float(v) for v in re.findall(r'streamer_stage_audio_seconds_total\{role="model",index="\d+"\} (\S+)',
-                                            page))
+    return sum(x.value for fam in text_string_to_metric_families(page) for x in fam.samples
+               if x.name == "streamer_stage_audio_seconds_total" and x.labels.get("stage") == "model")
 
 
 def main() -> int:

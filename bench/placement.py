@@ -4,7 +4,7 @@
 
 Both actors run in this process on the same input: every turn each of `--streams` streams
 gets one 20 ms frame of 16 kHz s16 from a front (written into the front's real pool, as a
-front would). "local" runs them as `[actors] placement = "pipeline"` does (`actors/host.py`:
+front would). "local" runs them as `[actors] placement = "paired"` does (`actors/host.py`:
 the decoder's `Frames` handed to the segmenter as they are). "pool" carries the decoder's
 packets to the segmenter as two processes would, minus the socket: packed into the decoder's
 pool, encoded, decoded, read out and released. So the difference is what the pool and the codec
@@ -42,7 +42,7 @@ from streamer.transport.shm import BufferPool  # noqa: E402
 
 def run(mode: str, streams: int, turns: int) -> float:
     cfg = config.load(env={}, overrides={"actors": {"fronts": 1, "models": 1,
-                                                    "placement": "pipeline" if mode == "local" else "split"}})
+                                                    "placement": "paired" if mode == "local" else "split"}})
     topo = Topology(cfg)
     run_id = secrets.token_hex(4)
     pools = {n: BufferPool.create(spec, run_id) for n, spec in topo.pools.items()}

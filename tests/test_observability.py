@@ -230,8 +230,8 @@ def test_a_real_prometheus_scrapes_every_process_through_the_front(tmp_path: Pat
         cpu = {r["metric"]["role"]: float(r["value"][1])
                for r in query("sum by (role) (process_cpu_seconds_total)")}
         # A process's page is labelled by the process: the decoder and the segmenter share one under
-        # `[actors] placement = "pipeline"` (docs/placement.md).
-        stages = {"decoder+segmenter"} if os.environ.get("STREAMER_ACTORS_PLACEMENT") == "pipeline" \
+        # `[actors] placement = "paired"` (docs/placement.md).
+        stages = {"decoder+segmenter"} if os.environ.get("STREAMER_ACTORS_PLACEMENT") == "paired" \
             else {"decoder", "segmenter"}
         assert set(cpu) == {"supervisor", "front", "model", *stages}
         assert all(np.isfinite(v) and v > 0 for v in cpu.values()), cpu

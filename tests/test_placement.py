@@ -1,4 +1,4 @@
-"""Placement: the decoder and the segmenter in one process (`[actors] placement = "pipeline"`).
+"""Placement: the decoder and the segmenter in one process (`[actors] placement = "paired"`).
 
 In the test's own process, as `rig.py` does for one actor: both actors on one `Hosted` loop over a
 `MemoryLink` (the process's wire) and the run's real pools. What goes in is what fronts and model
@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import prometheus_client
 import pytest
 import zmq
 
@@ -49,10 +50,10 @@ from audio import have_tools, noise, pcm_bytes, speech
 from rig import SMALL_POOLS
 
 TWO = ("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning.")
-PIPELINE = Host((Place("decoder"), Place("segmenter")))
+PAIRED = Host((Place("decoder"), Place("segmenter")))
 
 
-def configured(placement: str = "pipeline", **sections: dict[str, Any]) -> config.Config:
+def configured(placement: str = "paired", **sections: dict[str, Any]) -> config.Config:
     tree: dict[str, Any] = {"actors": {"fronts": 2, "models": 2, "placement": placement}, "pools": dict(SMALL_POOLS)}
     for section, values in sections.items():
         tree.setdefault(section, {}).update(values)
@@ -60,7 +61,7 @@ def configured(placement: str = "pipeline", **sections: dict[str, Any]) -> confi
 
 
 class Run:
-    """Fresh pools and a wire, and either both actors on one `Hosted` loop ("pipeline") or each on
+    """Fresh pools and a wire, and either both actors on one `Hosted` loop ("paired") or each on
     its own link with the decoder's packets carried to the segmenter by hand ("split")."""
 
     def __init__(self, placement: str) -> None:
@@ -71,8 +72,8 @@ class Run:
         self.clock = FakeClock()
         self.wire = MemoryLink()
         self.hosted: Hosted | None = None
-        if placement == "pipeline":
-            self.hosted = build(self.topology, PIPELINE, self.cfg, self.wire, self.pools, self.clock)
+        if placement == "paired":
+            self.hosted = build(self.topology, PAIRED, self.cfg, self.wire, self.pools, self.clock)
             self.decoder, self.segmenter = self.hosted.actors
         else:
             self.seg_wire = MemoryLink()
@@ -112,7 +113,7 @@ class Run:
 
 @pytest.fixture
 def run() -> Iterator[Run]:
-    r = Run("pipeline")
+    r = Run("paired")
     try:
         yield r
     finally:
@@ -144,20 +145,20 @@ def test_split_gives_every_actor_its_own_process() -> None:
     assert [h.places for h in topo.hosts] == [(p,) for p in topo.places]
 
 
-def test_pipeline_puts_the_decoder_and_the_segmenter_in_one_process_started_where_the_segmenter_was() -> None:
-    topo = Topology(configured("pipeline"))
+def test_paired_puts_the_decoder_and_the_segmenter_in_one_process_started_where_the_segmenter_was() -> None:
+    topo = Topology(configured("paired"))
     assert [h.name for h in topo.hosts] == ["model-0", "model-1", "decoder+segmenter", "front-0", "front-1"]
     assert topo.local(Place("decoder"), "segmenter") and not topo.local(Place("segmenter"), "front-0")
     assert not topo.local(Place("front", 0), "decoder")
     # Fronts send to the decoder, models and the supervisor to the segmenter's control: bound. The
     # segmenter's data inbox is the decoder's alone: a queue in memory, never a socket.
-    assert topo.bound(PIPELINE) == ("decoder", SEGMENTER_CONTROL)
-    assert "segmenter" not in topo.peers(PIPELINE)
-    assert set(topo.reclaimed_at_death(PIPELINE)) == {"front-0", "front-1", "decoder"}
+    assert topo.bound(PAIRED) == ("decoder", SEGMENTER_CONTROL)
+    assert "segmenter" not in topo.peers(PAIRED)
+    assert set(topo.reclaimed_at_death(PAIRED)) == {"front-0", "front-1", "decoder"}
 
 
 def test_the_placement_is_read_from_the_environment_and_checked() -> None:
-    assert config.load(env={"STREAMER_ACTORS_PLACEMENT": "pipeline"}).actors.placement == "pipeline"
+    assert config.load(env={"STREAMER_ACTORS_PLACEMENT": "paired"}).actors.placement == "paired"
     with pytest.raises(Exception, match="placement"):
         config.load(env={"STREAMER_ACTORS_PLACEMENT": "shards"})
 
@@ -179,11 +180,11 @@ def test_the_decoders_audio_reaches_the_segmenter_in_the_same_turn_without_the_p
 
 @pytest.mark.skipif(not have_tools(), reason="needs espeak-ng and sox")
 def test_one_process_says_exactly_what_two_processes_say() -> None:
-    """The same client bytes through split and pipeline placement: the same events, progress,
+    """The same client bytes through split and paired placement: the same events, progress,
     ends and work, to the same destinations (the resampler runs: 48 kHz in)."""
     sp = speech(TWO, rate=48000)
     said: dict[str, dict[str, list[Message]]] = {}
-    for placement in ("split", "pipeline"):
+    for placement in ("split", "paired"):
         r = Run(placement)
         try:
             r.put(SEGMENTER_CONTROL, Ready(0, 100, 4, 8))
@@ -196,7 +197,7 @@ def test_one_process_says_exactly_what_two_processes_say() -> None:
     assert said["split"]["front-0"], "the segmenter said nothing to the front"
     assert any(said["split"]["model-0"]), "no work went to a model"
     for dest in ("front-0", "model-0", "model-1"):
-        assert [msgspec.to_builtins(i) for i in said["pipeline"][dest]] == \
+        assert [msgspec.to_builtins(i) for i in said["paired"][dest]] == \
             [msgspec.to_builtins(i) for i in said["split"][dest]], dest
 
 
@@ -255,6 +256,24 @@ def test_a_handler_that_raises_fails_its_stream_and_the_process_goes_on(run: Run
     assert "bad" in run.decoder.streams  # type: ignore[attr-defined]  # the decoder knows nothing of it
 
 
+def test_each_actor_of_a_process_counts_its_own_stage_metrics(run: Run) -> None:
+    """One process, one registry: the decoder's and the segmenter's `streamer_stage_*` are told
+    apart by their `stage` label, not added up under the process's name."""
+    def audio_s(stage: str) -> float:
+        return prometheus_client.REGISTRY.get_sample_value("streamer_stage_audio_seconds_total",
+                                                           {"stage": stage}) or 0.0
+
+    before = {stage: audio_s(stage) for stage in ("decoder", "segmenter", "model")}
+    run.put("decoder", opened(rate=16000, route="simple"))
+    for _ in range(5):
+        run.put("decoder", Pcm("s-1", NOWHERE), audio=[pcm_bytes(noise(0.1)[None, :], False)], pool="front-0")
+        run.turn()
+    run.decoder.stats()
+    run.segmenter.stats()
+    grew = {stage: audio_s(stage) - was for stage, was in before.items()}
+    assert grew == pytest.approx({"decoder": 0.5, "segmenter": 0.5, "model": 0.0})
+
+
 def test_at_stop_what_the_decoder_drains_is_still_read_by_the_segmenter(run: Run) -> None:
     assert run.hosted is not None
     run.put("decoder", opened(rate=16000, route="simple"))
@@ -294,7 +313,7 @@ def test_a_front_replays_once_for_actors_that_died_in_one_process() -> None:
 def test_the_supervisor_tells_every_listener_of_both_actors_of_a_dead_process(tmp_path: Any) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir(mode=0o700)
-    cfg = configured("pipeline", server={"run_dir": str(run_dir)}, metrics={"base_port": 0},
+    cfg = configured("paired", server={"run_dir": str(run_dir)}, metrics={"base_port": 0},
                      limits={"max_frame_bytes": 1 << 18}, segmenter={"max_segment_s": 5.0})
     sup = Supervisor(cfg)
     zctx: zmq.Context[sockets.Socket] = zmq.Context()
@@ -306,7 +325,7 @@ def test_the_supervisor_tells_every_listener_of_both_actors_of_a_dead_process(tm
             sockets.bind_inbox(sock, sup.run_dir, name)
             inboxes[name] = sock
         (child,) = [c for c in sup.children if c.name == "decoder+segmenter"]
-        assert child.hosted == PIPELINE.places
+        assert child.hosted == PAIRED.places
         sup._take_back(child, 4242, "signal SIGKILL")
         heard: dict[str, list[Exited]] = {name: [] for name in inboxes}
         for _ in range(500):
@@ -327,7 +346,7 @@ def test_the_supervisor_tells_every_listener_of_both_actors_of_a_dead_process(tm
 
 
 def test_a_child_of_several_actors_reports_each_ones_stats() -> None:
-    child = Child.of(PIPELINE)
+    child = Child.of(PAIRED)
     child.stats = {"decoder": {"processed": 3}, "segmenter": {"processed": 5, "inflight": 1}}
     rows = child.snapshot(0.0)
     assert [(r.name, r.processed, r.inflight) for r in rows] == [("decoder", 3, None), ("segmenter", 5, 1)]

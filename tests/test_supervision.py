@@ -45,7 +45,7 @@ SLOW_MODEL = {  # every item stays in flight for a while, without eating the tes
 
 
 # A decoder that dies while the segmenter lives on (or the other way round) needs them in two
-# processes: with `[actors] placement = "pipeline"` they die together (docs/placement.md).
+# processes: with `[actors] placement = "paired"` they die together (docs/placement.md).
 split_only = pytest.mark.skipif(os.environ.get("STREAMER_ACTORS_PLACEMENT", "split") != "split",
                                 reason="the decoder and the segmenter share a process: neither dies alone")
 

@@ -61,7 +61,7 @@ class Decoder(Actor):
     def __init__(self, env: Env) -> None:
         super().__init__(env)
         self.streams: dict[str, DecoderStream] = {}
-        self.meter = StageMeter()
+        self.meter = StageMeter("decoder")
 
     def stats(self) -> dict[str, object]:
         self.meter.set_inflight(len(self.streams))

@@ -68,7 +68,7 @@ class ModelActor(Actor):
         super().__init__(env)
         self.model = models.build(self.cfg.model.name, env.cfg.to_dict()["model"], seed=os.getpid())
         self.pid = os.getpid()
-        self.meter = StageMeter()
+        self.meter = StageMeter("model")
         self._work: list[tuple[ToModel, Slab | None]] = []
         self._last_hello = -READY_EVERY_S
         self._below = 0  # work numbered below this is an earlier segmenter's (`Forget`)

@@ -110,7 +110,7 @@ class Segmenter(Actor):
         self.dispatcher = Dispatcher(self.outbox, env.topology.model_inboxes(), self.clock,
                                      max_attempts=self.cfg.model.max_attempts, first_id=first_work_id(self.pool))
         self.routes = routes(self.cfg.segmenter, self.dispatcher, self.emit)
-        self.meter = StageMeter()
+        self.meter = StageMeter("segmenter")
         self.busy = BusyWindow(LOAD_WINDOW_S, self.clock.now())
         self._last_load = -LOAD_EVERY_S
         self._fronts = [front_inbox(k) for k in range(env.topology.fronts)]

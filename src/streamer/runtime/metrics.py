@@ -9,13 +9,13 @@ labelled by role and index, so one scrape target is enough.
 
 `StageMeter` is what every stage measures the same way: items processed, the real-time
 factor of its work (busy seconds per audio second), and a summary for the heartbeat that
-`/api/v1/actors` and `streamer top` show.
+`/api/v1/actors` and `streamer top` show. Its metrics carry the stage's name (`stage="decoder"`):
+a process may run several actors (docs/placement.md), and theirs must not add up.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import prometheus_client
@@ -28,12 +28,13 @@ RTF_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5
 
 RTF = Histogram("streamer_stage_rtf", "Real-time factor of this stage's work (busy s / audio s), per model call "
                 "or per heartbeat of a stage",
-                buckets=RTF_BUCKETS)
-PROCESSED = Counter("streamer_stage_items", "Items this stage finished (chunks, frames, inferences)")
-BUSY = Counter("streamer_stage_busy_seconds", "Wall seconds this stage spent working on items")
-AUDIO = Counter("streamer_stage_audio_seconds", "Seconds of audio this stage worked through")
+                labelnames=["stage"], buckets=RTF_BUCKETS)
+PROCESSED = Counter("streamer_stage_items", "Items this stage finished (chunks, frames, inferences)", ["stage"])
+BUSY = Counter("streamer_stage_busy_seconds", "Wall seconds this stage spent working on items", ["stage"])
+AUDIO = Counter("streamer_stage_audio_seconds", "Seconds of audio this stage worked through", ["stage"])
 QUEUED = Gauge("streamer_stage_queue_depth", "Items waiting in this stage for a worker (not yet handed out)")
-INFLIGHT = Gauge("streamer_stage_inflight", "Items this stage holds now (streams, queued or running work)")
+INFLIGHT = Gauge("streamer_stage_inflight", "Items this stage holds now (streams, queued or running work)",
+                 ["stage"])
 STREAM_CRASHES = Counter("streamer_stream_crashes", "Streams this process failed because handling them raised "
                          "(the process went on with the others)")
 POOL_USED = Gauge("streamer_pool_used_slots", "Shared-memory slots in use in a pool this process produces into",
@@ -56,7 +57,6 @@ def serve(cfg: Config, place: Place | None = None) -> int:
     return int(server.server_port)
 
 
-@dataclass
 class StageMeter:
     """One stage's running totals, read by Prometheus and by the heartbeat.
 
@@ -64,13 +64,19 @@ class StageMeter:
     once per heartbeat (`publish`, from `summary`): its counters and locks cost more than the
     work of a 20 ms frame. A model call is heavy enough to be published at once (`done`)."""
 
-    processed: int = 0
-    busy_s: float = 0.0
-    audio_s: float = 0.0
-    inflight: int = 0
-    _items: int = 0  # since the last publish
-    _busy: float = 0.0
-    _audio: float = 0.0
+    def __init__(self, stage: str) -> None:
+        self.processed = 0
+        self.busy_s = 0.0
+        self.audio_s = 0.0
+        self.inflight = 0
+        self._items = 0  # since the last publish
+        self._busy = 0.0
+        self._audio = 0.0
+        self._processed = PROCESSED.labels(stage)
+        self._busy_total = BUSY.labels(stage)
+        self._audio_total = AUDIO.labels(stage)
+        self._rtf = RTF.labels(stage)
+        self._inflight = INFLIGHT.labels(stage)
 
     def add(self, busy_s: float, audio_s: float, items: int = 1) -> None:
         """Record work done: `items` items that took `busy_s` and covered `audio_s` of audio."""
@@ -90,16 +96,16 @@ class StageMeter:
         self.processed += self._items
         self.busy_s += self._busy
         self.audio_s += self._audio
-        PROCESSED.inc(self._items)
-        BUSY.inc(self._busy)
-        AUDIO.inc(self._audio)
+        self._processed.inc(self._items)
+        self._busy_total.inc(self._busy)
+        self._audio_total.inc(self._audio)
         if self._audio > 0:
-            RTF.observe(self._busy / self._audio)
+            self._rtf.observe(self._busy / self._audio)
         self._items, self._busy, self._audio = 0, 0.0, 0.0
 
     def set_inflight(self, n: int) -> None:
         self.inflight = n
-        INFLIGHT.set(n)
+        self._inflight.set(n)
 
     def summary(self) -> dict[str, Any]:
         self.publish()

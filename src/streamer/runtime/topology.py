@@ -16,7 +16,7 @@ Every front has its own pool and its own inbox: a stream's results go back to th
 owns it, and a front's death touches only its own sessions.
 
 What an actor is (a `Place`) does not decide where it runs (a `Host`): `[actors] placement`
-maps actors to processes. "split" gives every actor a process of its own; "pipeline" runs the
+maps actors to processes. "split" gives every actor a process of its own; "paired" runs the
 decoder and the segmenter in one, where the decoder's packets to the segmenter are handed over
 in memory (`local`) and its inbox is not bound at all (docs/placement.md).
 """
@@ -92,7 +92,7 @@ class Topology:
     @cached_property
     def hosts(self) -> list[Host]:
         """Every process, in start order (stop is the reverse): each actor alone, or with
-        `placement = "pipeline"` the decoder and the segmenter together, where the segmenter
+        `placement = "paired"` the decoder and the segmenter together, where the segmenter
         would have started (its consumers, the models, are up before it)."""
         if self.placement == "split":
             return [Host((p,)) for p in self.places]
