@@ -25,6 +25,16 @@ _PORTS = (20000, 32000)
 CLIENT = [sys.executable, "-m", "streamer.client.streamer_client"]  # `streamer-client`, from this venv
 
 
+PAIRED = os.environ.get("STREAMER_ACTORS_PLACEMENT") == "paired"  # the suite may run under either placement
+
+
+def process_of(role: str) -> str:
+    """The name of the process that runs `role`'s actor under this run's placement (its spans'
+    `streamer.role`, its title in `ps`): `[actors] placement = "paired"` runs the decoder and the
+    segmenter in one."""
+    return "decoder+segmenter" if PAIRED and role in ("decoder", "segmenter") else role
+
+
 def free_port() -> int:
     while True:
         port = random.randrange(*_PORTS)

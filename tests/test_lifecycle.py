@@ -16,14 +16,14 @@ import pytest
 
 from audio import noise
 from conversation import check_simple_counts, converse, stream_steps
-from server import Server, actor, alive, shm_segments, wait_for
+from server import PAIRED, Server, actor, alive, process_of, shm_segments, wait_for
 
 
 def test_processes_show_their_role_in_ps(fresh_server: Server) -> None:
     fresh_server.start()
     titles = {p.cmdline()[0] for p in fresh_server.descendants()}
-    assert {"streamer: front-0", "streamer: front-1", "streamer: decoder", "streamer: segmenter",
-            "streamer: model-0", "streamer: model-1"} <= titles
+    assert {"streamer: front-0", "streamer: front-1", f"streamer: {process_of('decoder')}",
+            f"streamer: {process_of('segmenter')}", "streamer: model-0", "streamer: model-1"} <= titles
     assert psutil.Process(fresh_server.proc.pid).cmdline()[0] == "streamer: supervisor"  # type: ignore[union-attr]
 
 
@@ -64,13 +64,15 @@ def test_health_names_a_role_with_no_live_process(fresh_server: Server) -> None:
     # back-off (3 s here), and health says which role is missing meanwhile: that is the window
     # to look in, not after the second replacement is up (then only its first milliseconds).
     fresh_server.env["STREAMER_SUPERVISOR_SEGMENTER_BACKOFF_STEP_S"] = "3"
+    fresh_server.env["STREAMER_SUPERVISOR_DECODER_BACKOFF_STEP_S"] = "3"  # paired: the process's policy
     fresh_server.start()
     first = actor(fresh_server, "segmenter")["pid"]
     os.kill(first, signal.SIGKILL)
     wait_for(lambda: (a := actor(fresh_server, "segmenter"))["pid"] not in (None, first)
              and a["state"] == "running", 10)
     os.kill(actor(fresh_server, "segmenter")["pid"], signal.SIGKILL)  # a quick second death: backed off
-    wait_for(lambda: fresh_server.health() == (503, {"status": "unhealthy", "missing": ["segmenter"]}), 3)
+    missing = ["decoder", "segmenter"] if PAIRED else ["segmenter"]  # paired: they die together
+    wait_for(lambda: fresh_server.health() == (503, {"status": "unhealthy", "missing": missing}), 3)
     wait_for(lambda: fresh_server.health()[0] == 200)
 
 
