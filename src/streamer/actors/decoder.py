@@ -21,7 +21,7 @@ from streamer.actors.pcm import MODEL_RATE, PcmDecoder, UnsupportedFormat
 from streamer.runtime import logs, telemetry
 from streamer.runtime.metrics import STREAM_CRASHES, StageMeter, watch_pool
 from streamer.runtime.process import ChildContext
-from streamer.runtime.topology import front_inbox
+from streamer.runtime.topology import Place, front_inbox
 from streamer.transport.messages import (
     NOWHERE,
     Abort,
@@ -62,11 +62,12 @@ class Decoder(Actor):
         super().__init__(env)
         self.streams: dict[str, DecoderStream] = {}
         self.meter = StageMeter("decoder")
+        self.segmenter = Place("segmenter", self.place.index).name  # its shard's
 
     def stats(self) -> dict[str, object]:
         self.meter.set_inflight(len(self.streams))
         if self.pool is not None:
-            watch_pool("decoder", self.pool.used_slots(), self.pool.spec.nslots)
+            watch_pool(self.pool.spec.name, self.pool.used_slots(), self.pool.spec.nslots)
         return self.meter.summary()
 
     def on_message(self, msg: Message, slab: Slab | None) -> None:
@@ -90,11 +91,11 @@ class Decoder(Actor):
             gone = self.streams.pop(msg.stream, None)
             if gone is not None:
                 telemetry.finish(gone.span, "aborted")
-            self.emit("segmenter", msg)
+            self.emit(self.segmenter, msg)
         elif isinstance(msg, Roster):
             for stream in [s for s, d in self.streams.items() if msg.forgets(d.front, s, d.opened_at)]:
                 telemetry.finish(self.streams.pop(stream).span, "gone")
-            self.emit("segmenter", msg)  # the segmenter's are what a lost Abort leaves behind
+            self.emit(self.segmenter, msg)  # the segmenter's are what a lost Abort leaves behind
 
     def on_exit(self, note: Exited) -> None:
         if note.role != "front":
@@ -102,7 +103,7 @@ class Decoder(Actor):
         # That front's sessions died with it: nobody will stop these streams.
         for stream in [s for s, d in self.streams.items() if d.front == note.index]:
             telemetry.finish(self.streams.pop(stream).span, "front died")
-            self.emit("segmenter", Abort(stream))
+            self.emit(self.segmenter, Abort(stream))
 
     def on_idle(self) -> None:
         for stream, d in list(self.streams.items()):
@@ -147,7 +148,7 @@ class Decoder(Actor):
         step = max(1, self.outbox.max_bytes // (audio.shape[0] * audio.itemsize))
         for first in range(0, audio.shape[1], step):
             part = audio if audio.shape[1] <= step else np.ascontiguousarray(audio[:, first : first + step])
-            self.emit("segmenter", Frames(stream, part.shape[0], part.shape[1], NOWHERE, d.gen), part)
+            self.emit(self.segmenter, Frames(stream, part.shape[0], part.shape[1], NOWHERE, d.gen), part)
 
     def _open(self, msg: Open) -> None:
         span = _tracer.start_span("decode", context=telemetry.context_of(msg.trace), attributes={
@@ -169,7 +170,7 @@ class Decoder(Actor):
         self.streams[msg.stream] = DecoderStream(pcm, msg.front, logs.trace_of(msg.trace), span, gen=msg.gen,
                                               opened_at=msg.opened_at)
         msg.trace = telemetry.traceparent_of(span) or msg.trace
-        self.emit("segmenter", msg)
+        self.emit(self.segmenter, msg)
 
     def _close(self, msg: Close) -> None:
         d = self.streams.get(msg.stream)
@@ -184,13 +185,13 @@ class Decoder(Actor):
                 f"the stream ended mid-sample: its last {d.pcm.dangling_bytes} bytes "
                 "(less than one sample frame) were dropped")))
         telemetry.finish(d.span)
-        self.emit("segmenter", msg)
+        self.emit(self.segmenter, msg)
 
     def _fail(self, stream: str, message: str) -> None:
         d = self.streams.pop(stream)
         telemetry.finish(d.span, message)
         self.emit(front_inbox(d.front), Failed(stream, message))
-        self.emit("segmenter", Abort(stream))
+        self.emit(self.segmenter, Abort(stream))
 
 
 def main(ctx: ChildContext) -> None:

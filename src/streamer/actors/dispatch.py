@@ -121,8 +121,9 @@ class Peer:
 
 class Dispatcher:
     def __init__(self, outbox: Outbox, dests: list[str], clock: Clock, max_attempts: int = 3,
-                 first_id: int = 0) -> None:
+                 first_id: int = 0, shard: int = 0) -> None:
         self._outbox = outbox
+        self.shard = shard  # whose segmenter this is: a model actor keeps each shard's work apart
         self.first_id = first_id  # the lowest `work_id` this dispatcher will hand out (`Forget.below`)
         self._last_id = first_id - 1
         self._clock = clock
@@ -248,7 +249,7 @@ class Dispatcher:
     def _greet(self, peer: Peer) -> bool:
         """Send the peer's process `Forget`: it has its credit once that has gone, none before
         (`pump` tries again)."""
-        peer.greeted = isinstance(self._outbox.offer(peer.dest, [Forget(self.first_id)], []), Went)
+        peer.greeted = isinstance(self._outbox.offer(peer.dest, [Forget(self.first_id, self.shard)], []), Went)
         peer.capacity = peer.granted if peer.greeted else 0
         return peer.greeted
 

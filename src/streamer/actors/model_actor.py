@@ -34,7 +34,7 @@ from streamer.actors.states import States, in_stream_time
 from streamer.runtime import logs, telemetry
 from streamer.runtime.metrics import StageMeter
 from streamer.runtime.process import ChildContext
-from streamer.runtime.topology import SEGMENTER_CONTROL
+from streamer.runtime.topology import segmenter_control
 from streamer.transport.messages import (
     MODEL_RATE,
     Done,
@@ -71,7 +71,9 @@ class ModelActor(Actor):
         self.meter = StageMeter("model")
         self._work: list[tuple[ToModel, Slab | None]] = []
         self._last_hello = -READY_EVERY_S
-        self._below = 0  # work numbered below this is an earlier segmenter's (`Forget`)
+        self._below: dict[int, int] = {}  # by shard: its work numbered below this is an earlier segmenter's
+        self._shard_of = env.topology.shard_of  # whose segmenter a stream's work comes from, by its front
+        self._controls = [segmenter_control(k) for k in range(env.topology.shards)]
         self.streams = States(self.model) if isinstance(self.model, models.StreamModel) else None
         self.max_batch = models.batch_limit(self.model, self.cfg.model.max_batch)
 
@@ -82,7 +84,7 @@ class ModelActor(Actor):
 
     def on_message(self, msg: Message, slab: Slab | None) -> None:
         if isinstance(msg, ToModel):
-            if msg.work_id >= self._below:
+            if msg.work_id >= self._below.get(self._shard_of(msg.front), 0):
                 self._work.append((msg, slab))
             else:  # queued by a segmenter that has died since: nobody waits for its answer
                 log.info("skipped work %d of an earlier segmenter", msg.work_id)
@@ -90,24 +92,27 @@ class ModelActor(Actor):
             self._forget(msg)
 
     def _forget(self, msg: Forget) -> None:
-        """A segmenter's first word to this process: whatever it held for an earlier one goes."""
-        if msg.below < self._below:
+        """A segmenter's first word to this process: whatever it held for an earlier one of its
+        shard goes; the other shards' work and streams stay."""
+        if msg.below < self._below.get(msg.shard, 0):
             return  # an earlier segmenter's, overtaken by its successor's on the other connection
-        self._below = msg.below
-        self._work = [(w, slab) for w, slab in self._work if w.work_id >= msg.below]
-        dropped = self.streams.forget_all() if self.streams is not None else 0
+        self._below[msg.shard] = msg.below
+        mine = self._shard_of
+        self._work = [(w, slab) for w, slab in self._work if mine(w.front) != msg.shard or w.work_id >= msg.below]
+        dropped = self.streams.forget(lambda front: mine(front) == msg.shard) if self.streams is not None else 0
         if dropped:
             log.info("a new segmenter: dropped the state of %d sequential streams", dropped)
 
     def on_idle(self) -> None:
         if self._work:
             work, self._work = self._work, []
-            self.emit(SEGMENTER_CONTROL, self._answer(work))
+            for shard in dict.fromkeys(self._shard_of(w.front) for w, _ in work):  # one packet: one shard
+                self.emit(self._controls[shard], self._answer([x for x in work if self._shard_of(x[0].front) == shard]))
         now = self.clock.now()
         if now - self._last_hello >= READY_EVERY_S:
             self._last_hello = now
-            self.emit(SEGMENTER_CONTROL, Ready(self.place.index, self.pid, self.cfg.model.max_inflight,
-                                               self.max_batch))
+            for control in self._controls:
+                self.emit(control, Ready(self.place.index, self.pid, self.cfg.model.max_inflight, self.max_batch))
 
     def _answer(self, batch: list[tuple[ToModel, Slab | None]]) -> Done:
         """Run the packet's items; the `Done` that carries their answers."""

@@ -108,19 +108,20 @@ class Segmenter(Actor):
         # roster no longer has them: an earlier run's `Open` read after the end opens nothing.
         self.ended: dict[str, Open] = {}
         self.dispatcher = Dispatcher(self.outbox, env.topology.model_inboxes(), self.clock,
-                                     max_attempts=self.cfg.model.max_attempts, first_id=first_work_id(self.pool))
+                                     max_attempts=self.cfg.model.max_attempts, first_id=first_work_id(self.pool),
+                                     shard=self.place.index)
         self.routes = routes(self.cfg.segmenter, self.dispatcher, self.emit)
         self.meter = StageMeter("segmenter")
         self.busy = BusyWindow(LOAD_WINDOW_S, self.clock.now())
         self._last_load = -LOAD_EVERY_S
-        self._fronts = [front_inbox(k) for k in range(env.topology.fronts)]
+        self._fronts = [front_inbox(k) for k in env.topology.fronts_of(self.place.index)]  # its shard's
 
     def stats(self) -> dict[str, object]:
         self.meter.set_inflight(self.dispatcher.inflight + self.dispatcher.queued)
         QUEUED.set(self.dispatcher.queued)
         self.dispatcher.publish()
         if self.pool is not None:
-            watch_pool("segmenter", self.pool.used_slots(), self.pool.spec.nslots)
+            watch_pool(self.pool.spec.name, self.pool.used_slots(), self.pool.spec.nslots)
         return self.meter.summary()
 
     def per_stream(self) -> float:

@@ -19,6 +19,7 @@ hears the stream's end and how many finals each channel made.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,12 +90,14 @@ class States:
         self._snapshots = isinstance(model, Snapshots)
         self._at_rest = getattr(model, "at_rest", None)
 
-    def forget_all(self) -> int:
-        """Drop every stream (a new segmenter rebinds them as it likes); how many there were. As
-        for `Drop`, their states are let go without `close`: nothing more of them is wanted."""
-        count = len(self.held)
-        self.held.clear()
-        return count
+    def forget(self, of_front: Callable[[int], bool]) -> int:
+        """Drop every stream whose front `of_front` names (a new segmenter of their shard rebinds
+        them as it likes); how many there were. As for `Drop`, their states are let go without
+        `close`: nothing more of them is wanted."""
+        gone = [stream for stream, held in self.held.items() if of_front(held.front)]
+        for stream in gone:
+            del self.held[stream]
+        return len(gone)
 
     def handle(self, w: Stateful, audio: Audio, out: list[Answer], points: list[Point]) -> None:
         """Run one item; what the front must hear goes to `out`, checkpoints to `points`."""

@@ -57,8 +57,12 @@ DOORS: web.AppKey[Doors] = web.AppKey("doors", Doors)
 
 
 def missing_roles(state: group.Group | None) -> list[str]:
+    """Roles with no process running, and any shard's decoder or segmenter that is not: each
+    carries the sessions of its own fronts, which another shard's cannot take over."""
     up = state.running_roles() if state is not None else set()
-    return [r for r in ROLES if r not in up]
+    down = [a.name for a in state.actors if a.role in ("decoder", "segmenter") and a.role in up
+            and a.state != "running"] if state is not None else []
+    return [r for r in ROLES if r not in up] + down
 
 
 async def page(request: web.Request) -> web.FileResponse:
@@ -225,7 +229,7 @@ def build_app(cfg: Config, pipeline: Pipeline, run_dir: str, index: int, fronts:
     admission = Admission(cfg.admission.max_busy, cfg.admission.max_queue_delay_s)
     app[DOORS] = Doors(Seats(run_dir, index, fronts, cfg.limits.max_sessions), admission, cfg.limits.max_sessions)
     pipeline.on_load = admission.update
-    pipeline.on_exited = StageDeaths(app[DOORS])
+    pipeline.on_exited = StageDeaths(app[DOORS], pipeline.shard)
     app.router.add_get("/api/v1/segmented", stream_route("segmented"))
     app.router.add_get("/api/v1/simple", stream_route("simple"))
     app.router.add_get("/api/v1/sequential", stream_route("sequential"))
@@ -243,15 +247,17 @@ class StageDeaths:
     open stream is played to the pipeline again from its last checkpoint, so its client gets
     what an undisturbed run would have given.
 
+    Only its own shard's: another shard's decoder and segmenter never held this front's streams.
     Once per dead process: actors that shared one (`[actors] placement`) died together, and the
     supervisor's notes for them (one per actor, back to back, the same pid) ask for one replay."""
 
-    def __init__(self, doors: Doors) -> None:
+    def __init__(self, doors: Doors, shard: int = 0) -> None:
         self.doors = doors
+        self.shard = shard
         self.replayed_for: int | None = None  # the pid of the last death a replay answered
 
     def __call__(self, note: Exited) -> None:
-        if note.role not in ("decoder", "segmenter"):
+        if note.role not in ("decoder", "segmenter") or note.index != self.shard:
             return
         if note.pid == self.replayed_for:
             log.info("%s died with the process already replayed for (pid %d)", note.role, note.pid)

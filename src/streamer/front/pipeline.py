@@ -22,7 +22,7 @@ from collections.abc import Callable
 import zmq
 
 from streamer.runtime.process import ChildContext
-from streamer.runtime.topology import Topology, front_inbox
+from streamer.runtime.topology import Place, Topology, front_inbox
 from streamer.transport import sockets
 from streamer.transport.messages import Exited, Load, Message, decode, stream_of
 from streamer.transport.outbox import Outbox
@@ -30,7 +30,6 @@ from streamer.transport.shm import BufferPool
 
 log = logging.getLogger("front.pipeline")
 
-DECODER = "decoder"
 MAX_PACKET_BYTES = 1 << 20  # audio this large goes at once, whatever the window
 RETRY_S = 0.002  # while the pool or the decoder is full
 
@@ -39,9 +38,11 @@ class Pipeline:
     def __init__(self, ctx: ChildContext, coalesce_s: float) -> None:
         topo = Topology(ctx.cfg())
         self.index = ctx.index
+        self.shard = topo.shard_of(ctx.index)  # whose decoder and segmenter carry this front's sessions
+        self.decoder = Place("decoder", self.shard).name
         self._coalesce_s = coalesce_s
         self._zctx: zmq.Context[sockets.Socket] = zmq.Context()
-        self._out = sockets.outbox(self._zctx, ctx.run_dir, DECODER)
+        self._out = sockets.outbox(self._zctx, ctx.run_dir, self.decoder)
         self._in = self._zctx.socket(zmq.PULL)
         sockets.bind_inbox(self._in, ctx.run_dir, front_inbox(ctx.index))
         self._pool = BufferPool.attach(topo.pools[front_inbox(ctx.index)], ctx.run_id)
@@ -76,7 +77,7 @@ class Pipeline:
         """Queue an item (with its bytes, for `Pcm`) for the next packet to the decoder."""
         if self.closed:
             return  # shutting down: a handler cancelled late has nobody left to tell
-        self._outbox.put(DECODER, msg, payload)
+        self._outbox.put(self.decoder, msg, payload)
         if self._outbox.pending_bytes >= MAX_PACKET_BYTES:
             self.room.clear()
             self._schedule(0.0)

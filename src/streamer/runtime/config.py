@@ -44,6 +44,7 @@ class Actors(msgspec.Struct, forbid_unknown_fields=True):
     models: int
     fronts: int
     placement: Literal["split", "paired"]  # which actors share a process (docs/placement.md)
+    shards: int  # decoder-segmenter pipelines, each carrying the sessions of its fronts
 
 
 class Front(msgspec.Struct, forbid_unknown_fields=True):
@@ -177,6 +178,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     @property
     def model_count(self) -> int:
         return self.actors.models if self.actors.models > 0 else (os.cpu_count() or 1)
+
+    @property
+    def shard_count(self) -> int:
+        return self.actors.shards if self.actors.shards > 0 else (os.cpu_count() or 1)
 
     @property
     def front_count(self) -> int:

@@ -15,6 +15,12 @@ processes by it. Nothing else spells an endpoint or a role list.
 Every front has its own pool and its own inbox: a stream's results go back to the front that
 owns it, and a front's death touches only its own sessions.
 
+A shard is one decoder and one segmenter and the fronts they carry (`[actors] shards`; front k
+belongs to shard k mod shards): each shard's pools and inboxes are its own, and every shard's
+segmenter hands work to every model actor, which answers each on its own control inbox. The
+first shard's names are the plain ones (`decoder`, `segmenter`, `segmenter-ctl`), the others
+add their index (`decoder-1`).
+
 What an actor is (a `Place`) does not decide where it runs (a `Host`): `[actors] placement`
 maps actors to processes. "split" gives every actor a process of its own; "paired" runs the
 decoder and the segmenter in one, where the decoder's packets to the segmenter are handed over
@@ -31,20 +37,22 @@ from streamer.transport.messages import MODEL_RATE
 from streamer.transport.shm import PoolSpec
 
 ROLES = ("front", "decoder", "segmenter", "model")
-_ONE_OF_A_KIND = ("decoder", "segmenter")
+_PER_SHARD = ("decoder", "segmenter")
 SEGMENTER_CONTROL = "segmenter-ctl"
 
 
 @dataclass(frozen=True)
 class Place:
-    """One process of the group: a role and its index."""
+    """One actor of the group: a role and its index (for a decoder or a segmenter, its shard's).
+    The first shard's decoder and segmenter keep the plain names (`decoder`, `segmenter`): a
+    group of one shard reads as it always has."""
 
     role: str
     index: int = 0
 
     @property
     def name(self) -> str:
-        return self.role if self.role in _ONE_OF_A_KIND else f"{self.role}-{self.index}"
+        return self.role if self.role in _PER_SHARD and self.index == 0 else f"{self.role}-{self.index}"
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,11 @@ def front_inbox(index: int) -> str:
     return f"front-{index}"
 
 
+def segmenter_control(shard: int) -> str:
+    """The inbox where a shard's segmenter hears the model actors (`Ready`, `Done`) and deaths."""
+    return SEGMENTER_CONTROL if shard == 0 else f"{SEGMENTER_CONTROL}-{shard}"
+
+
 def model_inbox(index: int) -> str:
     return f"model-{index}"
 
@@ -80,14 +93,16 @@ class Topology:
     def __init__(self, cfg: Config) -> None:
         self.fronts = cfg.front_count
         self.models = cfg.model_count
+        self.shards = min(cfg.shard_count, self.fronts)  # a shard without a front would get no sessions
         self.placement = cfg.actors.placement
         self._cfg = cfg
 
     @cached_property
     def places(self) -> list[Place]:
         """Every child, in start order: consumers first, the door last (stop is the reverse)."""
-        return ([Place("model", i) for i in range(self.models)] + [Place("segmenter"), Place("decoder")]
-                + [Place("front", k) for k in range(self.fronts)])
+        models = [Place("model", i) for i in range(self.models)]
+        stages = [p for k in range(self.shards) for p in (Place("segmenter", k), Place("decoder", k))]
+        return models + stages + [Place("front", k) for k in range(self.fronts)]
 
     @cached_property
     def hosts(self) -> list[Host]:
@@ -96,14 +111,20 @@ class Topology:
         would have started (its consumers, the models, are up before it)."""
         if self.placement == "split":
             return [Host((p,)) for p in self.places]
-        together = Host((Place("decoder"), Place("segmenter")))
         out: list[Host] = []
         for p in self.places:
-            if p not in together:
+            if p.role not in _PER_SHARD:
                 out.append(Host((p,)))
-            elif together not in out:
+            elif (together := Host((Place("decoder", p.index), Place("segmenter", p.index)))) not in out:
                 out.append(together)
         return out
+
+    def shard_of(self, front: int) -> int:
+        """The shard whose decoder and segmenter carry front `front`'s sessions."""
+        return front % self.shards
+
+    def fronts_of(self, shard: int) -> list[int]:
+        return [k for k in range(self.fronts) if self.shard_of(k) == shard]
 
     def host_of(self, p: Place) -> Host:
         return next(h for h in self.hosts if p in h)
@@ -133,10 +154,10 @@ class Topology:
     def inboxes(self, p: Place) -> tuple[str, ...]:
         """Every inbox the process binds, control first: control is read even while the
         process holds its input back."""
-        return (SEGMENTER_CONTROL, p.name) if p.role == "segmenter" else (p.name,)
+        return (segmenter_control(p.index), p.name) if p.role == "segmenter" else (p.name,)
 
     def control_inboxes(self, p: Place) -> tuple[str, ...]:
-        return (SEGMENTER_CONTROL,) if p.role == "segmenter" else ()
+        return (segmenter_control(p.index),) if p.role == "segmenter" else ()
 
     @staticmethod
     def immediate(dest: str) -> bool:
@@ -149,13 +170,19 @@ class Topology:
 
     def sends_to(self, p: Place) -> list[str]:
         """The inboxes `p` sends to (connected when it starts, not at its first send)."""
-        fronts = [front_inbox(k) for k in range(self.fronts)]
-        return {"front": ["decoder"], "decoder": ["segmenter", *fronts],
-                "segmenter": [*fronts, *self.model_inboxes()], "model": [SEGMENTER_CONTROL]}[p.role]
+        if p.role == "front":
+            return [Place("decoder", self.shard_of(p.index)).name]
+        if p.role == "model":
+            return [segmenter_control(k) for k in range(self.shards)]
+        fronts = [front_inbox(k) for k in self.fronts_of(p.index)]
+        if p.role == "decoder":
+            return [Place("segmenter", p.index).name, *fronts]
+        return [*fronts, *self.model_inboxes()]
 
     def listeners(self) -> list[str]:
         """The inboxes that hear of every death (`Exited`): those who keep state about others."""
-        return [front_inbox(k) for k in range(self.fronts)] + ["decoder", SEGMENTER_CONTROL]
+        return ([front_inbox(k) for k in range(self.fronts)] + [Place("decoder", k).name for k in range(self.shards)]
+                + [segmenter_control(k) for k in range(self.shards)])
 
     # -- shared memory ---------------------------------------------------------------
 
@@ -165,8 +192,10 @@ class Topology:
         p = self._cfg.pools
         out = {front_inbox(k): PoolSpec(front_inbox(k), p.front_slot_bytes, p.front_slots)
                for k in range(self.fronts)}
-        out["decoder"] = PoolSpec("decoder", p.decoder_slot_bytes, p.decoder_slots)
-        out["segmenter"] = PoolSpec("segmenter", p.segmenter_slot_bytes, p.segmenter_slots)
+        for k in range(self.shards):
+            decoder, segmenter = Place("decoder", k).name, Place("segmenter", k).name
+            out[decoder] = PoolSpec(decoder, p.decoder_slot_bytes, p.decoder_slots)
+            out[segmenter] = PoolSpec(segmenter, p.segmenter_slot_bytes, p.segmenter_slots)
         return out
 
     def check_pools(self) -> None:
@@ -189,8 +218,12 @@ class Topology:
 
     def reads(self, p: Place) -> tuple[str, ...]:
         if p.role == "decoder":
-            return tuple(front_inbox(k) for k in range(self.fronts))
-        return {"segmenter": ("decoder",), "model": ("segmenter",)}.get(p.role, ())
+            return tuple(front_inbox(k) for k in self.fronts_of(p.index))
+        if p.role == "segmenter":
+            return (Place("decoder", p.index).name,)
+        if p.role == "model":
+            return tuple(Place("segmenter", k).name for k in range(self.shards))
+        return ()
 
     def reclaimed_at_death(self, h: Host) -> tuple[str, ...]:
         """Pools whose taken slots below the producer's next allocation belong to the process `h`
@@ -203,12 +236,14 @@ class Topology:
 
     def metrics_port(self, p: Place | None) -> int:
         """`[metrics] base_port` + the process's index (supervisor 0, decoder 1, segmenter 2,
-        fronts, then models); 0 when base_port is 0 (ephemeral, published in the actors table)."""
+        fronts, models, then the other shards' decoders and segmenters); 0 when base_port is 0
+        (ephemeral, published in the actors table)."""
         base = self._cfg.metrics.base_port
         if base == 0:
             return 0
         if p is None:
             return base
         order = [Place("decoder"), Place("segmenter")] + [Place("front", k) for k in range(self.fronts)] \
-            + [Place("model", i) for i in range(self.models)]
+            + [Place("model", i) for i in range(self.models)] \
+            + [Place(role, k) for k in range(1, self.shards) for role in _PER_SHARD]
         return base + 1 + order.index(p)

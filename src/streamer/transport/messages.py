@@ -360,14 +360,16 @@ class Ready(msgspec.Struct, tag="ready", array_like=True):
 
 class Forget(msgspec.Struct, tag="forget", array_like=True):
     """Segmenter -> model: a segmenter's first word to a model incarnation, before anything else
-    it sends there: drop every sequential stream you hold. A segmenter that starts knows nothing
-    of what an actor holds (it rebinds each replayed stream wherever it likes), so what the
-    actor held for its predecessor would otherwise stay forever. Work numbered below `below`
-    (this segmenter's first `work_id`: numbers grow across its restarts) is its
-    predecessor's, still queued from that other connection: it is skipped, and a `Forget`
-    with a lower `below` is a predecessor's, late."""
+    it sends there: drop every sequential stream you hold for my shard. A segmenter that starts
+    knows nothing of what an actor holds (it rebinds each replayed stream wherever it likes), so
+    what the actor held for its predecessor would otherwise stay forever. Work of that shard
+    numbered below `below` (this segmenter's first `work_id`: numbers grow across its restarts)
+    is its predecessor's, still queued from that other connection: it is skipped, and a
+    `Forget` with a lower `below` is a predecessor's, late. Other shards' work and streams are
+    not touched: each shard's segmenter has its own numbers and its own deaths."""
 
     below: int
+    shard: int = 0
 
 
 class Point(msgspec.Struct, array_like=True, frozen=True):

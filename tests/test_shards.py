@@ -1,0 +1,197 @@
+"""Shards: several decoder-segmenter pipelines, each carrying its own fronts' sessions, sharing
+the model actors (`[actors] shards`).
+
+The topology in one place, a model actor serving two segmenters in the test's own process (the
+rig), and a real group of two shards where one shard's death touches only its own sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.actors.model_actor import ModelActor
+from streamer.runtime import config
+from streamer.runtime.topology import Host, Place, Topology, segmenter_control
+from streamer.transport.messages import Done, Feed, Forget, Infer, Ready, Restore
+
+from audio import noise
+from conversation import check_simple_counts, converse, stream_steps
+from rig import SMALL_POOLS, Rig
+from server import Server, actor, wait_for
+
+
+def topology(shards: int, fronts: int, placement: str = "split") -> Topology:
+    return Topology(config.load(env={}, overrides={"actors": {"shards": shards, "fronts": fronts, "models": 2,
+                                                              "placement": placement}, "pools": dict(SMALL_POOLS)}))
+
+
+def test_one_shard_is_the_group_as_it_always_was() -> None:
+    topo = topology(1, 2)
+    assert [p.name for p in topo.places] == ["model-0", "model-1", "segmenter", "decoder", "front-0", "front-1"]
+    assert topo.sends_to(Place("front", 1)) == ["decoder"]
+    assert topo.sends_to(Place("model", 0)) == ["segmenter-ctl"]
+    assert set(topo.pools) == {"front-0", "front-1", "decoder", "segmenter"}
+
+
+def test_each_shard_has_its_own_stages_pools_and_inboxes_and_every_model_answers_each() -> None:
+    topo = topology(2, 4)
+    assert [p.name for p in topo.places] == ["model-0", "model-1", "segmenter", "decoder", "segmenter-1",
+                                             "decoder-1", "front-0", "front-1", "front-2", "front-3"]
+    assert [topo.shard_of(k) for k in range(4)] == [0, 1, 0, 1]
+    assert topo.sends_to(Place("front", 3)) == ["decoder-1"]
+    assert topo.sends_to(Place("decoder", 1)) == ["segmenter-1", "front-1", "front-3"]
+    assert topo.sends_to(Place("segmenter", 1)) == ["front-1", "front-3", "model-0", "model-1"]
+    assert topo.sends_to(Place("model", 0)) == ["segmenter-ctl", "segmenter-ctl-1"]
+    assert topo.inboxes(Place("segmenter", 1)) == ("segmenter-ctl-1", "segmenter-1")
+    assert topo.reads(Place("decoder", 1)) == ("front-1", "front-3")
+    assert topo.reads(Place("model", 0)) == ("segmenter", "segmenter-1")
+    assert {"decoder-1", "segmenter-1"} <= set(topo.pools)
+    assert set(topo.listeners()) >= {"decoder", "decoder-1", "segmenter-ctl", "segmenter-ctl-1"}
+
+
+def test_more_shards_than_fronts_are_as_many_as_the_fronts() -> None:
+    assert topology(4, 2).shards == 2
+
+
+def test_paired_placement_pairs_each_shards_decoder_with_its_own_segmenter() -> None:
+    topo = topology(2, 2, "paired")
+    assert [h.name for h in topo.hosts] == ["model-0", "model-1", "decoder+segmenter", "decoder-1+segmenter-1",
+                                            "front-0", "front-1"]
+    second = Host((Place("decoder", 1), Place("segmenter", 1)))
+    assert topo.bound(second) == ("decoder-1", "segmenter-ctl-1")
+    assert topo.reclaimed_at_death(second) == ("front-1", "decoder-1")
+
+
+def test_metrics_ports_stay_where_they_were_and_the_other_shards_come_last() -> None:
+    cfg = config.load(env={}, overrides={"actors": {"shards": 2, "fronts": 2, "models": 2},
+                                         "metrics": {"base_port": 9100}})
+    topo = Topology(cfg)
+    ports = {p.name: topo.metrics_port(p) for p in topo.places}
+    assert (ports["decoder"], ports["segmenter"], ports["front-0"], ports["model-1"]) == (9101, 9102, 9103, 9106)
+    assert (ports["decoder-1"], ports["segmenter-1"]) == (9107, 9108)
+
+
+# -- a model actor serving two shards ---------------------------------------------------------------
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig(ModelActor, Place("model", 0), fronts=2, actors={"shards": 2},
+            model={"fake": {"constant_factor": 0.0, "final_every_s": 1.0}})
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def infer(work_id: int, front: int) -> Infer:
+    return Infer(work_id=work_id, stream=f"s-{front}", front=front, channel=0, seq=0, events_before=0,
+                 start_time=0.0, end_time=0.5, is_final=True)
+
+
+def test_a_model_announces_itself_to_every_shard_and_answers_each_on_its_own_inbox(rig: Rig) -> None:
+    rig.turn()
+    assert [len(rig.sent(segmenter_control(k), Ready)) for k in (0, 1)] == [1, 1]
+    rig.put("model-0", infer(7, front=1), audio=[noise(0.5)], pool="segmenter-1")
+    rig.turn()
+    (done,) = rig.sent("segmenter-ctl-1", Done)
+    assert done.work_ids == [7] and rig.sent("segmenter-ctl", Done) == []
+    rig.put("model-0", infer(7, front=0), audio=[noise(0.5)], pool="segmenter")
+    rig.turn()
+    (done,) = rig.sent("segmenter-ctl", Done)
+    assert done.work_ids == [7] and rig.sent("segmenter-ctl-1", Done) == []
+
+
+def held_streams(rig: Rig) -> set[str]:
+    streams = rig.actor.streams  # type: ignore[attr-defined]
+    return set(streams.held)
+
+
+def test_a_new_segmenter_of_one_shard_forgets_only_that_shards_streams_and_work(rig: Rig) -> None:
+    """Each shard's segmenter numbers its own work and dies on its own: the `Forget` of shard 1's
+    new segmenter drops shard 1's sequential states and its predecessor's queued work, and
+    leaves shard 0's alone, numbers and all."""
+    for front in (0, 1):
+        rig.put("model-0", Restore(work_id=10, stream=f"s-{front}", front=front, channel=0, channels=1, sample=0,
+                                   finals=0))
+    rig.turn(2)
+    assert held_streams(rig) == {"s-0", "s-1"}
+    rig.put("model-0", Forget(100, shard=1))
+    rig.turn()
+    assert held_streams(rig) == {"s-0"}
+    rig.sent("segmenter-ctl")
+    rig.sent("segmenter-ctl-1")
+    x = noise(0.5)
+    for front, pool in ((0, "segmenter"), (1, "segmenter-1")):
+        rig.put("model-0", Feed(work_id=11, stream=f"s-{front}", front=front, channel=0, channels=1, start=0,
+                                end=8000, interim=False), audio=[x], pool=pool)
+        rig.turn()
+    assert [d.work_ids for d in rig.sent("segmenter-ctl", Done)] == [[11]]  # shard 0's numbers still count
+    assert rig.sent("segmenter-ctl-1", Done) == []  # below shard 1's new segmenter's first: skipped
+
+
+# -- a real group of two shards ------------------------------------------------------------------------
+
+
+def two_shards(tmp_path: Path, **env: str) -> Server:
+    return Server(tmp_path / "run", env={"STREAMER_ACTORS_SHARDS": "2", "STREAMER_ACTORS_FRONTS": "2", **env}).start()
+
+
+def simple(seconds: float) -> list[Any]:
+    return stream_steps(noise(seconds)[None, :], 16000, False)
+
+
+async def many(srv: Server, n: int, seconds: float) -> list[Any]:
+    return list(await asyncio.gather(*(converse(srv.ws("simple"), simple(seconds)) for _ in range(n))))
+
+
+def test_two_shards_answer_every_sample_whichever_front_a_session_lands_on(tmp_path: Path) -> None:
+    srv = two_shards(tmp_path)
+    try:
+        for t in asyncio.run(many(srv, 8, 2.0)):
+            assert t.close_code == 1000, t.messages[-3:]
+            check_simple_counts(t, 0, 32000)
+        def decoded() -> dict[str, float]:  # as of each decoder's last heartbeat
+            return {name: srv.metric(name, "streamer_stage_audio_seconds_total", stage="decoder")
+                    for name in ("decoder", "decoder-1")}
+
+        wait_for(lambda: sum(decoded().values()) >= 16.0 - 1e-6, 10)
+        assert sum(decoded().values()) == pytest.approx(16.0), decoded()
+    finally:
+        srv.stop()
+
+
+def test_a_shards_decoder_dying_replays_only_its_own_fronts_sessions(tmp_path: Path) -> None:
+    srv = two_shards(tmp_path, STREAMER_MODEL_FAKE_MODE="sleep", STREAMER_MODEL_FAKE_DELAY="0.3")
+    try:
+        def active(front: str) -> float:
+            return srv.metric(front, "streamer_front_sessions_active")
+
+        def opened(front: str) -> float:
+            return srv.metric(front, "streamer_front_sessions_total")
+
+        async def kill_while_streaming() -> list[Any]:
+            # The kernel spreads connections over the fronts (SO_REUSEPORT): open sessions until
+            # each front has one, whichever way they fall.
+            clients: list[asyncio.Task[Any]] = []
+            while not (active("front-0") and active("front-1")):
+                assert len(clients) < 40, "every session landed on one front"
+                clients.append(asyncio.create_task(converse(srv.ws("simple"), simple(6.0), timeout=60)))
+                await asyncio.to_thread(wait_for, lambda: opened("front-0") + opened("front-1") >= len(clients), 20)
+            os.kill(actor(srv, "decoder-1")["pid"], signal.SIGKILL)
+            return list(await asyncio.gather(*clients))
+
+        for t in asyncio.run(kill_while_streaming()):
+            assert t.close_code == 1000, t.messages[-3:]
+            check_simple_counts(t, 0, 96000)
+        replays = [line for line in srv.log().splitlines() if "replaying" in line and "open streams" in line]
+        assert replays and all("front-1" in line for line in replays), replays
+    finally:
+        srv.stop()
