@@ -52,6 +52,21 @@ def test_models_behind_or_busy_refuse_whatever_the_count() -> None:
     assert rule(admission, 0) == "busy"
 
 
+def test_every_shards_report_counts_the_shared_models_are_as_busy_as_all_of_them_together() -> None:
+    """Each shard's segmenter sees only the model time its own work took: a front admits by the
+    sum, and by the longest wait of any shard (a newcomer's work waits for the same actors)."""
+    admission = Admission(max_busy=0.85, max_queue_delay_s=1.0)
+    admission.update(msgspec.structs.replace(load(0.2, streams=2, busy=0.9), shard=0))
+    assert rule(admission, 0) is None  # 0.9 of 1.7
+    admission.update(msgspec.structs.replace(load(0.4, streams=2, busy=0.9), shard=1))
+    assert rule(admission, 0) == "busy"  # 1.8 of 1.7
+    admission.update(msgspec.structs.replace(load(0.4, streams=2, busy=0.1), shard=1))
+    assert admission.load is not None and admission.load.per_stream == 0.3  # the streams' average
+    assert rule(admission, 4) is None and rule(admission, 5) == "demand"  # 6 x 0.3 = 1.8
+    admission.update(msgspec.structs.replace(load(0.4, streams=2, queue_delay_s=1.5), shard=1))
+    assert rule(admission, 0) == "behind"
+
+
 def test_the_demand_of_one_more_stream_is_counted_over_the_sessions_open() -> None:
     admission = Admission(max_busy=0.85, max_queue_delay_s=1.0)
     admission.update(load(0.3))

@@ -47,7 +47,8 @@ def test_each_shard_has_its_own_stages_pools_and_inboxes_and_every_model_answers
     assert [topo.shard_of(k) for k in range(4)] == [0, 1, 0, 1]
     assert topo.sends_to(Place("front", 3)) == ["decoder-1"]
     assert topo.sends_to(Place("decoder", 1)) == ["segmenter-1", "front-1", "front-3"]
-    assert topo.sends_to(Place("segmenter", 1)) == ["front-1", "front-3", "model-0", "model-1"]
+    # Its own fronts' results, and every front's admission its load: the models are shared.
+    assert topo.sends_to(Place("segmenter", 1)) == ["front-0", "front-1", "front-2", "front-3", "model-0", "model-1"]
     assert topo.sends_to(Place("model", 0)) == ["segmenter-ctl", "segmenter-ctl-1"]
     assert topo.inboxes(Place("segmenter", 1)) == ("segmenter-ctl-1", "segmenter-1")
     assert topo.reads(Place("decoder", 1)) == ("front-1", "front-3")

@@ -114,7 +114,7 @@ class Segmenter(Actor):
         self.meter = StageMeter("segmenter")
         self.busy = BusyWindow(LOAD_WINDOW_S, self.clock.now())
         self._last_load = -LOAD_EVERY_S
-        self._fronts = [front_inbox(k) for k in env.topology.fronts_of(self.place.index)]  # its shard's
+        self._fronts = [front_inbox(k) for k in range(env.topology.fronts)]  # every shard's: the models are shared
 
     def stats(self) -> dict[str, object]:
         self.meter.set_inflight(self.dispatcher.inflight + self.dispatcher.queued)
@@ -309,7 +309,7 @@ class Segmenter(Actor):
             # many streams stopped at once (the soak's first turnover).
             load = Load(len(self.streams), len(self.dispatcher.peers), round(self.busy.share(now), 4),
                         round(self.per_stream(), 4), round(self.dispatcher.queue_delay(self.streams.__contains__), 4),
-                        round(self.dispatcher.queued_seconds, 3))
+                        round(self.dispatcher.queued_seconds, 3), self.place.index)
             for front in self._fronts:
                 self.emit(front, load)
 

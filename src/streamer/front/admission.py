@@ -27,6 +27,10 @@ admitting at once see each other. A session counts from the handshake that admit
 it ends, with or without a stream running: it may send `start` at any moment, so its share is
 kept for it (sockets that never do are bounded by `idle_timeout_s` and `max_sessions`).
 
+With several shards each segmenter reports what it asks of the shared model actors: a front
+admits by all the reports at once (`combined`): the busy time and the streams add up, the
+longest wait counts, the cost of a stream is the streams' average.
+
 So the streams already admitted keep real time: a server past its capacity says "later"
 to newcomers instead of making everyone late. Before there is anything to measure (no report
 yet, no stream's cost known, models idle) everyone is admitted, up to `[limits] max_sessions`.
@@ -53,12 +57,14 @@ class Admission:
     def __init__(self, max_busy: float, max_queue_delay_s: float) -> None:
         self.max_busy = max_busy
         self.max_queue_delay_s = max_queue_delay_s
-        self.load: Load | None = None
+        self.load: Load | None = None  # every shard's, combined
+        self._reports: dict[int, Load] = {}
         LOAD.limits(max_busy, max_queue_delay_s)
 
     def update(self, load: Load) -> None:
-        self.load = load
-        LOAD.heard(load)
+        self._reports[load.shard] = load
+        self.load = combined(list(self._reports.values()))
+        LOAD.heard(self.load)
 
     def refusal(self, sessions: int) -> Refusal | None:
         """Why one more session may not come in while `sessions` are open over every front, or
@@ -75,3 +81,13 @@ class Admission:
             return Refusal("demand", f"the models are at capacity ({sessions} streams at "
                                      f"{load.per_stream:.2f} model-s/s each)")
         return None
+
+
+def combined(reports: list[Load]) -> Load:
+    """What the shared model actors are asked to do by every shard's segmenter at once."""
+    if len(reports) == 1:
+        return reports[0]
+    streams = sum(r.streams for r in reports)
+    per_stream = sum(r.per_stream * r.streams for r in reports) / streams if streams else 0.0
+    return Load(streams, max(r.actors for r in reports), round(sum(r.busy for r in reports), 4), round(per_stream, 4),
+                max(r.queue_delay_s for r in reports), round(sum(r.queued_audio_s for r in reports), 3))

@@ -174,10 +174,10 @@ class Topology:
             return [Place("decoder", self.shard_of(p.index)).name]
         if p.role == "model":
             return [segmenter_control(k) for k in range(self.shards)]
-        fronts = [front_inbox(k) for k in self.fronts_of(p.index)]
         if p.role == "decoder":
-            return [Place("segmenter", p.index).name, *fronts]
-        return [*fronts, *self.model_inboxes()]
+            return [Place("segmenter", p.index).name, *(front_inbox(k) for k in self.fronts_of(p.index))]
+        # Its own fronts' results, and every front's admission its load: the models are shared.
+        return [*(front_inbox(k) for k in range(self.fronts)), *self.model_inboxes()]
 
     def listeners(self) -> list[str]:
         """The inboxes that hear of every death (`Exited`): those who keep state about others."""

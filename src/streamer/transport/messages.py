@@ -332,10 +332,10 @@ class Progress(msgspec.Struct, tag="progress", array_like=True):
 
 
 class Load(msgspec.Struct, tag="load", array_like=True):
-    """Segmenter -> every front, twice a second: what the model actors are asked to do, for
-    admission. `actors` is the number of model processes (live or restarting); `busy` is the model
-    actors' wall time spent in model calls per second over the last seconds (1.0 = one actor
-    always busy); `per_stream` the model time a stream costs per second of
+    """Segmenter -> every front (of every shard), twice a second: what the model actors are asked
+    to do by this segmenter, for admission. `actors` is the number of model processes (live or
+    restarting); `busy` is the model actors' wall time spent in model calls per second over the
+    last seconds (1.0 = one actor always busy); `per_stream` the model time a stream costs per second of
     its audio, learned from each stream's answered finals (0 until there is one); `queue_delay_s`
     is how long the oldest final of a stream still open has waited for an actor (the last finals
     of stopped streams are a backlog that cannot grow: they are in `queued_audio_s` only)."""
@@ -346,6 +346,7 @@ class Load(msgspec.Struct, tag="load", array_like=True):
     per_stream: float
     queue_delay_s: float
     queued_audio_s: float
+    shard: int = 0  # whose segmenter saw this: a front admits by every shard's report at once
 
 
 class Ready(msgspec.Struct, tag="ready", array_like=True):
