@@ -103,6 +103,17 @@ SCENARIOS = {
 }
 
 
+# Ours, as configured for a sweep: the defaults, or one knob turned.
+VARIANTS = {
+    "ours": {},
+    "ours-1front": {"STREAMER_ACTORS_FRONTS": "1"},
+    "ours-unbatched": {"STREAMER_MODEL_MAX_BATCH": "1"},
+    "ours-paired": {"STREAMER_ACTORS_PLACEMENT": "paired"},  # the decoder and segmenter in one process
+    "ours-shards": {"STREAMER_ACTORS_SHARDS": "0"},  # a decoder and a segmenter per core
+    "ours-shards-paired": {"STREAMER_ACTORS_SHARDS": "0", "STREAMER_ACTORS_PLACEMENT": "paired"},
+}
+
+
 class System:
     """A server under test: started fresh, its process tree measured, always stopped."""
 
@@ -121,10 +132,7 @@ class System:
             env.update(STREAMER_SERVER_PORT=str(self.port), STREAMER_SERVER_RUN_DIR=str(run_dir),
                        STREAMER_ACTORS_MODELS=str(CORES), STREAMER_METRICS_BASE_PORT="0",
                        STREAMER_LIMITS_MAX_SESSIONS="1000", STREAMER_SERVER_GRPC_PORT="0")
-            if self.name == "ours-unbatched":
-                env["STREAMER_MODEL_MAX_BATCH"] = "1"
-            if self.name == "ours-1front":
-                env["STREAMER_ACTORS_FRONTS"] = "1"
+            env.update(VARIANTS[self.name])
             cmd = [sys.executable, "-m", "streamer.supervisor.cli", "serve"]
         else:
             pool, _, loop = self.name.partition("+")
@@ -173,7 +181,8 @@ def role_of(p: psutil.Process) -> str:
         return "?"
     if title.startswith("streamer: "):
         name = title.removeprefix("streamer: ")
-        return name.split("-")[0] if name.startswith(("model", "front")) else name
+        # One figure per role, whatever the index: `decoder-1+segmenter-1` counts as `decoder+segmenter`.
+        return "+".join(part.split("-")[0] for part in name.split("+"))
     if "resource_tracker" in " ".join(p.cmdline()):
         return "tracker"
     return "peer" if "monolith" in " ".join(p.cmdline()) else "worker"
@@ -299,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--streams", help="comma-separated stream counts (default: the scenario's)")
-    parser.add_argument("--systems", help="comma-separated: ours, ours-1front, ours-unbatched, process, thread, "
+    parser.add_argument("--systems", help=f"comma-separated: {', '.join(VARIANTS)}, process, thread, "
                                           "process+uvloop")
     parser.add_argument("--seconds", type=float, help="audio each session streams")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
