@@ -17,11 +17,12 @@ import msgspec
 import zmq
 from aiohttp.test_utils import TestServer
 
-from streamer.front.admission import Admission
+from streamer.front.admission import STALE_S, Admission
 from streamer.front.app import DOORS, build_app
 from streamer.front.doors import Doors
 from streamer.front.pipeline import Pipeline
 from streamer.runtime import config
+from streamer.runtime.clock import FakeClock
 from streamer.runtime.process import ChildContext
 from streamer.runtime.topology import Topology, front_inbox
 from streamer.transport import sockets
@@ -52,19 +53,46 @@ def test_models_behind_or_busy_refuse_whatever_the_count() -> None:
     assert rule(admission, 0) == "busy"
 
 
+def shard(load: Load, k: int, costed_s: float = 0.0) -> Load:
+    return msgspec.structs.replace(load, shard=k, costed_s=costed_s)
+
+
 def test_every_shards_report_counts_the_shared_models_are_as_busy_as_all_of_them_together() -> None:
     """Each shard's segmenter sees only the model time its own work took: a front admits by the
     sum, and by the longest wait of any shard (a newcomer's work waits for the same actors)."""
     admission = Admission(max_busy=0.85, max_queue_delay_s=1.0)
-    admission.update(msgspec.structs.replace(load(0.2, streams=2, busy=0.9), shard=0))
+    admission.update(shard(load(0.2, streams=2, busy=0.9), 0, costed_s=10.0))
     assert rule(admission, 0) is None  # 0.9 of 1.7
-    admission.update(msgspec.structs.replace(load(0.4, streams=2, busy=0.9), shard=1))
+    admission.update(shard(load(0.4, streams=2, busy=0.9), 1, costed_s=10.0))
     assert rule(admission, 0) == "busy"  # 1.8 of 1.7
-    admission.update(msgspec.structs.replace(load(0.4, streams=2, busy=0.1), shard=1))
-    assert admission.load is not None and admission.load.per_stream == 0.3  # the streams' average
+    admission.update(shard(load(0.4, streams=2, busy=0.1), 1, costed_s=10.0))
+    assert admission.load is not None and admission.load.per_stream == 0.3  # over the audio it was learned from
     assert rule(admission, 4) is None and rule(admission, 5) == "demand"  # 6 x 0.3 = 1.8
-    admission.update(msgspec.structs.replace(load(0.4, streams=2, queue_delay_s=1.5), shard=1))
+    admission.update(shard(load(0.4, streams=2, queue_delay_s=1.5), 1, costed_s=10.0))
     assert rule(admission, 0) == "behind"
+
+
+def test_a_shard_of_new_streams_does_not_make_a_stream_look_cheaper() -> None:
+    """Shard 1's streams have no cost known yet (none has answered enough audio): the cost
+    learned over shard 0's streams stands, as one segmenter holding them all would report."""
+    admission = Admission(max_busy=0.85, max_queue_delay_s=1.0)
+    admission.update(shard(load(0.4, streams=10), 0, costed_s=40.0))
+    admission.update(shard(load(0.0, streams=10), 1))
+    assert admission.load is not None and admission.load.per_stream == 0.4
+    assert rule(admission, 4) == "demand"  # 5 x 0.4 = 2.0 > 1.7
+
+
+def test_a_shard_that_stopped_reporting_no_longer_decides() -> None:
+    """Its segmenter is down or restarting: its last report (behind, here) stops counting
+    after `STALE_S`, and the shards that report decide."""
+    clock = FakeClock()
+    admission = Admission(max_busy=0.85, max_queue_delay_s=1.0, clock=clock)
+    admission.update(shard(load(0.0, streams=1, queue_delay_s=3.0), 1))
+    admission.update(shard(load(0.0, streams=1), 0))
+    assert rule(admission, 0) == "behind"
+    clock.advance(STALE_S + 0.5)
+    admission.update(shard(load(0.0, streams=1), 0))
+    assert rule(admission, 0) is None
 
 
 def test_the_demand_of_one_more_stream_is_counted_over_the_sessions_open() -> None:

@@ -17,9 +17,23 @@ from typing import Any
 import pytest
 
 from streamer.actors.model_actor import ModelActor
+from streamer.actors.segmenter import Segmenter
 from streamer.runtime import config
 from streamer.runtime.topology import Host, Place, Topology, segmenter_control
-from streamer.transport.messages import Done, Feed, Forget, Infer, Ready, Restore
+from streamer.transport.messages import (
+    NOWHERE,
+    Close,
+    Done,
+    Exited,
+    Feed,
+    Forget,
+    Frames,
+    Infer,
+    Open,
+    Ready,
+    Restore,
+    Running,
+)
 
 from audio import noise
 from conversation import check_simple_counts, converse, stream_steps
@@ -136,6 +150,78 @@ def test_a_new_segmenter_of_one_shard_forgets_only_that_shards_streams_and_work(
         rig.turn()
     assert [d.work_ids for d in rig.sent("segmenter-ctl", Done)] == [[11]]  # shard 0's numbers still count
     assert rig.sent("segmenter-ctl-1", Done) == []  # below shard 1's new segmenter's first: skipped
+
+
+# -- two shards' segmenters sharing two model actors ---------------------------------------------------
+
+
+def segmenters() -> list[Rig]:
+    return [Rig(Segmenter, Place("segmenter", k), fronts=2, models=2, actors={"shards": 2}) for k in (0, 1)]
+
+
+def chunk(rig: Rig, k: int) -> None:
+    """Shard k's front k streams 0.5 s on the simple route: one chunk, one final `Infer`."""
+    inbox = Place("segmenter", k).name
+    rig.put(inbox, Open(f"s-{k}", k, "simple", 1, 16000, 16, False, False))  # type: ignore[arg-type]
+    x = noise(0.5, seed=k)
+    rig.put(inbox, Frames(f"s-{k}", 1, x.shape[0], NOWHERE), audio=[x], pool=Place("decoder", k).name)
+    rig.put(inbox, Close(f"s-{k}"))
+    rig.turn(2)
+
+
+def handed(rig: Rig, model: int) -> list[Infer]:
+    return [i for p in rig.packets(f"model-{model}") for i in p.items if isinstance(i, Infer)]
+
+
+def announce(rig: Rig, k: int, *models: int) -> None:
+    for m in models:
+        rig.put(segmenter_control(k), Ready(m, 100 + m, 1, 8))
+    rig.turn()
+
+
+def test_each_shards_first_choice_among_idle_model_actors_is_a_different_one() -> None:
+    """Ties among idle actors went to model-0 in every shard: each shard's first packet then
+    queued behind the other's call while model-1 idled."""
+    rigs = segmenters()
+    try:
+        for k, r in enumerate(rigs):
+            announce(r, k, 0, 1)
+            chunk(r, k)
+        assert [[m for m in (0, 1) if handed(r, m)] for r in rigs] == [[0], [1]]
+    finally:
+        for r in rigs:
+            r.close()
+
+
+@pytest.mark.parametrize("said", [True, False])
+def test_a_model_that_dies_holding_two_shards_packets_charges_only_the_one_it_was_running(said: bool) -> None:
+    """A model actor holds a packet of each shard; it says which shard's call it begins
+    (`Running`). When it dies, only that shard's items spend an attempt; the other shard's were
+    queued. Not told (a crash before the word went out), each shard charges its own oldest, as
+    with one shard: never fewer attempts than calls that ran."""
+    rigs = segmenters()
+    try:
+        for k, r in enumerate(rigs):
+            announce(r, k, 0)
+            chunk(r, k)
+            assert handed(r, 0)
+        for k, r in enumerate(rigs):
+            if said:
+                r.put(segmenter_control(k), Running(0, 100, 0))
+            r.put(segmenter_control(k), Ready(1, 101, 1, 8), Exited("model", 0, 100, "signal SIGKILL"))
+            r.turn()
+        assert [[w.attempt for w in handed(r, 1)] for r in rigs] == ([[2], [1]] if said else [[2], [2]])
+    finally:
+        for r in rigs:
+            r.close()
+
+
+def test_a_model_serving_two_shards_says_which_shards_call_it_begins(rig: Rig) -> None:
+    rig.turn()
+    rig.put("model-0", infer(3, front=1), audio=[noise(0.5)], pool="segmenter-1")
+    rig.turn()
+    for k in (0, 1):
+        assert rig.sent(segmenter_control(k), Running) == [Running(0, rig.actor.pid, 1)]  # type: ignore[attr-defined]
 
 
 # -- a real group of two shards ------------------------------------------------------------------------

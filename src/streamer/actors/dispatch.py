@@ -23,7 +23,9 @@ it has read them. The items' audio stays here until their `Done`, so they can be
 In flight. When a peer's process dies (the supervisor's `Exited`, at once) or turns out to
 have been replaced (a `Ready` from a new pid), every item it held goes back to the head of
 the queue. Only the items of its oldest unanswered packet (the call it was running) spend an
-attempt; items merely queued behind it do not. An item that has spent an attempt travels
+attempt; items merely queued behind it do not. With several shards a model actor also holds
+other shards' packets, and says which shard's call it begins (`Running`): if it was another's,
+none of ours spends an attempt. An item that has spent an attempt travels
 alone from then on, so a poison item takes no innocent item down with it; past
 `max_attempts` the caller reports exactly one error for it (`failed`). The dead peer's
 allocations are released here: only this process knows which ones it held.
@@ -77,6 +79,7 @@ from streamer.transport.messages import (
     Infer,
     Ready,
     Restore,
+    Running,
     Stateful,
     ToModel,
     audio_place,
@@ -117,6 +120,7 @@ class Peer:
     batches: deque[Batch] = field(default_factory=deque)  # oldest first: the head is the call running
     greeted: bool = False  # its process has been sent `Forget`
     granted: int = 0  # the capacity its last `Ready` gave, which it has once greeted
+    running: int | None = None  # the shard whose packet it said it is running (`Running`); None: not known
 
 
 class Dispatcher:
@@ -240,7 +244,7 @@ class Dispatcher:
         if peer.pid != msg.pid:
             if peer.pid:  # the old pid is gone and nobody told us yet
                 self._lost(msg.index)
-            peer.pid, peer.greeted = msg.pid, False
+            peer.pid, peer.greeted, peer.running = msg.pid, False, None
         peer.capacity = peer.granted = msg.capacity
         peer.max_batch = max(1, msg.max_batch)
         if not peer.greeted:
@@ -253,19 +257,30 @@ class Dispatcher:
         peer.capacity = peer.granted if peer.greeted else 0
         return peer.greeted
 
+    def on_running(self, msg: Running) -> None:
+        peer = self._peer(msg.index, msg.pid)
+        if peer is not None and peer.pid == msg.pid:
+            peer.running = msg.shard
+
+    def _ran_ours(self, peer: Peer) -> bool:
+        """Whether the call the peer was running when it died may have been our oldest packet:
+        unless it said it was running another shard's (then ours were only queued)."""
+        return peer.running is None or peer.running == self.shard
+
     def on_exit(self, index: int, pid: int) -> None:
         """A model process died: its items go to the other actors now, not at its restart."""
         self._dead.add(pid)
         if 0 <= index < len(self.peers) and self.peers[index].pid == pid:
             peer = self.peers[index]
             self._lost(index)
-            peer.pid, peer.capacity, peer.greeted = 0, 0, False
+            peer.pid, peer.capacity, peer.greeted, peer.running = 0, 0, False, None
 
     def _lost(self, index: int) -> None:
         """The peer's process is gone: its items go back to the queue, its sequential streams
         elsewhere (a death counting against those whose work it had)."""
         peer = self.peers[index]
-        running = {i.work.stream for b in peer.batches for i in b.items.values() if not isinstance(i.work, Infer)}
+        running = {i.work.stream for b in peer.batches for i in b.items.values()
+                   if not isinstance(i.work, Infer)} if self._ran_ours(peer) else set()
         self._requeue(peer)
         self.sequential.on_death(index, running)
 
@@ -278,6 +293,7 @@ class Dispatcher:
         if peer is None or peer.pid != msg.pid:
             return []
         ids = set(msg.work_ids)
+        peer.running = None  # our call ended: what it runs next, it will say
         done = []
         for batch in list(peer.batches):
             for work_id in ids & batch.items.keys():
@@ -300,7 +316,7 @@ class Dispatcher:
             if ungreeted.pid and not ungreeted.greeted:
                 self._greet(ungreeted)
         if self.sequential.waiting:
-            self.sequential.bind(i for i, s in enumerate(self.peers) if s.pid)
+            self.sequential.bind(i for i in self._order if self.peers[i].pid)
             for index, bound_to in enumerate(self.peers):
                 while bound_to.pid and len(bound_to.batches) < bound_to.capacity:
                     ordered = self.sequential.take(index, bound_to.max_batch, self.max_bytes)
@@ -346,8 +362,17 @@ class Dispatcher:
         peer.batches.append(Batch(sent.slab, {i.work.work_id: i for i in items}))
         return True
 
+    @property
+    def _order(self) -> list[int]:
+        """The peers' indices in the order ties go, starting at this shard's own: each shard's
+        first choice among idle actors is a different one, where all of them picking model-0
+        would queue one shard's final behind another's call while model-1 idled."""
+        n = len(self.peers)
+        return [(self.shard + i) % n for i in range(n)] if n else []
+
     def _pick(self) -> Peer | None:
-        free = [s for s in self.peers if s.pid and len(s.batches) < s.capacity]
+        peers = [self.peers[i] for i in self._order]
+        free = [s for s in peers if s.pid and len(s.batches) < s.capacity]
         return min(free, key=lambda s: len(s.batches)) if free else None
 
     def _take(self, limit: int, finals: bool) -> list[Item[Infer]]:
@@ -388,10 +413,11 @@ class Dispatcher:
 
     def _requeue(self, peer: Peer) -> None:
         again: list[Item[Infer]] = []
+        ran = self._ran_ours(peer)
         for i, batch in enumerate(peer.batches):
             self._outbox.release(batch.slab)  # a no-op if the model had read (and released) it
             again += [item for item in batch.items.values()  # (a sequential stream's go again from its checkpoint)
-                      if holds(item, Infer) and self._redo(item, peer.pid, ran=i == 0)]
+                      if holds(item, Infer) and self._redo(item, peer.pid, ran=ran and i == 0)]
         peer.batches.clear()
         self._put_back(again)
 

@@ -44,6 +44,7 @@ from streamer.transport.messages import (
     Message,
     Ready,
     Result,
+    Running,
     Stateful,
     ToModel,
     audio_place,
@@ -107,12 +108,21 @@ class ModelActor(Actor):
         if self._work:
             work, self._work = self._work, []
             for shard in dict.fromkeys(self._shard_of(w.front) for w, _ in work):  # one packet: one shard
+                self._running(shard)
                 self.emit(self._controls[shard], self._answer([x for x in work if self._shard_of(x[0].front) == shard]))
         now = self.clock.now()
         if now - self._last_hello >= READY_EVERY_S:
             self._last_hello = now
             for control in self._controls:
                 self.emit(control, Ready(self.place.index, self.pid, self.cfg.model.max_inflight, self.max_batch))
+
+    def _running(self, shard: int) -> None:
+        """Tell every shard whose packet this call is, before it begins (sent now, not at the end
+        of the turn): should the process die in it, only that shard's items spend an attempt."""
+        if len(self._controls) > 1:
+            for control in self._controls:
+                self.emit(control, Running(self.place.index, self.pid, shard))
+            self.flush()
 
     def _answer(self, batch: list[tuple[ToModel, Slab | None]]) -> Done:
         """Run the packet's items; the `Done` that carries their answers."""

@@ -55,6 +55,7 @@ from streamer.transport.messages import (
     Ready,
     Result,
     Roster,
+    Running,
     stream_of,
 )
 from streamer.transport.shm import BufferPool
@@ -125,19 +126,24 @@ class Segmenter(Actor):
         return self.meter.summary()
 
     def per_stream(self) -> float:
-        """Model call time per second of a stream's audio. Counted over the audio its finals
-        cover, since a region's model time comes only once the region has ended: per second open,
-        a stream seems free for its first seconds, and a burst of new sessions all got in before
-        any had a cost. A stream that stays quiet counts its silence, less `LAG_S`. Pooled over
-        the streams with at least `MIN_ANSWERED_S` behind them, so that a stream of a few
-        samples and one call cannot make every stream look expensive."""
+        """Model call time per second of a stream's audio (`cost`)."""
+        model, audio = self.cost()
+        return model / audio if audio else 0.0
+
+    def cost(self) -> tuple[float, float]:
+        """Model call time and the seconds of audio it answered. Counted over the audio a stream's
+        finals cover, since a region's model time comes only once the region has ended: per
+        second open, a stream seems free for its first seconds, and a burst of new sessions all
+        got in before any had a cost. A stream that stays quiet counts its silence, less `LAG_S`.
+        Pooled over the streams with at least `MIN_ANSWERED_S` behind them, so that a stream of a
+        few samples and one call cannot make every stream look expensive."""
         model = audio = 0.0
         for s in self.streams.values():
             seconds = max(s.answered_s, s.taken_s - LAG_S)
             if seconds >= MIN_ANSWERED_S:
                 model += s.model_s
                 audio += seconds
-        return model / audio if audio else 0.0
+        return model, audio
 
     def accepting(self) -> bool:
         return self.dispatcher.queued_seconds < self.cfg.segmenter.max_pending_s
@@ -149,6 +155,8 @@ class Segmenter(Actor):
             self._done(msg)
         elif isinstance(msg, Ready):
             self.dispatcher.on_ready(msg)
+        elif isinstance(msg, Running):
+            self.dispatcher.on_running(msg)
         elif isinstance(msg, Open):
             self._open(msg)
         elif isinstance(msg, Close):
@@ -307,9 +315,11 @@ class Segmenter(Actor):
             # finals of streams already stopped are a backlog that cannot grow (a newcomer's own
             # final, should it wait behind them, counts); counted, they refused sessions whenever
             # many streams stopped at once (the soak's first turnover).
+            model, audio = self.cost()
             load = Load(len(self.streams), len(self.dispatcher.peers), round(self.busy.share(now), 4),
-                        round(self.per_stream(), 4), round(self.dispatcher.queue_delay(self.streams.__contains__), 4),
-                        round(self.dispatcher.queued_seconds, 3), self.place.index)
+                        round(model / audio if audio else 0.0, 4),
+                        round(self.dispatcher.queue_delay(self.streams.__contains__), 4),
+                        round(self.dispatcher.queued_seconds, 3), self.place.index, round(audio, 3))
             for front in self._fronts:
                 self.emit(front, load)
 

@@ -42,9 +42,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from streamer.front.front_metrics import LOAD
+from streamer.runtime.clock import Clock, MonotonicClock
 from streamer.transport.messages import Load
 
 Rule = Literal["behind", "busy", "demand"]
+STALE_S = 5.0  # a shard's report older than this no longer counts (they come twice a second)
 
 
 @dataclass(frozen=True)
@@ -54,16 +56,23 @@ class Refusal:
 
 
 class Admission:
-    def __init__(self, max_busy: float, max_queue_delay_s: float) -> None:
+    def __init__(self, max_busy: float, max_queue_delay_s: float, clock: Clock | None = None) -> None:
         self.max_busy = max_busy
         self.max_queue_delay_s = max_queue_delay_s
         self.load: Load | None = None  # every shard's, combined
-        self._reports: dict[int, Load] = {}
+        self._reports: dict[int, tuple[float, Load]] = {}  # by shard: when heard, what
+        self._clock = clock or MonotonicClock()
         LOAD.limits(max_busy, max_queue_delay_s)
 
     def update(self, load: Load) -> None:
-        self._reports[load.shard] = load
-        self.load = combined(list(self._reports.values()))
+        now = self._clock.now()
+        self._reports[load.shard] = (now, load)
+        # A shard whose segmenter is down (or restarting) stops reporting: its last word would
+        # otherwise go on deciding for every front.
+        for shard, (heard, _) in list(self._reports.items()):
+            if now - heard > STALE_S:
+                del self._reports[shard]
+        self.load = combined([r for _, r in self._reports.values()])
         LOAD.heard(self.load)
 
     def refusal(self, sessions: int) -> Refusal | None:
@@ -88,6 +97,8 @@ def combined(reports: list[Load]) -> Load:
     if len(reports) == 1:
         return reports[0]
     streams = sum(r.streams for r in reports)
-    per_stream = sum(r.per_stream * r.streams for r in reports) / streams if streams else 0.0
+    costed = sum(r.costed_s for r in reports)  # a shard whose streams have no cost known yet adds none
+    per_stream = sum(r.per_stream * r.costed_s for r in reports) / costed if costed else 0.0
     return Load(streams, max(r.actors for r in reports), round(sum(r.busy for r in reports), 4), round(per_stream, 4),
-                max(r.queue_delay_s for r in reports), round(sum(r.queued_audio_s for r in reports), 3))
+                max(r.queue_delay_s for r in reports), round(sum(r.queued_audio_s for r in reports), 3),
+                costed_s=round(costed, 3))

@@ -38,13 +38,14 @@ PEAK_INFLIGHT = prometheus_client.Histogram(
 
 
 class LoadMetrics:
-    """What admission decides by (`front/admission.py`), as this front last heard it: with these
-    and the refusals by rule, a 503 can be explained from `/metrics` alone."""
+    """What admission decides by (`front/admission.py`), as this front last heard it (every
+    shard's reports combined): with these and the refusals by rule, a 503 can be explained from
+    `/metrics` alone."""
 
     def __init__(self) -> None:
         g, c = prometheus_client.Gauge, prometheus_client.Counter
-        self.reports = c("streamer_front_load_reports", "Load reports heard from the segmenter (two a second)")
-        self.streams = g("streamer_front_load_streams", "Streams open in the segmenter, as of the last load report")
+        self.reports = c("streamer_front_load_reports", "Load reports heard from the segmenters (two a second each)")
+        self.streams = g("streamer_front_load_streams", "Streams open in the segmenters, as of the last load reports")
         self.actors = g("streamer_front_load_actors", "Model actors (live or restarting), as of the last load "
                         "report")
         self.busy = g("streamer_front_load_busy", "Model actors' seconds in model calls per second over the last "

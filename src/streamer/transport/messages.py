@@ -347,6 +347,7 @@ class Load(msgspec.Struct, tag="load", array_like=True):
     queue_delay_s: float
     queued_audio_s: float
     shard: int = 0  # whose segmenter saw this: a front admits by every shard's report at once
+    costed_s: float = 0.0  # the audio `per_stream` was learned over: its weight among the shards' reports
 
 
 class Ready(msgspec.Struct, tag="ready", array_like=True):
@@ -388,6 +389,17 @@ class Point(msgspec.Struct, array_like=True, frozen=True):
 Answer = Result | Progress | StreamEnd | Failed
 
 
+class Running(msgspec.Struct, tag="running", array_like=True):
+    """Model -> every shard's segmenter, as a call begins, when there are several shards: the
+    process is now running a packet of `shard`. A model holds a packet of each shard at once, and
+    when it dies only the one it was running spends its items an attempt; the others were only
+    queued. (With one shard the oldest packet is the one running: nothing is sent.)"""
+
+    index: int
+    pid: int
+    shard: int
+
+
 class Done(msgspec.Struct, tag="done", array_like=True):
     """Model -> segmenter: a packet's items are answered; a credit returns. `answers` are what
     the fronts must hear of them (results, and on the sequential route progress, ends and
@@ -405,7 +417,7 @@ class Done(msgspec.Struct, tag="done", array_like=True):
 
 
 class Exited(msgspec.Struct, tag="exited", array_like=True):
-    """Supervisor -> fronts, decoder, segmenter: a child process died (or was killed as hung).
+    """Supervisor -> fronts, decoders, segmenters: a child process died (or was killed as hung).
 
     Sent at once, before any restart, so whoever held state in or work on that process acts
     now: the segmenter redoes a model's items elsewhere, a front fails the streams whose state
@@ -420,7 +432,7 @@ class Exited(msgspec.Struct, tag="exited", array_like=True):
 
 Message = (
     Open | Pcm | Frames | Close | Abort | Roster | Event | Infer | Restore | Feed | CloseChannel | Drop | Result
-    | StreamEnd | Failed | Notice | Progress | Load | Ready | Done | Exited | Forget
+    | StreamEnd | Failed | Notice | Progress | Load | Ready | Running | Done | Exited | Forget
 )
 
 
