@@ -29,7 +29,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 from streamer.actors.models.base import Final  # noqa: E402
 from streamer.actors.models.sphinx import Pocketsphinx  # noqa: E402

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 from audio import SENTENCES, speech  # noqa: E402
 from conversation import converse, stream_steps  # noqa: E402

@@ -47,7 +47,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT))  # this tree's code, also when it is a checkout beside the installed one
+sys.path.insert(0, str(ROOT / "src"))  # this tree's code, also when it is a checkout beside the installed one
 
 import loadgen  # noqa: E402
 

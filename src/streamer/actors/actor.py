@@ -18,12 +18,12 @@ Hooks, all optional:
   on (True), or let the process die (False, the default).
 * `stats()`: running totals for the heartbeat (`/api/v1/actors`, `streamer top`).
 
-One turn: wait for input (at most `POLL_S`), take what is waiting on the control inboxes,
-then on the data inboxes (at most `turn_limit` packets each, unless held back), hand every
-item to its hook, run `on_idle`, then `flush`: everything the actor `emit`ted during the
-turn goes out as one packet per destination, with one allocation in the actor's own pool
-for all of that packet's audio. Nothing waits for a timer: a packet holds what was waiting
-when the turn began.
+One turn: wait for input (at most `POLL_S`, or `REST_POLL_S` for an actor `at_rest`), take what
+is waiting on the control inboxes, then on the data inboxes (at most `turn_limit` packets each,
+unless held back), hand every item to its hook, run `on_idle`, then `flush`: everything the
+actor `emit`ted during the turn goes out as one packet per destination, with one allocation in
+the actor's own pool for all of that packet's audio. Nothing waits for a timer: a packet holds
+what was waiting when the turn began.
 
 Where an actor runs is not its business: alone in its process (`run_process`, which turns it
 with `turn`), or beside others (`actors/host.py`, which waits for all of them at once and gives
@@ -66,6 +66,7 @@ from streamer.transport.shm import BufferPool, Payload, StaleBuffer
 log = logging.getLogger("actor")
 
 POLL_S = 0.1  # longest wait for input: on_idle timers run at least this often
+REST_POLL_S = 0.5  # the same for an actor at rest (`at_rest`): a group nobody uses costs next to nothing
 HELD_POLL_S = 0.002  # while output is pending, how often the flush is retried
 
 Slab = bytes | memoryview  # what `on_message` gets: a packet's audio, or a co-located sender's item's
@@ -169,7 +170,15 @@ class Actor:
 
     def patience(self) -> float:
         """How long this actor may wait for input before its next step."""
-        return HELD_POLL_S if self.held else POLL_S
+        if self.held:
+            return HELD_POLL_S
+        return REST_POLL_S if self.at_rest() else POLL_S
+
+    def at_rest(self) -> bool:
+        """Nothing in progress that a timer of `on_idle` must move on: no stream open, no work
+        waiting. An idle group's actors then wake twice a second, not ten times (their periodic
+        reports, `Ready` and `Load`, are no more frequent than that)."""
+        return False
 
     def step(self, reading: tuple[str, ...]) -> None:
         """A turn less its wait: handle what is waiting in `reading`, run `on_idle`, flush."""

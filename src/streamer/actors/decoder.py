@@ -105,6 +105,9 @@ class Decoder(Actor):
             telemetry.finish(self.streams.pop(stream).span, "front died")
             self.emit(self.segmenter, Abort(stream))
 
+    def at_rest(self) -> bool:
+        return not self.streams
+
     def on_idle(self) -> None:
         for stream, d in list(self.streams.items()):
             if d.raw:

@@ -104,6 +104,9 @@ class ModelActor(Actor):
         if dropped:
             log.info("a new segmenter: dropped the state of %d sequential streams", dropped)
 
+    def at_rest(self) -> bool:
+        return not self._work
+
     def on_idle(self) -> None:
         if self._work:
             work, self._work = self._work, []

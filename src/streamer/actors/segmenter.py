@@ -145,6 +145,13 @@ class Segmenter(Actor):
                 audio += seconds
         return model, audio
 
+    def at_rest(self) -> bool:
+        """No stream open and nothing for the models, waiting or out, and every model actor greeted
+        (a `Forget` that could not go is retried at every turn)."""
+        d = self.dispatcher
+        return (not self.streams and not d.queued and not d.inflight and not d.sequential.waiting
+                and all(p.greeted for p in d.peers if p.pid))
+
     def accepting(self) -> bool:
         return self.dispatcher.queued_seconds < self.cfg.segmenter.max_pending_s
 

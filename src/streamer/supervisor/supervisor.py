@@ -49,6 +49,7 @@ log = logging.getLogger("supervisor")
 NOTICE_RETRY_S = 0.01
 NOTICE_TIMEOUT_S = 10.0
 STATS = ("processed", "inflight", "rtf", "held")  # the heartbeat keys the actors table shows
+PUBLISH_EVERY_S = 1.0  # heartbeats' stats reach the actors table at most this often
 
 
 class SupervisorMetrics:
@@ -105,6 +106,7 @@ class Supervisor:
         self.policies = {r: policy or RestartPolicy.from_config(cfg.supervisor.role(r)) for r in ROLES}
         self.run_id = secrets.token_hex(4)
         self.run_dir = make_run_dir(cfg.server.run_dir, self.run_id)
+        self._published_at = -PUBLISH_EVERY_S
         self.topology = Topology(cfg)
         self.children = [Child.of(h) for h in self.topology.hosts]
         self.pools: dict[str, BufferPool] = {}
@@ -206,7 +208,8 @@ class Supervisor:
             said = msg[2] if child.places else {child.name: msg[2]}
             child.stats = {p.name: {k: v for k, v in stats.items() if k in STATS}
                            for p in child.hosted if isinstance(stats := said.get(p.name), dict)}
-            self._publish()
+            if time.monotonic() - self._published_at >= PUBLISH_EVERY_S:
+                self._publish()  # (every child beats once a second: a write for several, not one each)
         elif msg[0] == "metrics" and len(msg) == 3:
             child.metrics_port = int(msg[2])
             self._publish()
@@ -315,7 +318,9 @@ class Supervisor:
                                                                          for m in c.snapshot(now)])
 
     def _publish(self) -> None:
-        """Write the children table; the fronts' health, actors and metrics routes read it."""
+        """Write the children table; the fronts' health, actors and metrics routes read it. A
+        change of state is written at once; the stats of heartbeats at most once a second."""
+        self._published_at = time.monotonic()
         group.publish(self.run_dir, self.snapshot())
 
     # -- shutdown --------------------------------------------------------------------
