@@ -160,7 +160,7 @@ def test_paired_puts_the_decoder_and_the_segmenter_in_one_process_started_where_
 def test_the_placement_is_read_from_the_environment_and_checked() -> None:
     assert config.load(env={"STREAMER_ACTORS_PLACEMENT": "paired"}).actors.placement == "paired"
     with pytest.raises(Exception, match="placement"):
-        config.load(env={"STREAMER_ACTORS_PLACEMENT": "shards"})
+        config.load(env={"STREAMER_ACTORS_PLACEMENT": "everywhere"})
 
 
 # -- the hand-off -----------------------------------------------------------------------------

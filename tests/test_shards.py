@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from streamer.actors.host import local_inboxes
 from streamer.actors.model_actor import ModelActor
 from streamer.actors.segmenter import Segmenter
 from streamer.runtime import config
@@ -35,10 +36,12 @@ from streamer.transport.messages import (
     Running,
 )
 
-from audio import noise
-from conversation import check_simple_counts, converse, stream_steps
+from audio import noise, speech
+from conversation import check_regions_answered, check_simple_counts, converse, stream_steps
 from rig import SMALL_POOLS, Rig
 from server import Server, actor, wait_for
+
+TWO = ("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning.")
 
 
 def topology(shards: int, fronts: int, placement: str = "split") -> Topology:
@@ -82,6 +85,19 @@ def test_paired_placement_pairs_each_shards_decoder_with_its_own_segmenter() -> 
     second = Host((Place("decoder", 1), Place("segmenter", 1)))
     assert topo.bound(second) == ("decoder-1", "segmenter-ctl-1")
     assert topo.reclaimed_at_death(second) == ("front-1", "decoder-1")
+
+
+def test_a_shard_process_is_a_front_with_its_decoder_and_segmenter_started_last() -> None:
+    topo = topology(0, 2, "shards")
+    assert topo.shards == 2  # one per front, whatever [actors] shards says
+    assert [h.name for h in topo.hosts] == ["model-0", "model-1", "front-0+decoder+segmenter",
+                                            "front-1+decoder-1+segmenter-1"]
+    shard = topo.hosts[3]
+    # The front's inbox is bound (other shards' load reports, the supervisor's notes) and handed to
+    # (its own decoder's and segmenter's answers); the decoder's and the segmenter's are only handed to.
+    assert topo.bound(shard) == ("front-1", "segmenter-ctl-1")
+    assert set(local_inboxes(topo, shard, {}).queues) == {"front-1", "decoder-1", "segmenter-1"}
+    assert "decoder" not in topo.listeners()  # a decoder hears of its front's death by dying with it
 
 
 def test_metrics_ports_stay_where_they_were_and_the_other_shards_come_last() -> None:
@@ -270,15 +286,75 @@ def test_a_shards_decoder_dying_replays_only_its_own_fronts_sessions(tmp_path: P
             clients: list[asyncio.Task[Any]] = []
             while not (active("front-0") and active("front-1")):
                 assert len(clients) < 40, "every session landed on one front"
-                clients.append(asyncio.create_task(converse(srv.ws("simple"), simple(6.0), timeout=60)))
+                clients.append(asyncio.create_task(converse(srv.ws("simple"), simple(20.0), timeout=90)))
                 await asyncio.to_thread(wait_for, lambda: opened("front-0") + opened("front-1") >= len(clients), 20)
+            # A session counts from its handshake; its stream, from its `start`: wait until the
+            # decoder holds one (its heartbeat says so), so there is a stream to replay.
+            await asyncio.to_thread(wait_for, lambda: actor(srv, "decoder-1").get("inflight", 0) >= 1, 20)
             os.kill(actor(srv, "decoder-1")["pid"], signal.SIGKILL)
             return list(await asyncio.gather(*clients))
 
         for t in asyncio.run(kill_while_streaming()):
             assert t.close_code == 1000, t.messages[-3:]
-            check_simple_counts(t, 0, 96000)
+            check_simple_counts(t, 0, 320000)
         replays = [line for line in srv.log().splitlines() if "replaying" in line and "open streams" in line]
         assert replays and all("front-1" in line for line in replays), replays
+    finally:
+        srv.stop()
+
+
+# -- a shard per process: the front with its decoder and segmenter in one event loop ---------------------
+
+
+def shard_processes(tmp_path: Path, **env: str) -> Server:
+    return Server(tmp_path / "run", env={"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_ACTORS_FRONTS": "2",
+                                         **env}).start()
+
+
+def test_a_shard_per_process_answers_every_route(tmp_path: Path) -> None:
+    srv = shard_processes(tmp_path)
+    try:
+        rows = {a["name"]: a for a in srv.actors()}
+        assert rows["front-1"]["pid"] == rows["decoder-1"]["pid"] == rows["segmenter-1"]["pid"]
+        for t in asyncio.run(many(srv, 6, 2.0)):
+            assert t.close_code == 1000, t.messages[-3:]
+            check_simple_counts(t, 0, 32000)
+        s = speech(TWO)
+        t = asyncio.run(converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False)))
+        assert check_regions_answered(t, 0) == (2, 0)
+    finally:
+        srv.stop()
+
+
+def test_a_shard_killed_drops_only_its_own_sessions_and_comes_back(tmp_path: Path) -> None:
+    """SIGKILL of one shard's process: its sessions end 1006 at once (their clients reconnect, as
+    after a front's death); the other shard's sessions finish whole; the shard is restarted."""
+    srv = shard_processes(tmp_path, STREAMER_MODEL_FAKE_MODE="sleep", STREAMER_MODEL_FAKE_DELAY="0.3")
+    try:
+        def opened(front: str) -> float:
+            return srv.metric(front, "streamer_front_sessions_total")
+
+        victim = actor(srv, "front-1")["pid"]
+
+        async def kill_while_streaming() -> list[Any]:
+            clients: list[asyncio.Task[Any]] = []
+            while not (opened("front-0") and opened("front-1")):
+                assert len(clients) < 40, "every session landed on one front"
+                clients.append(asyncio.create_task(converse(srv.ws("simple"), simple(6.0), timeout=60)))
+                await asyncio.to_thread(wait_for, lambda: opened("front-0") + opened("front-1") >= len(clients), 20)
+            os.kill(victim, signal.SIGKILL)
+            return list(await asyncio.gather(*clients))
+
+        outcomes = asyncio.run(kill_while_streaming())
+        dropped = [t for t in outcomes if t.close_code == 1006]
+        whole = [t for t in outcomes if t.close_code == 1000]
+        assert dropped and whole and len(dropped) + len(whole) == len(outcomes), [t.close_code for t in outcomes]
+        for t in whole:
+            check_simple_counts(t, 0, 96000)
+        wait_for(lambda: actor(srv, "front-1")["pid"] not in (None, victim)
+                 and actor(srv, "segmenter-1")["state"] == "running", 20)
+        for t in asyncio.run(many(srv, 4, 1.0)):
+            assert t.close_code == 1000, t.messages[-3:]
+            check_simple_counts(t, 0, 16000)
     finally:
         srv.stop()

@@ -26,6 +26,7 @@ still read by the segmenter's drain.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 
@@ -58,15 +59,15 @@ def actor_class(role: str) -> type[Actor]:
 
 
 def local_inboxes(topo: Topology, host: Host, pools: dict[str, BufferPool]) -> Local:
-    """The inboxes of `host`'s actors that only its own actors send to, each bounded by the pool
-    its sender would have written into: that much audio in flight, as through the pool."""
-    bound = topo.bound(host)
+    """The inboxes of `host`'s actors that its own actors send to, each bounded by the pool its
+    senders would have written into: that much audio in flight, as through the pool. (An inbox
+    other processes send to as well, a front's in a shard, is also bound: its reader reads both.)"""
     limits: dict[str, int] = {}
     for p in host.places:
         for inbox in topo.inboxes(p):
-            if inbox in bound:
+            senders = [q for q in host.places if inbox in topo.sends_to(q) and topo.local(q, inbox)]
+            if not senders:
                 continue
-            senders = [q for q in host.places if inbox in topo.sends_to(q)]
             written = [pools[w].capacity for q in senders if (w := topo.writes(q)) and w in pools]
             limits[inbox] = max(written, default=1 << 24)
     return Local(limits)
@@ -112,42 +113,112 @@ class Hosted:
 
 def build(topo: Topology, host: Host, cfg: Config, wire: Link, pools: dict[str, BufferPool],
           clock: Clock | None = None, **env: object) -> Hosted:
-    """The actors of `host` on `wire` and `pools` (a test passes a `MemoryLink` and its own)."""
+    """The actors of `host` on `wire` and `pools` (a test passes a `MemoryLink` and its own). A
+    front in the host is not an actor: it reads its own local inbox (`front.pipeline`)."""
     local = local_inboxes(topo, host, pools)
     link = HostLink(wire, local)
     clock = clock or MonotonicClock()
     actors = [actor_class(p.role)(Env(p, cfg, link, pools, clock, **env))  # type: ignore[arg-type]
-              for p in host.places]
+              for p in host.places if p.role != "front"]
     return Hosted(actors, wire, local, clock=clock)
+
+
+class Process:
+    """What a process of several actors sets up: its pools, its one ZeroMQ link (binding the
+    inboxes other processes send to, less those `bound_elsewhere`: a front binds its own), its
+    actors. Closed once they have stopped."""
+
+    def __init__(self, ctx: ChildContext, bound_elsewhere: tuple[str, ...] = ()) -> None:
+        from streamer.transport.sockets import ZmqLink
+
+        cfg = ctx.cfg()
+        topo = Topology(cfg)
+        host = Host(ctx.hosted)
+        self.pools: dict[str, BufferPool] = {}
+        for p in host.places:
+            if p.role == "front":
+                continue  # the front attaches its own pool
+            for name, pool in attach_pools(topo, p, ctx.run_id).items():
+                if name in self.pools:
+                    pool.close()
+                else:
+                    self.pools[name] = pool
+        for p in host.places:
+            if p.role != "front" and (own := topo.writes(p)):
+                self.pools[own].reclaim()  # our previous incarnation's buffers are nobody's now
+        inboxes = tuple(i for i in topo.bound(host) if i not in bound_elsewhere)
+        self.wire = ZmqLink(ctx.run_dir, inboxes, topo.immediate, peers=topo.peers(host))
+        self.hosted = build(topo, host, cfg, self.wire, self.pools, stopping=ctx.stopping)
+        self.reading = inboxes
+        ctx.stats = self.hosted.stats
+
+    def close(self) -> None:
+        self.wire.close()
+        for pool in self.pools.values():
+            pool.close()
 
 
 def run_host(ctx: ChildContext) -> None:
     """The body of a process that runs several actors: set up, serve until SIGTERM, stop."""
-    from streamer.transport.sockets import ZmqLink
-
     enter_child(ctx)
-    cfg = ctx.cfg()
-    topo = Topology(cfg)
-    host = Host(ctx.hosted)
-    pools: dict[str, BufferPool] = {}
-    for p in host.places:
-        for name, pool in attach_pools(topo, p, ctx.run_id).items():
-            if name in pools:
-                pool.close()
-            else:
-                pools[name] = pool
-    for p in host.places:
-        if own := topo.writes(p):
-            pools[own].reclaim()  # our previous incarnation's buffers are nobody's now
-    wire = ZmqLink(ctx.run_dir, topo.bound(host), topo.immediate, peers=topo.peers(host))
-    hosted = build(topo, host, cfg, wire, pools, stopping=ctx.stopping)
-    hosted.beat = ctx.beat
-    ctx.stats = hosted.stats
+    proc = Process(ctx)
+    proc.hosted.beat = ctx.beat
     ctx.ready()
-    log.info("ready: %s in one process", " and ".join(p.name for p in host.places))
+    log.info("ready: %s in one process", " and ".join(p.name for p in ctx.hosted))
     try:
-        hosted.run(ctx.stopping.is_set)
+        proc.hosted.run(ctx.stopping.is_set)
     finally:
-        wire.close()
-        for pool in pools.values():
-            pool.close()
+        proc.close()
+
+
+class InLoop:
+    """A process's actors turned by an asyncio event loop, beside a front's sessions (a shard:
+    `placement = "shards"`), instead of by a loop of their own. A turn runs when one of the link's
+    sockets turns readable, when something was handed to an actor in memory (`kick`), or when
+    the shortest patience of any actor has passed; it never blocks (`Hosted.turn(0)`). After each
+    turn `after` runs (the front reads what its actors handed it). While input is left over, the
+    next turn is scheduled at once: the sockets' descriptors are edge-triggered, and a turn takes
+    at most `turn_limit` packets per inbox."""
+
+    def __init__(self, proc: Process, loop: asyncio.AbstractEventLoop) -> None:
+        self.proc = proc
+        self.hosted = proc.hosted
+        self.loop = loop
+        self.after: Callable[[], None] = lambda: None
+        self._soon: asyncio.Handle | None = None
+        self._later: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        for actor in self.hosted.actors:
+            actor.on_start()
+        for fd in self.proc.wire.fds():
+            self.loop.add_reader(fd, self.kick)
+        self.kick()
+
+    def kick(self) -> None:
+        if self._soon is None:
+            self._soon = self.loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._soon = None
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        self.hosted.turn(0)
+        self.after()
+        reading = [i for a in self.hosted.actors for i in a.reading()]
+        if self.hosted.local.waiting(reading) or self.proc.wire.readable(reading):
+            self.kick()
+        else:
+            patience = min((a.patience() for a in self.hosted.actors), default=POLL_S)
+            self._later = self.loop.call_later(patience, self._turn)
+
+    def stop(self) -> None:
+        """Stop turning in the loop, then let the actors settle what was queued, as alone."""
+        for fd in self.proc.wire.fds():
+            self.loop.remove_reader(fd)
+        for handle in (self._soon, self._later):
+            if handle is not None:
+                handle.cancel()
+        self.hosted.stop()
+        self.proc.close()

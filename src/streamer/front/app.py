@@ -22,6 +22,7 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from streamer.actors.host import InLoop, Process
 from streamer.front import grpc_api, protocol
 from streamer.front.admission import Admission
 from streamer.front.doors import RETRY_AFTER_S, Doors, Refused
@@ -35,7 +36,7 @@ from streamer.front.wire import WebSocketWire
 from streamer.runtime import group
 from streamer.runtime.config import Config
 from streamer.runtime.process import ChildContext, enter_child
-from streamer.runtime.topology import ROLES
+from streamer.runtime.topology import ROLES, front_inbox
 from streamer.transport.messages import Exited, Roster, RouteName
 
 log = logging.getLogger("front")
@@ -273,7 +274,16 @@ class StageDeaths:
 async def serve(ctx: ChildContext) -> None:
     cfg = ctx.cfg()
     redact_logs()
-    pipeline = Pipeline(ctx, cfg.front.coalesce_ms / 1000)
+    shard = None
+    if len(ctx.hosted) > 1:  # a shard: this front's decoder and segmenter run in this process's loop
+        proc = Process(ctx, bound_elsewhere=(front_inbox(ctx.index),))
+        shard = InLoop(proc, asyncio.get_running_loop())
+        pipeline = Pipeline(ctx, cfg.front.coalesce_ms / 1000, local=proc.hosted.local, kick=shard.kick)
+        shard.after = pipeline.receive_local
+        shard.start()
+        log.info("%s in this process", " and ".join(p.name for p in ctx.hosted[1:]))
+    else:
+        pipeline = Pipeline(ctx, cfg.front.coalesce_ms / 1000)
     pipeline.start()
     app = build_app(cfg, pipeline, ctx.run_dir, ctx.index, cfg.front_count)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
@@ -297,6 +307,8 @@ async def serve(ctx: ChildContext) -> None:
         beating.cancel()
         telling.cancel()
     await runner.cleanup()
+    if shard is not None:
+        shard.stop()  # what the sessions left in the actors is settled by the skeleton's rule
     await pipeline.close()
 
 

@@ -11,6 +11,12 @@ holds the clients back. Nothing is dropped.
 In. The inbox's ZeroMQ file descriptor is watched by the event loop; on each wake-up every
 waiting packet is read and each item handed to the session that owns its stream (`routes`).
 An item of a stream that has ended is dropped; `Exited` and `Load` concern the whole front.
+
+In a shard's process (`placement = "shards"`) the decoder and the segmenter are actors of this
+process, turned by the same event loop (`actors.host.InLoop`): packets for the decoder are
+handed over in memory (the client's bytes as they came, no pool) and the actors are kicked; what
+they hand this front comes back the same way (`receive_local`, after each of their turns). The
+inbox socket stays: other shards' segmenters and the supervisor still write to it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import zmq
 from streamer.runtime.process import ChildContext
 from streamer.runtime.topology import Place, Topology, front_inbox
 from streamer.transport import sockets
+from streamer.transport.link import Local
 from streamer.transport.messages import Exited, Load, Message, decode, stream_of
 from streamer.transport.outbox import Outbox
 from streamer.transport.shm import BufferPool
@@ -35,19 +42,25 @@ RETRY_S = 0.002  # while the pool or the decoder is full
 
 
 class Pipeline:
-    def __init__(self, ctx: ChildContext, coalesce_s: float) -> None:
+    def __init__(self, ctx: ChildContext, coalesce_s: float, local: Local | None = None,
+                 kick: Callable[[], None] = lambda: None) -> None:
         topo = Topology(ctx.cfg())
         self.index = ctx.index
         self.shard = topo.shard_of(ctx.index)  # whose decoder and segmenter carry this front's sessions
         self.decoder = Place("decoder", self.shard).name
         self._coalesce_s = coalesce_s
         self._zctx: zmq.Context[sockets.Socket] = zmq.Context()
-        self._out = sockets.outbox(self._zctx, ctx.run_dir, self.decoder)
         self._in = self._zctx.socket(zmq.PULL)
         sockets.bind_inbox(self._in, ctx.run_dir, front_inbox(ctx.index))
         self._pool = BufferPool.attach(topo.pools[front_inbox(ctx.index)], ctx.run_id)
         self._pool.reclaim()  # whatever a previous front wrote belongs to sessions that are gone
-        self._outbox = Outbox(self._pool, lambda _, data: sockets.try_send(self._out, data))
+        self._local = local if local is not None and self.decoder in local else None
+        self._kick = kick
+        if self._local is not None:  # the decoder is an actor of this process
+            self._outbox = Outbox(self._pool, lambda _, __: False, hand=self._local.put, local=[self.decoder])
+        else:
+            self._out = sockets.outbox(self._zctx, ctx.run_dir, self.decoder)
+            self._outbox = Outbox(self._pool, lambda _, data: sockets.try_send(self._out, data))
         self._flush_at: asyncio.TimerHandle | asyncio.Handle | None = None
         self.room = asyncio.Event()
         self.room.set()
@@ -92,7 +105,10 @@ class Pipeline:
 
     def flush(self) -> None:
         self._flush_at = None
-        if self._outbox.flush():
+        went = self._outbox.flush()
+        if self._local is not None:
+            self._kick()  # the decoder takes what was handed to it in its next turn, soon
+        if went:
             self.room.set()
         else:  # the pool or the decoder is full: sessions stop reading their clients until it goes
             self.room.clear()
@@ -107,6 +123,14 @@ class Pipeline:
                 self._route(item)
         if len(raws) == 256 and self._loop is not None:
             self._loop.call_soon(self._receive)  # more waiting: the fd will not fire again for them
+
+    def receive_local(self) -> None:
+        """What this process's decoder and segmenter handed this front in their last turn."""
+        if self._local is None:
+            return
+        for packet in self._local.take(front_inbox(self.index), 1 << 30):
+            for item in packet.items:
+                self._route(item)
 
     def _route(self, item: Message) -> None:
         if isinstance(item, Load):

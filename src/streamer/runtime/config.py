@@ -43,7 +43,7 @@ class Server(msgspec.Struct, forbid_unknown_fields=True):
 class Actors(msgspec.Struct, forbid_unknown_fields=True):
     models: int
     fronts: int
-    placement: Literal["split", "paired"]  # which actors share a process (docs/placement.md)
+    placement: Literal["split", "paired", "shards"]  # which actors share a process (docs/placement.md)
     shards: int  # decoder-segmenter pipelines, each carrying the sessions of its fronts
 
 

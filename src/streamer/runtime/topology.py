@@ -93,8 +93,9 @@ class Topology:
     def __init__(self, cfg: Config) -> None:
         self.fronts = cfg.front_count
         self.models = cfg.model_count
-        self.shards = min(cfg.shard_count, self.fronts)  # a shard without a front would get no sessions
         self.placement = cfg.actors.placement
+        # A shard without a front would get no sessions; under "shards" placement a shard is a front's process.
+        self.shards = self.fronts if self.placement == "shards" else min(cfg.shard_count, self.fronts)
         self._cfg = cfg
 
     @cached_property
@@ -106,11 +107,15 @@ class Topology:
 
     @cached_property
     def hosts(self) -> list[Host]:
-        """Every process, in start order (stop is the reverse): each actor alone, or with
-        `placement = "paired"` the decoder and the segmenter together, where the segmenter
-        would have started (its consumers, the models, are up before it)."""
+        """Every process, in start order (stop is the reverse): each actor alone; with
+        `placement = "paired"` each shard's decoder and segmenter together, where the segmenter
+        would have started (its consumers, the models, are up before it); with "shards" each
+        front with its shard's decoder and segmenter, where the front would have started (last)."""
         if self.placement == "split":
             return [Host((p,)) for p in self.places]
+        if self.placement == "shards":
+            shards = [Host((Place("front", k), Place("decoder", k), Place("segmenter", k))) for k in range(self.fronts)]
+            return [Host((p,)) for p in self.places if p.role == "model"] + shards
         out: list[Host] = []
         for p in self.places:
             if p.role not in _PER_SHARD:
@@ -180,9 +185,11 @@ class Topology:
         return [*(front_inbox(k) for k in range(self.fronts)), *self.model_inboxes()]
 
     def listeners(self) -> list[str]:
-        """The inboxes that hear of every death (`Exited`): those who keep state about others."""
-        return ([front_inbox(k) for k in range(self.fronts)] + [Place("decoder", k).name for k in range(self.shards)]
-                + [segmenter_control(k) for k in range(self.shards)])
+        """The inboxes that hear of every death (`Exited`): those who keep state about others. (A
+        decoder keeps its fronts' streams; in a shard's process they die together.)"""
+        decoders = [] if self.placement == "shards" else [Place("decoder", k).name for k in range(self.shards)]
+        controls = [segmenter_control(k) for k in range(self.shards)]
+        return [front_inbox(k) for k in range(self.fronts)] + decoders + controls
 
     # -- shared memory ---------------------------------------------------------------
 

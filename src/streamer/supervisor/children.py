@@ -55,7 +55,7 @@ def _entry(role: str) -> Callable[[ChildContext], None]:
 
 def child_main(ctx: ChildContext) -> None:
     """Top of every child process (module level, so `spawn` can import it)."""
-    if len(ctx.places) > 1:
+    if len(ctx.places) > 1 and ctx.role != "front":  # (a shard's process is its front's, with actors in its loop)
         from streamer.actors.host import run_host
 
         run_host(ctx)

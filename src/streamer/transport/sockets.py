@@ -126,6 +126,15 @@ class ZmqLink:
     def take(self, inbox: str, limit: int) -> list[bytes]:
         return drain(self._inboxes[inbox], limit)
 
+    def fds(self) -> list[int]:
+        """The file descriptors an event loop watches for this link's inboxes (edge-triggered:
+        after a read, ask `readable` before waiting for one to fire again)."""
+        return [fd(sock) for sock in self._inboxes.values()]
+
+    def readable(self, inboxes: Sequence[str]) -> bool:
+        """Whether any of `inboxes` has a packet waiting now, without blocking."""
+        return any(events(self._inboxes[i]) & zmq.POLLIN for i in inboxes if i in self._inboxes)
+
     def send(self, dest: str, data: bytes) -> bool:
         return try_send(self._outboxes.get(dest) or self._outbox(dest), data)
 
