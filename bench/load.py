@@ -109,8 +109,9 @@ VARIANTS = {
     "ours-1front": {"STREAMER_ACTORS_FRONTS": "1"},
     "ours-unbatched": {"STREAMER_MODEL_MAX_BATCH": "1"},
     "ours-paired": {"STREAMER_ACTORS_PLACEMENT": "paired"},  # the decoder and segmenter in one process
-    "ours-shards": {"STREAMER_ACTORS_SHARDS": "0"},  # a decoder and a segmenter per core
-    "ours-shards-paired": {"STREAMER_ACTORS_SHARDS": "0", "STREAMER_ACTORS_PLACEMENT": "paired"},
+    "ours-split-shards": {"STREAMER_ACTORS_SHARDS": "0"},  # a decoder and a segmenter per core, each alone
+    "ours-paired-shards": {"STREAMER_ACTORS_SHARDS": "0", "STREAMER_ACTORS_PLACEMENT": "paired"},
+    "ours-shards": {"STREAMER_ACTORS_PLACEMENT": "shards"},  # per core a front with its decoder and segmenter
 }
 
 
