@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
-from streamer.actors.host import local_inboxes
+from streamer.actors.actor import Actor
+from streamer.actors.host import InLoop, build, local_inboxes
 from streamer.actors.model_actor import ModelActor
 from streamer.actors.segmenter import Segmenter
-from streamer.runtime import config
+from streamer.front.app import missing_roles
+from streamer.runtime import config, group
 from streamer.runtime.topology import Host, Place, Topology, segmenter_control
+from streamer.transport import sockets
 from streamer.transport.messages import (
     NOWHERE,
     Close,
@@ -31,10 +37,14 @@ from streamer.transport.messages import (
     Frames,
     Infer,
     Open,
+    Packet,
     Ready,
     Restore,
     Running,
+    encode,
 )
+from streamer.transport.shm import BufferPool
+from streamer.transport.sockets import ZmqLink
 
 from audio import noise, speech
 from conversation import check_regions_answered, check_simple_counts, converse, stream_steps
@@ -301,6 +311,104 @@ def test_a_shards_decoder_dying_replays_only_its_own_fronts_sessions(tmp_path: P
         assert replays and all("front-1" in line for line in replays), replays
     finally:
         srv.stop()
+
+
+def member(name: str, state: str, process: str | None = None) -> group.Member:
+    role, _, index = name.partition("-")
+    return group.Member(role, int(index or 0), name, 1, state, 0, 1.0, None, None, process=process)
+
+
+def test_health_names_a_shards_stage_that_is_down_unless_it_is_a_front_restarting() -> None:
+    """Split into shards, front-1's sessions need decoder-1: health says so while it restarts.
+    In a shard's process it is front-1 itself restarting, and the other fronts take the new
+    sessions, as when a front of its own restarts: every front would otherwise answer 503 and a
+    balancer take the whole instance out for one front's crash."""
+    up = [member(n, "running") for n in ("front-0", "front-1", "decoder", "segmenter", "model-0")]
+    split = group.Group("r", 1, None, [*up, member("decoder-1", "restarting"), member("segmenter-1", "running")])
+    assert missing_roles(split) == ["decoder-1"]
+    process = "front-1+decoder-1+segmenter-1"
+    shards = group.Group("r", 1, None, [*up, member("decoder-1", "restarting", process),
+                                        member("segmenter-1", "restarting", process)])
+    assert missing_roles(shards) == []
+
+
+# -- a shard's actors turned by an event loop, in the test's process ----------------------------------------
+
+
+class LoopShard:
+    """Shard 0's decoder and segmenter on a real ZeroMQ link (its inboxes bound in a run directory
+    of the test's) and the run's real pools, turned by `InLoop` in an asyncio loop; a PUSH socket
+    plays the model actors writing to the segmenter's control inbox."""
+
+    def __init__(self, run_dir: Path) -> None:
+        cfg = config.load(env={}, overrides={"actors": {"fronts": 2, "models": 2, "placement": "shards"},
+                                             "pools": dict(SMALL_POOLS)})
+        self.topo = Topology(cfg)
+        self.run_id = secrets.token_hex(4)
+        self.pools = {n: BufferPool.create(spec, self.run_id) for n, spec in self.topo.pools.items()}
+        host = self.topo.hosts[2]
+        self.wire = ZmqLink(str(run_dir), ("segmenter-ctl",), self.topo.immediate, peers=())
+        self.hosted = build(self.topo, host, cfg, self.wire, self.pools)
+        self.decoder, self.segmenter = self.hosted.actors
+        self.zctx: zmq.Context[sockets.Socket] = zmq.Context()
+        self.models = sockets.outbox(self.zctx, str(run_dir), "segmenter-ctl")
+
+    def close(self) -> None:
+        self.zctx.destroy(linger=0)
+        self.wire.close()
+        for pool in self.pools.values():
+            pool.close()
+            pool.unlink()
+
+
+@pytest.fixture
+def shard(tmp_path: Path) -> Iterator[LoopShard]:
+    s = LoopShard(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_a_burst_on_a_socket_is_read_whole_without_waiting_for_a_timer(shard: LoopShard) -> None:
+    """The loop's readers fire once for a burst (ZeroMQ's descriptor is edge-triggered) and a turn
+    takes at most `turn_limit` packets: what is left is read by the next turns at once, not at the
+    actors' next timer, half a second later."""
+    burst = 3 * Actor.turn_limit + 5
+
+    async def run() -> InLoop:
+        turning = InLoop(shard.hosted, shard.wire, asyncio.get_running_loop())
+        turning.start()
+        await asyncio.sleep(0)  # the first turn
+        for pid in range(1000, 1000 + burst):
+            assert sockets.try_send(shard.models, encode(Packet(None, [Ready(0, pid, 1, 8)])))
+        deadline = time.monotonic() + 5
+        while shard.segmenter.dispatcher.peers[0].pid != 1000 + burst - 1:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "the burst was not read"
+            await asyncio.sleep(0.001)  # (the loop turns meanwhile: this is the test's own wait)
+        turning.stop()
+        return turning
+
+    turning = asyncio.run(run())
+    assert turning.timed == 0  # every turn was woken by the socket or by the turn before
+
+
+def test_an_error_no_actor_contains_ends_the_shards_process(shard: LoopShard) -> None:
+    """Left to asyncio, an exception in a turn would be logged and the shard would go on half
+    turned, its front beating: the supervisor would never restart it. It ends the process."""
+    def broken() -> None:
+        raise RuntimeError("a bug outside any stream")
+
+    shard.segmenter.on_idle = broken  # type: ignore[method-assign]
+
+    async def run() -> None:
+        turning = InLoop(shard.hosted, shard.wire, asyncio.get_running_loop())
+        turning.start()
+        await asyncio.sleep(5)
+
+    with pytest.raises(SystemExit) as ended:
+        asyncio.run(run())
+    assert ended.value.code == 70
 
 
 # -- a shard per process: the front with its decoder and segmenter in one event loop ---------------------

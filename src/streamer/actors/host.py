@@ -37,8 +37,11 @@ from streamer.runtime.process import ChildContext, enter_child
 from streamer.runtime.topology import Host, Topology
 from streamer.transport.link import HostLink, Link, Local
 from streamer.transport.shm import BufferPool
+from streamer.transport.sockets import ZmqLink
 
 log = logging.getLogger("host")
+SHARD_TURN_BYTES = 256 << 10  # audio an actor takes per turn in a front's loop (about 1.4 s of 48 kHz s16 stereo)
+SHARD_STOP_DRAIN_S = 1.0  # each, after the front's sessions have drained: within the supervisor's stop timeout
 
 
 def actor_class(role: str) -> type[Actor]:
@@ -129,8 +132,6 @@ class Process:
     actors. Closed once they have stopped."""
 
     def __init__(self, ctx: ChildContext, bound_elsewhere: tuple[str, ...] = ()) -> None:
-        from streamer.transport.sockets import ZmqLink
-
         cfg = ctx.cfg()
         topo = Topology(cfg)
         host = Host(ctx.hosted)
@@ -180,45 +181,77 @@ class InLoop:
     next turn is scheduled at once: the sockets' descriptors are edge-triggered, and a turn takes
     at most `turn_limit` packets per inbox."""
 
-    def __init__(self, proc: Process, loop: asyncio.AbstractEventLoop) -> None:
-        self.proc = proc
-        self.hosted = proc.hosted
+    def __init__(self, hosted: Hosted, wire: ZmqLink, loop: asyncio.AbstractEventLoop,
+                 close: Callable[[], None] = lambda: None) -> None:
+        self.hosted = hosted
+        self.wire = wire
         self.loop = loop
+        self._close = close
+        self.turns = 0  # turns run, and of those the ones a timer ran (nothing had woken the loop)
+        self.timed = 0
         self.after: Callable[[], None] = lambda: None
         self._soon: asyncio.Handle | None = None
         self._later: asyncio.TimerHandle | None = None
+        self._stopped = False
+        for actor in self.hosted.actors:
+            # A turn holds up every session of the front: a few milliseconds of audio, not 4 MiB.
+            actor.turn_bytes = SHARD_TURN_BYTES  # type: ignore[misc]
+            actor.stop_drain_s = SHARD_STOP_DRAIN_S  # type: ignore[misc]
 
     def start(self) -> None:
         for actor in self.hosted.actors:
             actor.on_start()
-        for fd in self.proc.wire.fds():
+        for fd in self.wire.fds():
             self.loop.add_reader(fd, self.kick)
         self.kick()
 
     def kick(self) -> None:
-        if self._soon is None:
+        if self._soon is None and not self._stopped:
             self._soon = self.loop.call_soon(self._turn)
 
+    def _timed_turn(self) -> None:
+        self.timed += 1
+        self._turn()
+
     def _turn(self) -> None:
-        self._soon = None
-        if self._later is not None:
-            self._later.cancel()
-            self._later = None
-        self.hosted.turn(0)
-        self.after()
+        self.turns += 1
+        for handle in (self._soon, self._later):
+            if handle is not None:
+                handle.cancel()
+        self._soon = self._later = None
+        local = self.hosted.local
+        taken = local.taken
+        try:
+            self.hosted.turn(0)
+            self.after()
+        except Exception:
+            # What no `contain` took ends the process, as it would end an actor's own: the supervisor
+            # restarts the shard. (Left to asyncio, it would be logged and the shard would go on
+            # half-turned, its heartbeat beating.)
+            log.exception("an actor of this shard raised: the process ends")
+            raise SystemExit(70) from None
         reading = [i for a in self.hosted.actors for i in a.reading()]
-        if self.hosted.local.waiting(reading) or self.proc.wire.readable(reading):
+        made_room = local.taken > taken and any(a.held for a in self.hosted.actors)
+        if made_room or local.waiting(reading) or self.wire.readable(reading):
             self.kick()
         else:
-            patience = min((a.patience() for a in self.hosted.actors), default=POLL_S)
-            self._later = self.loop.call_later(patience, self._turn)
+            self._later = self.loop.call_later(min((self._patience(a) for a in self.hosted.actors), default=POLL_S),
+                                               self._timed_turn)
+
+    def _patience(self, actor: Actor) -> float:
+        """An actor held back only by a local inbox gets room in a turn of this loop (its reader's
+        step), which the turn that makes it follows at once: no need to poll every `HELD_POLL_S`."""
+        if actor.held and actor.outbox.waiting_for() <= self.hosted.local.queues.keys():
+            return POLL_S
+        return actor.patience()
 
     def stop(self) -> None:
         """Stop turning in the loop, then let the actors settle what was queued, as alone."""
-        for fd in self.proc.wire.fds():
+        self._stopped = True
+        for fd in self.wire.fds():
             self.loop.remove_reader(fd)
         for handle in (self._soon, self._later):
             if handle is not None:
                 handle.cancel()
         self.hosted.stop()
-        self.proc.close()
+        self._close()

@@ -34,9 +34,9 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 def render(data: dict[str, Any]) -> str:
     rows = [COLUMNS]
-    total_cpu = 0.0
+    cpu: dict[Any, float] = {}  # by pid: the actors of one process share its figure
     for a in data.get("actors", []):
-        total_cpu += a.get("cpu_percent") or 0.0
+        cpu[a.get("pid") or a.get("name")] = a.get("cpu_percent") or 0.0
         rss = a.get("rss_bytes")
         rows.append((
             a.get("name") or a.get("role", "?"), _fmt(a.get("pid")), a.get("state") or "-",
@@ -46,7 +46,8 @@ def render(data: dict[str, Any]) -> str:
         ))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.append(f"run {data.get('run_id', '?')}: {len(rows) - 1} processes, {total_cpu:.1f}% CPU in all")
+    lines.append(f"run {data.get('run_id', '?')}: {len(rows) - 1} actors in {len(cpu)} processes, "
+                 f"{sum(cpu.values()):.1f}% CPU in all")
     return "\n".join(lines)
 
 

@@ -59,10 +59,12 @@ DOORS: web.AppKey[Doors] = web.AppKey("doors", Doors)
 
 def missing_roles(state: group.Group | None) -> list[str]:
     """Roles with no process running, and any shard's decoder or segmenter that is not: each
-    carries the sessions of its own fronts, which another shard's cannot take over."""
+    carries the sessions of its own fronts, which another shard's cannot take over. (Not when it
+    shares its front's process, `placement = "shards"`: that is a front restarting, and the other
+    fronts take the new sessions, as when a front of its own restarts.)"""
     up = state.running_roles() if state is not None else set()
     down = [a.name for a in state.actors if a.role in ("decoder", "segmenter") and a.role in up
-            and a.state != "running"] if state is not None else []
+            and a.state != "running" and not (a.process or "").startswith("front")] if state is not None else []
     return [r for r in ROLES if r not in up] + down
 
 
@@ -277,7 +279,7 @@ async def serve(ctx: ChildContext) -> None:
     shard = None
     if len(ctx.hosted) > 1:  # a shard: this front's decoder and segmenter run in this process's loop
         proc = Process(ctx, bound_elsewhere=(front_inbox(ctx.index),))
-        shard = InLoop(proc, asyncio.get_running_loop())
+        shard = InLoop(proc.hosted, proc.wire, asyncio.get_running_loop(), close=proc.close)
         pipeline = Pipeline(ctx, cfg.front.coalesce_ms / 1000, local=proc.hosted.local, kick=shard.kick)
         shard.after = pipeline.receive_local
         shard.start()
@@ -308,6 +310,7 @@ async def serve(ctx: ChildContext) -> None:
         telling.cancel()
     await runner.cleanup()
     if shard is not None:
+        pipeline.flush()  # the sessions' last words (their aborts) reach the decoder before it stops
         shard.stop()  # what the sessions left in the actors is settled by the skeleton's rule
     await pipeline.close()
 

@@ -124,14 +124,18 @@ async def group_page(host: str, state: Group | None, own_index: int) -> str:
     targets: list[tuple[dict[str, str], int]] = []
     if state is not None and state.metrics_port:
         targets.append(({"role": "supervisor", "index": "0"}, state.metrics_port))
-    seen: set[int] = set()  # actors that share a process share its page: read it once, named by the process
+    # Actors that share a process share its page: read it once, named by the process; this front's
+    # own process (its actors too, in a shard) is read in process, below.
+    mine = [a for a in state.actors if a.role == "front" and a.index == own_index] if state else []
+    seen: set[int] = {a.metrics_port for a in mine if a.metrics_port}
+    own_role = next((a.process for a in mine if a.process), "front")
     for a in state.actors if state is not None else []:
         if a.metrics_port and a.metrics_port not in seen and not (a.role == "front" and a.index == own_index):
             seen.add(a.metrics_port)
             targets.append(({"role": a.process or a.role, "index": str(a.index)}, a.metrics_port))
     async with aiohttp.ClientSession() as http:
         texts = await asyncio.gather(*(_fetch(http, host, port) for _, port in targets))
-    pages = [({"role": "front", "index": str(own_index)}, prometheus_client.generate_latest().decode())]
+    pages = [({"role": own_role, "index": str(own_index)}, prometheus_client.generate_latest().decode())]
     up_lines = []
     for (labels, _), text in zip(targets, texts, strict=True):
         if text is not None:

@@ -105,14 +105,18 @@ class Pipeline:
 
     def flush(self) -> None:
         self._flush_at = None
+        handed = self._local.handed if self._local is not None else 0
         went = self._outbox.flush()
-        if self._local is not None:
+        if self._local is not None and self._local.handed > handed:
             self._kick()  # the decoder takes what was handed to it in its next turn, soon
         if went:
             self.room.set()
         else:  # the pool or the decoder is full: sessions stop reading their clients until it goes
             self.room.clear()
-            self._schedule(RETRY_S)
+            if self._local is None:
+                self._schedule(RETRY_S)
+            # (An in-process decoder makes room in one of its turns, after which `receive_local`
+            # tries again: no timer.)
 
     # -- in -----------------------------------------------------------------------------------
 
@@ -125,12 +129,15 @@ class Pipeline:
             self._loop.call_soon(self._receive)  # more waiting: the fd will not fire again for them
 
     def receive_local(self) -> None:
-        """What this process's decoder and segmenter handed this front in their last turn."""
+        """What this process's decoder and segmenter handed this front in their last turn; and
+        what waited for room in the decoder's inbox, which that turn may have made."""
         if self._local is None:
             return
         for packet in self._local.take(front_inbox(self.index), 1 << 30):
             for item in packet.items:
                 self._route(item)
+        if self._outbox.held and self._flush_at is None:
+            self.flush()
 
     def _route(self, item: Message) -> None:
         if isinstance(item, Load):

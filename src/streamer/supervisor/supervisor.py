@@ -111,8 +111,8 @@ class Supervisor:
         self.children = [Child.of(h) for h in self.topology.hosts]
         self.pools: dict[str, BufferPool] = {}
         self._zctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._tell = [sockets.outbox(self._zctx, self.run_dir, name, immediate=True)
-                      for name in self.topology.listeners()]
+        self._tell = {name: sockets.outbox(self._zctx, self.run_dir, name, immediate=True)
+                      for name in self.topology.listeners()}
         self._undelivered: list[tuple[sockets.Socket, bytes, float]] = []  # (to, notice, give up at)
         self._stop_requested = False
         self._wake_r, self._wake_w = os.pipe()
@@ -245,11 +245,14 @@ class Supervisor:
             if freed:
                 log.info("reclaimed %d %s-pool slots held by dead %s", freed, pool.spec.name, child.name)
         # Every actor of the process died with it, and each listener hears of each: as if they had
-        # died at once (a front replays its streams once for them all: same pid).
+        # died at once (a front replays its streams once for them all: same pid). Not the
+        # inboxes the dead process bound: its replacement binds them, and a note of its own
+        # predecessor's death, read late, would end streams it has opened since.
         give_up = time.monotonic() + NOTICE_TIMEOUT_S
+        own = set(self.topology.bound(Host(child.hosted)))
         for p in child.hosted:
             note = encode(Packet(None, [Exited(p.role, p.index, pid, how)]))
-            self._undelivered += [(sock, note, give_up) for sock in self._tell]
+            self._undelivered += [(sock, note, give_up) for name, sock in self._tell.items() if name not in own]
         self._deliver()
 
     def _deliver(self) -> None:

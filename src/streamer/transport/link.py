@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
 import numpy as np
 
 from streamer.transport.messages import Message, Packet, Slice, decode, encode
@@ -37,7 +38,8 @@ LOCAL_PACKETS = 1000  # a local inbox's depth, as a ZeroMQ socket's default high
 class Handed:
     """A packet handed to an actor of the same process: its items as the sender made them, and
     per item its audio (None: it has none). An item with audio says `at = Slice(0, n)`: its
-    buffer is its own slab. The receiver owns both from here on; the sender keeps no reference."""
+    buffer is its own slab. The items are (shallow) copies of the sender's, which it may keep (a
+    front keeps each stream's `Open` for a replay); the receiver owns them and the audio views."""
 
     items: list[Message]
     audio: list[memoryview | None]
@@ -47,6 +49,7 @@ class Handed:
 def hand_over(items: Sequence[Message], payloads: Sequence[tuple[int, Payload]]) -> Handed:
     """What `pack` is for a socket, for a co-located peer: every payload becomes a read-only view
     of the sender's own array (no copy: a reader gets what a slab's bytes would have given it)."""
+    items = [msgspec.structs.replace(item) for item in items]  # the sender may keep its own (a front does)
     audio: list[memoryview | None] = [None] * len(items)
     total = 0
     for i, payload in payloads:
@@ -55,7 +58,7 @@ def hand_over(items: Sequence[Message], payloads: Sequence[tuple[int, Payload]])
         items[i].at = Slice(0, view.nbytes)  # type: ignore[union-attr]
         audio[i] = view
         total += view.nbytes
-    return Handed(list(items), audio, total)
+    return Handed(items, audio, total)
 
 
 Raw = bytes | Handed  # what an inbox gives: an encoded packet, or one handed over in memory
@@ -131,6 +134,7 @@ class Local:
         self.limits = limits
         self.max_packets = max_packets
         self.handed = 0  # packets handed over in this process's life
+        self.taken = 0  # ... and taken by their readers (room made for a held sender)
 
     def __contains__(self, inbox: object) -> bool:
         return inbox in self.queues
@@ -149,6 +153,7 @@ class Local:
         q = self.queues[inbox]
         out = [q.popleft() for _ in range(min(limit, len(q)))]
         self.bytes[inbox] -= sum(p.nbytes for p in out)
+        self.taken += len(out)
         return out
 
     def waiting(self, inboxes: Iterable[str]) -> bool:

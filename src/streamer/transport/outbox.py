@@ -178,6 +178,10 @@ class Outbox:
         """Something is waiting for room."""
         return bool(self._queues)
 
+    def waiting_for(self) -> frozenset[str]:
+        """The destinations something is waiting for."""
+        return frozenset(self._queues)
+
     def pending(self, dest: str) -> int:
         """Items waiting for `dest`."""
         return sum(len(p.items) for p in self._queues.get(dest, ()))
