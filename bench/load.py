@@ -112,6 +112,10 @@ VARIANTS = {
     "ours-split-shards": {"STREAMER_ACTORS_SHARDS": "0"},  # a decoder and a segmenter per core, each alone
     "ours-paired-shards": {"STREAMER_ACTORS_SHARDS": "0", "STREAMER_ACTORS_PLACEMENT": "paired"},
     "ours-shards": {"STREAMER_ACTORS_PLACEMENT": "shards"},  # per core a front with its decoder and segmenter
+    # ... and how the kernel runs the model actors (src/streamer/runtime/scheduling.py)
+    "ours-shards-nice": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_SCHEDULING_MODEL_NICE": "10"},
+    "ours-shards-batch": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_SCHEDULING_MODEL_BATCH": "true"},
+    "ours-shards-pin": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_SCHEDULING_PIN": "true"},
 }
 
 

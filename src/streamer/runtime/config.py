@@ -105,6 +105,12 @@ class PocketsphinxModel(msgspec.Struct, forbid_unknown_fields=True):
     vad_aggressiveness: int
 
 
+class Scheduling(msgspec.Struct, forbid_unknown_fields=True):
+    model_nice: int
+    model_batch: bool
+    pin: bool
+
+
 class Model(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     max_inflight: int
@@ -170,6 +176,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     metrics: Metrics
     supervisor: Supervision
     model: Model
+    scheduling: Scheduling
     segmenter: Segmenter
     pools: Pools
     limits: Limits

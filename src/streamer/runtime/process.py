@@ -19,7 +19,7 @@ from typing import Any
 import setproctitle
 
 from streamer.runtime import config as config_mod
-from streamer.runtime import metrics, telemetry
+from streamer.runtime import metrics, scheduling, telemetry
 from streamer.runtime.config import Config
 from streamer.runtime.logs import setup_logging
 from streamer.runtime.topology import Place
@@ -135,6 +135,7 @@ def enter_child(ctx: ChildContext) -> None:
         os.set_blocking(ctx.control.fileno(), False)
     setup_logging(ctx.name, str(ctx.config["server"]["log_level"]))
     cfg = ctx.cfg()
+    scheduling.apply(cfg, ctx.hosted)
     role = "+".join(p.role for p in ctx.hosted)
     telemetry.setup(role, ctx.index if ctx.role in ("model", "front") else None)
     ctx.announce_metrics(metrics.serve(cfg, ctx.place))
