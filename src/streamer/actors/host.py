@@ -92,7 +92,7 @@ class Hosted:
 
     def turn(self, timeout_s: float | None = None) -> None:
         reading = [a.reading() for a in self.actors]
-        if not any(self.local.waiting(r) for r in reading):
+        if timeout_s != 0 and not any(self.local.waiting(r) for r in reading):  # (0: take what is there)
             remote = list(dict.fromkeys(i for r in reading for i in r if i not in self.local))
             patience = min((a.patience() for a in self.actors), default=POLL_S)
             self.wire.wait(remote, patience if timeout_s is None else timeout_s)
