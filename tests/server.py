@@ -46,6 +46,10 @@ def free_port() -> int:
             return port
 
 
+class PortTaken(Exception):
+    """The server refused a port another process listens on."""
+
+
 @dataclass
 class Server:
     """A supervisor started with `streamer serve`, its own run dir, and a free port."""
@@ -83,6 +87,17 @@ class Server:
         return env
 
     def start(self, timeout: float = 60.0) -> Server:
+        """Start and wait until healthy. Ports are drawn at random and tests run six at once: if
+        another test's server took one first, the supervisor refuses to share it, and this one
+        draws new ports and starts again."""
+        for _ in range(5):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                self.port, self.grpc_port = free_port(), free_port()
+        raise RuntimeError("no free ports in five draws")
+
+    def _start(self, timeout: float) -> Server:
         self.log_path = self.run_dir.parent / f"server-{self.port}.log"
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "streamer.supervisor.cli", "serve"], env=self.environment(),
@@ -92,6 +107,8 @@ class Server:
         try:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
+                    if "is in use: another server listens there" in self.log():
+                        raise PortTaken()
                     raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
                 if self.health()[0] == 200 and self.all_running():
                     return self

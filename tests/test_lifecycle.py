@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -74,6 +75,32 @@ def test_health_names_a_role_with_no_live_process(fresh_server: Server) -> None:
     missing = ["decoder", "segmenter"] if PAIRED else ["segmenter"]  # paired: they die together
     wait_for(lambda: fresh_server.health() == (503, {"status": "unhealthy", "missing": missing}), 3)
     wait_for(lambda: fresh_server.health()[0] == 200)
+
+
+def test_a_second_server_on_a_port_in_use_refuses_to_start_instead_of_sharing_it(tmp_path: Path) -> None:
+    """The fronts bind with SO_REUSEPORT, and so would a second server's: it used to start and take
+    half of the first one's connections (a gRPC client of one test met another test's HTTP front
+    on its port: "HTTP status 400"). It now names the port and exits 2, whichever of the two
+    ports is taken."""
+    for taken in ("port", "grpc_port"):
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as a front would
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            (tmp_path / taken).mkdir()
+            srv = Server(tmp_path / taken / "run")
+            setattr(srv, taken, squatter.getsockname()[1])
+            proc = subprocess.Popen([sys.executable, "-m", "streamer.supervisor.cli", "serve"], env=srv.environment(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                pytest.fail(f"it started on {taken} {getattr(srv, taken)}, which another socket listens on")
+        assert proc.returncode == 2, err[-2000:]
+        assert f"port {getattr(srv, taken)} is in use" in err
 
 
 def test_supervisor_killed_outright_takes_its_children_and_segments_with_it(fresh_server: Server) -> None:

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from streamer.runtime import config
     from streamer.runtime.logs import setup_logging
-    from streamer.supervisor.supervisor import Supervisor
+    from streamer.supervisor.supervisor import Supervisor, ports_taken
 
     parser = argparse.ArgumentParser(prog="streamer", description="streaming audio inference server")
     sub = parser.add_subparsers(dest="command")
@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging("supervisor", cfg.server.log_level)
     setproctitle.setproctitle("streamer: supervisor")
+    taken = ports_taken(cfg)
+    if taken:
+        print(f"streamer: {', '.join(f'port {p} is in use' for p in taken)}: another server listens there "
+              "(stop it, or set [server] port / grpc_port)", file=sys.stderr)
+        return 2
     try:
         supervisor = Supervisor(cfg)
     except RuntimeError as e:  # a run directory that is not ours to use

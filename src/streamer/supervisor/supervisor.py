@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import stat
 import tempfile
 import time
@@ -98,6 +99,24 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return pid != os.getpid()
+
+
+def ports_taken(cfg: Config) -> list[int]:
+    """The public ports someone already listens on. The fronts share theirs with SO_REUSEPORT,
+    and so would any other process of this user that asks the same: a second server started on
+    a port in use would not fail, it would silently take half the connections (and a gRPC client
+    sent to an HTTP server gets a 400). Checked once, at start, without SO_REUSEPORT."""
+    taken = []
+    for port in (cfg.server.port, cfg.server.grpc_port):
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in cfg.server.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the fronts: TIME_WAIT is no owner
+            try:
+                probe.bind((cfg.server.host, port))
+            except OSError:
+                taken.append(port)
+    return taken
 
 
 class Supervisor:
