@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from streamer.actors.actor import Actor
-from streamer.actors.host import InLoop, build, local_inboxes
+from streamer.actors.host import SHARD_RESTARTS_MAX, InLoop, build, local_inboxes
 from streamer.actors.model_actor import ModelActor
 from streamer.actors.segmenter import Segmenter
 from streamer.front.app import missing_roles
@@ -393,16 +393,71 @@ def test_a_burst_on_a_socket_is_read_whole_without_waiting_for_a_timer(shard: Lo
     assert turning.timed == 0  # every turn was woken by the socket or by the turn before
 
 
-def test_an_error_no_actor_contains_ends_the_shards_process(shard: LoopShard) -> None:
+def test_an_actor_that_raises_outside_any_stream_is_replaced_in_the_shard(shard: LoopShard) -> None:
     """Left to asyncio, an exception in a turn would be logged and the shard would go on half
-    turned, its front beating: the supervisor would never restart it. It ends the process."""
+    turned. The actor that raised is replaced in the process (a new one, with nothing of the old
+    one's input), the front is told so it plays its streams again, and the new one serves: it
+    greets the model actors that announce themselves, as a new process would."""
+    old = shard.segmenter
+
     def broken() -> None:
         raise RuntimeError("a bug outside any stream")
 
-    shard.segmenter.on_idle = broken  # type: ignore[method-assign]
+    old.on_idle = broken  # type: ignore[method-assign]
+    told: list[Actor] = []
+
+    async def run() -> InLoop:
+        turning = InLoop(shard.hosted, shard.wire, asyncio.get_running_loop())
+        turning.restarted = told.append
+        turning.start()
+        deadline = time.monotonic() + 5
+        while not told:
+            assert time.monotonic() < deadline, "the actor was not replaced"
+            await asyncio.sleep(0.001)
+        assert sockets.try_send(shard.models, encode(Packet(None, [Ready(0, 4242, 1, 8)])))
+        while shard.hosted.actors[1].dispatcher.peers[0].pid != 4242:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "the new segmenter did not read its inbox"
+            await asyncio.sleep(0.001)
+        turning.stop()
+        return turning
+
+    turning = asyncio.run(run())
+    fresh = shard.hosted.actors[1]
+    assert told == [fresh] and fresh is not old and isinstance(fresh, Segmenter)
+    assert shard.hosted.actors[0] is shard.decoder  # its neighbour was left alone
+    assert len(turning.replaced) == 1
+
+
+def test_an_actor_that_raises_again_and_again_ends_the_shards_process(shard: LoopShard,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug that comes back at once in every new actor is not the shard's to retry forever: past
+    the restart intensity the process ends, and the supervisor (with its own) restarts it."""
+    def broken(self: Segmenter) -> None:
+        raise RuntimeError("a bug outside any stream, in every incarnation")
+
+    monkeypatch.setattr(Segmenter, "on_idle", broken)
+    told: list[Actor] = []
 
     async def run() -> None:
         turning = InLoop(shard.hosted, shard.wire, asyncio.get_running_loop())
+        turning.restarted = told.append
+        turning.start()
+        await asyncio.sleep(5)
+
+    with pytest.raises(SystemExit) as ended:
+        asyncio.run(run())
+    assert ended.value.code == 70
+    assert len(told) == SHARD_RESTARTS_MAX
+
+
+def test_a_front_that_raises_in_its_shards_turn_ends_the_process(shard: LoopShard) -> None:
+    """The front holds the sessions: it cannot be replaced under them. The process ends."""
+    def broken() -> None:
+        raise RuntimeError("a bug in the front's side of the turn")
+
+    async def run() -> None:
+        turning = InLoop(shard.hosted, shard.wire, asyncio.get_running_loop())
+        turning.after = broken
         turning.start()
         await asyncio.sleep(5)
 
@@ -430,6 +485,44 @@ def test_a_shard_per_process_answers_every_route(tmp_path: Path) -> None:
         s = speech(TWO)
         t = asyncio.run(converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False)))
         assert check_regions_answered(t, 0) == (2, 0)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("role", ["decoder", "segmenter"])
+def test_a_shards_actor_that_raises_is_replaced_and_no_session_notices(tmp_path: Path, role: str) -> None:
+    """An error no `contain` takes, in one shard's decoder or segmenter while both shards carry
+    live speech: that actor alone is replaced in its process, its front plays its streams again,
+    and every session on both shards ends 1000 with each region answered once. No process died."""
+    trigger = tmp_path / "raise-now"
+    srv = shard_processes(tmp_path, STREAMER_TEST_RAISE=f"{role}:{trigger}",
+                          PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "faults"),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    try:
+        pids = {a["name"]: a["pid"] for a in srv.actors()}
+        s = speech(TWO)
+
+        def opened(front: str) -> float:
+            return srv.metric(front, "streamer_front_sessions_total")
+
+        def replaced() -> float:
+            return sum(srv.metric(f, "streamer_shard_restarts_total", stage=role) for f in ("front-0", "front-1"))
+
+        async def raise_while_streaming() -> list[Any]:
+            clients: list[asyncio.Task[Any]] = []
+            while not (opened("front-0") and opened("front-1")):
+                assert len(clients) < 40, "every session landed on one front"
+                clients.append(asyncio.create_task(
+                    converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False), timeout=60, pace_s=0.1)))
+                await asyncio.to_thread(wait_for, lambda: opened("front-0") + opened("front-1") >= len(clients), 20)
+            trigger.touch()
+            await asyncio.to_thread(wait_for, lambda: replaced() == 1, 20)
+            return list(await asyncio.gather(*clients))
+
+        for t in asyncio.run(raise_while_streaming()):
+            assert check_regions_answered(t, 0) == (2, 0), t.messages[-3:]
+        assert not trigger.exists()
+        assert {a["name"]: a["pid"] for a in srv.actors()} == pids  # no process was restarted
     finally:
         srv.stop()
 

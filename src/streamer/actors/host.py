@@ -19,7 +19,9 @@ One turn of the process:
 
 An exception that an actor's `contain` does not take ends the process, as it would end that
 actor's own process: the supervisor restarts the process, and every actor in it is dead and
-reborn at once (docs/placement.md says what that costs). At stop each actor settles its fate
+reborn at once (docs/placement.md says what that costs). In a shard (`InLoop`) the front that
+would replay the actor's streams is in the same process, so the actor alone is replaced there
+and the front plays its streams again, with a restart intensity of its own. At stop each actor settles its fate
 by the skeleton's rule, upstream first, so what the decoder hands over while it drains is
 still read by the segmenter's drain.
 """
@@ -28,7 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
+
+import prometheus_client
 
 from streamer.actors.actor import POLL_S, Actor, Env, attach_pools
 from streamer.runtime.clock import Clock, MonotonicClock
@@ -42,6 +47,14 @@ from streamer.transport.sockets import ZmqLink
 log = logging.getLogger("host")
 SHARD_TURN_BYTES = 256 << 10  # audio an actor takes per turn in a front's loop (about 1.4 s of 48 kHz s16 stereo)
 SHARD_STOP_DRAIN_S = 1.0  # each, after the front's sessions have drained: within the supervisor's stop timeout
+# A shard's actor that raises outside any stream is replaced in its process at most this many times
+# in this many seconds; one more and the process ends (a bug that comes back at once is the
+# supervisor's to judge, with its own restart intensity), as OTP's `intensity` and `period` do.
+SHARD_RESTARTS_MAX = 3
+SHARD_RESTARTS_WITHIN_S = 30.0
+RESTARTED = prometheus_client.Counter("streamer_shard_restarts",
+                                      "Actors a shard replaced in its own process after an error no `contain` took",
+                                      ["stage"])
 
 
 def actor_class(role: str) -> type[Actor]:
@@ -86,6 +99,7 @@ class Hosted:
         self.local = local
         self.beat = beat
         self.clock = clock or MonotonicClock()
+        self.stepping: Actor | None = None  # the actor whose step runs: the one that raised, if one did
 
     def stats(self) -> dict[str, object]:
         return {a.place.name: a.stats() for a in self.actors}
@@ -99,8 +113,29 @@ class Hosted:
         for actor in self.actors:
             # Read again: the step before may have filled this actor's local inbox, or freed room
             # in it for the one before (whose output is then retried in its next step).
+            self.stepping = actor
             actor.step(actor.reading())
+        self.stepping = None
         self.beat()
+
+    def replace(self, failed: Actor) -> Actor:
+        """A new actor in `failed`'s place, as a new process would start it: no streams, no
+        input of the old one's (its local inboxes emptied; what waits on its sockets is read by
+        the new one, which ignores what it does not know), its pool's buffers reclaimed (a reader
+        of a buffer reused since gets `StaleBuffer`, as after a process's death). What the old
+        one held for others (its outbox) is dropped with it; who sent it streams plays them
+        again from their checkpoints, as after that stage's death (`restarted`)."""
+        for inbox in failed.env.topology.inboxes(failed.place):
+            if inbox in self.local:
+                self.local.clear(inbox)
+        if failed.pool is not None:
+            failed.pool.reclaim()
+        fresh = type(failed)(failed.env)
+        fresh.turn_bytes = failed.turn_bytes  # type: ignore[misc]
+        fresh.stop_drain_s = failed.stop_drain_s  # type: ignore[misc]
+        self.actors[self.actors.index(failed)] = fresh
+        fresh.on_start()
+        return fresh
 
     def run(self, stopping: Callable[[], bool]) -> None:
         for actor in self.actors:
@@ -190,6 +225,8 @@ class InLoop:
         self.turns = 0  # turns run, and of those the ones a timer ran (nothing had woken the loop)
         self.timed = 0
         self.after: Callable[[], None] = lambda: None
+        self.restarted: Callable[[Actor], None] = lambda actor: None  # the front plays its streams again
+        self.replaced: deque[float] = deque()  # when actors were replaced, within the restart period
         self._soon: asyncio.Handle | None = None
         self._later: asyncio.TimerHandle | None = None
         self._stopped = False
@@ -223,13 +260,14 @@ class InLoop:
         taken = local.taken
         try:
             self.hosted.turn(0)
+        except Exception:
+            self._replace(self.hosted.stepping)
+            self.kick()  # the actors after it have not stepped in this turn
+            return
+        try:
             self.after()
         except Exception:
-            # What no `contain` took ends the process, as it would end an actor's own: the supervisor
-            # restarts the shard. (Left to asyncio, it would be logged and the shard would go on
-            # half-turned, its heartbeat beating.)
-            log.exception("an actor of this shard raised: the process ends")
-            raise SystemExit(70) from None
+            self._replace(None)
         reading = [i for a in self.hosted.actors for i in a.reading()]
         made_room = local.taken > taken and any(a.held for a in self.hosted.actors)
         if made_room or local.waiting(reading) or self.wire.readable(reading):
@@ -237,6 +275,27 @@ class InLoop:
         else:
             self._later = self.loop.call_later(min((self._patience(a) for a in self.hosted.actors), default=POLL_S),
                                                self._timed_turn)
+
+    def _replace(self, failed: Actor | None) -> None:
+        """What no `contain` took: the actor that raised is replaced in this process and its
+        streams are played again from their checkpoints, so no session notices, as after its own
+        process's death in a split layout. A front that raised, or an actor that raises again
+        and again, ends the process, which the supervisor restarts: the shard's sessions close
+        1006 and its clients reconnect. (Left to asyncio, the error would be logged and the
+        shard would go on half-turned, its heartbeat beating.)"""
+        now = self.hosted.clock.now()
+        while self.replaced and self.replaced[0] < now - SHARD_RESTARTS_WITHIN_S:
+            self.replaced.popleft()
+        if failed is None or len(self.replaced) >= SHARD_RESTARTS_MAX:
+            log.exception("%s of this shard raised: the process ends",
+                          "the front" if failed is None else f"{failed.place.name}, replaced too often,")
+            raise SystemExit(70) from None
+        log.exception("%s raised outside any stream: replaced in this process, its streams played again",
+                      failed.place.name)
+        self.replaced.append(now)
+        fresh = self.hosted.replace(failed)
+        RESTARTED.labels(failed.role).inc()
+        self.restarted(fresh)
 
     def _patience(self, actor: Actor) -> float:
         """An actor held back only by a local inbox gets room in a turn of this loop (its reader's

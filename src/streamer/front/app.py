@@ -266,11 +266,15 @@ class StageDeaths:
             log.info("%s died with the process already replayed for (pid %d)", note.role, note.pid)
             return
         self.replayed_for = note.pid
+        self.replay_all(f"the {note.role} died ({note.how})")
+
+    def replay_all(self, why: str) -> None:
+        """Also when the actor was replaced inside this front's own process (a shard's)."""
         open_ = [s for s in self.doors.sessions if s.stream is not None]
         if open_:
-            log.warning("%s died (%s): replaying %d open streams", note.role, note.how, len(open_))
+            log.warning("%s: replaying %d open streams", why, len(open_))
         for session in open_:
-            session.replay(f"the {note.role} died ({note.how})")
+            session.replay(why)
 
 
 async def serve(ctx: ChildContext) -> None:
@@ -288,6 +292,9 @@ async def serve(ctx: ChildContext) -> None:
         pipeline = Pipeline(ctx, cfg.front.coalesce_ms / 1000)
     pipeline.start()
     app = build_app(cfg, pipeline, ctx.run_dir, ctx.index, cfg.front_count)
+    if shard is not None:
+        deaths = StageDeaths(app[DOORS], pipeline.shard)
+        shard.restarted = lambda actor: deaths.replay_all(f"the {actor.role} raised and was replaced")
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
                            access_log_class=access_logger(app[PROXIES]))
     await runner.setup()

@@ -159,6 +159,16 @@ class Local:
     def waiting(self, inboxes: Iterable[str]) -> bool:
         return any(self.queues[i] for i in inboxes if i in self.queues)
 
+    def clear(self, inbox: str) -> int:
+        """Drop what waits in `inbox` (its reader was replaced: this was the old one's), making
+        room for its senders as taking it would; the packets dropped."""
+        q = self.queues[inbox]
+        dropped = len(q)
+        q.clear()
+        self.bytes[inbox] = 0
+        self.taken += dropped
+        return dropped
+
 
 class HostLink:
     """`Link` for one actor of a process that runs several: inboxes in `local` are queues in
