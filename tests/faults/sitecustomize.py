@@ -23,7 +23,8 @@ if _fault:
         try:
             os.unlink(_trigger)
         except FileNotFoundError:
-            return _on_idle(self)
+            _on_idle(self)
+            return
         raise RuntimeError(f"a bug injected by a test into the {_role}, outside any stream")
 
     _cls.on_idle = _raise_once

@@ -1,0 +1,141 @@
+"""A front's sessions, tested in one process (`tests/frontrig.py`): the protocol's requests, its
+limits, backpressure and replay, against the real pipeline and actors, without a socket.
+
+What needs a real socket (aiohttp's frame limit, TCP pushing back, keepalive, tokens in the
+handshake) stays in `test_hostile.py` and the other end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from streamer.transport.messages import RouteName
+
+from audio import noise, speech
+from conversation import Transcript, check_regions_answered, check_simple_counts, start_msg, stream_steps
+from frontrig import FrontRig, Step, front_rig
+
+T = TypeVar("T")
+
+
+def with_rig(tmp_path: Path, body: Callable[[FrontRig], Awaitable[T]], **overrides: dict[str, Any]) -> T:
+    async def run() -> T:
+        async with front_rig(tmp_path, **overrides) as rig:
+            return await body(rig)
+
+    return asyncio.run(run())
+
+
+def talk(tmp_path: Path, route: RouteName, steps: list[Step], **overrides: dict[str, Any]) -> Any:
+    return with_rig(tmp_path, lambda rig: rig.talk(route, steps), **overrides)
+
+
+def fmt(**over: Any) -> dict[str, Any]:
+    return {"request": "start", "format": {"channels": 1, "sample_rate": 16000, "bit_depth": 16, "is_float": False,
+                                           **over}}
+
+
+BAD_INPUTS: list[tuple[str, list[Any], int, str]] = [
+    ("invalid JSON", ["{not json"], 1007, "invalid JSON"),
+    ("JSON that is not an object", ["[1, 2]"], 1007, "invalid request"),
+    ("unknown request", [{"request": "dance"}], 1007, "invalid request"),
+    ("missing request tag", [{"format": {}}], 1007, "invalid request"),
+    ("missing format", [{"request": "start"}], 1007, "invalid request"),
+    ("mistyped channels", [fmt(channels="two")], 1007, "invalid request"),
+    ("unknown field", [{**fmt(), "colour": "blue"}], 1007, "invalid request"),
+    ("bit depth 8", [fmt(bit_depth=8)], 1003, "unsupported format"),
+    ("bit depth 24", [fmt(bit_depth=24)], 1003, "unsupported format"),
+    ("float with 16 bits", [fmt(is_float=True)], 1003, "unsupported format"),
+    ("0 channels", [fmt(channels=0)], 1003, "channels"),
+    ("too many channels", [fmt(channels=9)], 1003, "channels"),
+    ("sample rate 0", [fmt(sample_rate=0)], 1003, "sample_rate"),
+    ("negative sample rate", [fmt(sample_rate=-16000)], 1003, "sample_rate"),
+    ("absurd sample rate", [fmt(sample_rate=10**12)], 1003, "sample_rate"),
+    ("binary before start", [b"\x00\x01" * 100], 1003, "binary audio before start"),
+]
+
+
+@pytest.mark.parametrize(("steps", "code", "says"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gets_a_clear_error_and_its_close_code(tmp_path: Path, steps: list[Any], code: int,
+                                                         says: str) -> None:
+    t = talk(tmp_path, "segmented", [*steps, {"request": "stop"}])
+    assert t.close_code == code, t
+    errors = t.of_type("error")
+    assert len(errors) == 1 and says in errors[0]["message"], errors
+
+
+def test_a_stream_is_answered_whole_through_the_pipeline(tmp_path: Path) -> None:
+    t = talk(tmp_path, "simple", stream_steps(noise(2.0)[None, :], 16000, False))
+    assert t.close_code == 1000, t.messages[-3:]
+    check_simple_counts(t, 0, 32000)
+
+
+def test_speech_regions_each_get_one_final(tmp_path: Path) -> None:
+    s = speech(("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning."))
+    t = talk(tmp_path, "segmented", stream_steps(s.samples[None, :], 16000, False))
+    assert check_regions_answered(t, 0) == (2, 0)
+
+
+def test_stop_without_a_stream_is_an_error_but_the_session_goes_on(tmp_path: Path) -> None:
+    t = talk(tmp_path, "simple", [{"request": "stop", "disconnect": False},
+                                  *stream_steps(noise(1.0)[None, :], 16000, False)])
+    assert t.close_code == 1000
+    assert [e["message"] for e in t.of_type("error")] == ["stop without a running stream"]
+    check_simple_counts(t, 0, 16000)
+
+
+def test_a_second_start_while_streaming_is_refused_and_loses_nothing(tmp_path: Path) -> None:
+    steps = stream_steps(noise(2.0)[None, :], 16000, False)
+    steps.insert(5, start_msg(2, 48000, True))  # mid-stream, a different format
+    t = talk(tmp_path, "simple", steps)
+    assert t.close_code == 1000
+    assert "start while a stream is running was ignored" in t.of_type("error")[0]["message"]
+    check_simple_counts(t, 0, 32000)
+
+
+@pytest.mark.parametrize("with_start", [True, False])
+def test_an_idle_session_is_warned_then_closed(tmp_path: Path, with_start: bool) -> None:
+    t = talk(tmp_path, "segmented", [fmt()] if with_start else [], limits={"idle_timeout_s": 0.2})
+    assert t.close_code == 1008, t
+    assert t.messages[0]["type"] == "warning" and "no audio for 0.1 s" in t.messages[0]["message"], t.messages
+    assert "idle timeout" in t.messages[-1]["message"]
+
+
+def test_a_client_that_reads_nothing_is_closed_after_the_send_timeout(tmp_path: Path) -> None:
+    """Results wait for a client that never reads: the session stops reading its audio, then
+    closes it 1008, and its audio stays bounded by the stream's in-flight limit meanwhile."""
+    async def body(rig: FrontRig) -> tuple[int | None, int]:
+        session, wire = rig.session("simple", stream_steps(noise(20.0)[None, :], 16000, False))
+        wire.reading.clear()
+        async with asyncio.timeout(20):
+            await rig.run(session)
+        return wire.close_code, wire.incoming.qsize()
+
+    code, unread = with_rig(tmp_path, body, limits={"send_timeout_s": 0.3, "max_outbox": 4})
+    assert code == 1008
+    assert unread > 0  # the client's audio was held back, not all taken in
+
+
+@pytest.mark.parametrize("role", ["decoder", "segmenter"])
+def test_a_replaced_actor_costs_the_session_nothing(tmp_path: Path, role: str) -> None:
+    """The shard replaces its decoder or segmenter mid-stream (an error no `contain` took): the
+    front plays the stream again from its checkpoint and its client gets every sample answered
+    once, with nothing said of it."""
+    async def body(rig: FrontRig) -> Transcript:
+        session, wire = rig.session("simple", stream_steps(noise(6.0)[None, :], 16000, False))
+        async with asyncio.timeout(20), asyncio.TaskGroup() as group:
+            group.create_task(rig.run(session))
+            while not [m for m in wire.sent if m["type"] == "segment"]:
+                await asyncio.sleep(0.001)  # polling: the condition is the wait
+            rig.replace(role)
+        assert rig.replays == 1
+        return Transcript(wire.sent, wire.close_code)
+
+    t = with_rig(tmp_path, body)
+    assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
+    check_simple_counts(t, 0, 96000)
