@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -24,7 +25,9 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from audio import speech
+from streamer.client.streamer_client import Pcm, Report, stream
+
+from audio import pcm_bytes, speech
 from conversation import Transcript, audio_frames, check_regions_answered, start_msg
 from server import Server, alive, shm_segments, wait_for
 
@@ -109,6 +112,89 @@ def test_no_session_notices_actors_dying_every_half_second(tmp_path: Path) -> No
         assert [m for t in transcripts for m in t.messages if m["type"] == "error"] == []
         assert all(check_regions_answered(t, 0) == (3, 0) for t in transcripts)  # one final each, in order
         assert kills["decoder"] >= 3 and kills["segmenter"] >= 3 and sum(kills.values()) >= 40, kills
+        wait_for(lambda: srv.health()[0] == 200, 20)
+        restarts = {a["name"]: a["restarts"] for a in srv.actors()}
+        assert all(restarts[name] == n for name, n in kills.items()), (restarts, kills)
+        children = srv.descendants()
+    finally:
+        stop.set()
+        srv.stop()
+    assert srv.proc is not None and srv.proc.returncode == 0
+    assert alive(children) == [] and shm_segments(run_id) == []
+
+
+# -- shards: a shard's death costs its own sessions, which the client script resumes ---------------------
+
+SHARD_KILL_EVERY_S = 3.0
+SHARD_ENV = {**ENV, "STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_ACTORS_FRONTS": "2",
+             **{f"STREAMER_SUPERVISOR_FRONT_{key}": value for key, value in (("INTENSITY", "1000"),
+                                                                             ("BACKOFF_MAX_S", "0.4"))}}
+
+
+def shard_killer(srv: Server, stop: threading.Event, kills: Counter[str], seed: int) -> None:
+    """Every KILL_EVERY_S a model actor; every SHARD_KILL_EVERY_S, instead, a shard's process
+    (a front with its decoder and segmenter), the two shards in turn."""
+    rng = random.Random(seed)
+    began = time.monotonic()
+    shard_at = began + SHARD_KILL_EVERY_S
+    shards = 0
+    while not stop.is_set() and time.monotonic() - began < CHAOS_S:
+        if time.monotonic() >= shard_at:
+            name, shard_at = f"front-{shards % 2}", shard_at + SHARD_KILL_EVERY_S
+            shards += 1
+        else:
+            name = rng.choice(("model-0", "model-1"))
+        row = next((a for a in srv.actors() if a["name"] == name), None)
+        if row is not None and row["state"] == "running" and row["pid"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(row["pid"], signal.SIGKILL)
+                kills[name] += 1
+        stop.wait(KILL_EVERY_S)
+
+
+@pytest.mark.alone  # as above
+def test_shard_kills_cost_only_their_own_sessions_which_the_client_resumes(tmp_path: Path) -> None:
+    """Model actors die every half second and each shard's whole process every few seconds,
+    under six clients of `streamer-client`'s own `stream` streaming speech one stream after
+    another. A model's death goes unnoticed; a shard's closes its own sessions 1006 at once, and
+    the client resumes each from its last final on whichever shard takes it. So every stream
+    ends 1000 with each of its three regions answered exactly once and no error, and only
+    streams that were on a killed shard ever reconnected."""
+    srv = Server(tmp_path / "run", env=SHARD_ENV).start()
+    run_id = srv.run_id()
+    s = speech(("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning.",
+                "Every region gets exactly one final result."), gap_s=0.8)
+    pcm = Pcm(pcm_bytes(s.samples[None, :], False), 1, 16000, False)
+    kills: Counter[str] = Counter()
+    stop = threading.Event()
+    chaos = threading.Thread(target=shard_killer, args=(srv, stop, kills, int(time.time())), daemon=True)
+
+    async def run_clients() -> list[Report]:
+        reports: list[Report] = []
+        end = time.monotonic() + CHAOS_S
+
+        async def one_after_another(i: int) -> None:
+            await asyncio.sleep(i * 0.15)  # pacing: the clients arrive one after another
+            while time.monotonic() < end:
+                reports.append(await stream(srv.ws(), pcm, real_time=True, reconnects=20))
+
+        await asyncio.gather(*(one_after_another(i) for i in range(SESSIONS)))
+        return reports
+
+    try:
+        chaos.start()
+        reports = asyncio.run(run_clients())
+        stop.set()
+        chaos.join()
+        print(f"\n{len(reports)} streams, {sum(r.reconnects for r in reports)} reconnects, kills {dict(kills)}")
+        assert [r.close_code for r in reports] == [1000] * len(reports)
+        assert [m for r in reports for m in r.messages if m["type"] == "error"] == []
+        for r in reports:
+            finals = [m for m in r.of_type("segment") if m.get("is_final") is not False]
+            assert len(finals) == 3, [(m["start_time"], m["end_time"]) for m in finals]
+            assert all(a["end_time"] <= b["start_time"] for a, b in itertools.pairwise(finals)), finals
+        assert kills["front-0"] >= 2 and kills["front-1"] >= 2, kills
+        assert any(r.reconnects for r in reports) and any(not r.reconnects for r in reports)
         wait_for(lambda: srv.health()[0] == 200, 20)
         restarts = {a["name"]: a["restarts"] for a in srv.actors()}
         assert all(restarts[name] == n for name, n in kills.items()), (restarts, kills)
