@@ -27,6 +27,7 @@ import msgspec
 
 from streamer.actors.actor import Actor
 from streamer.actors.host import InLoop, build
+from streamer.front.app import replay_open
 from streamer.front.pipeline import Pipeline
 from streamer.front.session import Session
 from streamer.front.wire import END, Incoming
@@ -93,22 +94,16 @@ class FrontRig:
         self.shard = shard
         self.model = model
         self.sessions: list[Session] = []
-        self.replays = 0
-        shard.restarted = self._replay
+        self.replaced: list[Actor] = []
+        shard.restarted = self._replaced
 
-    def _replay(self, actor: Actor) -> None:
-        """What the front does when its shard replaces an actor (`front.app.StageDeaths`)."""
-        self.replays += 1
-        for session in self.sessions:
-            session.replay(f"the {actor.role} was replaced")
+    def _replaced(self, actor: Actor) -> None:
+        """What the front does when its shard replaces an actor (as `front.app.serve` wires it)."""
+        self.replaced.append(actor)
+        replay_open(self.sessions, f"the {actor.role} raised and was replaced")
 
-    def replace(self, role: str) -> Actor:
-        """The shard replaces its `role` actor, as after an error no `contain` took, and the front
-        replays its streams."""
-        hosted = self.shard.hosted
-        fresh = hosted.replace(next(a for a in hosted.actors if a.role == role))
-        self._replay(fresh)
-        return fresh
+    def actor(self, role: str) -> Actor:
+        return next(a for a in self.shard.hosted.actors if a.role == role)
 
     def session(self, route: RouteName, steps: Sequence[Step],
                 authenticated: bool = True) -> tuple[Session, MemoryWire]:

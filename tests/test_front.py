@@ -122,20 +122,36 @@ def test_a_client_that_reads_nothing_is_closed_after_the_send_timeout(tmp_path: 
 
 
 @pytest.mark.parametrize("role", ["decoder", "segmenter"])
-def test_a_replaced_actor_costs_the_session_nothing(tmp_path: Path, role: str) -> None:
-    """The shard replaces its decoder or segmenter mid-stream (an error no `contain` took): the
-    front plays the stream again from its checkpoint and its client gets every sample answered
-    once, with nothing said of it."""
-    async def body(rig: FrontRig) -> Transcript:
+def test_an_actor_that_raises_mid_packet_is_replaced_and_the_session_notices_nothing(tmp_path: Path,
+                                                                                    role: str) -> None:
+    """The shard's decoder or segmenter raises in the middle of a packet, outside any stream's
+    `contain` (the rest of the packet, taken, is lost with it): the shard replaces it, the front
+    plays the stream again from its checkpoint, and the client gets every sample answered once,
+    with nothing said of it."""
+    async def body(rig: FrontRig) -> tuple[Transcript, int]:
         session, wire = rig.session("simple", stream_steps(noise(6.0)[None, :], 16000, False))
-        async with asyncio.timeout(20), asyncio.TaskGroup() as group:
-            group.create_task(rig.run(session))
-            while not [m for m in wire.sent if m["type"] == "segment"]:
-                await asyncio.sleep(0.001)  # polling: the condition is the wait
-            rig.replace(role)
-        assert rig.replays == 1
-        return Transcript(wire.sent, wire.close_code)
+        replays: list[str] = []
+        replay = session.replay
+        session.replay = lambda why: (replays.append(why), replay(why))[1]  # type: ignore[method-assign]
+        old = rig.actor(role)
+        calls = 0
+        handle = old.on_message
 
-    t = with_rig(tmp_path, body)
+        def on_message(msg: Any, slab: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 3:  # the stream's third item: its audio is flowing
+                raise RuntimeError("a bug outside any stream, mid-packet")
+            handle(msg, slab)
+
+        old.contain = lambda item, error: False  # type: ignore[method-assign]  # what no contain takes
+        old.on_message = on_message  # type: ignore[method-assign]
+        async with asyncio.timeout(20):
+            await rig.run(session)
+        assert rig.replaced == [rig.actor(role)] and rig.actor(role) is not old
+        return Transcript(wire.sent, wire.close_code), len(replays)
+
+    t, replays = with_rig(tmp_path, body)
+    assert replays == 1
     assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
     check_simple_counts(t, 0, 96000)

@@ -12,7 +12,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from streamer.actors.model_actor import ModelActor
 from streamer.actors.segmenter import Segmenter
 from streamer.front.app import missing_roles
 from streamer.runtime import config, group
+from streamer.runtime.clock import FakeClock
 from streamer.runtime.topology import Host, Place, Topology, segmenter_control
 from streamer.transport import sockets
 from streamer.transport.messages import (
@@ -341,6 +342,7 @@ class LoopShard:
     plays the model actors writing to the segmenter's control inbox."""
 
     def __init__(self, run_dir: Path) -> None:
+        self.clock = FakeClock()
         cfg = config.load(env={}, overrides={"actors": {"fronts": 2, "models": 2, "placement": "shards"},
                                              "pools": dict(SMALL_POOLS)})
         self.topo = Topology(cfg)
@@ -348,7 +350,7 @@ class LoopShard:
         self.pools = {n: BufferPool.create(spec, self.run_id) for n, spec in self.topo.pools.items()}
         host = self.topo.hosts[2]
         self.wire = ZmqLink(str(run_dir), ("segmenter-ctl",), self.topo.immediate, peers=())
-        self.hosted = build(self.topo, host, cfg, self.wire, self.pools)
+        self.hosted = build(self.topo, host, cfg, self.wire, self.pools, clock=self.clock)
         self.decoder, self.segmenter = self.hosted.actors
         self.zctx: zmq.Context[sockets.Socket] = zmq.Context()
         self.models = sockets.outbox(self.zctx, str(run_dir), "segmenter-ctl")
@@ -368,6 +370,21 @@ def shard(tmp_path: Path) -> Iterator[LoopShard]:
         yield s
     finally:
         s.close()
+
+
+def exit_code(shard: LoopShard, restarted: Callable[[Actor], None] = lambda actor: None,
+              after: Callable[[], None] = lambda: None) -> object:
+    """Turn the shard in an event loop (with these hooks of the front's) until its process would
+    end; the exit code it would end with."""
+    async def run() -> None:
+        turning = InLoop(shard.hosted, shard.wire, asyncio.get_running_loop())
+        turning.restarted, turning.after = restarted, after
+        turning.start()
+        await asyncio.sleep(5)
+
+    with pytest.raises(SystemExit) as ended:
+        asyncio.run(run())
+    return ended.value.code
 
 
 def test_a_burst_on_a_socket_is_read_whole_without_waiting_for_a_timer(shard: LoopShard) -> None:
@@ -437,17 +454,71 @@ def test_an_actor_that_raises_again_and_again_ends_the_shards_process(shard: Loo
 
     monkeypatch.setattr(Segmenter, "on_idle", broken)
     told: list[Actor] = []
+    assert exit_code(shard, restarted=told.append) == 70
+    assert len(told) == SHARD_RESTARTS_MAX
+
+
+def test_replacements_spread_wider_than_the_restart_period_are_not_counted_together(
+        shard: LoopShard, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The intensity counts replacements within `SHARD_RESTARTS_WITHIN_S`: one every 11 s goes on
+    for ever (three at most fall in any 30 s); the test stops it after eight."""
+    def broken(self: Segmenter) -> None:
+        raise RuntimeError("a bug that comes back now and then")
+
+    monkeypatch.setattr(Segmenter, "on_idle", broken)
+    told: list[Actor] = []
+
+    def replaced(actor: Actor) -> None:
+        told.append(actor)
+        shard.clock.advance(11.0)
+        if len(told) == 8:
+            monkeypatch.undo()  # fixed: the next segmenter idles as it should
 
     async def run() -> None:
         turning = InLoop(shard.hosted, shard.wire, asyncio.get_running_loop())
-        turning.restarted = told.append
+        turning.restarted = replaced
         turning.start()
-        await asyncio.sleep(5)
+        deadline = time.monotonic() + 5
+        while len(told) < 8:
+            assert time.monotonic() < deadline, told
+            await asyncio.sleep(0.001)
+        turning.stop()
 
-    with pytest.raises(SystemExit) as ended:
-        asyncio.run(run())
-    assert ended.value.code == 70
-    assert len(told) == SHARD_RESTARTS_MAX
+    asyncio.run(run())
+    assert len(told) == 8 and len(set(map(id, told))) == 8
+
+
+def test_a_replay_that_fails_ends_the_shards_process(shard: LoopShard) -> None:
+    """If the front cannot play its streams again (or the replacement itself fails), some streams
+    would wait for results that never come: the process ends instead, for the supervisor."""
+    def broken() -> None:
+        raise RuntimeError("a bug outside any stream")
+
+    shard.segmenter.on_idle = broken  # type: ignore[method-assign]
+
+    def replay(actor: Actor) -> None:
+        raise RuntimeError("a session's replay raised")
+
+    assert exit_code(shard, restarted=replay) == 70
+
+
+def test_a_replacement_segmenter_does_not_believe_a_dead_models_queued_ready(shard: LoopShard) -> None:
+    """The new segmenter reads the old one's control inbox: a `Ready` queued there by a model
+    process that has died since (the old segmenter heard of it) must not make it a peer, as it
+    would not for a new process, whose inbox starts empty."""
+    def until(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 5
+        while not done():
+            assert time.monotonic() < deadline
+            shard.hosted.turn(0.01)
+
+    old = shard.segmenter
+    assert sockets.try_send(shard.models, encode(Packet(None, [Exited("model", 0, 1000, "killed by SIGKILL")])))
+    until(lambda: 1000 in old.dispatcher._dead)  # type: ignore[attr-defined]
+    assert sockets.try_send(shard.models, encode(Packet(None, [Ready(0, 1000, 1, 8), Ready(1, 2000, 1, 8)])))
+    fresh = shard.hosted.replace(old)
+    until(lambda: fresh.dispatcher.peers[1].pid == 2000)  # type: ignore[attr-defined]
+    assert fresh.dispatcher.peers[0].pid == 0  # type: ignore[attr-defined]
 
 
 def test_a_front_that_raises_in_its_shards_turn_ends_the_process(shard: LoopShard) -> None:
@@ -455,15 +526,7 @@ def test_a_front_that_raises_in_its_shards_turn_ends_the_process(shard: LoopShar
     def broken() -> None:
         raise RuntimeError("a bug in the front's side of the turn")
 
-    async def run() -> None:
-        turning = InLoop(shard.hosted, shard.wire, asyncio.get_running_loop())
-        turning.after = broken
-        turning.start()
-        await asyncio.sleep(5)
-
-    with pytest.raises(SystemExit) as ended:
-        asyncio.run(run())
-    assert ended.value.code == 70
+    assert exit_code(shard, after=broken) == 70
 
 
 # -- a shard per process: the front with its decoder and segmenter in one event loop ---------------------

@@ -132,6 +132,11 @@ class Actor:
     def on_stop(self) -> None:
         pass
 
+    def inherit(self, old: Actor) -> None:
+        """This actor replaces `old` in the same process (`actors.host.Hosted.replace`), whose
+        streams are played again from their checkpoints: take over what outlives them (deaths
+        heard of on inboxes it keeps reading, its totals) and end what `old` left open."""
+
     def accepting(self) -> bool:
         return True
 

@@ -64,6 +64,12 @@ class Decoder(Actor):
         self.meter = StageMeter("decoder")
         self.segmenter = Place("segmenter", self.place.index).name  # its shard's
 
+    def inherit(self, old: Actor) -> None:
+        assert isinstance(old, Decoder)
+        for d in old.streams.values():
+            telemetry.finish(d.span, "the decoder was replaced")
+        self.meter = old.meter
+
     def stats(self) -> dict[str, object]:
         self.meter.set_inflight(len(self.streams))
         if self.pool is not None:

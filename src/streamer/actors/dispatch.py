@@ -232,6 +232,11 @@ class Dispatcher:
 
     # -- the model peers --------------------------------------------------------------------
 
+    def inherit_deaths(self, old: Dispatcher) -> None:
+        """A successor in the same process reads its predecessor's control inbox: the model
+        processes it knew dead stay dead (a new process's inbox would hold nothing of theirs)."""
+        self._dead |= old._dead
+
     def _peer(self, index: int, pid: int) -> Peer | None:
         if not 0 <= index < len(self.peers) or pid in self._dead:
             return None

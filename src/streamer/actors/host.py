@@ -105,6 +105,7 @@ class Hosted:
         return {a.place.name: a.stats() for a in self.actors}
 
     def turn(self, timeout_s: float | None = None) -> None:
+        self.stepping = None
         reading = [a.reading() for a in self.actors]
         if timeout_s != 0 and not any(self.local.waiting(r) for r in reading):  # (0: take what is there)
             remote = list(dict.fromkeys(i for r in reading for i in r if i not in self.local))
@@ -123,8 +124,10 @@ class Hosted:
         input of the old one's (its local inboxes emptied; what waits on its sockets is read by
         the new one, which ignores what it does not know), its pool's buffers reclaimed (a reader
         of a buffer reused since gets `StaleBuffer`, as after a process's death). What the old
-        one held for others (its outbox) is dropped with it; who sent it streams plays them
-        again from their checkpoints, as after that stage's death (`restarted`)."""
+        one held for others (its outbox) is dropped with it, and so are the packets of its last
+        step that it had taken and not handled; who sent it streams plays them again from their
+        checkpoints, as after that stage's death (`restarted`). What the new one must know of the
+        old one's life (`Actor.inherit`: deaths it heard of, its totals) it takes over."""
         for inbox in failed.env.topology.inboxes(failed.place):
             if inbox in self.local:
                 self.local.clear(inbox)
@@ -133,6 +136,7 @@ class Hosted:
         fresh = type(failed)(failed.env)
         fresh.turn_bytes = failed.turn_bytes  # type: ignore[misc]
         fresh.stop_drain_s = failed.stop_drain_s  # type: ignore[misc]
+        fresh.inherit(failed)
         self.actors[self.actors.index(failed)] = fresh
         fresh.on_start()
         return fresh
@@ -293,9 +297,15 @@ class InLoop:
         log.exception("%s raised outside any stream: replaced in this process, its streams played again",
                       failed.place.name)
         self.replaced.append(now)
-        fresh = self.hosted.replace(failed)
+        try:
+            fresh = self.hosted.replace(failed)
+            self.restarted(fresh)
+        except Exception:
+            # Half replaced, or some streams not played again: they would wait for results that
+            # never come. The supervisor's restart is the clean slate.
+            log.exception("replacing %s failed: the process ends", failed.place.name)
+            raise SystemExit(70) from None
         RESTARTED.labels(failed.role).inc()
-        self.restarted(fresh)
 
     def _patience(self, actor: Actor) -> float:
         """An actor held back only by a local inbox gets room in a turn of this loop (its reader's

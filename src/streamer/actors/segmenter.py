@@ -117,6 +117,14 @@ class Segmenter(Actor):
         self._last_load = -LOAD_EVERY_S
         self._fronts = [front_inbox(k) for k in range(env.topology.fronts)]  # every shard's: the models are shared
 
+    def inherit(self, old: Actor) -> None:
+        assert isinstance(old, Segmenter)
+        for state in old.streams.values():
+            telemetry.finish(state.span, "the segmenter was replaced")
+        self.meter, self.busy, self.ended = old.meter, old.busy, old.ended
+        # A `Ready` still queued from a model process that has died since must not be believed.
+        self.dispatcher.inherit_deaths(old.dispatcher)
+
     def stats(self) -> dict[str, object]:
         self.meter.set_inflight(self.dispatcher.inflight + self.dispatcher.queued)
         QUEUED.set(self.dispatcher.queued)

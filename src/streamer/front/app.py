@@ -15,6 +15,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -266,15 +267,17 @@ class StageDeaths:
             log.info("%s died with the process already replayed for (pid %d)", note.role, note.pid)
             return
         self.replayed_for = note.pid
-        self.replay_all(f"the {note.role} died ({note.how})")
+        replay_open(self.doors.sessions, f"the {note.role} died ({note.how})")
 
-    def replay_all(self, why: str) -> None:
-        """Also when the actor was replaced inside this front's own process (a shard's)."""
-        open_ = [s for s in self.doors.sessions if s.stream is not None]
-        if open_:
-            log.warning("%s: replaying %d open streams", why, len(open_))
-        for session in open_:
-            session.replay(why)
+
+def replay_open(sessions: Iterable[Session], why: str) -> None:
+    """Play every open stream of `sessions` to the pipeline again from its checkpoint: after a
+    decoder's or segmenter's death, or its replacement inside this front's own process (a shard's)."""
+    open_ = [s for s in sessions if s.stream is not None]
+    if open_:
+        log.warning("%s: replaying %d open streams", why, len(open_))
+    for session in open_:
+        session.replay(why)
 
 
 async def serve(ctx: ChildContext) -> None:
@@ -293,8 +296,8 @@ async def serve(ctx: ChildContext) -> None:
     pipeline.start()
     app = build_app(cfg, pipeline, ctx.run_dir, ctx.index, cfg.front_count)
     if shard is not None:
-        deaths = StageDeaths(app[DOORS], pipeline.shard)
-        shard.restarted = lambda actor: deaths.replay_all(f"the {actor.role} raised and was replaced")
+        doors = app[DOORS]
+        shard.restarted = lambda actor: replay_open(doors.sessions, f"the {actor.role} raised and was replaced")
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
                            access_log_class=access_logger(app[PROXIES]))
     await runner.setup()
