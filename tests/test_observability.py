@@ -227,18 +227,21 @@ def test_a_real_prometheus_scrapes_every_process_through_the_front(tmp_path: Pat
                 return []
             return result
 
-        wait_for(lambda: any(float(r["value"][1]) >= 1 for r in query("streamer_front_sessions_total")), 30)
+        def scraped() -> bool:
+            """Every stage's totals as of a heartbeat after the stream, in a scrape after that."""
+            models = query('streamer_stage_items_total{role="model"}')
+            audio = {r["metric"]["stage"]: float(r["value"][1])
+                     for r in query("sum by (stage) (streamer_stage_audio_seconds_total)")}
+            return (sum(float(r["value"][1]) for r in models) >= 4  # every region was an inference
+                    and all(audio.get(stage, 0) > 0 for stage in ("decoder", "segmenter", "model")))
+
+        wait_for(scraped, 30)
         cpu = {r["metric"]["role"]: float(r["value"][1])
                for r in query("sum by (role) (process_cpu_seconds_total)")}
         # A process's page is labelled by the process (the decoder and the segmenter share one under
         # `[actors] placement = "paired"`), its stage metrics by the actor that counted them.
         assert set(cpu) == {"supervisor", "front", "model", process_of("decoder"), process_of("segmenter")}
         assert all(np.isfinite(v) and v > 0 for v in cpu.values()), cpu
-        models = query('streamer_stage_items_total{role="model"}')
-        assert sum(float(r["value"][1]) for r in models) >= 4  # every region was an inference
-        audio = {r["metric"]["stage"]: float(r["value"][1])
-                 for r in query("sum by (stage) (streamer_stage_audio_seconds_total)")}
-        assert audio["decoder"] > 0 and audio["segmenter"] > 0 and audio["model"] > 0, audio
     finally:
         prom.terminate()
         prom.wait(10)

@@ -19,7 +19,7 @@ def test_model_actors_yield_to_the_rest_when_told_and_are_pinned_to_their_cores(
         base = psutil.Process(srv.proc.pid).nice()  # type: ignore[union-attr]
         for i in (0, 1):
             pid = actor(srv, f"model-{i}")["pid"]
-            assert psutil.Process(pid).nice() == base + 5
+            assert psutil.Process(pid).nice() == min(base + 5, 19)  # (a niced CI caps it)
             assert os.sched_getscheduler(pid) == os.SCHED_BATCH
             assert os.sched_getaffinity(pid) == {cores[i % len(cores)]}
         front = actor(srv, "front-0")["pid"]

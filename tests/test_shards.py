@@ -12,7 +12,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -254,8 +254,30 @@ def test_a_model_serving_two_shards_says_which_shards_call_it_begins(rig: Rig) -
 # -- a real group of two shards ------------------------------------------------------------------------
 
 
+# Admission is not what these tests are about: a slow model must not turn their sessions away.
+NO_ADMISSION = {"STREAMER_ADMISSION_MAX_BUSY": "1000", "STREAMER_ADMISSION_MAX_QUEUE_DELAY_S": "1000"}
+
+
 def two_shards(tmp_path: Path, **env: str) -> Server:
-    return Server(tmp_path / "run", env={"STREAMER_ACTORS_SHARDS": "2", "STREAMER_ACTORS_FRONTS": "2", **env}).start()
+    return Server(tmp_path / "run", env={"STREAMER_ACTORS_SHARDS": "2", "STREAMER_ACTORS_FRONTS": "2",
+                                         **NO_ADMISSION, **env}).start()
+
+
+async def on_both_fronts(srv: Server, client: Callable[[], Awaitable[Any]]) -> list[asyncio.Task[Any]]:
+    """Start `client()`s until each front has a session (the kernel spreads connections over the
+    fronts, SO_REUSEPORT, whichever way they fall); the running clients."""
+    def opened(front: str) -> float:
+        return srv.metric(front, "streamer_front_sessions_total")
+
+    clients: list[asyncio.Task[Any]] = []
+    while not (opened("front-0") and opened("front-1")):
+        assert len(clients) < 40, "every session landed on one front"
+        clients.append(asyncio.create_task(client()))
+        await asyncio.to_thread(wait_for, lambda: clients[-1].done() or opened("front-0") + opened("front-1")
+                                >= len(clients), 20)
+        if clients[-1].done():
+            clients[-1].result()  # it failed before its handshake counted: say why
+    return clients
 
 
 def simple(seconds: float) -> list[Any]:
@@ -269,15 +291,22 @@ async def many(srv: Server, n: int, seconds: float) -> list[Any]:
 def test_two_shards_answer_every_sample_whichever_front_a_session_lands_on(tmp_path: Path) -> None:
     srv = two_shards(tmp_path)
     try:
-        for t in asyncio.run(many(srv, 8, 2.0)):
+        async def sessions() -> list[Any]:
+            clients = await on_both_fronts(srv, lambda: converse(srv.ws("simple"), simple(2.0), pace_s=0.05))
+            return list(await asyncio.gather(*clients))
+
+        outcomes = asyncio.run(sessions())
+        for t in outcomes:
             assert t.close_code == 1000, t.messages[-3:]
             check_simple_counts(t, 0, 32000)
+
         def decoded() -> dict[str, float]:  # as of each decoder's last heartbeat
             return {name: srv.metric(name, "streamer_stage_audio_seconds_total", stage="decoder")
                     for name in ("decoder", "decoder-1")}
 
-        wait_for(lambda: sum(decoded().values()) >= 16.0 - 1e-6, 10)
-        assert sum(decoded().values()) == pytest.approx(16.0), decoded()
+        wait_for(lambda: sum(decoded().values()) >= 2.0 * len(outcomes) - 1e-6, 10)
+        assert sum(decoded().values()) == pytest.approx(2.0 * len(outcomes)), decoded()
+        assert min(decoded().values()) > 0, decoded()  # both shards carried sessions
     finally:
         srv.stop()
 
@@ -285,20 +314,10 @@ def test_two_shards_answer_every_sample_whichever_front_a_session_lands_on(tmp_p
 def test_a_shards_decoder_dying_replays_only_its_own_fronts_sessions(tmp_path: Path) -> None:
     srv = two_shards(tmp_path, STREAMER_MODEL_FAKE_MODE="sleep", STREAMER_MODEL_FAKE_DELAY="0.3")
     try:
-        def active(front: str) -> float:
-            return srv.metric(front, "streamer_front_sessions_active")
-
-        def opened(front: str) -> float:
-            return srv.metric(front, "streamer_front_sessions_total")
-
         async def kill_while_streaming() -> list[Any]:
-            # The kernel spreads connections over the fronts (SO_REUSEPORT): open sessions until
-            # each front has one, whichever way they fall.
-            clients: list[asyncio.Task[Any]] = []
-            while not (active("front-0") and active("front-1")):
-                assert len(clients) < 40, "every session landed on one front"
-                clients.append(asyncio.create_task(converse(srv.ws("simple"), simple(20.0), timeout=90)))
-                await asyncio.to_thread(wait_for, lambda: opened("front-0") + opened("front-1") >= len(clients), 20)
+            # Paced: each session streams for 20 s, long after the kill below.
+            clients = await on_both_fronts(srv, lambda: converse(srv.ws("simple"), simple(20.0), timeout=90,
+                                                                  pace_s=0.1))
             # A session counts from its handshake; its stream, from its `start`: wait until the
             # decoder holds one (its heartbeat says so), so there is a stream to replay.
             await asyncio.to_thread(wait_for, lambda: actor(srv, "decoder-1").get("inflight", 0) >= 1, 20)
@@ -350,7 +369,14 @@ class LoopShard:
         self.pools = {n: BufferPool.create(spec, self.run_id) for n, spec in self.topo.pools.items()}
         host = self.topo.hosts[2]
         self.wire = ZmqLink(str(run_dir), ("segmenter-ctl",), self.topo.immediate, peers=())
-        self.hosted = build(self.topo, host, cfg, self.wire, self.pools, clock=self.clock)
+        try:
+            self.hosted = build(self.topo, host, cfg, self.wire, self.pools, clock=self.clock)
+        except BaseException:  # the fixture never yields: nothing else would unlink the pools
+            self.wire.close()
+            for pool in self.pools.values():
+                pool.close()
+                pool.unlink()
+            raise
         self.decoder, self.segmenter = self.hosted.actors
         self.zctx: zmq.Context[sockets.Socket] = zmq.Context()
         self.models = sockets.outbox(self.zctx, str(run_dir), "segmenter-ctl")
@@ -387,10 +413,14 @@ def exit_code(shard: LoopShard, restarted: Callable[[Actor], None] = lambda acto
     return ended.value.code
 
 
-def test_a_burst_on_a_socket_is_read_whole_without_waiting_for_a_timer(shard: LoopShard) -> None:
+def test_a_burst_on_a_socket_is_read_whole_without_waiting_for_a_timer(shard: LoopShard,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The loop's readers fire once for a burst (ZeroMQ's descriptor is edge-triggered) and a turn
     takes at most `turn_limit` packets: what is left is read by the next turns at once, not at the
-    actors' next timer, half a second later."""
+    actors' next timer. (The timers are put a minute away, so a loaded machine cannot make one
+    fire first: a loop that waited for them misses the deadline below.)"""
+    for name in ("streamer.actors.actor.POLL_S", "streamer.actors.actor.REST_POLL_S", "streamer.actors.host.POLL_S"):
+        monkeypatch.setattr(name, 60.0)
     burst = 3 * Actor.turn_limit + 5
 
     async def run() -> InLoop:
@@ -534,7 +564,7 @@ def test_a_front_that_raises_in_its_shards_turn_ends_the_process(shard: LoopShar
 
 def shard_processes(tmp_path: Path, **env: str) -> Server:
     return Server(tmp_path / "run", env={"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_ACTORS_FRONTS": "2",
-                                         **env}).start()
+                                         **NO_ADMISSION, **env}).start()
 
 
 def test_a_shard_per_process_answers_every_route(tmp_path: Path) -> None:
@@ -548,6 +578,10 @@ def test_a_shard_per_process_answers_every_route(tmp_path: Path) -> None:
         s = speech(TWO)
         t = asyncio.run(converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False)))
         assert check_regions_answered(t, 0) == (2, 0)
+        t = asyncio.run(converse(srv.ws("sequential"), simple(2.0)))
+        assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
+        totals = [m["total"] for m in t.of_type("segment") if m["is_final"]]
+        assert totals and totals == sorted(totals) and totals[-1] == 32000, totals
     finally:
         srv.stop()
 
@@ -558,26 +592,22 @@ def test_a_shards_actor_that_raises_is_replaced_and_no_session_notices(tmp_path:
     live speech: that actor alone is replaced in its process, its front plays its streams again,
     and every session on both shards ends 1000 with each region answered once. No process died."""
     trigger = tmp_path / "raise-now"
+    s = speech(TWO)
     srv = shard_processes(tmp_path, STREAMER_TEST_RAISE=f"{role}:{trigger}",
-                          PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "faults"),
-                                                      os.environ.get("PYTHONPATH", "")]))
+                          PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent / "faults"),
+                                                                   os.environ.get("PYTHONPATH")])))
     try:
         pids = {a["name"]: a["pid"] for a in srv.actors()}
-        s = speech(TWO)
-
-        def opened(front: str) -> float:
-            return srv.metric(front, "streamer_front_sessions_total")
 
         def replaced() -> float:
             return sum(srv.metric(f, "streamer_shard_restarts_total", stage=role) for f in ("front-0", "front-1"))
 
         async def raise_while_streaming() -> list[Any]:
-            clients: list[asyncio.Task[Any]] = []
-            while not (opened("front-0") and opened("front-1")):
-                assert len(clients) < 40, "every session landed on one front"
-                clients.append(asyncio.create_task(
-                    converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False), timeout=60, pace_s=0.1)))
-                await asyncio.to_thread(wait_for, lambda: opened("front-0") + opened("front-1") >= len(clients), 20)
+            clients = await on_both_fronts(srv, lambda: converse(
+                srv.ws(), stream_steps(s.samples[None, :], 16000, False), timeout=60, pace_s=0.1))
+            # Each shard's decoder holds a stream (its heartbeat says so): whichever raises has one to replay.
+            await asyncio.to_thread(wait_for, lambda: min(actor(srv, d).get("inflight", 0)
+                                                          for d in ("decoder", "decoder-1")) >= 1, 20)
             trigger.touch()
             await asyncio.to_thread(wait_for, lambda: replaced() == 1, 20)
             return list(await asyncio.gather(*clients))
@@ -586,6 +616,8 @@ def test_a_shards_actor_that_raises_is_replaced_and_no_session_notices(tmp_path:
             assert check_regions_answered(t, 0) == (2, 0), t.messages[-3:]
         assert not trigger.exists()
         assert {a["name"]: a["pid"] for a in srv.actors()} == pids  # no process was restarted
+        said = [line for line in srv.log().splitlines() if f"the {role} raised and was replaced: replaying" in line]
+        assert len(said) == 1 and " 0 open streams" not in said[0], said
     finally:
         srv.stop()
 
@@ -595,17 +627,11 @@ def test_a_shard_killed_drops_only_its_own_sessions_and_comes_back(tmp_path: Pat
     after a front's death); the other shard's sessions finish whole; the shard is restarted."""
     srv = shard_processes(tmp_path, STREAMER_MODEL_FAKE_MODE="sleep", STREAMER_MODEL_FAKE_DELAY="0.3")
     try:
-        def opened(front: str) -> float:
-            return srv.metric(front, "streamer_front_sessions_total")
-
         victim = actor(srv, "front-1")["pid"]
 
         async def kill_while_streaming() -> list[Any]:
-            clients: list[asyncio.Task[Any]] = []
-            while not (opened("front-0") and opened("front-1")):
-                assert len(clients) < 40, "every session landed on one front"
-                clients.append(asyncio.create_task(converse(srv.ws("simple"), simple(6.0), timeout=60)))
-                await asyncio.to_thread(wait_for, lambda: opened("front-0") + opened("front-1") >= len(clients), 20)
+            clients = await on_both_fronts(srv, lambda: converse(srv.ws("simple"), simple(6.0), timeout=60,
+                                                                  pace_s=0.05))
             os.kill(victim, signal.SIGKILL)
             return list(await asyncio.gather(*clients))
 
