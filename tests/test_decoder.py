@@ -217,6 +217,28 @@ def test_a_stream_whose_decoding_raises_fails_alone_and_the_others_go_on(rig: Ri
     assert sum(f.frames for f, _ in frames_sent(rig)) == 1600
 
 
+def test_a_stream_whose_tail_raises_at_close_fails_alone_and_the_others_close(rig: Rig) -> None:
+    """Decoding a stream's last bytes at its `Close` is its handling too: an error there fails that
+    stream, not the process (whose replacement would be handed the same `Close` in its replay)."""
+    data = pcm_bytes(noise(0.1)[None, :], False)
+    rig.put("decoder", opened("bad"), opened("good", front=1), Pcm("bad", NOWHERE), Pcm("good", NOWHERE),
+            audio=[None, None, data, data], pool="front-0")
+    rig.turn()
+
+    def broken() -> np.ndarray:
+        raise RuntimeError("a bug in the resampler's tail")
+
+    rig.actor.streams["bad"].pcm.flush = broken  # type: ignore[attr-defined,method-assign]
+    rig.put("decoder", Close("bad"), Close("good"))
+    rig.turn()
+    (failed,) = rig.sent("front-0", Failed)
+    assert failed.stream == "bad" and "internal error in the decoder: RuntimeError" in failed.message
+    to_segmenter = rig.sent("segmenter")
+    assert [i.stream for i in to_segmenter if isinstance(i, Close)] == ["good"]
+    assert [i.stream for i in to_segmenter if isinstance(i, Abort)] == ["bad"]
+    assert rig.actor.streams == {}  # type: ignore[attr-defined]
+
+
 def test_a_burst_larger_than_the_pool_goes_out_in_packets_that_fit_and_nothing_is_lost(rig: Rig) -> None:
     """Twenty clients uploading at full speed, or one 8-channel 8 kHz client sending 1 MiB frames,
     left the decoder one turn of output larger than its whole pool: one allocation that could

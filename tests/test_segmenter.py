@@ -307,6 +307,29 @@ def test_a_stream_whose_handling_raises_fails_alone_and_the_others_go_on(rig: Ri
     assert [e.kind for e in rig.sent("front-1", Event)] == ["active", "inactive"] * 2
 
 
+def test_a_stream_whose_tail_raises_at_close_fails_alone_and_the_others_close(rig: Rig) -> None:
+    """Cutting a stream's last region at its `Close` is its handling too: an error there fails that
+    stream, not the process (whose replacement would be handed the same `Close` in its replay)."""
+    sp = speech(TWO).samples[:16000]
+    rig.put("segmenter", Open("bad", 0, "segmented", 1, 16000, 16, False, False),
+            Open("good", 1, "segmented", 1, 16000, 16, False, False))
+    rig.turn()
+    rig.put("segmenter", Frames("bad", 1, sp.shape[0], NOWHERE), Frames("good", 1, sp.shape[0], NOWHERE),
+            audio=[sp, sp], pool="decoder")
+    rig.turn()
+
+    def broken() -> list[object]:
+        raise RuntimeError("a bug in the last cut")
+
+    rig.actor.streams["bad"].cutters[0].flush = broken  # type: ignore[attr-defined,method-assign]
+    rig.put("segmenter", Close("bad"), Close("good"))
+    rig.turn()
+    (failed,) = rig.sent("front-0", Failed)
+    assert failed.stream == "bad" and "internal error in the segmenter: RuntimeError" in failed.message
+    assert [e.stream for e in rig.sent("front-1", StreamEnd)] == ["good"]
+    assert rig.actor.streams == {}  # type: ignore[attr-defined]
+
+
 def test_a_streams_model_demand_is_known_from_its_first_final(rig: Rig) -> None:
     """Per second of answered audio, not per second open: a burst of new sessions must not all
     get in while every stream still looks free (the admission sweep admitted 13 of 24 busy

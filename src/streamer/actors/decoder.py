@@ -175,8 +175,10 @@ class Decoder(Actor):
         d = self.streams.get(msg.stream)
         if d is None or d.lost:
             return  # a lost stream's replay says `stop` again
-        del self.streams[msg.stream]
+        # Still in `streams` while its tail is decoded: if that raises, `contain` fails this stream,
+        # not the process (whose replacement would be handed the same `Close`).
         self._send_audio(msg.stream, d, last=True)
+        del self.streams[msg.stream]
         if d.pcm.dangling_bytes:
             with logs.bound(msg.stream, d.trace_id):
                 log.warning("stream ended mid-sample: %d bytes dropped", d.pcm.dangling_bytes)

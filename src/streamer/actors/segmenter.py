@@ -278,10 +278,17 @@ class Segmenter(Actor):
             return  # a lost stream's replay says `stop` again; an earlier run's stop is not this run's end
         del self.streams[stream]
         self.ended[stream] = state.start
-        for ch, cutter in enumerate(state.cutters):
-            self._deliver(state, ch, cutter.flush())
+        try:
+            for ch, cutter in enumerate(state.cutters):
+                self._deliver(state, ch, cutter.flush())
+            state.route.closed(state)
+        except Exception:
+            # Back where `contain` finds it: the error fails this stream, as in any other of its
+            # handlers, and never its actor (whose replacement would be handed the same `Close`).
+            self.streams[stream] = state
+            del self.ended[stream]
+            raise
         telemetry.finish(state.span)
-        state.route.closed(state)
 
     def on_idle(self) -> None:
         self.dispatcher.pump()
