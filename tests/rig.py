@@ -40,7 +40,13 @@ class Rig:
         self.link = MemoryLink()
         self.clock = FakeClock()
         self.place = place
-        self.actor = cls(Env(place, self.cfg, self.link, self.pools, self.clock))
+        try:
+            self.actor = cls(Env(place, self.cfg, self.link, self.pools, self.clock))
+        except BaseException:  # the fixture never yields: nothing else would unlink the pools
+            for pool in self.pools.values():
+                pool.close()
+                pool.unlink()
+            raise
 
     def put(self, inbox: str, *items: Message, audio: list[Payload | None] | None = None,
             pool: str | None = None) -> None:

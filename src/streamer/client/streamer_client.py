@@ -83,6 +83,10 @@ class Report:
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if m.get("type") == kind]
 
+    def finals(self) -> list[float]:
+        """Where each final heard so far ends, as a time of the whole file."""
+        return [m["end_time"] for m in self.of_type("segment") if m.get("is_final") is not False]
+
     def transcript(self) -> dict[int, str]:
         """The text of every final, in audio order, per channel (for a model that gives text)."""
         finals = sorted((m["channel"], m["start_time"], m["text"]) for m in self.of_type("segment")
@@ -107,6 +111,12 @@ GRPC_AS_CLOSE = {"UNAVAILABLE": 1013, "INTERNAL": 1011, "UNKNOWN": 1006, "CANCEL
 TIME_FIELDS = ("time", "start_time", "end_time")
 
 
+def backoff_s(fruitless: int) -> float:
+    """The wait before connecting again: short after a connection that made progress (a front's
+    death is over once another front takes the stream), doubling while connections bring nothing."""
+    return min(0.2 * (1 << min(max(fruitless - 1, 0), 4)), 2.0)
+
+
 async def stream(url: str, pcm: Pcm, *, chunk_bytes: int = 0, real_time: bool = False,
                  interim: bool = False, trace_id: str | None = None, echo: bool = False,
                  reconnects: int = 5, token: str | None = None, grpc_route: str | None = None) -> Report:
@@ -121,8 +131,10 @@ async def stream(url: str, pcm: Pcm, *, chunk_bytes: int = 0, real_time: bool = 
     report = Report(audio_s=pcm.seconds)
     report.started = time.monotonic()
     resume_s = 0.0
+    fruitless = 0  # connections in a row that brought no new final: the back-off grows with them only
     for attempt in range(reconnects + 1):
         once = _stream_once if grpc_route is None else _grpc_stream_once
+        before = len(report.finals())
         try:
             code = await once(url, pcm, report, resume_s, chunk_bytes=chunk_bytes, real_time=real_time,
                               interim=interim, trace_id=trace_id, echo=echo, token=token, route=grpc_route)
@@ -139,17 +151,23 @@ async def stream(url: str, pcm: Pcm, *, chunk_bytes: int = 0, real_time: bool = 
             print(f"cannot connect ({e.os_error}): trying again", file=sys.stderr, flush=True)
             await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
             continue
+        except aiohttp.ClientConnectionError as e:  # the front died during the handshake: as after one
+            if attempt == reconnects:
+                raise
+            print(f"connection lost ({type(e).__name__})", file=sys.stderr, flush=True)
+            code = 1006
         report.close_code = code
         # 1001: the server is shutting down; if that cut the stream short, go on elsewhere.
         cut_short = code == 1001 and not report.sent_all
         if (code not in RECONNECT_CODES and not cut_short) or attempt == reconnects:
             break
-        finals = [m["end_time"] for m in report.of_type("segment") if m.get("is_final") is not False]
+        finals = report.finals()
+        fruitless = 0 if len(finals) > before else fruitless + 1
         resume_s = max([resume_s, *finals])
         report.reconnects += 1
         print(f"connection lost (close code {code}): reconnecting, resuming at {resume_s:.2f} s",
               file=sys.stderr, flush=True)
-        await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+        await asyncio.sleep(backoff_s(fruitless))
     report.finished = time.monotonic()
     return report
 
