@@ -126,8 +126,9 @@ async def stream(url: str, pcm: Pcm, *, chunk_bytes: int = 0, real_time: bool = 
     (1011, 1012, 1013, or a 503 at the handshake), it says so, connects again and sends the
     rest as a new stream, from the end of the last final it got (the region it was in is
     heard again); times in that stream's messages are moved by where it began, so the report
-    reads as one stream. At most `reconnects` times. With `grpc_route`, `url` is a gRPC
-    address (host:port) and the stream goes over gRPC to that route."""
+    reads as one stream. At most `reconnects` times, each after a short wait (`backoff_s`: 0.2 s
+    after a connection that brought a final, doubling up to 2 s while they bring nothing). With
+    `grpc_route`, `url` is a gRPC address (host:port) and the stream goes over gRPC to that route."""
     report = Report(audio_s=pcm.seconds)
     report.started = time.monotonic()
     resume_s = 0.0
