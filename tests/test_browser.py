@@ -58,6 +58,16 @@ def recognizer(tmp_path: Path, **env: str) -> Server:
                                          "STREAMER_MODEL_POCKETSPHINX_GRAMMAR": GRAMMAR, **env}).start()
 
 
+@pytest.fixture(autouse=True)
+def pages_closed(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test's pages close with it: a page left open goes on reconnecting to a stopped
+    server's port for the rest of the module, where another test's server may be listening."""
+    yield
+    if "browser" in request.fixturenames:
+        for context in request.getfixturevalue("browser").contexts:
+            context.close()
+
+
 def open_page(browser: Browser, srv: Server) -> Page:
     page = browser.new_page()
     page.goto(f"{srv.http}/")

@@ -68,7 +68,10 @@ def test_interim_results_come_before_their_final(server: Server) -> None:
         mine = [i for i, m in enumerate(t.messages) if m in interims and m["start_time"] == final["start_time"]]
         assert mine and max(mine) < at  # every interim of a region before its final
         ends = [t.messages[i]["end_time"] for i in mine]
-        assert ends == sorted(ends) and ends[1] - ends[0] == pytest.approx(0.5)
+        # At 0.5, 1, 2, 4 ... s of speech (`interim_interval_s`, `interim_growth`); one the model
+        # had not reached when the next came is superseded, so a stall may leave a gap.
+        assert ends == sorted(ends) and all(
+            any((end - final["start_time"]) == pytest.approx(0.5 * 2**k, abs=0.011) for k in range(8)) for end in ends)
 
 
 def test_ten_concurrent_sessions_never_see_each_others_results(server: Server) -> None:

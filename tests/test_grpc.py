@@ -25,7 +25,15 @@ from streamer.api import streamer_pb2_grpc as pb_grpc
 from streamer.api.convert import from_response, start_request
 
 from audio import model_samples, noise, speech
-from conversation import check_segmented_order, check_simple_counts, converse, grpc_converse, start_msg, stream_steps
+from conversation import (
+    Transcript,
+    check_segmented_order,
+    check_simple_counts,
+    converse,
+    grpc_converse,
+    start_msg,
+    stream_steps,
+)
 from server import CLIENT, Server, actor, wait_for
 
 MONO_16K = {"channels": 1, "sample_rate": 16000, "bit_depth": 16, "is_float": False}
@@ -62,9 +70,12 @@ def test_the_segmented_route_gives_what_the_websocket_gives(srv: Server) -> None
     check_segmented_order(over_grpc, 0, close_code="OK")
     # The same events and the same results, each in the same order. Not one sequence: a region's
     # final may come before or after the next region's events (events never wait for a model).
+    # (Not the idle warning, after 1 s without audio: a loaded machine can pause a front that long.)
+    def said(t: Transcript, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [m for m in t.messages if m["type"] in kinds and not m.get("message", "").startswith("no audio for")]
+
     for kinds in (("active", "inactive"), ("segment", "error", "warning")):
-        assert [m for m in over_grpc.messages if m["type"] in kinds] == \
-            [m for m in over_ws.messages if m["type"] in kinds]
+        assert said(over_grpc, kinds) == said(over_ws, kinds)
 
 
 def test_the_sequential_route(srv: Server) -> None:
@@ -416,11 +427,11 @@ def test_a_call_cancelled_mid_stream_releases_its_session_seat_and_stream_at_onc
             async for r in call:  # the pipeline has the stream
                 assert r.type == "segment"
                 break
-            await asyncio.to_thread(wait_for, lambda: actor(srv, "decoder")["inflight"] == 1, 5)
+            await asyncio.to_thread(wait_for, lambda: actor(srv, "decoder")["inflight"] == 1, 30)  # (at heartbeats)
             call.cancel()
 
     asyncio.run(cancel_after_a_result())
-    wait_for(lambda: released(srv) and actor(srv, "decoder")["inflight"] == 0, 5)
+    wait_for(lambda: released(srv) and actor(srv, "decoder")["inflight"] == 0, 30)
     assert "stream ended: aborted" in srv.log()
 
 

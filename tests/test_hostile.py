@@ -27,7 +27,7 @@ from conversation import (
     start_msg,
     stream_steps,
 )
-from server import Server, wait_for
+from server import Server, actor, scrape, wait_for
 
 FRAME_LIMIT = 65536
 
@@ -40,6 +40,12 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+
+
+def idle_warning(m: dict[str, Any]) -> bool:
+    """`strict` warns of idleness after 1 s without audio: a loaded machine can pause a front that
+    long mid-stream, and the warning is then true but beside the point of a test."""
+    return m["type"] == "warning" and m["message"].startswith("no audio for")
 
 
 def fmt(**over: Any) -> dict[str, Any]:
@@ -74,9 +80,11 @@ def test_a_frame_of_exactly_the_size_limit_is_taken(strict: Server) -> None:
 
 
 def test_nothing_secret_or_raw_reaches_the_log(strict: Server) -> None:
+    start = len(strict.log())
     asyncio.run(converse(strict.ws() + "?token=hunter2-in-the-url", [fmt(), {"request": "stop"}]))
-    log = strict.log()
-    assert "hunter2" not in log and "/api/v1/segmented" in log
+    # The access line is written once the handler returns, after the client has seen the close.
+    wait_for(lambda: "/api/v1/segmented" in strict.log()[start:], 10)
+    assert "hunter2" not in strict.log()
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +96,17 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def seats_free(request: pytest.FixtureRequest) -> None:
+    """`guarded` is the module's, and allows two sessions: one an earlier test's client closed may
+    still hold its seat until the front has read that close (the client returns first). Each test
+    on it starts with every seat free."""
+    if "guarded" in request.fixturenames:
+        srv: Server = request.getfixturevalue("guarded")
+        port = actor(srv, "front-0")["metrics_port"]
+        wait_for(lambda: scrape(port, "streamer_front_admission_sessions") == 0, 20)
 
 
 def _origins_file(tmp: pytest.TempPathFactory) -> Path:
@@ -147,10 +166,6 @@ def test_browser_origins_outside_the_allow_list_are_refused(guarded: Server, ori
 
 
 def test_past_the_session_limit_the_handshake_gets_503_with_retry_after(guarded: Server) -> None:
-    # The server is the module's: a session an earlier test's client closed may still hold its seat
-    # until the front has read that close (the client returns first). Start with every seat free.
-    wait_for(lambda: guarded.metric("front-0", "streamer_front_admission_sessions") == 0, 20)
-
     async def hold_two_then_knock() -> tuple[int, str | None]:
         async with aiohttp.ClientSession() as http:
             url = guarded.ws() + "?token=s3cret-token"
@@ -376,7 +391,7 @@ def test_a_stream_ending_mid_sample_is_told_what_was_dropped(strict: Server) -> 
     t = asyncio.run(converse(strict.ws("simple"), steps))
     assert t.close_code == 1000
     check_simple_counts(t, 0, 16000)
-    (w,) = t.of_type("warning")
+    (w,) = [m for m in t.of_type("warning") if not idle_warning(m)]
     assert "its last 1 bytes" in w["message"] and "dropped" in w["message"]
 
 
@@ -458,8 +473,9 @@ def test_a_trace_id_that_is_no_traceparent_is_ignored_and_never_reaches_the_log_
     steps[0] = {**steps[0], "trace_id": forged}  # type: ignore[dict-item]
     t = asyncio.run(converse(strict.ws("simple"), steps))
     assert t.close_code == 1000
-    assert t.messages[0] == {"type": "warning", "channel": 0,
-                             "message": "trace_id ignored: not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"}
+    assert next(m for m in t.messages if not idle_warning(m)) == {
+        "type": "warning", "channel": 0,
+        "message": "trace_id ignored: not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"}
     check_simple_counts(t, 0, 16000)
     assert "forged: line" not in strict.log()
     steps[0] = {**steps[0], "trace_id": "00-" + "a" * 200}  # type: ignore[dict-item]

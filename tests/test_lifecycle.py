@@ -62,10 +62,13 @@ def test_killed_model_actor_is_restarted_and_the_pipeline_works(fresh_server: Se
 
 def test_health_names_a_role_with_no_live_process(fresh_server: Server) -> None:
     # A replacement is forked and bound within milliseconds; a quick second death waits out the
-    # back-off (3 s here), and health says which role is missing meanwhile: that is the window
-    # to look in, not after the second replacement is up (then only its first milliseconds).
-    fresh_server.env["STREAMER_SUPERVISOR_SEGMENTER_BACKOFF_STEP_S"] = "3"
-    fresh_server.env["STREAMER_SUPERVISOR_DECODER_BACKOFF_STEP_S"] = "3"  # paired: the process's policy
+    # back-off (10 s here: longer than a loaded machine's slowest health answer), and health says
+    # which role is missing meanwhile: that is the window to look in, not after the second
+    # replacement is up (then only its first milliseconds).
+    fresh_server.env["STREAMER_SUPERVISOR_SEGMENTER_BACKOFF_STEP_S"] = "10"
+    fresh_server.env["STREAMER_SUPERVISOR_SEGMENTER_BACKOFF_MAX_S"] = "10"
+    fresh_server.env["STREAMER_SUPERVISOR_DECODER_BACKOFF_STEP_S"] = "10"  # paired: the process's policy
+    fresh_server.env["STREAMER_SUPERVISOR_DECODER_BACKOFF_MAX_S"] = "10"
     fresh_server.start()
     first = actor(fresh_server, "segmenter")["pid"]
     os.kill(first, signal.SIGKILL)
@@ -73,8 +76,8 @@ def test_health_names_a_role_with_no_live_process(fresh_server: Server) -> None:
              and a["state"] == "running", 10)
     os.kill(actor(fresh_server, "segmenter")["pid"], signal.SIGKILL)  # a quick second death: backed off
     missing = ["decoder", "segmenter"] if PAIRED else ["segmenter"]  # paired: they die together
-    wait_for(lambda: fresh_server.health() == (503, {"status": "unhealthy", "missing": missing}), 3)
-    wait_for(lambda: fresh_server.health()[0] == 200)
+    wait_for(lambda: fresh_server.health() == (503, {"status": "unhealthy", "missing": missing}), 10)
+    wait_for(lambda: fresh_server.health()[0] == 200, 30)
 
 
 def test_a_second_server_on_a_port_in_use_refuses_to_start_instead_of_sharing_it(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ def test_a_retry_after_a_crash_is_part_of_the_sessions_trace(tmp_path: Path) -> 
     trace_id, client_span = os.urandom(16).hex(), os.urandom(8).hex()
     with Receiver() as otlp:
         srv = started(tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint, STREAMER_MODEL_FAKE_MODE="sleep",
-                      STREAMER_MODEL_FAKE_DELAY="2.0", STREAMER_ACTORS_MODELS="1",
+                      STREAMER_MODEL_FAKE_DELAY="4.0", STREAMER_ACTORS_MODELS="1",
                       STREAMER_SUPERVISOR_HEARTBEAT_S="0.2")
         try:
             s = speech(("The quick brown fox jumps over the lazy dog.",))
@@ -79,8 +79,9 @@ def test_a_retry_after_a_crash_is_part_of_the_sessions_trace(tmp_path: Path) -> 
             steps[0]["trace_id"] = f"00-{trace_id}-{client_span}-01"  # type: ignore[index]
 
             def kill() -> None:
-                # Once the region is handed to the one model actor (which takes 2 s on it), not at a
-                # fixed moment: on a slow machine the region may not be cut yet.
+                # Once the region is handed to the one model actor (which takes 4 s on it: the
+                # gauge moves at the segmenter's heartbeats), not at a fixed moment: on a slow
+                # machine the region may not be cut yet.
                 wait_for(lambda: srv.metric("segmenter", "streamer_dispatch_handed") >= 1, 20)
                 os.kill(actor(srv, "model-0")["pid"], signal.SIGKILL)
 

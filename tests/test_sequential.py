@@ -8,14 +8,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from audio import noise
-from conversation import Transcript, at_audio, converse, stream_steps, until
+from conversation import Action, Transcript, at_audio, converse, stream_steps, until
 from server import Server, actor, wait_for
 
 SECONDS = 9.0
@@ -93,26 +92,36 @@ def test_a_death_mid_stream_leaves_the_results_of_an_undisturbed_run(srv: Server
     wait_for(lambda: actor(srv, kills[0])["restarts"] == 1, 10)
 
 
-def kill_the_holder(srv: Server, times: int, kills: list[tuple[str, int]], wait_s: float) -> None:
-    """SIGKILL the model actor holding the stream's state (by the actors table's `held`) `times`
-    times: each next one holds it only because the one before died."""
+def kill_the_holder(srv: Server, kills: list[tuple[str, int]]) -> Action:
+    """An action for `converse`: SIGKILL the model actor holding the stream's state (by the actors
+    table's `held`, which moves at heartbeats), one not killed before: a next one holds it only
+    because the one before died. The client sends nothing more until then."""
     def holder() -> dict[str, Any] | None:
         return next((a for a in srv.actors() if a["role"] == "model" and a.get("held") and a["pid"]
                      and (a["name"], a["pid"]) not in kills), None)
 
-    for _ in range(times):
-        wait_for(lambda: holder() is not None, wait_s)
+    async def kill(_: object) -> None:
+        await until(lambda: holder() is not None, 30)
         row = holder()
         assert row is not None
         os.kill(row["pid"], signal.SIGKILL)
         kills.append((row["name"], row["pid"]))
 
+    return kill
+
+
+def killing_at(steps: list[Any], seconds: list[float], action: Action) -> list[Any]:
+    """`steps` with `action` once the client has sent each of `seconds` of its audio."""
+    for at in sorted(seconds, reverse=True):  # the latest first: an action before one would shift it
+        steps = at_audio(steps, at, action)
+    return steps
+
 
 def test_the_actor_holding_the_stream_dies_twice_and_the_results_are_an_undisturbed_runs(srv: Server) -> None:
     """Every final, count and running total is what it would have been, and no state is left."""
-    steps = stream_steps(noise(SECONDS)[None, :], 16000, False)
     kills: list[tuple[str, int]] = []
-    threading.Thread(target=kill_the_holder, args=(srv, 2, kills, SECONDS / 2), daemon=True).start()
+    steps = killing_at(stream_steps(noise(SECONDS)[None, :], 16000, False), [SECONDS / 3, 2 * SECONDS / 3],
+                       kill_the_holder(srv, kills))
     t = asyncio.run(converse(srv.ws("sequential"), steps, pace_s=0.05))
     assert len(kills) == 2 and kills[0][0] != kills[1][0], kills
     assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
@@ -133,9 +142,9 @@ def test_deaths_of_its_actor_between_its_pieces_do_not_fail_a_stream(tmp_path: P
                                         "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.01"}).start()
     try:
         kills: list[tuple[str, int]] = []
-        threading.Thread(target=kill_the_holder, args=(srv, 4, kills, 5.0), daemon=True).start()
-        t = asyncio.run(converse(srv.ws("sequential"), stream_steps(noise(seconds)[None, :], 16000, False),
-                                 pace_s=0.1))
+        steps = killing_at(stream_steps(noise(seconds)[None, :], 16000, False), [2.0, 4.5, 7.0, 9.5],
+                           kill_the_holder(srv, kills))
+        t = asyncio.run(converse(srv.ws("sequential"), steps, pace_s=0.1))
         assert len(kills) == 4, kills
         assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
         assert finals(t) == expected(seconds, 30.0)
@@ -183,21 +192,23 @@ def test_a_segmenter_death_leaves_no_model_state_behind(srv: Server) -> None:
     either actor (each would be a whole decoder with pocketsphinx), and their results are
     those of an undisturbed run."""
     streams = 4
-    steps = stream_steps(noise(SECONDS)[None, :], 16000, False)
     models = {a["name"]: a["pid"] for a in srv.actors() if a["role"] == "model"}
     killed: list[int] = []
 
-    def kill_once_all_are_held() -> None:
-        wait_for(lambda: sum(models_holding(srv).values()) == streams, SECONDS / 2 * 0.5)
-        pid = actor(srv, "segmenter")["pid"]
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
+    async def kill_once_all_are_held(_: object) -> None:
+        # Every stream, half sent, waits here: the first to see all four held kills the segmenter.
+        await until(lambda: bool(killed) or sum(models_holding(srv).values()) == streams, 30)
+        if not killed:
+            pid = actor(srv, "segmenter")["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    steps = at_audio(stream_steps(noise(SECONDS)[None, :], 16000, False), SECONDS / 2, kill_once_all_are_held)
 
     async def run() -> list[Transcript]:
         return list(await asyncio.gather(*(converse(srv.ws("sequential"), steps, pace_s=0.05)
                                            for _ in range(streams))))
 
-    threading.Thread(target=kill_once_all_are_held, daemon=True).start()
     transcripts = asyncio.run(run())
     assert killed, "the streams ended before all four were held"
     for t in transcripts:

@@ -152,8 +152,9 @@ def test_panic_rate_over_a_long_stream_answers_every_region(tmp_path: Path) -> N
         t = asyncio.run(converse(srv.ws(), stream_steps(s.samples[None, :], 16000, False), timeout=90))
         finals, errors = check_regions_answered(t, 0)
         assert finals + errors == len(s.truth) == 12
-        crashes = srv.log().count("died: signal SIGABRT")
-        wait_for(lambda: sum(a["restarts"] for a in srv.actors() if a["role"] == "model") == crashes, 10)
+        # (The supervisor logs a death after telling the others of it: both counts are read each time.)
+        wait_for(lambda: sum(a["restarts"] for a in srv.actors() if a["role"] == "model")
+                 == srv.log().count("died: signal SIGABRT"), 10)
     finally:
         srv.stop()
 
@@ -320,7 +321,7 @@ def test_a_result_is_never_lost_between_a_model_that_dies_and_a_front_that_is_sl
     timeout (1011). Results now travel inside the credit, to the segmenter: the dispatcher counts
     an item answered only once its answer has left the model."""
     srv = started(tmp_path, STREAMER_ACTORS_FRONTS="1", STREAMER_ACTORS_MODELS="1", STREAMER_MODEL_FAKE_MODE="sleep",
-                  STREAMER_MODEL_FAKE_DELAY="0.2", STREAMER_SERVER_STOP_TIMEOUT_S="15")
+                  STREAMER_MODEL_FAKE_DELAY="0.2", STREAMER_SERVER_STOP_TIMEOUT_S="40")
     try:
         s = speech(("The quick brown fox jumps over the lazy dog.",))
         front, model = actor(srv, "front-0")["pid"], actor(srv, "model-0")["pid"]
@@ -336,8 +337,9 @@ def test_a_result_is_never_lost_between_a_model_that_dies_and_a_front_that_is_sl
         wait_for(lambda: srv.metric("segmenter", "streamer_dispatch_handed") >= 1, 15)  # cut and handed out
         os.kill(front, signal.SIGSTOP)
         os.kill(model, signal.SIGKILL)  # its work goes to its replacement, which cannot reach the paused front
+        # (Within the stop timeout, which the paused front counts from before its pause.)
         wait_for(lambda: actor(srv, "model-0")["pid"] not in (None, model)
-                 and actor(srv, "model-0").get("processed", 0) >= 1, 8)
+                 and actor(srv, "model-0").get("processed", 0) >= 1, 25)
         os.kill(actor(srv, "model-0")["pid"], signal.SIGKILL)  # after its credit went back
         os.kill(front, signal.SIGCONT)
         client.join(60)
