@@ -116,8 +116,8 @@ class System:
     def start(self, extra: dict[str, str]) -> None:
         env = {**self.env, **extra}
         if self.name.startswith("ours"):
-            run_dir = self.workdir / f"run-{self.port}"
-            run_dir.mkdir(mode=0o700)
+            # Unique, though two points of a sweep may draw the same free port.
+            run_dir = Path(tempfile.mkdtemp(prefix=f"run-{self.port}-", dir=self.workdir))
             env.update(STREAMER_SERVER_PORT=str(self.port), STREAMER_SERVER_RUN_DIR=str(run_dir),
                        STREAMER_ACTORS_MODELS=str(CORES), STREAMER_METRICS_BASE_PORT="0",
                        STREAMER_LIMITS_MAX_SESSIONS="1000", STREAMER_SERVER_GRPC_PORT="0")
