@@ -22,6 +22,7 @@ from conversation import (
     check_regions_answered,
     check_simple_counts,
     converse,
+    idle_warning,
     raw_frame,
     raw_handshake,
     start_msg,
@@ -40,12 +41,6 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
-
-
-def idle_warning(m: dict[str, Any]) -> bool:
-    """`strict` warns of idleness after 1 s without audio: a loaded machine can pause a front that
-    long mid-stream, and the warning is then true but beside the point of a test."""
-    return m["type"] == "warning" and m["message"].startswith("no audio for")
 
 
 def fmt(**over: Any) -> dict[str, Any]:

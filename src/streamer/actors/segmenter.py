@@ -300,18 +300,14 @@ class Segmenter(Actor):
         state = self.streams.get(stream)
         if state is None or state.lost or msg.gen < state.start.gen:
             return  # a lost stream's replay says `stop` again; an earlier run's stop is not this run's end
+        # Still in `streams` while its last cuts are made: if that raises, `contain` fails this
+        # stream, as in any other of its handlers, and never its actor (whose replacement would be
+        # handed the same `Close`).
+        for ch, cutter in enumerate(state.cutters):
+            self._deliver(state, ch, cutter.flush())
+        state.route.closed(state)
         del self.streams[stream]
         self.ended[stream] = state.start
-        try:
-            for ch, cutter in enumerate(state.cutters):
-                self._deliver(state, ch, cutter.flush())
-            state.route.closed(state)
-        except Exception:
-            # Back where `contain` finds it: the error fails this stream, as in any other of its
-            # handlers, and never its actor (whose replacement would be handed the same `Close`).
-            self.streams[stream] = state
-            del self.ended[stream]
-            raise
         telemetry.finish(state.span)
 
     def on_idle(self) -> None:

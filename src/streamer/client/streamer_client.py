@@ -150,7 +150,8 @@ async def stream(url: str, pcm: Pcm, *, chunk_bytes: int = 0, real_time: bool = 
             if attempt == reconnects:
                 raise
             print(f"cannot connect ({e.os_error}): trying again", file=sys.stderr, flush=True)
-            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+            fruitless += 1
+            await asyncio.sleep(backoff_s(fruitless))
             continue
         except aiohttp.ClientConnectionError as e:  # the front died during the handshake: as after one
             if attempt == reconnects:
