@@ -112,6 +112,9 @@ VARIANTS = {
     "ours-split-shards": {"STREAMER_ACTORS_SHARDS": "0"},  # a decoder and a segmenter per core, each alone
     "ours-paired-shards": {"STREAMER_ACTORS_SHARDS": "0", "STREAMER_ACTORS_PLACEMENT": "paired"},
     "ours-shards": {"STREAMER_ACTORS_PLACEMENT": "shards"},  # per core a front with its decoder and segmenter
+    # ... reading each client's socket at most every so often (`[front] read_hold_ms`)
+    "ours-shards-hold20": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_FRONT_READ_HOLD_MS": "20"},
+    "ours-shards-hold40": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_FRONT_READ_HOLD_MS": "40"},
     # ... and how the kernel runs the model actors (src/streamer/runtime/scheduling.py)
     "ours-shards-nice": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_SCHEDULING_MODEL_NICE": "10"},
     "ours-shards-batch": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_SCHEDULING_MODEL_BATCH": "true"},

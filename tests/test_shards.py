@@ -648,3 +648,22 @@ def test_a_shard_killed_drops_only_its_own_sessions_and_comes_back(tmp_path: Pat
             check_simple_counts(t, 0, 16000)
     finally:
         srv.stop()
+
+
+def test_a_held_socket_gathers_the_frames_sent_meanwhile_into_one_feed_and_loses_none(tmp_path: Path) -> None:
+    """`[front] read_hold_ms`: after each audio frame the front leaves the client's socket unread
+    for that long, so a client streaming live at 20 ms frames reaches the pipeline several frames
+    at a time (one read, one message), and every sample is still answered."""
+    srv = Server(tmp_path / "run", env={"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_ACTORS_FRONTS": "1",
+                                        "STREAMER_FRONT_READ_HOLD_MS": "200"}).start()
+    try:
+        steps = simple(2.0)
+        t = asyncio.run(converse(srv.ws("simple"), steps, pace_s=0.02))
+        assert t.close_code == 1000, t.messages[-3:]
+        check_simple_counts(t, 0, 32000)
+        frames = srv.metric("front-0", "streamer_front_audio_frames_total")
+        feeds = srv.metric("front-0", "streamer_front_audio_feeds_total")
+        assert frames == sum(isinstance(s, bytes) for s in steps)
+        assert frames >= 3 * feeds, (frames, feeds)  # 200 ms holds of 20 ms frames: ~10 a feed
+    finally:
+        srv.stop()

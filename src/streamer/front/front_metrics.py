@@ -32,6 +32,10 @@ SPEECH_END_TO_FINAL = prometheus_client.Histogram(
     "streamer_front_speech_end_to_final_seconds", "From a region's `inactive` to its final result, as sent",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
 
+AUDIO_FRAMES = prometheus_client.Counter("streamer_front_audio_frames", "Binary audio frames taken from clients")
+AUDIO_FEEDS = prometheus_client.Counter(
+    "streamer_front_audio_feeds", "Audio messages into the pipeline: frames that came in one read go as one "
+    "(frames / feeds is what `[front] read_hold_ms` gathers)")
 PEAK_INFLIGHT = prometheus_client.Histogram(
     "streamer_front_stream_peak_inflight_seconds", "Most audio a stream had sent and not yet answered",
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120))

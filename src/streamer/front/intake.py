@@ -67,7 +67,23 @@ class Intake:
             await self._arrived.wait()
         msg = self._frames.popleft()
         if msg.kind != "end":
-            self._bytes -= cost(msg)
-            if self._bytes < self._limit:
-                self._room.set()
+            self._taken(msg)
         return msg
+
+    def audio_ready(self, limit: int) -> list[bytes]:
+        """The binary frames queued right now, in order, up to the first other message and about
+        `limit` bytes: what a session can feed at once with the frame it has just taken."""
+        out: list[bytes] = []
+        size = 0
+        while self._frames and self._frames[0].kind == "binary" and size < limit:
+            msg = self._frames.popleft()
+            self._taken(msg)
+            data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+            out.append(data)
+            size += len(data)
+        return out
+
+    def _taken(self, msg: Incoming) -> None:
+        self._bytes -= cost(msg)
+        if self._bytes < self._limit:
+            self._room.set()
