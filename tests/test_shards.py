@@ -650,20 +650,36 @@ def test_a_shard_killed_drops_only_its_own_sessions_and_comes_back(tmp_path: Pat
         srv.stop()
 
 
-def test_a_held_socket_gathers_the_frames_sent_meanwhile_into_one_feed_and_loses_none(tmp_path: Path) -> None:
-    """`[front] read_hold_ms`: after each audio frame the front leaves the client's socket unread
-    for that long, so a client streaming live at 20 ms frames reaches the pipeline several frames
-    at a time (one read, one message), and every sample is still answered."""
+def test_a_busy_fronts_sockets_are_held_and_gather_the_frames_sent_meanwhile_losing_none(tmp_path: Path) -> None:
+    """`[front] read_hold_ms`: while a front has `read_hold_sessions` sessions, it leaves a
+    client's socket unread for that long after each audio frame, so a client streaming live at
+    20 ms frames reaches the pipeline several frames at a time (one read, one message), and every
+    sample is still answered. Below that, every frame is read as it comes."""
     srv = Server(tmp_path / "run", env={"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_ACTORS_FRONTS": "1",
-                                        "STREAMER_FRONT_READ_HOLD_MS": "200"}).start()
+                                        "STREAMER_FRONT_READ_HOLD_MS": "200",
+                                        "STREAMER_FRONT_READ_HOLD_SESSIONS": "2"}).start()
     try:
         steps = simple(2.0)
-        t = asyncio.run(converse(srv.ws("simple"), steps, pace_s=0.02))
-        assert t.close_code == 1000, t.messages[-3:]
-        check_simple_counts(t, 0, 32000)
-        frames = srv.metric("front-0", "streamer_front_audio_frames_total")
-        feeds = srv.metric("front-0", "streamer_front_audio_feeds_total")
-        assert frames == sum(isinstance(s, bytes) for s in steps)
-        assert frames >= 3 * feeds, (frames, feeds)  # 200 ms holds of 20 ms frames: ~10 a feed
+        sent = sum(isinstance(s, bytes) for s in steps)
+
+        def counts() -> tuple[float, ...]:
+            return tuple(srv.metric("front-0", f"streamer_front_{name}_total")
+                         for name in ("audio_frames", "audio_feeds", "read_holds"))
+
+        alone = asyncio.run(converse(srv.ws("simple"), steps, pace_s=0.02))
+        assert alone.close_code == 1000, alone.messages[-3:]
+        check_simple_counts(alone, 0, 32000)
+        assert counts()[0] == sent and counts()[2] == 0  # one session: below the threshold, never held
+
+        async def two() -> list[Any]:
+            return list(await asyncio.gather(*(converse(srv.ws("simple"), steps, pace_s=0.02) for _ in range(2))))
+
+        before = counts()
+        for t in asyncio.run(two()):
+            assert t.close_code == 1000, t.messages[-3:]
+            check_simple_counts(t, 0, 32000)
+        frames, feeds, holds = (b - a for a, b in zip(before, counts(), strict=True))
+        assert frames == 2 * sent and holds > 0
+        assert frames >= 3 * feeds, (frames, feeds)  # 200 ms holds of 100 ms frames sent 20 ms apart: ~10 a feed
     finally:
         srv.stop()

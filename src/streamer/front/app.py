@@ -205,7 +205,8 @@ def stream_route(route: RouteName) -> Any:
             await asyncio.sleep(LINGER_S)
             return ws
         transport = request.transport
-        wire = WebSocketWire(ws, transport, cfg.front.read_hold_ms / 1000)
+        wire = WebSocketWire(ws, transport, cfg.front.read_hold_ms / 1000,
+                             holding=lambda: len(doors.sessions) >= cfg.front.read_hold_sessions)
         session = Session(wire, request.app[PIPELINE], route, cfg,
                           authenticated=not cfg.security.token or offered is not None)
         doors.enter(session)

@@ -36,6 +36,8 @@ AUDIO_FRAMES = prometheus_client.Counter("streamer_front_audio_frames", "Binary 
 AUDIO_FEEDS = prometheus_client.Counter(
     "streamer_front_audio_feeds", "Audio messages into the pipeline: frames that came in one read go as one "
     "(frames / feeds is what `[front] read_hold_ms` gathers)")
+READ_HOLDS = prometheus_client.Counter("streamer_front_read_holds", "Times a client's socket was left unread for "
+                                       "`[front] read_hold_ms` after an audio frame")
 PEAK_INFLIGHT = prometheus_client.Histogram(
     "streamer_front_stream_peak_inflight_seconds", "Most audio a stream had sent and not yet answered",
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120))

@@ -9,10 +9,13 @@ limits and backpressure are written once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from aiohttp import WSMsgType, web
+
+from streamer.front.front_metrics import READ_HOLDS
 
 
 @dataclass(frozen=True)
@@ -45,13 +48,15 @@ class WebSocketWire:
     loop, one parse, one message to the decoder for all of them: `Session` joins what is queued).
     A client at 20 ms frames costs a read per frame otherwise, which is most of what a front
     spends on it. What it costs: up to `hold_s` more latency on every frame, and as late an
-    answer to a ping."""
+    answer to a ping; so it applies only while `holding()` says the front is busy enough for
+    the CPU to matter more (`[front] read_hold_sessions`)."""
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None = None,
-                 hold_s: float = 0.0) -> None:
+                 hold_s: float = 0.0, holding: Callable[[], bool] = lambda: True) -> None:
         self.ws = ws
         self._transport = transport if hold_s > 0 else None
         self._hold_s = hold_s
+        self._holding = holding
         self._held: asyncio.TimerHandle | None = None
 
     async def receive(self) -> Incoming:
@@ -59,8 +64,10 @@ class WebSocketWire:
         if msg.type is WSMsgType.TEXT:
             return Incoming("text", msg.data)
         if msg.type is WSMsgType.BINARY:
-            if self._transport is not None and self._held is None and not self._transport.is_closing():
+            if self._transport is not None and self._held is None and not self._transport.is_closing() \
+                    and self._holding():
                 self._transport.pause_reading()
+                READ_HOLDS.inc()
                 self._held = asyncio.get_running_loop().call_later(self._hold_s, self._resume)
             return Incoming("binary", msg.data)
         return END  # CLOSE, CLOSING, CLOSED, ERROR (a frame over the limit: already closed 1009)

@@ -50,6 +50,7 @@ class Actors(msgspec.Struct, forbid_unknown_fields=True):
 class Front(msgspec.Struct, forbid_unknown_fields=True):
     coalesce_ms: float
     read_hold_ms: float
+    read_hold_sessions: int
     event_loop: str
 
 
