@@ -654,10 +654,12 @@ def test_a_busy_fronts_sockets_are_held_and_gather_the_frames_sent_meanwhile_los
     """`[front] read_hold_ms`: while a front has `read_hold_sessions` sessions, it leaves a
     client's socket unread for that long after each audio frame, so a client streaming live at
     20 ms frames reaches the pipeline several frames at a time (one read, one message), and every
-    sample is still answered. Below that, every frame is read as it comes."""
+    sample is still answered. Below that, every frame is read as it comes, and so is a file
+    uploaded faster than real time (its reads gather many frames by themselves)."""
     srv = Server(tmp_path / "run", env={"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_ACTORS_FRONTS": "1",
                                         "STREAMER_FRONT_READ_HOLD_MS": "200",
-                                        "STREAMER_FRONT_READ_HOLD_SESSIONS": "2"}).start()
+                                        "STREAMER_FRONT_READ_HOLD_SESSIONS": "2",
+                                        "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0"}).start()
     try:
         steps = simple(2.0)
         sent = sum(isinstance(s, bytes) for s in steps)
@@ -681,5 +683,15 @@ def test_a_busy_fronts_sockets_are_held_and_gather_the_frames_sent_meanwhile_los
         frames, feeds, holds = (b - a for a, b in zip(before, counts(), strict=True))
         assert frames == 2 * sent and holds > 0
         assert frames >= 3 * feeds, (frames, feeds)  # 200 ms holds of 100 ms frames sent 20 ms apart: ~10 a feed
+
+        async def uploads() -> list[Any]:  # as fast as they can: not live, so not held past their first second
+            return list(await asyncio.gather(*(converse(srv.ws("simple"), simple(30.0)) for _ in range(2))))
+
+        before = counts()
+        for t in asyncio.run(uploads()):
+            assert t.close_code == 1000, t.messages[-3:]
+            check_simple_counts(t, 0, 480000)
+        frames, feeds, holds = (b - a for a, b in zip(before, counts(), strict=True))
+        assert frames == 2 * 300 and holds <= 2 * 2, holds  # (held after every read, each would be ~15)
     finally:
         srv.stop()

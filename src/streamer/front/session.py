@@ -69,6 +69,7 @@ from streamer.transport.messages import (
 log = logging.getLogger("front.session")
 _tracer = telemetry.tracer("streamer.front")
 
+LIVE_PACE, LIVE_AHEAD_S = 1.5, 1.0  # a live client: at most 1.5x real time, plus a second sent ahead
 JOIN_BYTES = 16 << 10  # frames queued together go on as one feed of at most about this much
 
 # What the sender takes: a message and the span it belongs to (None: the session's own).
@@ -327,6 +328,15 @@ class Session:
                     await asyncio.wait_for(self._moved.wait(), 1.0)
             else:
                 return
+
+    def live(self) -> bool:
+        """Its client streams audio about as fast as it is spoken: not a file uploaded at full
+        speed, whose reads gather many frames by themselves and which a read hold would only
+        slow down (`WebSocketWire`)."""
+        s = self.stream
+        if s is None:
+            return False
+        return s.fed_bytes / s.bytes_per_s <= LIVE_PACE * (time.monotonic() - s.opened.opened_at) + LIVE_AHEAD_S
 
     def _client_spoke(self) -> None:
         """The intake read a frame: the client is not idle, whatever the pipeline is doing."""

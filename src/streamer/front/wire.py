@@ -49,7 +49,8 @@ class WebSocketWire:
     A client at 20 ms frames costs a read per frame otherwise, which is most of what a front
     spends on it. What it costs: up to `hold_s` more latency on every frame, and as late an
     answer to a ping; so it applies only while `holding()` says the front is busy enough for
-    the CPU to matter more (`[front] read_hold_sessions`)."""
+    the CPU to matter more (`[front] read_hold_sessions`), and only to a client streaming live
+    (`Session.live`: an upload's reads gather many frames without it)."""
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None = None,
                  hold_s: float = 0.0, holding: Callable[[], bool] = lambda: True) -> None:
