@@ -36,6 +36,8 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path: Path) -> None:
         config.load(env={"STREAMER_CONFIG": str(f)})
     with pytest.raises(ValueError, match="STREAMER_SERVER_PORT"):
         config.load(env={"STREAMER_SERVER_PORT": "eighty"})
+    with pytest.raises(ValueError, match="read_hold_ms"):  # a longer hold would hold up pings and closes
+        config.load(env={"STREAMER_FRONT_READ_HOLD_MS": "500"})
 
 
 def test_round_trips_through_plain_data_for_children() -> None:

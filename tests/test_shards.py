@@ -48,7 +48,7 @@ from streamer.transport.shm import BufferPool
 from streamer.transport.sockets import ZmqLink
 
 from audio import noise, speech
-from conversation import check_regions_answered, check_simple_counts, converse, stream_steps
+from conversation import audio_frames, check_regions_answered, check_simple_counts, converse, start_msg, stream_steps
 from rig import SMALL_POOLS, Rig
 from server import Server, actor, wait_for
 
@@ -650,48 +650,49 @@ def test_a_shard_killed_drops_only_its_own_sessions_and_comes_back(tmp_path: Pat
         srv.stop()
 
 
+def live(seconds: float) -> list[Any]:
+    """A simple-route stream in 20 ms frames, to be sent one every 20 ms (`pace_s`): a live client."""
+    return [start_msg(1, 16000, False), *audio_frames(noise(seconds)[None, :], False, chunk_s=0.02),
+            {"request": "stop", "disconnect": True}]
+
+
 def test_a_busy_fronts_sockets_are_held_and_gather_the_frames_sent_meanwhile_losing_none(tmp_path: Path) -> None:
-    """`[front] read_hold_ms`: while a front has `read_hold_sessions` sessions, it leaves a
-    client's socket unread for that long after each audio frame, so a client streaming live at
-    20 ms frames reaches the pipeline several frames at a time (one read, one message), and every
-    sample is still answered. Below that, every frame is read as it comes, and so is a file
-    uploaded faster than real time (its reads gather many frames by themselves)."""
+    """`[front] read_hold_ms`: while a front has `read_hold_sessions` sessions, it leaves a live
+    client's socket unread for that long after each audio frame, so a client streaming 20 ms
+    frames in real time reaches the pipeline several frames at a time (one read, one message),
+    and every sample is still answered. Below that, every frame is read as it comes, and so is
+    a file uploaded faster than real time (its reads gather many frames by themselves)."""
     srv = Server(tmp_path / "run", env={"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_ACTORS_FRONTS": "1",
-                                        "STREAMER_FRONT_READ_HOLD_MS": "200",
+                                        "STREAMER_FRONT_READ_HOLD_MS": "100",
                                         "STREAMER_FRONT_READ_HOLD_SESSIONS": "2",
                                         "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0"}).start()
     try:
-        steps = simple(2.0)
-        sent = sum(isinstance(s, bytes) for s in steps)
-
         def counts() -> tuple[float, ...]:
             return tuple(srv.metric("front-0", f"streamer_front_{name}_total")
                          for name in ("audio_frames", "audio_feeds", "read_holds"))
 
-        alone = asyncio.run(converse(srv.ws("simple"), steps, pace_s=0.02))
+        def since(before: tuple[float, ...]) -> tuple[float, ...]:
+            return tuple(b - a for a, b in zip(before, counts(), strict=True))
+
+        alone = asyncio.run(converse(srv.ws("simple"), live(2.0), pace_s=0.02))
         assert alone.close_code == 1000, alone.messages[-3:]
         check_simple_counts(alone, 0, 32000)
-        assert counts()[0] == sent and counts()[2] == 0  # one session: below the threshold, never held
+        assert counts()[0] == 100 and counts()[2] == 0  # one session: below the threshold, never held
 
-        async def two() -> list[Any]:
-            return list(await asyncio.gather(*(converse(srv.ws("simple"), steps, pace_s=0.02) for _ in range(2))))
-
-        before = counts()
-        for t in asyncio.run(two()):
-            assert t.close_code == 1000, t.messages[-3:]
-            check_simple_counts(t, 0, 32000)
-        frames, feeds, holds = (b - a for a, b in zip(before, counts(), strict=True))
-        assert frames == 2 * sent and holds > 0
-        assert frames >= 3 * feeds, (frames, feeds)  # 200 ms holds of 100 ms frames sent 20 ms apart: ~10 a feed
-
-        async def uploads() -> list[Any]:  # as fast as they can: not live, so not held past their first second
-            return list(await asyncio.gather(*(converse(srv.ws("simple"), simple(30.0)) for _ in range(2))))
+        async def two(steps: list[Any], pace_s: float) -> None:
+            for t in await asyncio.gather(*(converse(srv.ws("simple"), steps, pace_s=pace_s) for _ in range(2))):
+                assert t.close_code == 1000, t.messages[-3:]
+                check_simple_counts(t, 0, 16000 * sum(len(s) for s in steps if isinstance(s, bytes)) // 32000)
 
         before = counts()
-        for t in asyncio.run(uploads()):
-            assert t.close_code == 1000, t.messages[-3:]
-            check_simple_counts(t, 0, 480000)
-        frames, feeds, holds = (b - a for a, b in zip(before, counts(), strict=True))
-        assert frames == 2 * 300 and holds <= 2 * 2, holds  # (held after every read, each would be ~15)
+        asyncio.run(two(live(2.0), 0.02))
+        frames, feeds, holds = since(before)
+        assert frames == 2 * 100 and holds > 0
+        assert frames >= 2.5 * feeds, (frames, feeds)  # 100 ms holds of 20 ms frames: ~5 a feed
+
+        before = counts()
+        asyncio.run(two(live(20.0), 0.0))  # as fast as they can: not held past their first second
+        frames, feeds, holds = since(before)
+        assert frames == 2 * 1000 and holds <= 2 * 2, holds  # (held after every read: ~10 each, a 64 KiB buffer a hold)
     finally:
         srv.stop()

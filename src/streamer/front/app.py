@@ -206,7 +206,8 @@ def stream_route(route: RouteName) -> Any:
             return ws
         transport = request.transport
         wire = WebSocketWire(ws, transport, cfg.front.read_hold_ms / 1000,
-                             holding=lambda: len(doors.sessions) >= cfg.front.read_hold_sessions and session.live())
+                             holding=lambda: len(doors.sessions) >= cfg.front.read_hold_sessions
+                             and session.holdable(cfg.front.read_hold_ms / 1000))
         session = Session(wire, request.app[PIPELINE], route, cfg,
                           authenticated=not cfg.security.token or offered is not None)
         doors.enter(session)

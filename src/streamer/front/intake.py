@@ -40,6 +40,7 @@ class Intake:
         self._room = asyncio.Event()
         self._room.set()
         self._arrived = asyncio.Event()
+        self.received = 0  # bytes of binary frames read from the client, as they come
 
     async def run(self) -> None:
         """Read until the client has gone (the `end` is the last message queued)."""
@@ -51,6 +52,8 @@ class Intake:
             if msg.kind == "end":
                 return
             self._on_frame()
+            if msg.kind == "binary":
+                self.received += len(msg.data)
             self._bytes += cost(msg)
             if self._bytes >= self._limit:
                 self._room.clear()
@@ -71,16 +74,15 @@ class Intake:
         return msg
 
     def audio_ready(self, limit: int) -> list[bytes]:
-        """The binary frames queued right now, in order, up to the first other message and about
-        `limit` bytes: what a session can feed at once with the frame it has just taken."""
+        """The binary frames queued right now, in order, up to the first other message and to
+        `limit` bytes in all: what a session can feed at once with the frame it has just taken."""
         out: list[bytes] = []
-        size = 0
-        while self._frames and self._frames[0].kind == "binary" and size < limit:
+        while self._frames and self._frames[0].kind == "binary" and len(self._frames[0].data) <= limit:
             msg = self._frames.popleft()
             self._taken(msg)
             data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
             out.append(data)
-            size += len(data)
+            limit -= len(data)
         return out
 
     def _taken(self, msg: Incoming) -> None:

@@ -70,6 +70,7 @@ log = logging.getLogger("front.session")
 _tracer = telemetry.tracer("streamer.front")
 
 LIVE_PACE, LIVE_AHEAD_S = 1.5, 1.0  # a live client: at most 1.5x real time, plus a second sent ahead
+DEFAULT_RECEIVE_BUFFER = 1 << 16  # what a socket's receive buffer is taken to be when the kernel sizes it
 JOIN_BYTES = 16 << 10  # frames queued together go on as one feed of at most about this much
 
 # What the sender takes: a message and the span it belongs to (None: the session's own).
@@ -99,6 +100,7 @@ class Session:
         self.authenticated = authenticated
         self.draining = False
         self._streams = 0
+        self._received_at_start = 0  # `intake.received` when the running stream started
         self._done = asyncio.Event()  # the stream's last result is out, or it failed
         self._moved = asyncio.Event()  # the stream's answered audio moved (or it ended)
         self._closed = asyncio.Event()
@@ -153,7 +155,7 @@ class Session:
                 # Frames that came in one read (`WebSocketWire`'s hold) go on as one: a message
                 # through the pipeline costs about the same whatever its size. (A little at a
                 # time all the same: the limits and the budget are checked between feeds.)
-                more = self.intake.audio_ready(JOIN_BYTES - len(data))
+                more = self.intake.audio_ready(min(JOIN_BYTES, self.cfg.limits.max_frame_bytes) - len(data))
                 AUDIO_FRAMES.inc(1 + len(more))
                 AUDIO_FEEDS.inc()
                 await self._feed(self.stream, b"".join([data, *more]) if more else data)
@@ -183,6 +185,7 @@ class Session:
         protocol.check_format(req.format, self.cfg.limits)
         f = req.format
         self._streams += 1
+        self._received_at_start = self.intake.received
         stream_id = f"{self.id}-{self._streams}"
         parent = req.trace_id
         if parent is not None and not protocol.is_traceparent(parent):
@@ -329,14 +332,20 @@ class Session:
             else:
                 return
 
-    def live(self) -> bool:
-        """Its client streams audio about as fast as it is spoken: not a file uploaded at full
-        speed, whose reads gather many frames by themselves and which a read hold would only
-        slow down (`WebSocketWire`)."""
+    def holdable(self, hold_s: float) -> bool:
+        """Whether a read hold of `hold_s` suits this session's client (`WebSocketWire`): it
+        streams live, at most `LIVE_PACE` times real time as its bytes arrive (a file uploaded at
+        full speed gathers many frames in a read by itself, and a hold would only slow it), and
+        at a rate a quarter of the socket's receive buffer carries across the hold (wider
+        formats would be held below real time)."""
         s = self.stream
         if s is None:
             return False
-        return s.fed_bytes / s.bytes_per_s <= LIVE_PACE * (time.monotonic() - s.opened.opened_at) + LIVE_AHEAD_S
+        buffer = self.cfg.limits.socket_receive_buffer or DEFAULT_RECEIVE_BUFFER
+        if s.bytes_per_s * hold_s > buffer / 4:
+            return False
+        sent_s = (self.intake.received - self._received_at_start) / s.bytes_per_s
+        return sent_s <= LIVE_PACE * (time.monotonic() - s.opened.opened_at) + LIVE_AHEAD_S
 
     def _client_spoke(self) -> None:
         """The intake read a frame: the client is not idle, whatever the pipeline is doing."""

@@ -50,7 +50,7 @@ class WebSocketWire:
     spends on it. What it costs: up to `hold_s` more latency on every frame, and as late an
     answer to a ping; so it applies only while `holding()` says the front is busy enough for
     the CPU to matter more (`[front] read_hold_sessions`), and only to a client streaming live
-    (`Session.live`: an upload's reads gather many frames without it)."""
+    at a rate the socket's receive buffer carries across a hold (`Session.holdable`)."""
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None = None,
                  hold_s: float = 0.0, holding: Callable[[], bool] = lambda: True) -> None:
@@ -59,19 +59,39 @@ class WebSocketWire:
         self._hold_s = hold_s
         self._holding = holding
         self._held: asyncio.TimerHandle | None = None
+        self._asked = False  # a `_hold` is scheduled
+        self._waiting = False  # the reader waits inside `ws.receive()`
 
     async def receive(self) -> Incoming:
-        msg = await self.ws.receive()
+        self._waiting = True
+        try:
+            msg = await self.ws.receive()
+        finally:
+            self._waiting = False
         if msg.type is WSMsgType.TEXT:
             return Incoming("text", msg.data)
         if msg.type is WSMsgType.BINARY:
-            if self._transport is not None and self._held is None and not self._transport.is_closing() \
-                    and self._holding():
-                self._transport.pause_reading()
-                READ_HOLDS.inc()
-                self._held = asyncio.get_running_loop().call_later(self._hold_s, self._resume)
+            if self._transport is not None and self._held is None and not self._asked:
+                self._asked = True
+                asyncio.get_running_loop().call_soon(self._hold)
             return Incoming("binary", msg.data)
         return END  # CLOSE, CLOSING, CLOSED, ERROR (a frame over the limit: already closed 1009)
+
+    def _hold(self) -> None:
+        """Pause the socket, if the reader has taken everything aiohttp had parsed. aiohttp pauses
+        the same socket when its own queue of messages is too long, and a resume of ours would
+        undo that (its queue would then grow without bound), so the hold starts only where
+        aiohttp cannot be holding it: with the reader waiting inside `ws.receive()`, which waits
+        only on an empty queue. (The reader takes a queued message without waiting, so by the
+        time this runs it has taken them all, or it has stopped for its read-ahead limit.)
+        While the hold lasts nothing is read, so aiohttp's queue stays empty."""
+        self._asked = False
+        t = self._transport
+        if t is None or not self._waiting or self._held is not None or t.is_closing() or not self._holding():
+            return
+        t.pause_reading()
+        READ_HOLDS.inc()
+        self._held = asyncio.get_running_loop().call_later(self._hold_s, self._resume)
 
     def _resume(self) -> None:
         self._held = None

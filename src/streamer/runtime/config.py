@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -49,7 +49,7 @@ class Actors(msgspec.Struct, forbid_unknown_fields=True):
 
 class Front(msgspec.Struct, forbid_unknown_fields=True):
     coalesce_ms: float
-    read_hold_ms: float
+    read_hold_ms: Annotated[float, msgspec.Meta(ge=0, le=100)]  # longer would hold up pings and closes
     read_hold_sessions: int
     event_loop: str
 
