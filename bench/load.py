@@ -115,6 +115,7 @@ VARIANTS = {
     # ... reading each client's socket at most every so often (`[front] read_hold_ms`)
     "ours-shards-hold20": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_FRONT_READ_HOLD_MS": "20"},
     "ours-shards-hold40": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_FRONT_READ_HOLD_MS": "40"},
+    "ours-shards-hold80": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_FRONT_READ_HOLD_MS": "80"},
     # ... and how the kernel runs the model actors (src/streamer/runtime/scheduling.py)
     "ours-shards-nice": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_SCHEDULING_MODEL_NICE": "10"},
     "ours-shards-batch": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_SCHEDULING_MODEL_BATCH": "true"},

@@ -71,7 +71,7 @@ class WebSocketWire:
         if msg.type is WSMsgType.TEXT:
             return Incoming("text", msg.data)
         if msg.type is WSMsgType.BINARY:
-            if self._transport is not None and self._held is None and not self._asked:
+            if self._transport is not None and self._held is None and not self._asked and self._holding():
                 self._asked = True
                 asyncio.get_running_loop().call_soon(self._hold)
             return Incoming("binary", msg.data)
@@ -87,7 +87,7 @@ class WebSocketWire:
         While the hold lasts nothing is read, so aiohttp's queue stays empty."""
         self._asked = False
         t = self._transport
-        if t is None or not self._waiting or self._held is not None or t.is_closing() or not self._holding():
+        if t is None or not self._waiting or self._held is not None or t.is_closing():
             return
         t.pause_reading()
         READ_HOLDS.inc()
