@@ -17,7 +17,7 @@ import pytest
 
 from audio import noise
 from conversation import check_simple_counts, converse, stream_steps
-from server import PAIRED, Server, actor, alive, process_of, shm_segments, wait_for
+from server import PAIRED, Server, actor, alive, free_port, process_of, shm_segments, wait_for
 
 
 def test_processes_show_their_role_in_ps(fresh_server: Server) -> None:
@@ -118,6 +118,16 @@ def test_supervisor_killed_outright_takes_its_children_and_segments_with_it(fres
     wait_for(lambda: shm_segments(run_id) == [])
 
 
+def in_session(sid: int) -> list[psutil.Process]:
+    """The processes of the session `sid` (a supervisor started with `start_new_session`)."""
+    out = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(p.pid) == sid:
+                out.append(p)
+    return out
+
+
 def test_a_supervisor_killed_while_its_children_still_start_leaves_no_orphan(tmp_path: Path) -> None:
     """Regression: a child whose supervisor died before the child set PR_SET_PDEATHSIG (which it
     does after the spawn bootstrap and its imports) was never signalled: it lived on, holding
@@ -138,14 +148,25 @@ def test_a_supervisor_killed_while_its_children_still_start_leaves_no_orphan(tmp
     moments = [lambda: len(srv.descendants()) >= 2,  # the resource tracker and the fork server
                lambda: forked() >= 1]
     for moment in moments:
-        srv.proc = subprocess.Popen([sys.executable, "-m", "streamer.supervisor.cli", "serve"], env=srv.environment(),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for attempt in range(5):
+            # Ports drawn afresh each time: a supervisor refuses a port another test's server took
+            # meanwhile, and exits before any moment comes (`Server.start` draws again then too).
+            srv.port, srv.grpc_port = free_port(), free_port()
+            log = tmp_path / f"supervisor-{moments.index(moment)}-{attempt}.log"
+            with log.open("wb") as out:
+                srv.proc = subprocess.Popen([sys.executable, "-m", "streamer.supervisor.cli", "serve"],
+                                            env=srv.environment(), stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+            wait_for(lambda m=moment: m() or srv.proc.poll() is not None, 60, every=0.005)  # type: ignore[union-attr]
+            if srv.proc.poll() is None:
+                break
         try:
-            wait_for(moment, 60, every=0.005)
+            assert srv.proc.poll() is None, log.read_text(errors="replace")[-2000:]  # it exited five times at its start
             children = srv.descendants()
             srv.signal(signal.SIGKILL)
             srv.wait(10)
-            left = alive(children, grace_s=20)
+            # ... and whatever the fork server forked after that look: the session's every member.
+            left = alive(list({*children, *in_session(srv.proc.pid)}), grace_s=20)  # type: ignore[union-attr]
             port_holders += left
             assert left == [], [(p.pid, p.cmdline()) for p in left]
         finally:
