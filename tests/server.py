@@ -86,18 +86,20 @@ class Server:
         env.update(self.env)
         return env
 
-    def start(self, timeout: float = 60.0) -> Server:
-        """Start and wait until healthy. Ports are drawn at random and tests run six at once: if
-        another test's server took one first, the supervisor refuses to share it, and this one
-        draws new ports and starts again."""
+    def start(self, timeout: float = 60.0, ready: Callable[[], object] | None = None,
+              every: float = 0.1) -> Server:
+        """Start and wait until healthy (or until `ready()`, polled every `every` s: a test that
+        kills the group part-way through its start). Ports are drawn at random and tests run six
+        at once: if another test's server took one first, the supervisor refuses to share it, and
+        this one draws new ports and starts again."""
         for _ in range(5):
             try:
-                return self._start(timeout)
+                return self._start(timeout, ready or (lambda: self.health()[0] == 200 and self.all_running()), every)
             except PortTaken:
                 self.port, self.grpc_port = free_port(), free_port()
         raise RuntimeError("no free ports in five draws")
 
-    def _start(self, timeout: float) -> Server:
+    def _start(self, timeout: float, ready: Callable[[], object], every: float) -> Server:
         self.log_path = self.run_dir.parent / f"server-{self.port}.log"
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "streamer.supervisor.cli", "serve"], env=self.environment(),
@@ -110,10 +112,10 @@ class Server:
                     if "is in use: another server listens there" in self.log():
                         raise PortTaken()
                     raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-                if self.health()[0] == 200 and self.all_running():
+                if ready():
                     return self
-                time.sleep(0.1)  # polling: the condition is the wait
-            raise TimeoutError(f"server not healthy within {timeout} s:\n{self.log()}")
+                time.sleep(every)  # polling: the condition is the wait
+            raise TimeoutError(f"server not ready within {timeout} s:\n{self.log()}")
         except BaseException:
             self.stop()  # never leave a half-started server behind
             raise

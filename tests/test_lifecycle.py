@@ -17,7 +17,7 @@ import pytest
 
 from audio import noise
 from conversation import check_simple_counts, converse, stream_steps
-from server import PAIRED, Server, actor, alive, free_port, process_of, shm_segments, wait_for
+from server import PAIRED, Server, actor, alive, process_of, shm_segments, wait_for
 
 
 def test_processes_show_their_role_in_ps(fresh_server: Server) -> None:
@@ -148,20 +148,8 @@ def test_a_supervisor_killed_while_its_children_still_start_leaves_no_orphan(tmp
     moments = [lambda: len(srv.descendants()) >= 2,  # the resource tracker and the fork server
                lambda: forked() >= 1]
     for moment in moments:
-        for attempt in range(5):
-            # Ports drawn afresh each time: a supervisor refuses a port another test's server took
-            # meanwhile, and exits before any moment comes (`Server.start` draws again then too).
-            srv.port, srv.grpc_port = free_port(), free_port()
-            log = tmp_path / f"supervisor-{moments.index(moment)}-{attempt}.log"
-            with log.open("wb") as out:
-                srv.proc = subprocess.Popen([sys.executable, "-m", "streamer.supervisor.cli", "serve"],
-                                            env=srv.environment(), stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-            wait_for(lambda m=moment: m() or srv.proc.poll() is not None, 60, every=0.005)  # type: ignore[union-attr]
-            if srv.proc.poll() is None:
-                break
+        srv.start(timeout=60, ready=moment, every=0.005)  # (a port another test took: drawn again)
         try:
-            assert srv.proc.poll() is None, log.read_text(errors="replace")[-2000:]  # it exited five times at its start
             children = srv.descendants()
             srv.signal(signal.SIGKILL)
             srv.wait(10)
