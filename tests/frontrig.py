@@ -32,6 +32,7 @@ from streamer.front.pipeline import Pipeline
 from streamer.front.session import Session
 from streamer.front.wire import END, Incoming
 from streamer.runtime import config
+from streamer.runtime.clock import LoopClock
 from streamer.runtime.config import Config
 from streamer.runtime.process import ChildContext
 from streamer.runtime.topology import Topology, front_inbox
@@ -45,6 +46,12 @@ from rig import SMALL_POOLS
 Step = dict[str, Any] | bytes | str
 
 
+def _incoming(step: Step) -> Incoming:
+    if isinstance(step, bytes):
+        return Incoming("binary", step)
+    return Incoming("text", step if isinstance(step, str) else json.dumps(step))
+
+
 class MemoryWire:
     """A client in memory. `steps` are what it says, in order (a dict as a JSON text frame, a str
     verbatim, bytes as a binary frame); once they are said it waits, silent, for the session to
@@ -54,15 +61,15 @@ class MemoryWire:
     def __init__(self, steps: Sequence[Step]) -> None:
         self.incoming: asyncio.Queue[Incoming] = asyncio.Queue()
         for step in steps:
-            if isinstance(step, bytes):
-                self.incoming.put_nowait(Incoming("binary", step))
-            else:
-                self.incoming.put_nowait(Incoming("text", step if isinstance(step, str) else json.dumps(step)))
+            self.incoming.put_nowait(_incoming(step))
         self.sent: list[dict[str, Any]] = []
+        self.sent_at: list[float] = []  # the loop's time of each, in order
         self.reading = asyncio.Event()
         self.reading.set()
         self.close_code: int | None = None
         self.reason = ""
+        self._closed = asyncio.Event()
+        self.closed_at = 0.0  # the loop's time of the close
 
     def hang_up(self) -> None:
         """The client goes away (its socket closes) after what it has said."""
@@ -74,12 +81,29 @@ class MemoryWire:
         return await self.incoming.get()
 
     async def send(self, item: dict[str, Any]) -> None:
-        await self.reading.wait()
+        """Sent once the client reads; a send pending when the socket closes fails, as aiohttp's
+        does when the transport under it is closed."""
+        if not self.reading.is_set():
+            reading, closed = asyncio.ensure_future(self.reading.wait()), asyncio.ensure_future(self._closed.wait())
+            await asyncio.wait((reading, closed), return_when=asyncio.FIRST_COMPLETED)
+            reading.cancel()
+            closed.cancel()
+        if self.closed:
+            raise ConnectionResetError("the socket is closed")
         self.sent.append(item)
+        self.sent_at.append(asyncio.get_running_loop().time())
+
+    async def say_paced(self, steps: Sequence[Step], every_s: float) -> None:
+        """Say `steps` one every `every_s` of the loop's time, as a live client would."""
+        for step in steps:
+            self.incoming.put_nowait(_incoming(step))
+            await asyncio.sleep(every_s)
 
     async def close(self, code: int, reason: str) -> None:
         if self.close_code is None:
             self.close_code, self.reason = code, reason
+            self.closed_at = asyncio.get_running_loop().time()
+            self._closed.set()
             self.incoming.put_nowait(END)
 
     @property
@@ -127,11 +151,13 @@ class FrontRig:
 
 def _host_in_loop(topo: Topology, index: int, cfg: Config, run_dir: Path, pools: dict[str, BufferPool],
                   stack: AsyncExitStack) -> InLoop:
-    """One of the group's processes, as a part of this one: its actors on a real ZeroMQ link."""
+    """One of the group's processes, as a part of this one: its actors on a real ZeroMQ link,
+    keeping the loop's time (a test on virtual time moves theirs too)."""
     host = topo.hosts[index]
     wire = ZmqLink(str(run_dir), tuple(i for i in topo.bound(host) if not i.startswith("front-")), topo.immediate,
                    peers=topo.peers(host))
-    turning = InLoop(build(topo, host, cfg, wire, pools), wire, asyncio.get_running_loop(), close=wire.close)
+    loop = asyncio.get_running_loop()
+    turning = InLoop(build(topo, host, cfg, wire, pools, clock=LoopClock(loop)), wire, loop, close=wire.close)
     turning.start()
     stack.callback(turning.stop)
     return turning

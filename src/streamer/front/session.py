@@ -23,6 +23,10 @@ backpressure reach the client's TCP. Limits a careless or hostile client meets h
 * idle: no audio (or no `start`) for `idle_timeout_s`: a `warning` at half, then close 1008.
 * length: `max_session_s` per WebSocket: a `warning` 10 s before (or at half); then the stream
   is finished as if the client had sent `stop` (finals delivered) and the socket closed 1008.
+
+Time is the event loop's: every deadline, wait and budget of a session (and of its `Stream`)
+reads `loop.time()`, which is what asyncio's own sleeps and timeouts wait on, so a loop with
+virtual time (`tests/virtualtime.py`) runs a 30 s idle timeout in a millisecond.
 """
 
 from __future__ import annotations
@@ -199,7 +203,7 @@ class Session:
         opened = Open(stream_id, self.pipeline.index, self.route, f.channels, f.sample_rate, f.bit_depth, f.is_float,
                       interim, carried, opened_at=time.monotonic())  # (see `Roster`)
         limits = self.cfg.limits
-        self.stream = Stream(opened, span, logs.trace_of(carried), budget=Budget(
+        self.stream = Stream(opened, span, logs.trace_of(carried), now=self._loop.time, budget=Budget(
             limits.max_inflight_audio_s, limits.max_inflight_bytes, self.cfg.server.stop_timeout_s))
         self._done.clear()
         self.pipeline.routes[stream_id] = self.on_pipeline
@@ -345,7 +349,7 @@ class Session:
         if s.bytes_per_s * hold_s > buffer / 4:
             return False
         sent_s = (self.intake.received - self._received_at_start) / s.bytes_per_s
-        return sent_s <= LIVE_PACE * (time.monotonic() - s.opened.opened_at) + LIVE_AHEAD_S
+        return sent_s <= LIVE_PACE * (self._loop.time() - s.started) + LIVE_AHEAD_S
 
     def _client_spoke(self) -> None:
         """The intake read a frame: the client is not idle, whatever the pipeline is doing."""

@@ -15,14 +15,18 @@ result comes well within the timeout, however many others share the models.
 
 The stream's span ("session") is the root of everything the group does for it: a child of
 the client's `trace_id` when the start message carried one.
+
+Time is the session's (`now`: its event loop's clock), never read here from the system, so a
+test on a loop with virtual time sees budgets and latencies in that time.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import Any
 
 import msgspec
@@ -56,7 +60,8 @@ class Stream:
     trace_id: str = "-"
     order: StreamOrder = field(init=False)
     failed: str | None = None
-    started: float = field(default_factory=time.monotonic)
+    now: Callable[[], float] = monotonic  # the owner's clock
+    started: float = field(init=False)
     first_result: float | None = None
     fed_bytes: int = 0
     answered_s: float = 0.0  # audio up to here is taken in and every result covering it released
@@ -80,6 +85,7 @@ class Stream:
 
     def __post_init__(self) -> None:
         o = self.opened
+        self.started = self.now()
         self.order = StreamOrder(o.channels)
         self._speech_ends = [deque() for _ in range(o.channels)]
         self._told = [deque() for _ in range(o.channels)]
@@ -149,7 +155,7 @@ class Stream:
         while self._marks and self._released_all(self._marks[0][1]):
             self.answered_s = max(self.answered_s, self._marks.popleft()[0])
         if self.answered_s > answered or not self._answered_at:
-            self._note_pace(time.monotonic())
+            self._note_pace(self.now())
         usable = None
         while self._checkpoints and self._released_all([c.finals for c in self._checkpoints[0].channels]):
             usable = self._checkpoints.popleft()
@@ -215,7 +221,7 @@ class Stream:
         self.order.end = end
 
     def _observe(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        now = time.monotonic()
+        now = self.now()
         for item in items:
             kind = item["type"]
             if kind == "inactive":

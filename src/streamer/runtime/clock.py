@@ -7,6 +7,7 @@ microseconds and says exactly what it means.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -18,6 +19,17 @@ class Clock(Protocol):
 class MonotonicClock:
     def now(self) -> float:
         return time.monotonic()
+
+
+class LoopClock:
+    """An event loop's own time: the actors of a shard keep the time its sessions keep (the
+    loop's sleeps and timeouts wait on it), so a loop with virtual time moves them all."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def now(self) -> float:
+        return self._loop.time()
 
 
 class FakeClock:
