@@ -85,3 +85,26 @@ def test_a_session_at_its_maximum_length_is_warned_then_its_stream_finished_and_
     assert 119 * 16000 <= answered <= 121 * 16000  # every second sent before the limit, and no more
     check_simple_counts(Transcript(wire.sent, wire.close_code), 0, answered)
 
+
+def test_a_client_that_reads_nothing_is_closed_at_the_send_timeout(tmp_path: Path) -> None:
+    """It is closed 1008 once results have waited `send_timeout_s` for it, and the session ends
+    then: its seat is not held while results it will never read wait for it once more."""
+    async def body(rig: FrontRig, t0: float) -> tuple[MemoryWire, float, float]:
+        session, wire = rig.session("simple", [start_msg(1, 16000, False)])
+        wire.reading.clear()  # it never reads a result
+        running = asyncio.ensure_future(rig.run(session))
+        talking = asyncio.ensure_future(
+            wire.say_paced([pcm_bytes(noise(0.5, seed=i)[None, :], False) for i in range(200)], every_s=0.5))
+        while session.outbox.qsize() <= 4:  # results pile up from the first chunks on
+            await asyncio.sleep(0.01)
+        piled = asyncio.get_running_loop().time()
+        await running
+        talking.cancel()
+        return wire, piled, asyncio.get_running_loop().time()
+
+    wire, piled, ended = on_virtual_time(tmp_path, body, limits={"max_outbox": 4})  # send_timeout_s = 30
+    assert wire.close_code == 1008
+    assert "read no results for 30 s" in wire.reason
+    assert wire.closed_at - piled == pytest.approx(30, abs=1.0)
+    assert ended - wire.closed_at < 0.1
+

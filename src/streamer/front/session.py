@@ -115,6 +115,7 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._opened = self._active = self._loop.time()
         self._waiting_on_us = False  # reading is paused by our backpressure or a flush: not idle
+        self._deaf = False  # the client read no results for `send_timeout_s`: what waits is not sent
         self._warned_idle = self._warned_length = False
 
     # -- the session's life ---------------------------------------------------------------
@@ -301,6 +302,7 @@ class Session:
         try:
             while self.outbox.qsize() > limits.max_outbox and self.phase not in (Phase.CLOSING, Phase.CLOSED):
                 if self._loop.time() - since > limits.send_timeout_s:
+                    self._deaf = True
                     raise ProtocolError(f"the client read no results for {limits.send_timeout_s:g} s",
                                         protocol.POLICY)
                 await asyncio.sleep(0.05)
@@ -479,7 +481,10 @@ class Session:
             self._say(protocol.error(message))
         timeout = self.cfg.limits.send_timeout_s
         try:
-            await asyncio.wait_for(self.outbox.join(), timeout)
+            # A client already found to read nothing is not waited for again: its close comes at
+            # `send_timeout_s`, not twice that, and its seat is free from then on.
+            if not self._deaf:
+                await asyncio.wait_for(self.outbox.join(), timeout)
         except TimeoutError:
             log.warning("client read nothing for %g s while closing", timeout)
         try:
