@@ -84,10 +84,13 @@ class WebSocketWire:
         aiohttp cannot be holding it: with the reader waiting inside `ws.receive()`, which waits
         only on an empty queue. (The reader takes a queued message without waiting, so by the
         time this runs it has taken them all, or it has stopped for its read-ahead limit.)
-        While the hold lasts nothing is read, so aiohttp's queue stays empty."""
+        But `receive()` also waits inside, on the drain of a pong to a client that reads
+        nothing, while its queue fills and aiohttp pauses the socket: a socket already paused
+        is never held (`test_wire.py`). While the hold lasts nothing is read, so aiohttp's
+        queue cannot fill and pause it meanwhile."""
         self._asked = False
         t = self._transport
-        if t is None or not self._waiting or self._held is not None or t.is_closing():
+        if t is None or not self._waiting or self._held is not None or t.is_closing() or not t.is_reading():
             return
         t.pause_reading()
         READ_HOLDS.inc()

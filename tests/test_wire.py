@@ -1,0 +1,116 @@
+"""`WebSocketWire` on a real aiohttp socket, against a raw client: what its read hold must never
+do to aiohttp's own flow control, whatever the client does."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+import uvloop
+from aiohttp import web
+
+from streamer.front.intake import Intake
+from streamer.front.wire import END, WebSocketWire
+
+PUSH_BYTES = 24 << 20
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (masked with a zero key, which leaves the payload as it is)."""
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + b"\0\0\0\0" + payload
+
+
+def deaf_pinger(port: int, pushed: list[int], done: threading.Event) -> None:
+    """Audio frames among pings, and never a byte read after the handshake: the server's pongs
+    fill its send path, so aiohttp's `receive()` waits on a pong's drain while its queue of
+    messages grows; then as much audio as TCP lets through."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    audio = frame(2, b"\1" * 640)  # 20 ms of 16 kHz s16 mono
+    s.settimeout(1.0)
+    try:
+        s.sendall((audio + frame(9, b"p" * 125) * 10) * 300)
+        chunk = audio * 100
+        while pushed[0] < PUSH_BYTES and not done.is_set():
+            try:
+                s.sendall(chunk)
+                pushed[0] += len(chunk)
+            except TimeoutError:
+                pass
+    except OSError:
+        pass
+    finally:
+        done.wait(30)
+        s.close()
+
+
+@pytest.mark.parametrize("hold_s", [0.0, 0.05])
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_read_hold_never_undoes_aiohttps_own_pause(hold_s: float, loop: str) -> None:
+    """A client that pings and streams but reads nothing: aiohttp's `receive()` waits on a pong
+    while its queue fills, and aiohttp pauses the socket. A hold asked for by the audio frame
+    before must not resume the socket under it, or aiohttp, believing it is still paused, reads
+    everything the client sends. With or without holds, TCP holds the client back at a few MiB."""
+    async def main() -> int:
+        async def handler(request: web.Request) -> web.WebSocketResponse:
+            ws = web.WebSocketResponse(autoping=True, compress=False)
+            await ws.prepare(request)
+            assert request.transport is not None
+            request.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            wire = WebSocketWire(ws, request.transport, hold_s, holding=lambda: True)
+            intake = Intake(wire, 4 << 20, lambda: None)
+
+            async def consume() -> None:
+                while (await intake.next()) is not END:
+                    pass
+
+            await asyncio.gather(intake.run(), consume())
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/ws", handler)
+        runner = web.AppRunner(app, shutdown_timeout=0.2)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        pushed, done = [0], threading.Event()
+        client = threading.Thread(target=deaf_pinger, args=(port, pushed, done), daemon=True)
+        client.start()
+        try:
+            # Until the client is held back (nothing more gets through for a second) or has sent it all.
+            last, since = -1, time.monotonic()
+            while pushed[0] < PUSH_BYTES and time.monotonic() - since < 1.0:
+                if pushed[0] != last:
+                    last, since = pushed[0], time.monotonic()
+                await asyncio.sleep(0.05)
+            return pushed[0]
+        finally:
+            done.set()
+            await runner.cleanup()
+            client.join(5)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if loop == "uvloop" else None) as runner:
+        pushed = runner.run(main())
+    assert pushed < 8 << 20, f"the server took {pushed >> 20} MiB from a client it could not answer"
