@@ -1,6 +1,7 @@
 """A front's time limits as they are configured in production, on virtual time (`virtualtime.py`):
-what a session does at 15 s, 30 s or two minutes, checked to the moment, in milliseconds of
-real time. The rig (`frontrig.py`) keeps its actors on the loop's clock too.
+what a session does at 15 s, 30 s or two minutes, checked to the moment, in seconds of real
+time (each virtual jump first gives the rig's real sockets a moment: `virtualtime.py`). The rig
+(`frontrig.py`) keeps its actors on the loop's clock too.
 
 The same limits at short settings, through a real socket, are in `test_hostile.py`.
 """

@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import socket
 import struct
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import uvloop
 from aiohttp import web
 
+from streamer.front.app import ProtocolWebSocket
 from streamer.front.intake import Intake
+from streamer.front.session import Session
 from streamer.front.wire import END, WebSocketWire
+
+from audio import noise, pcm_bytes
+from conversation import start_msg
+from frontrig import front_rig
 
 PUSH_BYTES = 24 << 20
 
@@ -38,15 +47,7 @@ def deaf_pinger(port: int, pushed: list[int], done: threading.Event) -> None:
     """Audio frames among pings, and never a byte read after the handshake: the server's pongs
     fill its send path, so aiohttp's `receive()` waits on a pong's drain while its queue of
     messages grows; then as much audio as TCP lets through."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall(f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
+    s = handshake(port)
     audio = frame(2, b"\1" * 640)  # 20 ms of 16 kHz s16 mono
     s.settimeout(1.0)
     try:
@@ -88,13 +89,7 @@ def test_a_read_hold_never_undoes_aiohttps_own_pause(hold_s: float, loop: str) -
             await asyncio.gather(intake.run(), consume())
             return ws
 
-        app = web.Application()
-        app.router.add_get("/ws", handler)
-        runner = web.AppRunner(app, shutdown_timeout=0.2)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
+        port, runner = await serve(handler)
         pushed, done = [0], threading.Event()
         client = threading.Thread(target=deaf_pinger, args=(port, pushed, done), daemon=True)
         client.start()
@@ -114,3 +109,85 @@ def test_a_read_hold_never_undoes_aiohttps_own_pause(hold_s: float, loop: str) -
     with asyncio.Runner(loop_factory=uvloop.new_event_loop if loop == "uvloop" else None) as runner:
         pushed = runner.run(main())
     assert pushed < 8 << 20, f"the server took {pushed >> 20} MiB from a client it could not answer"
+
+
+def test_a_session_closed_for_reading_nothing_frees_its_seat_at_the_send_timeout(tmp_path: Path) -> None:
+    """On a real socket, a client whose results piled up past `max_outbox` for `send_timeout_s`
+    is closed then, and its session ends then: nothing more is written to a socket that has not
+    taken what it was sent (the close frame would wait behind it, and the sender's last write
+    too, each for another `send_timeout_s`)."""
+    send_timeout_s = 2.0
+
+    async def main() -> float:
+        async with front_rig(tmp_path, limits={"send_timeout_s": send_timeout_s, "max_outbox": 4},
+                             segmenter={"chunk_s": 0.02}) as rig:
+            sessions: list[Session] = []
+            ended = asyncio.get_running_loop().create_future()
+
+            async def handler(request: web.Request) -> web.WebSocketResponse:
+                ws = ProtocolWebSocket(rig.cfg.limits.max_frame_bytes, autoping=True, compress=False)
+                await ws.prepare(request)
+                assert request.transport is not None
+                request.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                session = Session(WebSocketWire(ws), rig.pipeline, "simple", rig.cfg)
+                sessions.append(session)
+                await rig.run(session)
+                ended.set_result(time.monotonic())
+                return ws
+
+            port, runner = await serve(handler)
+            done = threading.Event()
+            client = threading.Thread(target=deaf_streamer, args=(port, done), daemon=True)
+            client.start()
+            try:
+                async with asyncio.timeout(30):
+                    while not sessions or sessions[0].outbox.qsize() <= 4:
+                        await asyncio.sleep(0.01)
+                    piled = time.monotonic()
+                    return await ended - piled
+            finally:
+                done.set()
+                await runner.cleanup()
+                client.join(5)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        lasted = runner.run(main())
+    assert send_timeout_s <= lasted < send_timeout_s + 1.0, lasted
+
+
+async def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> tuple[int, web.AppRunner]:
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.2)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner.addresses[0][1], runner
+
+
+def handshake(port: int) -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall(f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    return s
+
+
+def deaf_streamer(port: int, done: threading.Event) -> None:
+    """A start, then live audio, and never a byte read after the handshake."""
+    with handshake(port) as s:
+        s.sendall(frame(1, json.dumps(start_msg(1, 16000, False)).encode()))
+        chunk = frame(2, pcm_bytes(noise(0.1, seed=1)[None, :], False))
+        s.settimeout(0.5)
+        while not done.is_set():
+            try:
+                s.sendall(chunk)
+            except TimeoutError:
+                pass
+            except OSError:
+                break
+            done.wait(0.01)

@@ -3,8 +3,8 @@
 trio's autojump clock, for asyncio. The front's sessions keep every deadline, wait and budget on
 their loop's clock (`front/session.py`), and a shard's actors can be given the same clock
 (`runtime.clock.LoopClock`), so on this loop a 30 s idle timeout or a two-minute session limit is
-tested as it is configured in production, in milliseconds, and a test says exactly when
-something happened (`loop.time()`).
+tested as it is configured in production, in a second or so of real time, and a test says
+exactly when something happened (`loop.time()`).
 
 A jump is taken only when the loop has nothing ready and no descriptor turned readable within
 `grace_s` of real time: the rig's ZeroMQ sockets are real, and a packet one part of the process

@@ -26,7 +26,7 @@ backpressure reach the client's TCP. Limits a careless or hostile client meets h
 
 Time is the event loop's: every deadline, wait and budget of a session (and of its `Stream`)
 reads `loop.time()`, which is what asyncio's own sleeps and timeouts wait on, so a loop with
-virtual time (`tests/virtualtime.py`) runs a 30 s idle timeout in a millisecond.
+virtual time (`tests/virtualtime.py`) runs a 30 s idle timeout in well under a second.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ _tracer = telemetry.tracer("streamer.front")
 LIVE_PACE, LIVE_AHEAD_S = 1.5, 1.0  # a live client: at most 1.5x real time, plus a second sent ahead
 DEFAULT_RECEIVE_BUFFER = 1 << 16  # what a socket's receive buffer is taken to be when the kernel sizes it
 JOIN_BYTES = 16 << 10  # frames queued together go on as one feed of at most about this much
+DEAF_CLOSE_S = 0.5  # a client found to read nothing: its close frame's moment to go out, then the socket goes
 
 # What the sender takes: a message and the span it belongs to (None: the session's own).
 Outgoing = tuple[dict[str, Any], Span | None] | None
@@ -142,7 +143,7 @@ class Session:
                 self._forget_stream(aborted=True)
                 self.outbox.put_nowait(None)
                 # A client that reads nothing must not hold the session forever.
-                done, _ = await asyncio.wait({sender}, timeout=self.cfg.limits.send_timeout_s)
+                done, _ = await asyncio.wait({sender}, timeout=0 if self._deaf else self.cfg.limits.send_timeout_s)
                 if not done:
                     sender.cancel()
 
@@ -481,20 +482,21 @@ class Session:
             self._say(protocol.error(message))
         timeout = self.cfg.limits.send_timeout_s
         try:
-            # A client already found to read nothing is not waited for again: its close comes at
-            # `send_timeout_s`, not twice that, and its seat is free from then on.
+            # A client already found to read nothing is not waited for again, for its results, its
+            # close frame (behind them in the socket) or the sender's last write: its session ends
+            # at `send_timeout_s`, not two or three times that, and its seat is free from then on.
             if not self._deaf:
                 await asyncio.wait_for(self.outbox.join(), timeout)
         except TimeoutError:
             log.warning("client read nothing for %g s while closing", timeout)
+        close_s = DEAF_CLOSE_S if self._deaf else timeout
         try:
             # The intake's receive() must not be pending: aiohttp would then drop the transport at
             # once (with the client's frames unread: a reset) instead of waiting for its close frame.
             await self._stop_reading()
-            await asyncio.wait_for(self.wire.close(code, reason or message or ""),
-                                   timeout)
+            await asyncio.wait_for(self.wire.close(code, reason or message or ""), close_s)
         except TimeoutError:
-            log.warning("client took no close frame within %g s", timeout)
+            log.warning("client took no close frame within %g s", close_s)
         finally:
             self.phase = Phase.CLOSED
             self._closed.set()
