@@ -70,6 +70,7 @@ class MemoryWire:
         self.reason = ""
         self._closed = asyncio.Event()
         self.closed_at = 0.0  # the loop's time of the close
+        self._allowed: int | None = None  # messages the client reads before it stops (`read`)
 
     def hang_up(self) -> None:
         """The client goes away (its socket closes) after what it has said."""
@@ -92,6 +93,15 @@ class MemoryWire:
             raise ConnectionResetError("the socket is closed")
         self.sent.append(item)
         self.sent_at.append(asyncio.get_running_loop().time())
+        if self._allowed is not None:
+            self._allowed -= 1
+            if self._allowed == 0:
+                self.reading.clear()
+
+    def read(self, n: int | None) -> None:
+        """The client reads `n` messages more, then stops (None: everything from now on)."""
+        self._allowed = n
+        self.reading.set()
 
     async def say_paced(self, steps: Sequence[Step], every_s: float) -> None:
         """Say `steps` one every `every_s` of the loop's time, as a live client would."""

@@ -109,3 +109,32 @@ def test_a_client_that_reads_nothing_is_closed_at_the_send_timeout(tmp_path: Pat
     assert wire.closed_at - piled == pytest.approx(30, abs=1.0)
     assert ended - wire.closed_at < 0.1
 
+
+
+def test_a_client_that_reads_slowly_is_held_back_not_closed_until_it_reads_nothing(tmp_path: Path) -> None:
+    """One result every 10 s keeps results piled past `max_outbox` for a minute: the session
+    takes no audio meanwhile (backpressure) but keeps the client; once it reads nothing more, it
+    is closed `send_timeout_s` after its last read."""
+    async def body(rig: FrontRig, t0: float) -> tuple[MemoryWire, float]:
+        session, wire = rig.session("simple", [start_msg(1, 16000, False)])
+        wire.reading.clear()
+        running = asyncio.ensure_future(rig.run(session))
+        talking = asyncio.ensure_future(
+            wire.say_paced([pcm_bytes(noise(0.5, seed=i)[None, :], False) for i in range(400)], every_s=0.5))
+        while session.outbox.qsize() <= 4:
+            await asyncio.sleep(0.01)
+        for _ in range(6):  # a minute of reading one result every 10 s
+            await asyncio.sleep(10)
+            had = len(wire.sent)
+            wire.read(1)
+            while len(wire.sent) == had and not wire.closed:
+                await asyncio.sleep(0)
+        last_read = asyncio.get_running_loop().time()
+        await running
+        talking.cancel()
+        return wire, last_read
+
+    wire, last_read = on_virtual_time(tmp_path, body, limits={"max_outbox": 4})  # send_timeout_s = 30
+    assert len(wire.sent) == 6
+    assert wire.close_code == 1008 and "read no results for 30 s" in wire.reason
+    assert wire.closed_at - last_read == pytest.approx(30, abs=1.0)

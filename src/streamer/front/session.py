@@ -117,6 +117,7 @@ class Session:
         self._opened = self._active = self._loop.time()
         self._waiting_on_us = False  # reading is paused by our backpressure or a flush: not idle
         self._deaf = False  # the client read no results for `send_timeout_s`: what waits is not sent
+        self._sent = 0  # messages the client has taken (the sender's writes that returned)
         self._warned_idle = self._warned_length = False
 
     # -- the session's life ---------------------------------------------------------------
@@ -296,13 +297,16 @@ class Session:
 
     async def _wait_for_reader(self) -> None:
         """Results pile up for a client that does not read them: take nothing more from it until it
-        does, and close it (1008) if it has not within `send_timeout_s`."""
+        does, and close it (1008) if it has read none within `send_timeout_s` (a client that reads,
+        however slowly, is held back by this wait, not closed)."""
         limits = self.cfg.limits
-        since = self._loop.time()
+        since, sent = self._loop.time(), self._sent
         self._waiting_on_us = True
         try:
             while self.outbox.qsize() > limits.max_outbox and self.phase not in (Phase.CLOSING, Phase.CLOSED):
-                if self._loop.time() - since > limits.send_timeout_s:
+                if self._sent != sent:
+                    since, sent = self._loop.time(), self._sent
+                elif self._loop.time() - since > limits.send_timeout_s:
                     self._deaf = True
                     raise ProtocolError(f"the client read no results for {limits.send_timeout_s:g} s",
                                         protocol.POLICY)
@@ -528,6 +532,7 @@ class Session:
                         await self.wire.send(item)
                 else:
                     await self.wire.send(item)
+                self._sent += 1
             except (ConnectionError, RuntimeError):
                 pass  # the client went away; the read loop ends the session
             finally:
