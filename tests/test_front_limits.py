@@ -138,3 +138,26 @@ def test_a_client_that_reads_slowly_is_held_back_not_closed_until_it_reads_nothi
     assert len(wire.sent) == 6
     assert wire.close_code == 1008 and "read no results for 30 s" in wire.reason
     assert wire.closed_at - last_read == pytest.approx(30, abs=1.0)
+
+
+@pytest.mark.timeout(60, method="thread")  # a frozen loop cannot be interrupted from inside
+def test_a_held_back_session_still_ends_at_its_maximum_length(tmp_path: Path) -> None:
+    """A session held back by its client's slow reading when its length falls due is ended as any
+    other: regression, the watchdog spared it as not idle, in a loop that never awaited, and the
+    front's event loop (every session on it, its heartbeat) froze there."""
+    async def body(rig: FrontRig, t0: float) -> tuple[MemoryWire, float]:
+        session, wire = rig.session("simple", [start_msg(1, 16000, False)])
+        wire.reading.clear()
+        running = asyncio.ensure_future(rig.run(session))
+        talking = asyncio.ensure_future(
+            wire.say_paced([pcm_bytes(noise(0.5, seed=i)[None, :], False) for i in range(400)], every_s=0.5))
+        while not running.done():  # one result every 10 s: held back, never idle, never deaf
+            await asyncio.wait({running}, timeout=10)
+            wire.read(1)
+        talking.cancel()
+        return wire, t0
+
+    wire, t0 = on_virtual_time(tmp_path, body, limits={"max_outbox": 4, "max_session_s": 60.0})
+    assert wire.close_code == 1008 and "maximum session length 60 s" in wire.reason, wire.reason
+    # At 60 s the stream is finished; the slow client gets send_timeout_s (30) to read its results.
+    assert 60 <= wire.closed_at - t0 <= 60 + 30 + 2

@@ -439,9 +439,9 @@ class Session:
                 await self._close_with(f"authentication failed: no token within {self.cfg.security.auth_timeout_s:g} s",
                                        protocol.POLICY)
                 return
-            if self._waiting_on_us or self.phase is Phase.FLUSHING:
-                self._active = now  # our own backpressure or flush is not the client being idle
-                continue
+            # The length applies whatever the session waits on (a held-back stream too); only the
+            # idle limit spares a session that waits on us. Every branch either returns or moves
+            # the deadline it met past `now`, so the next turn sleeps: this task never spins.
             if now >= end_at and not self._warned_length:
                 self._warned_length = True
                 self._say(protocol.warning(
@@ -450,9 +450,14 @@ class Session:
                 if self.phase is Phase.STREAMING:
                     await self._flush(self.cfg.server.stop_timeout_s)
                     self._forget_stream(aborted=False)
+                elif self.phase is Phase.FLUSHING:  # the client's own stop: its results first
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._done.wait(), self.cfg.server.stop_timeout_s)
                 await self._close_with(None, protocol.POLICY,
                                        f"maximum session length {limits.max_session_s:g} s reached")
                 return
+            elif self._waiting_on_us or self.phase is Phase.FLUSHING:
+                self._active = now  # our own backpressure or flush is not the client being idle
             elif now >= idle_at and not self._warned_idle:
                 self._warned_idle = True
                 left = limits.idle_timeout_s / 2
