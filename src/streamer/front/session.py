@@ -506,6 +506,13 @@ class Session:
             await asyncio.wait_for(self.wire.close(code, reason or message or ""), close_s)
         except TimeoutError:
             log.warning("client took no close frame within %g s", close_s)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this session is being cancelled: not ours to swallow
+            # aiohttp (3.14) waits for a blocked socket on one future per connection: the reader,
+            # cancelled above while it waited there to send a pong, cancelled it for the close too.
+            log.info("close cut short: the socket's writes were cancelled under it")
         finally:
             self.phase = Phase.CLOSED
             self._closed.set()
