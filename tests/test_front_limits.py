@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import pytest
 import virtualtime
 
+from streamer.front.session import Session
+
 from audio import noise, pcm_bytes
 from conversation import Transcript, check_simple_counts, start_msg
 from frontrig import FrontRig, MemoryWire, front_rig
@@ -30,6 +32,19 @@ def on_virtual_time(tmp_path: Path, body: Callable[[FrontRig, float], Awaitable[
             return await body(rig, asyncio.get_running_loop().time())
 
     return virtualtime.run(run())
+
+
+def live_client_not_reading(rig: FrontRig, seconds: int) -> tuple[Session, MemoryWire, asyncio.Future[None],
+                                                                   asyncio.Future[None]]:
+    """A session of the simple route whose client streams `seconds` of noise live, in 0.5 s
+    frames, and reads nothing until told to (`MemoryWire.read`): the session running, and the
+    client talking."""
+    session, wire = rig.session("simple", [start_msg(1, 16000, False)])
+    wire.reading.clear()
+    running = asyncio.ensure_future(rig.run(session))
+    talking = asyncio.ensure_future(
+        wire.say_paced([pcm_bytes(noise(0.5, seed=i)[None, :], False) for i in range(2 * seconds)], every_s=0.5))
+    return session, wire, running, talking
 
 
 def when(wire: MemoryWire, kind: str, says: str = "") -> float:
@@ -91,11 +106,7 @@ def test_a_client_that_reads_nothing_is_closed_at_the_send_timeout(tmp_path: Pat
     """It is closed 1008 once results have waited `send_timeout_s` for it, and the session ends
     then: its seat is not held while results it will never read wait for it once more."""
     async def body(rig: FrontRig, t0: float) -> tuple[MemoryWire, float, float]:
-        session, wire = rig.session("simple", [start_msg(1, 16000, False)])
-        wire.reading.clear()  # it never reads a result
-        running = asyncio.ensure_future(rig.run(session))
-        talking = asyncio.ensure_future(
-            wire.say_paced([pcm_bytes(noise(0.5, seed=i)[None, :], False) for i in range(200)], every_s=0.5))
+        session, wire, running, talking = live_client_not_reading(rig, seconds=100)
         while session.outbox.qsize() <= 4:  # results pile up from the first chunks on
             await asyncio.sleep(0.01)
         piled = asyncio.get_running_loop().time()
@@ -110,17 +121,12 @@ def test_a_client_that_reads_nothing_is_closed_at_the_send_timeout(tmp_path: Pat
     assert ended - wire.closed_at < 0.1
 
 
-
 def test_a_client_that_reads_slowly_is_held_back_not_closed_until_it_reads_nothing(tmp_path: Path) -> None:
     """One result every 10 s keeps results piled past `max_outbox` for a minute: the session
     takes no audio meanwhile (backpressure) but keeps the client; once it reads nothing more, it
     is closed `send_timeout_s` after its last read."""
     async def body(rig: FrontRig, t0: float) -> tuple[MemoryWire, float]:
-        session, wire = rig.session("simple", [start_msg(1, 16000, False)])
-        wire.reading.clear()
-        running = asyncio.ensure_future(rig.run(session))
-        talking = asyncio.ensure_future(
-            wire.say_paced([pcm_bytes(noise(0.5, seed=i)[None, :], False) for i in range(400)], every_s=0.5))
+        session, wire, running, talking = live_client_not_reading(rig, seconds=200)
         while session.outbox.qsize() <= 4:
             await asyncio.sleep(0.01)
         for _ in range(6):  # a minute of reading one result every 10 s
@@ -146,11 +152,7 @@ def test_a_held_back_session_still_ends_at_its_maximum_length(tmp_path: Path) ->
     other: regression, the watchdog spared it as not idle, in a loop that never awaited, and the
     front's event loop (every session on it, its heartbeat) froze there."""
     async def body(rig: FrontRig, t0: float) -> tuple[MemoryWire, float]:
-        session, wire = rig.session("simple", [start_msg(1, 16000, False)])
-        wire.reading.clear()
-        running = asyncio.ensure_future(rig.run(session))
-        talking = asyncio.ensure_future(
-            wire.say_paced([pcm_bytes(noise(0.5, seed=i)[None, :], False) for i in range(400)], every_s=0.5))
+        _, wire, running, talking = live_client_not_reading(rig, seconds=200)
         while not running.done():  # one result every 10 s: held back, never idle, never deaf
             await asyncio.wait({running}, timeout=10)
             wire.read(1)

@@ -4,11 +4,8 @@ do to aiohttp's own flow control, whatever the client does."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -24,23 +21,10 @@ from streamer.front.session import Session
 from streamer.front.wire import END, WebSocketWire
 
 from audio import noise, pcm_bytes
-from conversation import start_msg
+from conversation import raw_frame, raw_handshake, start_msg
 from frontrig import front_rig
 
 PUSH_BYTES = 24 << 20
-
-
-def frame(opcode: int, payload: bytes) -> bytes:
-    """A client's frame (masked with a zero key, which leaves the payload as it is)."""
-    n = len(payload)
-    head = bytes([0x80 | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    return head + b"\0\0\0\0" + payload
 
 
 def deaf_pinger(port: int, pushed: list[int], done: threading.Event) -> None:
@@ -48,10 +32,10 @@ def deaf_pinger(port: int, pushed: list[int], done: threading.Event) -> None:
     fill its send path, so aiohttp's `receive()` waits on a pong's drain while its queue of
     messages grows; then as much audio as TCP lets through."""
     s = handshake(port)
-    audio = frame(2, b"\1" * 640)  # 20 ms of 16 kHz s16 mono
+    audio = raw_frame(2, b"\1" * 640)  # 20 ms of 16 kHz s16 mono
     s.settimeout(1.0)
     try:
-        s.sendall((audio + frame(9, b"p" * 125) * 10) * 300)
+        s.sendall((audio + raw_frame(9, b"p" * 125) * 10) * 300)
         chunk = audio * 100
         while pushed[0] < PUSH_BYTES and not done.is_set():
             try:
@@ -165,23 +149,19 @@ async def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]])
 
 
 def handshake(port: int) -> socket.socket:
+    """A client socket with a small receive buffer, upgraded: it reads only what it chooses."""
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall(f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(1)
+    raw_handshake(s, "127.0.0.1", port, "/ws")
     return s
 
 
 def deaf_streamer(port: int, done: threading.Event) -> None:
     """A start, then live audio, and never a byte read after the handshake."""
     with handshake(port) as s:
-        s.sendall(frame(1, json.dumps(start_msg(1, 16000, False)).encode()))
-        chunk = frame(2, pcm_bytes(noise(0.1, seed=1)[None, :], False))
+        s.sendall(raw_frame(1, json.dumps(start_msg(1, 16000, False)).encode()))
+        chunk = raw_frame(2, pcm_bytes(noise(0.1, seed=1)[None, :], False))
         s.settimeout(0.5)
         while not done.is_set():
             try:
