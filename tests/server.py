@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import psutil
 # port with port 0, and a port handed out here must not be grabbed that way before it is used.
 _PORTS = (20000, 32000)
 CLIENT = [sys.executable, "-m", "streamer.client.streamer_client"]  # `streamer-client`, from this venv
+ROOT = Path(__file__).resolve().parent.parent
 
 
 PAIRED = os.environ.get("STREAMER_ACTORS_PLACEMENT") == "paired"  # the suite may run under either placement
@@ -60,6 +62,12 @@ class Server:
     grpc_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    honcho: bool = False  # started as a user does, `honcho start` on the repository's Procfile
+
+    def command(self) -> list[str]:
+        if self.honcho:
+            return [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "start"]
+        return [sys.executable, "-m", "streamer.supervisor.cli", "serve"]
 
     @property
     def http(self) -> str:
@@ -84,6 +92,8 @@ class Server:
             "STREAMER_METRICS_BASE_PORT": "0",
         })
         env.update(self.env)
+        if self.honcho:  # its Procfile line runs `streamer` through /bin/sh: this venv's, as `make run` does
+            env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return env
 
     def start(self, timeout: float = 60.0, ready: Callable[[], object] | None = None,
@@ -102,8 +112,8 @@ class Server:
     def _start(self, timeout: float, ready: Callable[[], object], every: float) -> Server:
         self.log_path = self.run_dir.parent / f"server-{self.port}.log"
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "streamer.supervisor.cli", "serve"], env=self.environment(),
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout
         try:
@@ -185,6 +195,7 @@ class Server:
         """SIGTERM and wait; SIGKILL the whole group if it will not go. Always reaps."""
         if self.proc is None:
             return None
+        group = self.descendants()  # children may sit in process groups of their own
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -196,6 +207,9 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)  # anything left behind in its session
         except (ProcessLookupError, PermissionError):
             pass
+        for p in group:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
         return self.proc.returncode
 
 

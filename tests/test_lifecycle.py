@@ -106,15 +106,24 @@ def test_a_second_server_on_a_port_in_use_refuses_to_start_instead_of_sharing_it
         assert f"port {getattr(srv, taken)} is in use" in err
 
 
-def test_supervisor_killed_outright_takes_its_children_and_segments_with_it(fresh_server: Server) -> None:
+@pytest.mark.parametrize("group", [False, True], ids=["alone", "with-its-group"])
+def test_supervisor_killed_outright_takes_its_children_and_segments_with_it(fresh_server: Server,
+                                                                            group: bool) -> None:
+    """SIGKILL to the supervisor alone: its resource tracker unlinks the pools it registered.
+    To its process group (what honcho does 5 s after its SIGTERM if the drain is not over):
+    the tracker dies too. Regression: the pools stayed in /dev/shm until a reboot; now the
+    children, which are not in that group, unlink them as they exit."""
     fresh_server.start()
     run_id = fresh_server.run_id()
     children = fresh_server.descendants()
-    fresh_server.signal(signal.SIGKILL)
+    assert fresh_server.proc is not None
+    if group:
+        os.killpg(fresh_server.proc.pid, signal.SIGKILL)
+    else:
+        fresh_server.signal(signal.SIGKILL)
     fresh_server.wait(10)
     left = alive(children, grace_s=20)
     assert left == [], [(p.pid, p.cmdline()) for p in left]
-    # the resource tracker (also gone now) unlinks what the dead supervisor registered
     wait_for(lambda: shm_segments(run_id) == [])
 
 

@@ -215,8 +215,16 @@ def test_a_crash_loop_escalates_to_a_nonzero_exit_and_leaves_nothing(tmp_path: P
     assert alive(children) == [] and shm_segments(run_id) == []
 
 
-def test_sigterm_mid_stream_delivers_finals_then_closes_1001(tmp_path: Path) -> None:
-    srv = started(tmp_path)
+@pytest.mark.parametrize("honcho", [False, True], ids=["supervisor", "honcho"])
+def test_sigterm_mid_stream_delivers_finals_then_closes_1001(fresh_server: Server, honcho: bool) -> None:
+    """SIGTERM to the supervisor, or to `honcho start` (what Ctrl-C makes honcho do: SIGTERM to
+    the process group of each Procfile line). Regression (honcho): that SIGTERM reached every
+    child at once, so the pipeline stopped under the draining fronts, and the fork server died
+    with it (every child "exit 255"); and the `sh -c` honcho runs a line with died first, so
+    honcho returned while the supervisor went on alone."""
+    srv = fresh_server
+    srv.honcho = honcho
+    srv.start()
     run_id = srv.run_id()
     children = srv.descendants()
     s = speech()
@@ -233,8 +241,12 @@ def test_sigterm_mid_stream_delivers_finals_then_closes_1001(tmp_path: Path) -> 
     t = asyncio.run(converse(srv.ws(), steps, pace_s=0.1))
     finals, errors = check_regions_answered(t, 0, close_code=1001)  # the open region was closed and finalised
     assert finals >= 2 and errors == 0 and not t.of_type("error")
-    assert srv.wait(30) == 0
+    assert srv.wait(30) == (143 if honcho else 0)  # honcho's own code for "stopped by SIGTERM"
     assert alive(children) == [] and shm_segments(run_id) == []
+    assert not honcho or "server.1 stopped (rc=0)" in srv.log()  # the supervisor's, after its children
+    stops = re.findall(r"supervisor: stopped (\S+): (.*)", srv.log())
+    assert sorted(name for name, _ in stops) == ["decoder", "front-0", "front-1", "model-0", "model-1", "segmenter"]
+    assert {how for _, how in stops} == {"exit 0"}, stops  # each stopped by the supervisor, in its turn
 
 
 def test_a_dead_front_drops_only_its_own_sessions(tmp_path: Path) -> None:

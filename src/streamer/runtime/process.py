@@ -23,6 +23,7 @@ from streamer.runtime import metrics, scheduling, telemetry
 from streamer.runtime.config import Config
 from streamer.runtime.logs import setup_logging
 from streamer.runtime.topology import Place
+from streamer.transport import shm
 
 
 @dataclass
@@ -122,6 +123,7 @@ def _die_with_supervisor(ctx: ChildContext) -> None:
             lifeline.recv_bytes()
         except (EOFError, OSError):
             pass
+        shm.unlink_run(ctx.run_id)  # its resource tracker may have died with it
         os._exit(1)
 
     threading.Thread(target=watch, name="lifeline", daemon=True).start()

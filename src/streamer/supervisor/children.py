@@ -12,10 +12,12 @@ of the supervisor's lifeline (`runtime.process`): it exits when the supervisor i
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -53,8 +55,29 @@ def _entry(role: str) -> Callable[[ChildContext], None]:
     return main
 
 
+def start_fork_server() -> None:
+    """Start the fork server deaf to SIGTERM (an ignored signal stays ignored across its exec).
+
+    A SIGTERM sent to the supervisor's whole process group (honcho's stop, `kill -- -PGID`) would
+    otherwise kill it: the supervisor then reads every living child's exit as 255 and can fork no
+    replacement. It still ends with the supervisor, whose death closes its pipe."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def child_main(ctx: ChildContext) -> None:
-    """Top of every child process (module level, so `spawn` can import it)."""
+    """Top of every child process (module level, so `spawn` can import it).
+
+    A child leaves the supervisor's process group first: a signal to that group (honcho's stop,
+    Ctrl-C) is for the supervisor, which stops its children one role at a time, the fronts'
+    drain first while the pipeline behind them still runs. Its lifeline and parent-death signal
+    still end it with the supervisor. SIGTERM is back to its default until `enter_child` takes it
+    (the fork server ignores it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.setpgid(0, 0)
     if len(ctx.places) > 1 and ctx.role != "front":  # (a shard's process is its front's, with actors in its loop)
         from streamer.actors.host import run_host
 

@@ -39,7 +39,7 @@ from streamer.front.seats import SEATS_FILE
 from streamer.runtime import group, metrics
 from streamer.runtime.config import Config
 from streamer.runtime.topology import ROLES, Host, Topology
-from streamer.supervisor.children import Child
+from streamer.supervisor.children import Child, start_fork_server
 from streamer.supervisor.policy import Escalate, RestartPolicy
 from streamer.transport import sockets
 from streamer.transport.messages import Exited, Packet, encode
@@ -144,6 +144,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Start everything, supervise until told to stop, clean up; the process exit code."""
+        start_fork_server()  # before our handlers: it starts with SIGTERM ignored
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.metrics_port = metrics.serve(self.cfg)

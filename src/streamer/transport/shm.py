@@ -78,7 +78,25 @@ class PoolSpec:
         return self.data_offset + self.capacity
 
     def segment_name(self, run_id: str) -> str:
-        return f"streamer-{run_id}-{self.name}"
+        return f"{run_prefix(run_id)}{self.name}"
+
+
+def run_prefix(run_id: str) -> str:
+    """What every segment of one run's pools is named with."""
+    return f"streamer-{run_id}-"
+
+
+def unlink_run(run_id: str, path: str = "/dev/shm") -> None:
+    """Unlink whatever is left of run `run_id`'s pools. The supervisor does so on its way out,
+    and its resource tracker if it dies; this is for when both died at once (a SIGKILL to their
+    process group: honcho's, 5 s after its SIGTERM), and only the children, which leave that
+    group as they start, are left to do it."""
+    for name in os.listdir(path):
+        if name.startswith(run_prefix(run_id)):
+            try:
+                os.unlink(os.path.join(path, name))
+            except FileNotFoundError:
+                pass  # another child of the run was first
 
 
 def ensure_room(specs: list[PoolSpec], path: str = "/dev/shm") -> None:
