@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -125,6 +126,35 @@ def test_supervisor_killed_outright_takes_its_children_and_segments_with_it(fres
     left = alive(children, grace_s=20)
     assert left == [], [(p.pid, p.cmdline()) for p in left]
     wait_for(lambda: shm_segments(run_id) == [])
+
+
+def test_a_killed_fork_server_takes_no_actor_with_it(fresh_server: Server) -> None:
+    """`kill -9` of the fork server (a `python -c from multiprocessing.forkserver ...` in `ps`).
+    Regression: the supervisor learnt of its children's ends through pipes from the fork server,
+    so its death read as every child's ("exit 255"): it started a second group beside the first,
+    which lived on, orphaned, until the supervisor stopped. Now only a real death counts, a
+    replacement still starts (from a new fork server), and the stop still reaches every child."""
+    fresh_server.start()
+    run_id = fresh_server.run_id()
+    before = {a["name"]: a["pid"] for a in fresh_server.actors()}
+    children = fresh_server.descendants()
+    server = next(p for p in children if "multiprocessing.forkserver" in " ".join(p.cmdline()))
+    server.kill()
+    assert alive([server], grace_s=5) == []
+    os.kill(before["model-0"], signal.SIGKILL)  # a death after it: its replacement needs a fork server
+    wait_for(lambda: (a := actor(fresh_server, "model-0"))["state"] == "running" and a["pid"] != before["model-0"])
+    after = {a["name"]: (a["pid"], a["restarts"]) for a in fresh_server.actors()}
+    assert {n: pid for n, (pid, restarts) in after.items() if restarts == 0} == \
+        {n: pid for n, pid in before.items() if n != "model-0"}, after
+    x = noise(2.0)[None]
+    t = asyncio.run(converse(fresh_server.ws("simple"), stream_steps(x, 16000, False)))
+    check_simple_counts(t, 0, x.shape[1])
+    fresh_server.signal(signal.SIGTERM)
+    assert fresh_server.wait(30) == 0
+    assert alive(children) == [] and shm_segments(run_id) == []
+    stops = re.findall(r"supervisor: stopped (\S+): (.*)", fresh_server.log())
+    assert dict(stops) == {**{n: "unknown (its fork server had died)" for n in before if n != "model-0"},
+                           "model-0": "exit 0"}, stops  # each stopped in its turn, by SIGTERM
 
 
 def in_session(sid: int) -> list[psutil.Process]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
+
+import psutil
 
 from streamer.runtime.group import Member
 from streamer.runtime.process import ChildContext
@@ -56,16 +59,39 @@ def _entry(role: str) -> Callable[[ChildContext], None]:
 
 
 def start_fork_server() -> None:
-    """Start the fork server deaf to SIGTERM (an ignored signal stays ignored across its exec).
-
-    A SIGTERM sent to the supervisor's whole process group (honcho's stop, `kill -- -PGID`) would
-    otherwise kill it: the supervisor then reads every living child's exit as 255 and can fork no
-    replacement. It still ends with the supervisor, whose death closes its pipe."""
+    """Start the fork server, if none runs, deaf to SIGTERM (an ignored signal stays ignored
+    across its exec): a SIGTERM to the supervisor's whole process group (honcho's stop,
+    `kill -- -PGID`) is not for it. It ends with the supervisor, whose death closes its pipe.
+    Called at every child's start, since one that died (`kill -9`) is started again. SIGTERM is
+    blocked meanwhile, so that one sent to the supervisor in that moment waits instead of being
+    ignored (Linux keeps a blocked signal pending whatever its disposition); the fork server
+    inherits the mask, and its children unblock it (`child_main`)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         forkserver.ensure_running()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _forker(pid: int) -> int | None:
+    try:
+        return _pidfd(psutil.Process(pid).ppid())
+    except psutil.Error:
+        return None  # it has ended already
+
+
+def _ended(fd: int | None, timeout: float = 0.0) -> bool:
+    """Whether the process behind a pidfd has ended (a pidfd turns readable then)."""
+    return fd is None or bool(select.select([fd], [], [], timeout)[0])
 
 
 def child_main(ctx: ChildContext) -> None:
@@ -75,8 +101,9 @@ def child_main(ctx: ChildContext) -> None:
     Ctrl-C) is for the supervisor, which stops its children one role at a time, the fronts'
     drain first while the pipeline behind them still runs. Its lifeline and parent-death signal
     still end it with the supervisor. SIGTERM is back to its default until `enter_child` takes it
-    (the fork server ignores it)."""
+    (the fork server ignores it, and may have it blocked: see `start_fork_server`)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     os.setpgid(0, 0)
     if len(ctx.places) > 1 and ctx.role != "front":  # (a shard's process is its front's, with actors in its loop)
         from streamer.actors.host import run_host
@@ -108,6 +135,11 @@ class Child:
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # per place name, from its last heartbeat
     killed_as_hung: float | None = None  # seconds of silence, when the supervisor killed it
     terminated: bool = False  # SIGTERM sent to the current process
+    # The process itself, and the fork server that forked it, as pidfds. Its end is read from its
+    # own (race-free, whoever its parent is); its exit code comes from the fork server, through a
+    # pipe that also reads as "exit 255" if the fork server dies first, while the child lives on.
+    pidfd: int | None = None
+    forker: int | None = None
 
     @classmethod
     def of(cls, host: Host) -> Child:
@@ -126,10 +158,13 @@ class Child:
         ctx = ChildContext(self.role, self.index, run_id, run_dir, config, control=theirs, lifeline=lifeline(),
                            beat_every_s=float(config["supervisor"]["heartbeat_s"]), places=self.places)
         proc = _forks.Process(target=child_main, args=(ctx,), name=f"streamer: {self.name}", daemon=False)
+        start_fork_server()
         proc.start()
         theirs.close()
         self.process, self.control = proc, ours
+        assert proc.pid is not None
         self.pid = proc.pid
+        self.pidfd, self.forker = _pidfd(proc.pid), _forker(proc.pid)
         self.state = "starting"
         self.started_at = self.last_beat = time.monotonic()
         self.metrics_port, self.stats = None, {}
@@ -137,20 +172,41 @@ class Child:
         self.killed_as_hung = None
         self.terminated = False
 
+    @property
+    def exited(self) -> int | None:
+        """What turns readable when the current process ends (for `multiprocessing.connection.wait`)."""
+        return self.pidfd if self.process is not None else None
+
+    def alive(self) -> bool:
+        return self.process is not None and not _ended(self.pidfd)
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.alive() and self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            except ProcessLookupError:
+                pass  # ended meanwhile
+
     def reap(self) -> str:
-        """Collect a dead process; returns how it ended ("exit 0", "signal SIGKILL", ...)."""
+        """Collect a process that has ended, or SIGKILL it first; returns how it ended ("exit 0",
+        "signal SIGKILL", ...)."""
         assert self.process is not None
-        # The sentinel fires when the child's fds close, a moment before waitpid can see it.
-        self.process.join(5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        code = self.process.exitcode
+        if not _ended(self.pidfd):
+            self.signal(signal.SIGKILL)
+            _ended(self.pidfd, 5.0)
+        orphaned = self.forker is not None and _ended(self.forker)  # no one is left to say its code
+        self.process.join(5)  # the fork server's word, which follows the end by a moment
+        code = None if orphaned else self.process.exitcode
         if self.control is not None:
             self.control.close()
+        for fd in (self.pidfd, self.forker):
+            if fd is not None:
+                os.close(fd)
         self.process.close()
-        self.process, self.control = None, None
+        self.process, self.control, self.pidfd, self.forker = None, None, None, None
         self.last_exit = describe_exit(code)
+        if orphaned:
+            self.last_exit += " (its fork server had died)"
         if self.killed_as_hung is not None:
             self.last_exit += f" (hung: no heartbeat for {self.killed_as_hung:.1f} s)"
         return self.last_exit
@@ -158,21 +214,17 @@ class Child:
     def terminate(self) -> None:
         """SIGTERM, once, without waiting (`stop` waits). Once: a process that has finished its
         event loop is back on the default disposition, and a second SIGTERM would kill it."""
-        if self.process is not None and self.process.is_alive() and not self.terminated:
+        if self.alive() and not self.terminated:
             self.terminated = True
-            self.process.terminate()
+            self.signal(signal.SIGTERM)
 
     def stop(self, timeout: float) -> None:
         """SIGTERM, wait up to `timeout`, then SIGKILL; always reaps."""
-        proc = self.process
-        if proc is None:
+        if self.process is None:
             return
-        if proc.is_alive():
+        if self.alive():
             self.terminate()
-            proc.join(timeout)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
+            _ended(self.pidfd, timeout)
         self.reap()
         self.state = "stopped"
 

@@ -1,7 +1,7 @@
 """The one Procfile process: owns the run directory, the pools and every child.
 
 honcho stops everything when any Procfile line exits, so the actors are children of this
-process, not Procfile lines. It wakes on a child's death at once (process sentinels in
+process, not Procfile lines. It wakes on a child's death at once (each child's pidfd in
 one `wait`, no polling), restarts it by the `RestartPolicy`, and past the restart
 intensity shuts down in order and exits non-zero so honcho or systemd notices.
 
@@ -190,8 +190,8 @@ class Supervisor:
         while not self._stop_requested:
             waitables: dict[Any, tuple[str, Child | None]] = {self._wake_r: ("wake", None)}
             for c in self.children:
-                if c.process is not None:
-                    waitables[c.process.sentinel] = ("exit", c)
+                if c.exited is not None:
+                    waitables[c.exited] = ("exit", c)
                     if c.control is not None:
                         waitables[c.control] = ("control", c)
             ready = wait(list(waitables), self._next_timer_in())
@@ -205,8 +205,7 @@ class Supervisor:
                         os.read(self._wake_r, 64)
                     elif what == "control" and child is not None and child.control is obj:
                         self._on_control(child)
-                    elif what == "exit" and child is not None and child.process is not None \
-                            and child.process.sentinel == obj:
+                    elif what == "exit" and child is not None and child.exited == obj:
                         self._on_exit(child)
             self._deliver()
             self._kill_hung()
@@ -318,7 +317,7 @@ class Supervisor:
                 c.killed_as_hung = now - c.last_beat
                 what = "was not ready" if c.state == "starting" else "sent no heartbeat"
                 log.error("%s (pid %s) %s for %.1f s: killing it", c.name, c.pid, what, c.killed_as_hung)
-                c.process.kill()
+                c.signal(signal.SIGKILL)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
