@@ -168,9 +168,9 @@ def in_session(sid: int) -> list[psutil.Process]:
 
 
 def test_a_supervisor_killed_while_its_children_still_start_leaves_no_orphan(tmp_path: Path) -> None:
-    """Regression: a child whose supervisor died before the child set PR_SET_PDEATHSIG (which it
-    does after the spawn bootstrap and its imports) was never signalled: it lived on, holding
-    the pools and the port. Children now check their parent once the setting is in force.
+    """Regression: a child whose supervisor died before the child could learn of it (once, with
+    a parent-death signal set after its start) lived on, holding the pools and the port. Every
+    child now holds the lifeline, a pipe whose end it reads as soon as the supervisor is gone.
     It is killed at two moments of the start: once its helpers are up, and as soon as its first
     child is forked."""
     srv = Server(tmp_path / "run")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from streamer.transport.shm import BufferPool, BufferRef, PoolFull, PoolSpec, StaleBuffer, ensure_room
+from streamer.transport.shm import BufferPool, BufferRef, PoolFull, PoolSpec, StaleBuffer, ensure_room, unlink_run
 
 SPEC = PoolSpec("t", slot_size=1024, nslots=16)
 
@@ -136,3 +136,24 @@ def test_a_stale_ref_over_several_slots_neither_reads_nor_frees_a_newer_overlapp
         p.read_bytes(old)
     assert not p.release(old)
     assert p.read_bytes(tail) == b"n" * 1024  # still taken, still its own
+
+
+def test_unlink_run_takes_its_runs_segments_and_nothing_else() -> None:
+    """What a child does when its supervisor died together with the resource tracker. Regression:
+    a directory with the run's prefix (the run directory, when TMPDIR is /dev/shm) made it raise,
+    and the child skipped its exit and lived on without a supervisor."""
+    run_id, other = secrets.token_hex(4), secrets.token_hex(4)
+    ours = BufferPool.create(PoolSpec("front-0", 4096, 1), run_id)
+    theirs = BufferPool.create(PoolSpec("front-0", 4096, 1), other)
+    run_dir = f"/dev/shm/streamer-{run_id}-rundir"
+    os.mkdir(run_dir)
+    try:
+        unlink_run(run_id)
+        assert not os.path.exists(f"/dev/shm/{PoolSpec('front-0', 4096, 1).segment_name(run_id)}")
+        assert os.path.exists(f"/dev/shm/{PoolSpec('front-0', 4096, 1).segment_name(other)}")
+        assert os.path.isdir(run_dir)
+    finally:
+        os.rmdir(run_dir)
+        for p in (ours, theirs):
+            p.close()
+            p.unlink()

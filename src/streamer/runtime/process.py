@@ -123,8 +123,10 @@ def _die_with_supervisor(ctx: ChildContext) -> None:
             lifeline.recv_bytes()
         except (EOFError, OSError):
             pass
-        shm.unlink_run(ctx.run_id)  # its resource tracker may have died with it
-        os._exit(1)
+        try:
+            shm.unlink_run(ctx.run_id)  # its resource tracker may have died with it
+        finally:
+            os._exit(1)
 
     threading.Thread(target=watch, name="lifeline", daemon=True).start()
 
@@ -145,6 +147,7 @@ def enter_child(ctx: ChildContext) -> None:
     def on_term(signum: int, frame: object) -> None:
         ctx.stopping.set()
 
-    # Ctrl-C reaches the whole process group; only the supervisor decides the shutdown order.
+    # Only the supervisor decides the shutdown order: a child is in a process group of its own
+    # (`supervisor.children`), and would ignore a Ctrl-C meant for the supervisor's group anyway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, on_term)

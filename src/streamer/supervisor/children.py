@@ -7,10 +7,15 @@ zmq, aiohttp and grpc again (a third of a second to a second of CPU each, at eve
 restart). It runs one role's `main(ctx)`. The supervisor holds one end of a pipe per child;
 the child says `ready` on it once its sockets are bound. Every child also holds the read end
 of the supervisor's lifeline (`runtime.process`): it exits when the supervisor is gone.
+
+A child's end is read from its pidfd, which says when that process ends whoever its parent is.
+The fork server's pipe, which carries its exit code, would also read as every child's end if the
+fork server died (`kill -9`) while they live on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import select
@@ -18,7 +23,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -31,7 +35,8 @@ from streamer.runtime.topology import Host, Place
 
 _forks = mp.get_context("forkserver")
 # What the fork server imports once, so that no child imports it again.
-_forks.set_forkserver_preload(["streamer.supervisor.children", "streamer.actors.decoder", "streamer.actors.segmenter",
+_forks.set_forkserver_preload(["streamer.supervisor.fork_server",  # first: it makes the fork server ignore SIGTERM
+                               "streamer.supervisor.children", "streamer.actors.decoder", "streamer.actors.segmenter",
                                "streamer.actors.model_actor", "streamer.actors.host", "streamer.front.app"])
 _lifeline: tuple[Connection, Connection] | None = None  # (children's read end, our write end), for our life
 
@@ -58,23 +63,6 @@ def _entry(role: str) -> Callable[[ChildContext], None]:
     return main
 
 
-def start_fork_server() -> None:
-    """Start the fork server, if none runs, deaf to SIGTERM (an ignored signal stays ignored
-    across its exec): a SIGTERM to the supervisor's whole process group (honcho's stop,
-    `kill -- -PGID`) is not for it. It ends with the supervisor, whose death closes its pipe.
-    Called at every child's start, since one that died (`kill -9`) is started again. SIGTERM is
-    blocked meanwhile, so that one sent to the supervisor in that moment waits instead of being
-    ignored (Linux keeps a blocked signal pending whatever its disposition); the fork server
-    inherits the mask, and its children unblock it (`child_main`)."""
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        forkserver.ensure_running()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-
-
 def _pidfd(pid: int) -> int | None:
     try:
         return os.pidfd_open(pid)
@@ -90,8 +78,23 @@ def _forker(pid: int) -> int | None:
 
 
 def _ended(fd: int | None, timeout: float = 0.0) -> bool:
-    """Whether the process behind a pidfd has ended (a pidfd turns readable then)."""
-    return fd is None or bool(select.select([fd], [], [], timeout)[0])
+    """Whether the process behind a pidfd has ended (a pidfd turns readable then); no pidfd
+    means it had ended before one could be opened."""
+    if fd is None:
+        return True
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(timeout * 1000))
+
+
+def _reaped_here(pid: int) -> int | None:
+    """The exit code of an orphan of a dead fork server, if it became our child (when this
+    process is PID 1, as in a container, or a subreaper); collected, so it leaves no zombie."""
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status) if got == pid else None
 
 
 def child_main(ctx: ChildContext) -> None:
@@ -99,11 +102,10 @@ def child_main(ctx: ChildContext) -> None:
 
     A child leaves the supervisor's process group first: a signal to that group (honcho's stop,
     Ctrl-C) is for the supervisor, which stops its children one role at a time, the fronts'
-    drain first while the pipeline behind them still runs. Its lifeline and parent-death signal
-    still end it with the supervisor. SIGTERM is back to its default until `enter_child` takes it
-    (the fork server ignores it, and may have it blocked: see `start_fork_server`)."""
+    drain first while the pipeline behind them still runs. Its lifeline still ends it with the
+    supervisor. SIGTERM is back to its default until `enter_child` takes it (the fork server
+    ignores it: `fork_server.py`)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     os.setpgid(0, 0)
     if len(ctx.places) > 1 and ctx.role != "front":  # (a shard's process is its front's, with actors in its loop)
         from streamer.actors.host import run_host
@@ -158,9 +160,13 @@ class Child:
         ctx = ChildContext(self.role, self.index, run_id, run_dir, config, control=theirs, lifeline=lifeline(),
                            beat_every_s=float(config["supervisor"]["heartbeat_s"]), places=self.places)
         proc = _forks.Process(target=child_main, args=(ctx,), name=f"streamer: {self.name}", daemon=False)
-        start_fork_server()
-        proc.start()
-        theirs.close()
+        try:
+            proc.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         self.process, self.control = proc, ours
         assert proc.pid is not None
         self.pid = proc.pid
@@ -174,8 +180,11 @@ class Child:
 
     @property
     def exited(self) -> int | None:
-        """What turns readable when the current process ends (for `multiprocessing.connection.wait`)."""
-        return self.pidfd if self.process is not None else None
+        """What turns readable when the current process ends (for `multiprocessing.connection.wait`):
+        its pidfd; its sentinel if it had ended before one could be opened."""
+        if self.process is None:
+            return None
+        return self.pidfd if self.pidfd is not None else self.process.sentinel
 
     def alive(self) -> bool:
         return self.process is not None and not _ended(self.pidfd)
@@ -190,20 +199,25 @@ class Child:
     def reap(self) -> str:
         """Collect a process that has ended, or SIGKILL it first; returns how it ended ("exit 0",
         "signal SIGKILL", ...)."""
-        assert self.process is not None
+        assert self.process is not None and self.pid is not None
         if not _ended(self.pidfd):
             self.signal(signal.SIGKILL)
             _ended(self.pidfd, 5.0)
         orphaned = self.forker is not None and _ended(self.forker)  # no one is left to say its code
-        self.process.join(5)  # the fork server's word, which follows the end by a moment
-        code = None if orphaned else self.process.exitcode
+        if orphaned:
+            code = _reaped_here(self.pid)
+        else:
+            self.process.join(5)  # the fork server's word, which follows the end by a moment
+            code = self.process.exitcode
         if self.control is not None:
             self.control.close()
         for fd in (self.pidfd, self.forker):
             if fd is not None:
                 os.close(fd)
-        self.process.close()
-        self.process, self.control, self.pidfd, self.forker = None, None, None, None
+        self.control, self.pidfd, self.forker = None, None, None
+        with contextlib.suppress(ValueError):  # its Popen may never have heard of the end
+            self.process.close()
+        self.process = None
         self.last_exit = describe_exit(code)
         if orphaned:
             self.last_exit += " (its fork server had died)"

@@ -39,7 +39,7 @@ from streamer.front.seats import SEATS_FILE
 from streamer.runtime import group, metrics
 from streamer.runtime.config import Config
 from streamer.runtime.topology import ROLES, Host, Topology
-from streamer.supervisor.children import Child, start_fork_server
+from streamer.supervisor.children import Child
 from streamer.supervisor.policy import Escalate, RestartPolicy
 from streamer.transport import sockets
 from streamer.transport.messages import Exited, Packet, encode
@@ -144,7 +144,6 @@ class Supervisor:
 
     def run(self) -> int:
         """Start everything, supervise until told to stop, clean up; the process exit code."""
-        start_fork_server()  # before our handlers: it starts with SIGTERM ignored
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.metrics_port = metrics.serve(self.cfg)
@@ -181,7 +180,14 @@ class Supervisor:
             self.pools[name] = BufferPool.create(spec, self.run_id)
 
     def _start(self, child: Child) -> None:
-        child.start(self.run_id, self.run_dir, self.cfg.to_dict())
+        try:
+            child.start(self.run_id, self.run_dir, self.cfg.to_dict())
+        except (OSError, EOFError) as e:  # e.g. a fork server that died between its check and our call
+            now = time.monotonic()
+            delay = self.policies[child.role].next_delay(child.crash_times, now)  # counts as a crash
+            child.state, child.restart_at = "restarting", now + delay
+            log.error("could not start %s (%s): trying again in %.2f s", child.name, e, delay)
+            return
         log.info("started %s (pid %s)", child.name, child.pid)
 
     # -- the watch loop ------------------------------------------------------------
@@ -217,7 +223,7 @@ class Supervisor:
         try:
             msg = child.control.recv()
         except (EOFError, OSError):
-            child.control = None  # the process is going; its sentinel will fire
+            child.control = None  # the process is going; its pidfd will say so
             return
         if not (isinstance(msg, tuple) and msg):
             return
@@ -309,7 +315,7 @@ class Supervisor:
         return max(0.0, min(due) - time.monotonic())
 
     def _kill_hung(self) -> None:
-        """SIGKILL a child whose main loop has gone silent; its sentinel then fires as for any death."""
+        """SIGKILL a child whose main loop has gone silent; its pidfd then fires as for any death."""
         now = time.monotonic()
         for c in self.children:
             deadline = self._hang_deadline(c)

@@ -97,6 +97,8 @@ def unlink_run(run_id: str, path: str = "/dev/shm") -> None:
                 os.unlink(os.path.join(path, name))
             except FileNotFoundError:
                 pass  # another child of the run was first
+            except OSError:
+                pass  # not a segment: the run directory, where TMPDIR is /dev/shm
 
 
 def ensure_room(specs: list[PoolSpec], path: str = "/dev/shm") -> None:
