@@ -132,12 +132,13 @@ class System:
         self.env = {**os.environ, **env, "STREAMER_SERVER_LOG_LEVEL": "WARNING"}
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
+        self.run_dir: Path | None = None  # ours: where its group is published (`streamer.runtime.group`)
 
     def start(self, extra: dict[str, str]) -> None:
         env = {**self.env, **extra}
         if self.name.startswith("ours"):
             # Unique, though two points of a sweep may draw the same free port.
-            run_dir = Path(tempfile.mkdtemp(prefix=f"run-{self.port}-", dir=self.workdir))
+            self.run_dir = run_dir = Path(tempfile.mkdtemp(prefix=f"run-{self.port}-", dir=self.workdir))
             env.update(STREAMER_SERVER_PORT=str(self.port), STREAMER_SERVER_RUN_DIR=str(run_dir),
                        STREAMER_ACTORS_MODELS=str(CORES), STREAMER_METRICS_BASE_PORT="0",
                        STREAMER_LIMITS_MAX_SESSIONS="1000", STREAMER_SERVER_GRPC_PORT="0")

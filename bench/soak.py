@@ -1,6 +1,7 @@
 """Soak: half capacity for half an hour, a model actor SIGKILLed every 10 s; does anything grow?
 
     python bench/soak.py --minutes 30 --sessions 12 --kill-every 10
+    python bench/soak.py --placement shards --kill-shard-every 60   # shards' processes die too
 
 Starts ours on its defaults (two model actors, the fake model at 0.05 CPU-s per audio second),
 keeps `--sessions` clients streaming speech with pauses in real time (each one stream after
@@ -9,7 +10,12 @@ Every 30 s it reads, per process: RSS, open file descriptors, and the shared-mem
 of the run. After a warm-up (a sixth of the run, at least 2 minutes) the last sample is
 compared with the first: the table shows both and the growth. Sessions must see no error
 and end 1000. A model actor restarts after each kill, so its row is that of its latest
-incarnation. Writes `bench/results/soak.md`.
+incarnation. Writes `bench/results/soak.md` (`soak-shards.md` with `--placement shards`).
+
+`--kill-shard-every` also SIGKILLs a front's process (under shards, a shard: a front with its
+decoder and segmenter) every so many seconds, the fronts in turn. Its sessions end 1006 (cut,
+counted apart: this load generator starts a new stream rather than resuming); every other
+session must still see no error and end 1000, and nothing may grow or be left in /dev/shm.
 
 Every `--watch-every` s (default 0.25) it also reads each front's own metrics: what
 admission decides by (the last load report, the sessions open over every front) and its
@@ -87,21 +93,27 @@ def sample(system: load.System, began: float) -> Sample:
             s.fds[name] = p.num_fds()
         except psutil.Error:
             continue
-    state = group.read(str(system.workdir / f"run-{system.port}"))
+    state = group.read(str(system.run_dir))
     run_id = state.run_id if state is not None else "?"
     s.shm = sum(1 for n in os.listdir("/dev/shm") if n.startswith(f"streamer-{run_id}-"))
     return s
 
 
-async def streamer(url: str, until: float, stats: dict[str, int], errors: list[str]) -> None:
+async def streamer(url: str, until: float, stats: dict[str, int], errors: list[str], cuts_expected: bool) -> None:
     pcm = loadgen.track()
     rng = random.Random()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         while time.monotonic() < until:
             frames = len(pcm) // loadgen.FRAME_BYTES
-            s = await loadgen.one_session(http, url, pcm, rng.randrange(frames) * loadgen.FRAME_BYTES,
-                                          time.monotonic(), min(60.0, max(1.0, until - time.monotonic())), False)
+            try:
+                s = await loadgen.one_session(http, url, pcm, rng.randrange(frames) * loadgen.FRAME_BYTES,
+                                              time.monotonic(), min(60.0, max(1.0, until - time.monotonic())), False)
+            except (aiohttp.ClientError, ConnectionError) as e:  # its front died under it mid-send
+                stats["cut"] += 1
+                if not cuts_expected:
+                    errors.append(f"connection lost: {e!r}")
+                continue
             if s.refused:  # the server is busy: a client comes back after Retry-After, not at once
                 stats["refused"] += 1
                 errors.append(s.errors[-1])
@@ -109,6 +121,9 @@ async def streamer(url: str, until: float, stats: dict[str, int], errors: list[s
                 continue
             stats["streams"] += 1
             stats["finals"] += len(s.finals)
+            if s.close_code == 1006 and cuts_expected:
+                stats["cut"] += 1
+                continue
             errors += s.errors
             if s.close_code != 1000:
                 errors.append(f"closed {s.close_code}")
@@ -148,7 +163,7 @@ def read_front(port: int) -> dict[str, float]:
 def watch_admission(system: load.System, began: float, every_s: float, stop: threading.Event,
                     readings: list[Reading]) -> None:
     """Every front's admission metrics, read from each front's own port (quicker than the group page)."""
-    run_dir = str(system.workdir / f"run-{system.port}")
+    run_dir = str(system.run_dir)
     while not stop.wait(every_s):
         state = group.read(run_dir)
         for a in state.actors if state is not None else []:
@@ -176,12 +191,16 @@ def refusals(readings: list[Reading]) -> list[str]:
     return out
 
 
-def killer(system: load.System, every_s: float, stop: threading.Event, kills: list[int]) -> None:
+def killer(system: load.System, every_s: float, stop: threading.Event, kills: list[int], role: str = "model-",
+           in_turn: bool = False) -> None:
+    """Every `every_s` a process whose name starts with `role`: one at random, or each in turn."""
     rng = random.Random()
+    turn = 0
     while not stop.wait(every_s):
-        models = [p for p in system.tree() if name_of(p).startswith("model-")]
-        if models:
-            victim = rng.choice(models)
+        victims = sorted((p for p in system.tree() if name_of(p).startswith(role)), key=name_of)
+        if victims:
+            victim = victims[turn % len(victims)] if in_turn else rng.choice(victims)
+            turn += 1
             try:
                 os.kill(victim.pid, signal.SIGKILL)
                 kills.append(victim.pid)
@@ -194,6 +213,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--sessions", type=int, default=12)
     parser.add_argument("--kill-every", type=float, default=10.0)
+    parser.add_argument("--placement", choices=["split", "shards"], default="split")
+    parser.add_argument("--kill-shard-every", type=float, default=0.0, help="seconds between SIGKILLs of a front's "
+                        "process (a shard's, under shards); 0: never")
     parser.add_argument("--watch-every", type=float, default=0.25, help="seconds between reads of the admission "
                         "metrics")
     parser.add_argument("--log", type=Path, help="keep the server's log (at INFO) here")
@@ -201,13 +223,17 @@ def main() -> int:
     args = parser.parse_args()
     seconds = args.minutes * 60
     warm = max(120.0, seconds / 6)
-    stats = {"streams": 0, "finals": 0, "refused": 0}
+    stats = {"streams": 0, "finals": 0, "refused": 0, "cut": 0}
     errors: list[str] = []
     kills: list[int] = []
+    shard_kills: list[int] = []
+    shards = args.placement == "shards"
     samples: list[Sample] = []
     readings: list[Reading] = []
     with tempfile.TemporaryDirectory() as work:
-        system = load.System("ours", {"STREAMER_SUPERVISOR_MODEL_INTENSITY": "1000"}, Path(work))
+        system = load.System("ours-shards" if shards else "ours",
+                             {"STREAMER_SUPERVISOR_MODEL_INTENSITY": "1000",
+                              "STREAMER_SUPERVISOR_FRONT_INTENSITY": "1000"}, Path(work))
         system.start({"STREAMER_SERVER_LOG_LEVEL": "INFO"} if args.log else {})
         try:
             began = time.monotonic()
@@ -219,18 +245,23 @@ def main() -> int:
                     last = samples[-1]
                     print(f"{last.at:6.0f} s: rss {sum(last.rss.values()) / 2**20:.1f} MiB, "
                           f"fds {sum(last.fds.values())}, shm {last.shm}, streams {stats['streams']}, "
-                          f"refused {stats['refused']}, errors {len(errors)}, kills {len(kills)}", flush=True)
+                          f"refused {stats['refused']}, cut {stats['cut']}, errors {len(errors)}, "
+                          f"kills {len(kills)} + {len(shard_kills)}", flush=True)
 
             threads = [threading.Thread(target=watch, daemon=True),
                        threading.Thread(target=killer, args=(system, args.kill_every, stop, kills), daemon=True),
                        threading.Thread(target=watch_admission, args=(system, began, args.watch_every, stop, readings),
                                         daemon=True)]
+            if args.kill_shard_every:
+                threads.append(threading.Thread(target=killer, args=(system, args.kill_shard_every, stop, shard_kills,
+                                                                     "front-", True), daemon=True))
             for t in threads:
                 t.start()
 
             async def everyone() -> None:
                 until = began + seconds
-                await asyncio.gather(*(streamer(system.url(), until, stats, errors) for _ in range(args.sessions)))
+                await asyncio.gather(*(streamer(system.url(), until, stats, errors, bool(args.kill_shard_every))
+                                       for _ in range(args.sessions)))
 
             asyncio.run(everyone())
             stop.set()
@@ -247,14 +278,17 @@ def main() -> int:
     for name in sorted(last.rss):
         a, b = first.rss.get(name), last.rss[name]
         growth = None if a is None else 100 * (b - a) / a
-        if growth is not None and not name.startswith("model-"):
+        if growth is not None and not name.startswith(("model-", "front-") if args.kill_shard_every else "model-"):
             worst = max(worst, growth)
         rows.append(f"| {name} | {'-' if a is None else f'{a / 2**20:.1f} MiB'} | {b / 2**20:.1f} MiB "
                     f"| {'-' if growth is None else f'{growth:+.1f} %'} | {first.fds.get(name, '-')} "
                     f"| {last.fds[name]} |")
-    text = (f"soak: {args.minutes:g} min, {args.sessions} real-time sessions, a model actor SIGKILLed every "
-            f"{args.kill_every:g} s ({len(kills)} kills); {stats['streams']} streams, {stats['finals']} finals, "
-            f"{stats['refused']} refused, {len(errors)} errors (refusals included); warm-up {warm:.0f} s; "
+    killed_shards = (f", a {'shard' if shards else 'front'} SIGKILLed every {args.kill_shard_every:g} s "
+                     f"({len(shard_kills)} kills, {stats['cut']} sessions cut)" if args.kill_shard_every else "")
+    text = (f"soak ({args.placement}): {args.minutes:g} min, {args.sessions} real-time sessions, a model actor "
+            f"SIGKILLed every {args.kill_every:g} s ({len(kills)} kills){killed_shards}; {stats['streams']} streams, "
+            f"{stats['finals']} finals, {stats['refused']} refused, {len(errors)} errors (refusals included); "
+            f"warm-up {warm:.0f} s; "
             f"shm segments {first.shm} -> {last.shm}; largest RSS "
             f"growth of a process that was never killed: {worst:+.1f} %\n\n" + "\n".join(rows) + "\n")
     print(text)
@@ -268,7 +302,7 @@ def main() -> int:
                  for r in readings]
         args.readings.write_text("\n".join(rows) + "\n")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "soak.md").write_text(text)
+    (RESULTS / ("soak-shards.md" if shards else "soak.md")).write_text(text)
     return 0 if not errors and worst < 5 and first.shm == last.shm else 1
 
 
