@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pty
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -155,6 +157,44 @@ def test_a_killed_fork_server_takes_no_actor_with_it(fresh_server: Server) -> No
     stops = re.findall(r"supervisor: stopped (\S+): (.*)", fresh_server.log())
     assert dict(stops) == {**{n: "unknown (its fork server had died)" for n in before if n != "model-0"},
                            "model-0": "exit 0"}, stops  # each stopped in its turn, by SIGTERM
+
+
+def test_children_outside_the_terminals_foreground_group_still_log_to_it(tmp_path: Path) -> None:
+    """`streamer serve` in a terminal with `stty tostop`. Children sit in process groups of their
+    own (so a signal to the supervisor's group is the supervisor's to act on), which makes them
+    background jobs of that terminal: their first log line to it stopped them with SIGTTOU. The
+    front logs each stream's start, so a stream answered end to end says none was stopped."""
+    srv = Server(tmp_path / "run")
+    env = srv.environment()
+    pid, master = pty.fork()  # a session of its own on a terminal, as a shell gives
+    if pid == 0:
+        try:
+            os.execve("/bin/sh", ["sh", "-c", 'stty tostop && exec "$0" -m streamer.supervisor.cli serve',
+                                  sys.executable], env)
+        finally:
+            os._exit(127)
+    screen = bytearray()
+
+    def read_terminal() -> None:
+        with contextlib.suppress(OSError):
+            while chunk := os.read(master, 65536):
+                screen.extend(chunk)
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: srv.health()[0] == 200 and srv.all_running(), 60)
+        children = [psutil.Process(a["pid"]) for a in srv.actors()]
+        x = noise(1.0)[None]
+        t = asyncio.run(converse(srv.ws("simple"), stream_steps(x, 16000, False), timeout=20))
+        check_simple_counts(t, 0, x.shape[1])
+        assert b"stream started" in screen
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert alive(children) == []
 
 
 def in_session(sid: int) -> list[psutil.Process]:

@@ -104,8 +104,11 @@ def child_main(ctx: ChildContext) -> None:
     Ctrl-C) is for the supervisor, which stops its children one role at a time, the fronts'
     drain first while the pipeline behind them still runs. Its lifeline still ends it with the
     supervisor. SIGTERM is back to its default until `enter_child` takes it (the fork server
-    ignores it: `fork_server.py`)."""
+    ignores it: `fork_server.py`). Outside the terminal's foreground group, a child's log line to
+    that terminal would stop it (SIGTTOU, under `stty tostop`) until killed as hung: it ignores
+    that signal, which lets the write through."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
     os.setpgid(0, 0)
     if len(ctx.places) > 1 and ctx.role != "front":  # (a shard's process is its front's, with actors in its loop)
         from streamer.actors.host import run_host
