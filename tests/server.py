@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import random
@@ -131,14 +132,20 @@ class Server:
             raise
 
     def health(self) -> tuple[int, dict[str, Any]]:
+        """(0, {}) for whatever is not a server of ours answering: nothing listens yet, or another
+        process does. Ports are drawn at random, and until the supervisor has refused a taken one
+        (`PortTaken`), this may ask another test's gRPC or metrics port."""
         try:
             with urllib.request.urlopen(f"{self.http}/api/v1/health", timeout=2) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             with e:
-                return e.code, json.loads(e.read())
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-            return 0, {}  # not up yet, or not our server on that port
+                try:
+                    return e.code, json.loads(e.read())
+                except ValueError:
+                    return 0, {}
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ValueError):
+            return 0, {}
 
     def all_running(self) -> bool:
         """Every child is up (health needs one process per role; with several fronts the others

@@ -109,6 +109,30 @@ def test_a_second_server_on_a_port_in_use_refuses_to_start_instead_of_sharing_it
         assert f"port {getattr(srv, taken)} is in use" in err
 
 
+@pytest.mark.parametrize("answer", [b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64",
+                                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found"],
+                         ids=["grpc", "metrics"])
+def test_a_start_waits_past_another_server_on_its_port(tmp_path: Path, answer: bytes) -> None:
+    """The harness, not the product: ports are drawn at random, and while a supervisor starts
+    (before it refuses a port that turns out taken) its health is asked of whatever listens
+    there. Regression: another test's gRPC port answered in HTTP/2, `BadStatusLine` escaped, and
+    the test failed instead of drawing new ports."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+
+        def answer_once() -> None:
+            conn, _ = other.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+        t = threading.Thread(target=answer_once, daemon=True)
+        t.start()
+        assert Server(tmp_path / "run", port=other.getsockname()[1]).health() == (0, {})
+        t.join(5)
+
+
 @pytest.mark.parametrize("group", [False, True], ids=["alone", "with-its-group"])
 def test_supervisor_killed_outright_takes_its_children_and_segments_with_it(fresh_server: Server,
                                                                             group: bool) -> None:
