@@ -38,9 +38,25 @@ def process_of(role: str) -> str:
     return "decoder+segmenter" if PAIRED and role in ("decoder", "segmenter") else role
 
 
-def free_port() -> int:
+def _ports() -> tuple[int, int]:
+    """This process's share of `_PORTS`: each xdist worker draws from a slice of its own. A
+    supervisor checks its ports seconds before its fronts bind them (with SO_REUSEPORT), so two
+    servers started side by side could both find one port free and then share it."""
+    lo, hi = _PORTS
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or workers <= 1:
+        return lo, hi
+    k = int(worker[2:]) % workers
+    width = (hi - lo) // workers
+    return lo + k * width, lo + (k + 1) * width
+
+
+def free_port(*not_these: int) -> int:
     while True:
-        port = random.randrange(*_PORTS)
+        port = random.randrange(*_ports())
+        if port in not_these:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -60,10 +76,14 @@ class Server:
     run_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
-    grpc_port: int = field(default_factory=free_port)
+    grpc_port: int = 0  # drawn apart from `port` (one port for both is refused)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     honcho: bool = False  # started as a user does, `honcho start` on the repository's Procfile
+
+    def __post_init__(self) -> None:
+        if not self.grpc_port:
+            self.grpc_port = free_port(self.port)
 
     def command(self) -> list[str]:
         if self.honcho:
@@ -107,7 +127,8 @@ class Server:
             try:
                 return self._start(timeout, ready or (lambda: self.health()[0] == 200 and self.all_running()), every)
             except PortTaken:
-                self.port, self.grpc_port = free_port(), free_port()
+                self.port = free_port()
+                self.grpc_port = free_port(self.port)
         raise RuntimeError("no free ports in five draws")
 
     def _start(self, timeout: float, ready: Callable[[], object], every: float) -> Server:

@@ -75,3 +75,10 @@ def test_trusted_proxies_are_addresses_or_networks_and_anything_else_fails_at_st
     for bad in ("10.0.0.0/33", "haproxy", "127.0.0.1:8080"):
         with pytest.raises(ValueError, match=f"trusted_proxies.*{bad}"):
             config.load(env={"STREAMER_SERVER_TRUSTED_PROXIES": bad})
+
+
+def test_one_port_for_both_apis_fails_at_start() -> None:
+    """Both would listen with SO_REUSEPORT and share it, each taking half the other's clients."""
+    with pytest.raises(ValueError, match=r"grpc_port: 9001 is also server\.port"):
+        config.load(env={"STREAMER_SERVER_PORT": "9001", "STREAMER_SERVER_GRPC_PORT": "9001"})
+    assert config.load(env={"STREAMER_SERVER_PORT": "9001", "STREAMER_SERVER_GRPC_PORT": "0"}).server.grpc_port == 0

@@ -427,8 +427,17 @@ def test_a_call_cancelled_mid_stream_releases_its_session_seat_and_stream_at_onc
             async for r in call:  # the pipeline has the stream
                 assert r.type == "segment"
                 break
-            await asyncio.to_thread(wait_for, lambda: actor(srv, "decoder")["inflight"] == 1, 30)  # (at heartbeats)
-            call.cancel()
+
+            async def live() -> None:  # audio as a live client sends it: the module's 2 s idle limit must not end it
+                while True:
+                    await asyncio.sleep(0.2)
+                    feed.put_nowait(pb.Request(audio=b"\x01\x00" * 3200))
+
+            async with asyncio.TaskGroup() as tg:
+                speaking = tg.create_task(live())
+                await asyncio.to_thread(wait_for, lambda: actor(srv, "decoder")["inflight"] == 1, 30)  # (at heartbeats)
+                call.cancel()
+                speaking.cancel()
 
     asyncio.run(cancel_after_a_result())
     wait_for(lambda: released(srv) and actor(srv, "decoder")["inflight"] == 0, 30)

@@ -50,8 +50,14 @@ split_only = pytest.mark.skipif(os.environ.get("STREAMER_ACTORS_PLACEMENT", "spl
                                 reason="the decoder and the segmenter share a process: neither dies alone")
 
 
+# Tests here pause processes with SIGSTOP, some for 20 s and more on a loaded machine: the
+# supervisor must not find them hung (10 s) and change the scenario. A test that means to
+# find a hang sets its own.
+PATIENT = {f"STREAMER_SUPERVISOR_{role}_HANG_TIMEOUT_S": "120" for role in ("FRONT", "DECODER", "SEGMENTER", "MODEL")}
+
+
 def started(tmp_path: Path, **env: str) -> Server:
-    srv = Server(tmp_path / "run", env=env)
+    srv = Server(tmp_path / "run", env={**PATIENT, **env})
     return srv.start()
 
 

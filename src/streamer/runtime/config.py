@@ -32,7 +32,12 @@ class Server(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         """A proxy list that cannot be read must stop the start, not quietly trust nobody (or,
-        worse, be read differently by the front that uses it)."""
+        worse, be read differently by the front that uses it). One port for both APIs would not
+        fail either: both listen with SO_REUSEPORT, and the kernel would hand half the HTTP
+        clients to the gRPC server and the other way round."""
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError(f"server.grpc_port: {self.grpc_port} is also server.port; give gRPC a port of its own "
+                             "(or 0: off)")
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)
