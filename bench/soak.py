@@ -53,6 +53,7 @@ import load  # noqa: E402
 import loadgen  # noqa: E402
 
 from streamer.runtime import group  # noqa: E402
+from streamer.transport.shm import run_prefix  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SAMPLE_EVERY_S = 30.0
@@ -95,7 +96,7 @@ def sample(system: load.System, began: float) -> Sample:
             continue
     state = group.read(str(system.run_dir))
     run_id = state.run_id if state is not None else "?"
-    s.shm = sum(1 for n in os.listdir("/dev/shm") if n.startswith(f"streamer-{run_id}-"))
+    s.shm = sum(1 for n in os.listdir("/dev/shm") if n.startswith(run_prefix(run_id)))
     return s
 
 

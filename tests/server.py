@@ -21,6 +21,8 @@ from typing import Any
 
 import psutil
 
+from streamer.transport.shm import run_prefix
+
 # Below Linux's ephemeral range (32768-60999): every process of a server binds its own metrics
 # port with port 0, and a port handed out here must not be grabbed that way before it is used.
 _PORTS = (20000, 32000)
@@ -252,7 +254,7 @@ def scrape(port: int, name: str, **labels: str) -> float:
 
 
 def shm_segments(run_id: str) -> list[str]:
-    return [n for n in os.listdir("/dev/shm") if n.startswith(f"streamer-{run_id}-")]
+    return [n for n in os.listdir("/dev/shm") if n.startswith(run_prefix(run_id))]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, every: float = 0.05) -> None:

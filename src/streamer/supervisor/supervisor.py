@@ -183,9 +183,7 @@ class Supervisor:
         try:
             child.start(self.run_id, self.run_dir, self.cfg.to_dict())
         except (OSError, EOFError) as e:  # e.g. a fork server that died between its check and our call
-            now = time.monotonic()
-            delay = self.policies[child.role].next_delay(child.crash_times, now)  # counts as a crash
-            child.state, child.restart_at = "restarting", now + delay
+            delay = self._restart_later(child)  # counts as a crash
             log.error("could not start %s (%s): trying again in %.2f s", child.name, e, delay)
             return
         log.info("started %s (pid %s)", child.name, child.pid)
@@ -250,12 +248,17 @@ class Supervisor:
             child.state = "stopped"
             return
         self._take_back(child, pid, how)
-        now = time.monotonic()
-        delay = self.policies[child.role].next_delay(child.crash_times, now)
-        child.state = "restarting"
-        child.restart_at = now + delay
+        delay = self._restart_later(child)
         log.warning("%s (pid %s) died: %s; restarting in %.2f s", child.name, pid, how, delay)
         self._publish()
+
+    def _restart_later(self, child: Child) -> float:
+        """Count a crash of `child` and schedule its restart by its role's policy (which raises
+        `Escalate` past the intensity); the delay."""
+        now = time.monotonic()
+        delay = self.policies[child.role].next_delay(child.crash_times, now)
+        child.state, child.restart_at = "restarting", now + delay
+        return delay
 
     def _take_back(self, child: Child, pid: int, how: str) -> None:
         """Reclaim what the dead process held and tell those who kept state about it.

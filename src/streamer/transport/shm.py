@@ -95,10 +95,8 @@ def unlink_run(run_id: str, path: str = "/dev/shm") -> None:
         if name.startswith(run_prefix(run_id)):
             try:
                 os.unlink(os.path.join(path, name))
-            except FileNotFoundError:
-                pass  # another child of the run was first
             except OSError:
-                pass  # not a segment: the run directory, where TMPDIR is /dev/shm
+                pass  # another child was first, or not a segment (the run dir, where TMPDIR is /dev/shm)
 
 
 def ensure_room(specs: list[PoolSpec], path: str = "/dev/shm") -> None:
