@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +93,23 @@ def test_a_death_mid_stream_leaves_the_results_of_an_undisturbed_run(srv: Server
     wait_for(lambda: actor(srv, kills[0])["restarts"] == 1, 10)
 
 
-def kill_the_holder(srv: Server, kills: list[tuple[str, int]]) -> Action:
+def kill_the_holder(srv: Server, kills: list[tuple[str, int]], answered_to: float | None = None) -> Action:
     """An action for `converse`: SIGKILL the model actor holding the stream's state (by the actors
     table's `held`, which moves at heartbeats), one not killed before: a next one holds it only
-    because the one before died. The client sends nothing more until then."""
+    because the one before died. The client sends nothing more until then. With `answered_to`
+    (seconds: all the client has sent), only once an interim result reaches that far: the model
+    has answered every piece sent, so none of the stream's work is on the actor it kills."""
     def holder() -> dict[str, Any] | None:
         return next((a for a in srv.actors() if a["role"] == "model" and a.get("held") and a["pid"]
                      and (a["name"], a["pid"]) not in kills), None)
 
-    async def kill(_: object) -> None:
+    def answered(messages: list[dict[str, Any]]) -> bool:
+        assert answered_to is not None
+        return any(m["type"] == "segment" and m["end_time"] >= answered_to - 1e-6 for m in messages)
+
+    async def kill(messages: list[dict[str, Any]]) -> None:
+        if answered_to is not None:
+            await until(lambda: answered(messages), 30)
         await until(lambda: holder() is not None, 30)
         row = holder()
         assert row is not None
@@ -110,10 +119,10 @@ def kill_the_holder(srv: Server, kills: list[tuple[str, int]]) -> Action:
     return kill
 
 
-def killing_at(steps: list[Any], seconds: list[float], action: Action) -> list[Any]:
-    """`steps` with `action` once the client has sent each of `seconds` of its audio."""
+def killing_at(steps: list[Any], seconds: list[float], action: Callable[[float], Action]) -> list[Any]:
+    """`steps` with `action(at)` once the client has sent each `at` of `seconds` of its audio."""
     for at in sorted(seconds, reverse=True):  # the latest first: an action before one would shift it
-        steps = at_audio(steps, at, action)
+        steps = at_audio(steps, at, action(at))
     return steps
 
 
@@ -121,7 +130,7 @@ def test_the_actor_holding_the_stream_dies_twice_and_the_results_are_an_undistur
     """Every final, count and running total is what it would have been, and no state is left."""
     kills: list[tuple[str, int]] = []
     steps = killing_at(stream_steps(noise(SECONDS)[None, :], 16000, False), [SECONDS / 3, 2 * SECONDS / 3],
-                       kill_the_holder(srv, kills))
+                       lambda _: kill_the_holder(srv, kills))
     t = asyncio.run(converse(srv.ws("sequential"), steps, pace_s=0.05))
     assert len(kills) == 2 and kills[0][0] != kills[1][0], kills
     assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
@@ -134,16 +143,18 @@ def test_the_actor_holding_the_stream_dies_twice_and_the_results_are_an_undistur
 
 def test_deaths_of_its_actor_between_its_pieces_do_not_fail_a_stream(tmp_path: Path) -> None:
     """No checkpoint in the whole stream (a final every 30 s) and its actor killed four times,
-    each time once the stream has settled on it again. Its pieces take a millisecond each, so
-    the kills find none of its work there: each death moves the stream and none counts
-    against it. (Counting every death, the fourth gave the stream up, past `max_attempts`.)"""
+    each time once it has answered all the client has sent (its interim results say so), so
+    the kills find none of the stream's work there: each death moves the stream and none counts
+    against it. (Counting every death, the fourth gave the stream up, past `max_attempts`.)
+    Killing as soon as the audio was sent, a loaded machine had that audio still on its way to
+    the actor, and those deaths count (rightly: it might have been the cause)."""
     seconds = 12.0
     srv = Server(tmp_path / "run", env={"STREAMER_MODEL_FAKE_FINAL_EVERY_S": "30",
                                         "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.01"}).start()
     try:
         kills: list[tuple[str, int]] = []
-        steps = killing_at(stream_steps(noise(seconds)[None, :], 16000, False), [2.0, 4.5, 7.0, 9.5],
-                           kill_the_holder(srv, kills))
+        steps = killing_at(stream_steps(noise(seconds)[None, :], 16000, False, interim=True), [2.0, 4.5, 7.0, 9.5],
+                           lambda at: kill_the_holder(srv, kills, answered_to=at))
         t = asyncio.run(converse(srv.ws("sequential"), steps, pace_s=0.1))
         assert len(kills) == 4, kills
         assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
