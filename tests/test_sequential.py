@@ -5,6 +5,7 @@ undisturbed run, exactly, with the fake model's running count)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -132,10 +133,11 @@ def test_the_actor_holding_the_stream_dies_twice_and_the_results_are_an_undistur
     steps = killing_at(stream_steps(noise(SECONDS)[None, :], 16000, False), [SECONDS / 3, 2 * SECONDS / 3],
                        lambda _: kill_the_holder(srv, kills))
     t = asyncio.run(converse(srv.ws("sequential"), steps, pace_s=0.05))
-    assert len(kills) == 2 and kills[0][0] != kills[1][0], kills
+    assert len(kills) == 2 and kills[0] != kills[1], kills  # two processes (the slot may be the same, restarted)
     assert t.close_code == 1000 and not t.of_type("error"), t.messages[-3:]
     assert finals(t) == expected(SECONDS, FINAL_EVERY)
-    wait_for(lambda: all(actor(srv, name)["restarts"] == 1 for name, _ in kills), 10)
+    slots = collections.Counter(name for name, _ in kills)
+    wait_for(lambda: all(actor(srv, name)["restarts"] == n for name, n in slots.items()), 10)
     with contextlib.suppress(TimeoutError):
         wait_for(lambda: not any(models_holding(srv).values()), 5)
     assert not any(models_holding(srv).values())

@@ -299,7 +299,8 @@ def test_the_client_script_reconnects_when_its_front_dies_and_says_so(tmp_path: 
         wav = tmp_path / "speech.wav"
         soundfile.write(wav, s.samples, 16000, subtype="PCM_16")
         lines: list[str] = []
-        with subprocess.Popen([*CLIENT, "-i", str(wav), "--addr", srv.ws(), "--real-time"],
+        with subprocess.Popen([*CLIENT, "-i", str(wav), "--addr", srv.ws(), "--real-time",
+                               "--reconnects", "20"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as client:
             assert client.stdout is not None and client.stderr is not None
             out = client.stdout
