@@ -99,7 +99,10 @@ def kill_the_holder(srv: Server, kills: list[tuple[str, int]], answered_to: floa
     table's `held`, which moves at heartbeats), one not killed before: a next one holds it only
     because the one before died. The client sends nothing more until then. With `answered_to`
     (seconds: all the client has sent), only once an interim result reaches that far: the model
-    has answered every piece sent, so none of the stream's work is on the actor it kills."""
+    has answered every piece sent, so none of the stream's work is on the actor it kills. And the
+    client sends nothing more until another actor holds the stream: until the segmenter hears of
+    the death (the supervisor tells it), it hands the stream's next piece to the dead process,
+    and that piece counts against the stream as work it had there."""
     def holder() -> dict[str, Any] | None:
         return next((a for a in srv.actors() if a["role"] == "model" and a.get("held") and a["pid"]
                      and (a["name"], a["pid"]) not in kills), None)
@@ -116,6 +119,8 @@ def kill_the_holder(srv: Server, kills: list[tuple[str, int]], answered_to: floa
         assert row is not None
         os.kill(row["pid"], signal.SIGKILL)
         kills.append((row["name"], row["pid"]))
+        if answered_to is not None:  # and the client sends on once the segmenter knows of the death
+            await until(lambda: holder() is not None, 30)
 
     return kill
 
