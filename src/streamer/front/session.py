@@ -463,6 +463,7 @@ class Session:
                 left = limits.idle_timeout_s / 2
                 self._say(protocol.warning(f"no audio for {left:g} s: the session closes in {left:g} s"))
             elif now >= idle_at:
+                log.info("closing %d: no audio for %g s", protocol.POLICY, limits.idle_timeout_s)
                 await self._close_with(f"idle timeout: no audio for {limits.idle_timeout_s:g} s", protocol.POLICY)
                 return
 
