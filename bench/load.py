@@ -116,6 +116,8 @@ VARIANTS = {
     "ours-shards-hold20": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_FRONT_READ_HOLD_MS": "20"},
     "ours-shards-hold40": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_FRONT_READ_HOLD_MS": "40"},
     "ours-shards-hold80": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_FRONT_READ_HOLD_MS": "80"},
+    # ... or gathering each stream's frames for longer before the decoder's turn (`[front] coalesce_ms`)
+    "ours-shards-coalesce40": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_FRONT_COALESCE_MS": "40"},
     # ... and how the kernel runs the model actors (src/streamer/runtime/scheduling.py)
     "ours-shards-nice": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_SCHEDULING_MODEL_NICE": "10"},
     "ours-shards-batch": {"STREAMER_ACTORS_PLACEMENT": "shards", "STREAMER_SCHEDULING_MODEL_BATCH": "true"},
