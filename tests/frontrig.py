@@ -120,6 +120,10 @@ class MemoryWire:
     def closed(self) -> bool:
         return self.close_code is not None
 
+    @property
+    def gathering(self) -> bool:
+        return False
+
 
 class FrontRig:
     def __init__(self, cfg: Config, pipeline: Pipeline, shard: InLoop, model: InLoop) -> None:

@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from streamer.front.front_metrics import AUDIO_FEEDS
 from streamer.transport.messages import RouteName
 
-from audio import noise, speech
+from audio import noise, pcm_bytes, speech
 from conversation import Transcript, check_regions_answered, check_simple_counts, start_msg, stream_steps
 from frontrig import FrontRig, Step, front_rig
 
@@ -79,6 +80,32 @@ def test_speech_regions_each_get_one_final(tmp_path: Path) -> None:
     s = speech(("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning."))
     t = talk(tmp_path, "segmented", stream_steps(s.samples[None, :], 16000, False))
     assert check_regions_answered(t, 0) == (2, 0)
+
+
+def test_a_live_clients_frames_go_in_as_they_come_and_keep_their_place_among_its_requests(tmp_path: Path) -> None:
+    """A frame read while the session waits for the client is fed at once, from the reading task
+    (`Intake`'s `take`), one feed a frame, and the requests around the frames act where the
+    client put them: a `stop` right behind a frame ends the stream after it, and the next
+    stream's frames count from its own `start`."""
+    first = [pcm_bytes(noise(0.02, seed=i)[None, :], False) for i in range(50)]
+    second = [pcm_bytes(noise(0.02, seed=100 + i)[None, :], False) for i in range(25)]
+
+    async def body(rig: FrontRig) -> tuple[Transcript, int]:
+        session, wire = rig.session("simple", [])
+        running = asyncio.ensure_future(rig.run(session))
+        feeds = AUDIO_FEEDS.value
+        await wire.say_paced([start_msg(1, 16000, False), *first, {"request": "stop", "disconnect": False}], 0.005)
+        await wire.say_paced([start_msg(1, 16000, False), *second, {"request": "stop", "disconnect": True}], 0.005)
+        await asyncio.wait_for(running, 30)
+        return Transcript(wire.sent, wire.close_code), AUDIO_FEEDS.value - feeds
+
+    t, feeds = with_rig(tmp_path, body)
+    assert t.close_code == 1000, t.messages[-3:]
+    segments = t.of_type("segment")
+    restart = next(i for i, m in enumerate(segments) if i and m["start_time"] == 0.0)  # the second stream's first
+    assert sum(m["count"] for m in segments[:restart]) == 50 * 320
+    assert sum(m["count"] for m in segments[restart:]) == 25 * 320
+    assert feeds == 75, feeds  # one a frame: none waited in the queue for another
 
 
 def test_stop_without_a_stream_is_an_error_but_the_session_goes_on(tmp_path: Path) -> None:

@@ -165,6 +165,10 @@ class GrpcWire:
     def closed(self) -> bool:
         return self.code is not None
 
+    @property
+    def gathering(self) -> bool:
+        return False
+
 
 class Servicer(pb_grpc.StreamerServicer):
     """The three routes. Each is a coroutine writing through its context rather than an async

@@ -13,6 +13,13 @@ frames, or empty ones, while the session waits on it is held back as one floodin
 What it buys: a client held back for minutes by a slow model still gets its pongs, and the
 data ahead of a ping is at most the kernel's buffers, which the front keeps small
 (`socket_receive_buffer`).
+
+While the session waits for the next message with nothing queued, an audio frame is offered to it
+at once (`take`), in the reading task: a live client's frame then costs one task's turn, not
+two (this task's, then the session's after a wake-up). The session takes it only when it could
+feed it without waiting (its stream running, within every budget); otherwise the frame is queued
+as any other and the session meets it in `next()`, so the order of the client's messages and
+every limit are those of the queued path.
 """
 
 from __future__ import annotations
@@ -31,10 +38,13 @@ def cost(msg: Incoming) -> int:
 
 
 class Intake:
-    def __init__(self, wire: Wire, limit: int, on_frame: Callable[[], None]) -> None:
+    def __init__(self, wire: Wire, limit: int, on_frame: Callable[[], None],
+                 take: Callable[[bytes], bool] = lambda _: False) -> None:
         self._wire = wire
         self._limit = limit
         self._on_frame = on_frame  # the client sent something (not idle)
+        self._take = take  # the session feeds an audio frame now, or says no (then it is queued)
+        self._parked = False  # the session waits in `next()` on an empty queue
         self._frames: deque[Incoming] = deque()
         self._bytes = 0
         self._room = asyncio.Event()
@@ -47,6 +57,9 @@ class Intake:
         while True:
             await self._room.wait()
             msg = await self._wire.receive()
+            if msg.kind == "binary" and self._parked and isinstance(msg.data, bytes) and self._take(msg.data):
+                self.received += len(msg.data)
+                continue  # fed: the session stays parked, nothing queued
             self._frames.append(msg)
             self._arrived.set()
             if msg.kind == "end":
@@ -67,7 +80,11 @@ class Intake:
         """The client's next message, in order."""
         while not self._frames:
             self._arrived.clear()
-            await self._arrived.wait()
+            self._parked = True
+            try:
+                await self._arrived.wait()
+            finally:
+                self._parked = False
         msg = self._frames.popleft()
         if msg.kind != "end":
             self._taken(msg)

@@ -101,7 +101,7 @@ class Session:
         self.phase = Phase.IDLE
         self.stream: Stream | None = None
         self.outbox: asyncio.Queue[Outgoing] = asyncio.Queue()
-        self.intake = Intake(wire, cfg.limits.read_ahead_bytes, self._client_spoke)
+        self.intake = Intake(wire, cfg.limits.read_ahead_bytes, self._client_spoke, self._take_now)
         self.authenticated = authenticated
         self.draining = False
         self._streams = 0
@@ -163,8 +163,8 @@ class Session:
                 # through the pipeline costs about the same whatever its size. (A little at a
                 # time all the same: the limits and the budget are checked between feeds.)
                 more = self.intake.audio_ready(min(JOIN_BYTES, self.cfg.limits.max_frame_bytes) - len(data))
-                AUDIO_FRAMES.inc(1 + len(more))
-                AUDIO_FEEDS.inc()
+                AUDIO_FRAMES.value += 1 + len(more)
+                AUDIO_FEEDS.value += 1
                 await self._feed(self.stream, b"".join([data, *more]) if more else data)
             elif msg.kind == "text":
                 if self.draining:
@@ -294,6 +294,25 @@ class Session:
         stream.fed(data)
         self._active = self._loop.time()
         self._warned_idle = False
+
+    def _take_now(self, data: bytes) -> bool:
+        """Feed a frame the intake has just read, if `_read_loop` would feed it without waiting
+        (it waits for the next message, so nothing is ahead of this frame); False leaves the frame
+        to the read loop, which meets it in the same state and decides as ever."""
+        stream = self.stream
+        if self.phase is not Phase.STREAMING or stream is None or self.draining or self.wire.gathering:
+            return False  # (a held socket's frames come together: the read loop joins them into one feed)
+        now = self._loop.time()
+        if self.outbox.qsize() > self.cfg.limits.max_outbox or not self.pipeline.room.is_set() \
+                or stream.over_budget(now):
+            return False
+        AUDIO_FRAMES.value += 1
+        AUDIO_FEEDS.value += 1
+        self.pipeline.send(Pcm(stream.id, NOWHERE), data)
+        stream.fed(data)
+        self._active = now
+        self._warned_idle = False
+        return True
 
     async def _wait_for_reader(self) -> None:
         """Results pile up for a client that does not read them: take nothing more from it until it

@@ -41,6 +41,12 @@ class Wire(Protocol):
     @property
     def closed(self) -> bool: ...
 
+    @property
+    def gathering(self) -> bool:
+        """Frames come in groups on purpose (a read hold): the session should take what is queued
+        together rather than each frame as it comes."""
+        ...
+
 
 class WebSocketWire:
     """`hold_s` > 0: after a binary frame the socket is not read for that long, so the frames a
@@ -110,3 +116,7 @@ class WebSocketWire:
     @property
     def closed(self) -> bool:
         return self.ws.closed
+
+    @property
+    def gathering(self) -> bool:
+        return self._transport is not None and self._holding()
