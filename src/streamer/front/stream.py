@@ -82,6 +82,7 @@ class Stream:
     _ended: bool = False
     frame_bytes: int = field(init=False)  # one sample of every channel
     bytes_per_s: int = field(init=False)
+    _surely_within: float = field(init=False)  # unanswered bytes below every budget `budget_s` can give
 
     def __post_init__(self) -> None:
         o = self.opened
@@ -92,6 +93,8 @@ class Stream:
         self._restart = Checkpoint.start(o.channels)
         self.frame_bytes = o.channels * o.bit_depth // 8
         self.bytes_per_s = self.frame_bytes * o.sample_rate
+        b = self.budget
+        self._surely_within = min(b.max_bytes, min(b.max_s, MIN_INFLIGHT_S) * self.bytes_per_s)
 
     @property
     def id(self) -> str:
@@ -112,7 +115,10 @@ class Stream:
 
     def over_budget(self, now: float) -> bool:
         """More is unanswered than the budget allows: the session waits before feeding more."""
-        if self.fed_bytes - self.answered_s * self.bytes_per_s > self.budget.max_bytes:
+        unanswered = self.fed_bytes - self.answered_s * self.bytes_per_s
+        if unanswered <= self._surely_within:
+            return False  # the budget never shrinks below this: no need to work it out (every frame asks)
+        if unanswered > self.budget.max_bytes:
             return True
         return self.inflight_s > self.budget_s(now)
 

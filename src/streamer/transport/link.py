@@ -38,8 +38,10 @@ LOCAL_PACKETS = 1000  # a local inbox's depth, as a ZeroMQ socket's default high
 class Handed:
     """A packet handed to an actor of the same process: its items as the sender made them, and
     per item its audio (None: it has none). An item with audio says `at = Slice(0, n)`: its
-    buffer is its own slab. The items are (shallow) copies of the sender's, which it may keep (a
-    front keeps each stream's `Open` for a replay); the receiver owns them and the audio views."""
+    buffer is its own slab. The receiver owns the items and the audio views. An item without
+    audio is a (shallow) copy of the sender's, which it may keep (a front keeps each stream's
+    `Open` for a replay); an item with audio is the sender's own, given away with its audio (one
+    per client frame, made to be sent: a copy of each would cost a shard 2 % of its CPU)."""
 
     items: list[Message]
     audio: list[memoryview | None]
@@ -49,7 +51,8 @@ class Handed:
 def hand_over(items: Sequence[Message], payloads: Sequence[tuple[int, Payload]]) -> Handed:
     """What `pack` is for a socket, for a co-located peer: every payload becomes a read-only view
     of the sender's own array (no copy: a reader gets what a slab's bytes would have given it)."""
-    items = [msgspec.structs.replace(item) for item in items]  # the sender may keep its own (a front does)
+    given = {i for i, _ in payloads}  # the sender's to give away; the others it may keep (a front does)
+    items = [item if i in given else msgspec.structs.replace(item) for i, item in enumerate(items)]
     audio: list[memoryview | None] = [None] * len(items)
     total = 0
     for i, payload in payloads:
