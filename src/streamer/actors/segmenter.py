@@ -262,7 +262,8 @@ class Segmenter(Actor):
         audio = np.frombuffer(slab, np.float32, msg.channels * msg.frames, msg.at.offset)
         audio = audio.reshape(msg.channels, msg.frames)
         for ch, cutter in enumerate(state.cutters):
-            self._deliver(state, ch, cutter.feed(audio[ch]))
+            if outputs := cutter.feed(audio[ch]):  # (most frames make nothing: no call for them)
+                self._deliver(state, ch, outputs)
         self.meter.add(time.perf_counter() - t0, msg.frames / MODEL_RATE)
         state.taken_s += msg.frames / MODEL_RATE
         state.route.taken(state)
