@@ -143,7 +143,7 @@ function giveUp(why) {
 
 // -- the actors panel: CPU and RSS per process over the last minute ---------------------------
 
-const history = new Map(); // name -> { cpu: [], rss: [] }
+const history = new Map(); // "name@pid" -> { cpu: [], rss: [] }
 const POINTS = 60;
 
 function spark(values, min, max, color) {
@@ -189,12 +189,15 @@ async function refreshActors() {
   const body = $("actors").querySelector("tbody");
   body.replaceChildren();
   for (const a of table.actors) {
-    const h = history.get(a.pid) || { cpu: [], rss: [] }; // a restarted process starts a new line
+    // Per row and process: a restarted process starts a new line, and the rows of actors that
+    // share a process (a shard's front, decoder and segmenter) each add one point a second.
+    const key = `${a.name}@${a.pid}`;
+    const h = history.get(key) || { cpu: [], rss: [] };
     if (a.cpu_percent !== null && a.cpu_percent !== undefined) h.cpu.push(a.cpu_percent);
     if (a.rss_bytes) h.rss.push(a.rss_bytes / 2 ** 20);
     h.cpu = h.cpu.slice(-POINTS);
     h.rss = h.rss.slice(-POINTS);
-    history.set(a.pid, h);
+    history.set(key, h);
     const tr = document.createElement("tr");
     tr.dataset.name = a.name;
     cell(tr, a.name);

@@ -11,6 +11,7 @@ process that does not answer within a second is left out of that scrape, and
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -144,6 +145,13 @@ class _Static:
         return self._families
 
 
+def process_role(process: str) -> str:
+    """A page's `role` label: the roles of its process's actors without their shard's number
+    (`front-1+decoder-1+segmenter-1` is `front+decoder+segmenter`, its `index` says which), as its
+    spans' `streamer.role`, so one query covers every shard."""
+    return "+".join(re.sub(r"-\d+$", "", name) for name in process.split("+"))
+
+
 async def group_page(host: str, state: Group | None, own_index: int) -> str:
     """All processes' metrics, labelled by role and index (this front's own included, read in
     process; the other fronts' fetched like every other process)."""
@@ -154,11 +162,12 @@ async def group_page(host: str, state: Group | None, own_index: int) -> str:
     # own process (its actors too, in a shard) is read in process, below.
     mine = [a for a in state.actors if a.role == "front" and a.index == own_index] if state else []
     seen: set[int] = {a.metrics_port for a in mine if a.metrics_port}
-    own_role = next((a.process for a in mine if a.process), "front")
+    own_role = next((process_role(a.process) for a in mine if a.process), "front")
     for a in state.actors if state is not None else []:
         if a.metrics_port and a.metrics_port not in seen and not (a.role == "front" and a.index == own_index):
             seen.add(a.metrics_port)
-            targets.append(({"role": a.process or a.role, "index": str(a.index)}, a.metrics_port))
+            targets.append(({"role": process_role(a.process) if a.process else a.role, "index": str(a.index)},
+                            a.metrics_port))
     async with aiohttp.ClientSession() as http:
         texts = await asyncio.gather(*(_fetch(http, host, port) for _, port in targets))
     pages = [({"role": own_role, "index": str(own_index)}, prometheus_client.generate_latest().decode())]
