@@ -30,7 +30,10 @@ SMALL_POOLS = {"front_slot_bytes": 4096, "front_slots": 256, "decoder_slot_bytes
 class Rig:
     def __init__(self, cls: type[Actor], place: Place, fronts: int = 1, models: int = 2,
                  **overrides: dict[str, Any]) -> None:
-        tree: dict[str, Any] = {"actors": {"fronts": fronts, "models": models}, "pools": dict(SMALL_POOLS)}
+        # "split", whatever the defaults say: the rig's fronts share one decoder and one segmenter
+        # (under "shards" each front is a shard of its own). A test may ask for another in `overrides`.
+        tree: dict[str, Any] = {"actors": {"fronts": fronts, "models": models, "placement": "split"},
+                                "pools": dict(SMALL_POOLS)}
         for section, values in overrides.items():
             tree.setdefault(section, {}).update(values)
         self.cfg = config.load(env={}, overrides=tree)

@@ -21,6 +21,8 @@ from typing import Any
 
 import psutil
 
+from streamer.runtime import config
+from streamer.runtime.topology import Place, Topology
 from streamer.transport.shm import run_prefix
 
 # Below Linux's ephemeral range (32768-60999): every process of a server binds its own metrics
@@ -30,14 +32,11 @@ CLIENT = [sys.executable, "-m", "streamer.client.streamer_client"]  # `streamer-
 ROOT = Path(__file__).resolve().parent.parent
 
 
-PAIRED = os.environ.get("STREAMER_ACTORS_PLACEMENT") == "paired"  # the suite may run under either placement
-
-
-def process_of(role: str) -> str:
-    """The name of the process that runs `role`'s actor under this run's placement (its spans'
-    `streamer.role`, its title in `ps`): `[actors] placement = "paired"` runs the decoder and the
-    segmenter in one."""
-    return "decoder+segmenter" if PAIRED and role in ("decoder", "segmenter") else role
+# Pins a server to `[actors] placement = "split"`, every actor a process of its own: for tests of
+# what only that placement has, a decoder or a segmenter process that dies alone and whose
+# streams are replayed without their clients noticing. (Under "shards" the same kill takes the
+# front and its sessions with it: test_shards.py and test_chaos.py test that.)
+SPLIT = {"STREAMER_ACTORS_PLACEMENT": "split"}
 
 
 def _ports() -> tuple[int, int]:
@@ -283,3 +282,37 @@ def alive(procs: list[psutil.Process], grace_s: float = 5.0) -> list[psutil.Proc
 def actor(srv: Server, name: str) -> dict[str, Any]:
     """The supervisor's published row for one child, by name (`decoder`, `model-1` ...)."""
     return next(a for a in srv.actors() if a["name"] == name)
+
+
+# The names a server's processes go by depend on its placement, which the suite does not fix (the
+# defaults', or STREAMER_ACTORS_PLACEMENT's, or a test's own env): read from the configuration
+# that server runs, as its supervisor does, never spelt out for one placement.
+
+
+def topology(srv: Server) -> Topology:
+    """The group exactly as `srv` runs it: its processes, actors and pools."""
+    return Topology(config.load(env=srv.environment()))
+
+
+def process_names(srv: Server) -> list[str]:
+    """Every child process by name: its title in `ps` (`streamer: <name>`), its log lines' prefix,
+    "supervisor: stopped <name>" (`front-0`, or `front-0+decoder+segmenter` in a shard)."""
+    return [h.name for h in topology(srv).hosts]
+
+
+def span_role(srv: Server, role: str) -> str:
+    """The `streamer.role` of the spans `role`'s actor makes: its process's roles joined
+    (`front+decoder+segmenter` in a shard, whichever shard)."""
+    return "+".join(p.role for p in topology(srv).host_of(Place(role)).places)
+
+
+def metrics_roles(srv: Server) -> set[str]:
+    """The `role` labels of the group's `/metrics` (a page per process): the supervisor's, an
+    actor alone's role, or its process's roles joined (`front+decoder+segmenter`, every shard)."""
+    return {"supervisor"} | {"+".join(p.role for p in h.places) for h in topology(srv).hosts}
+
+
+def summed(srv: Server, role: str, key: str) -> float:
+    """A heartbeat field summed over every actor of `role`: one decoder or segmenter per shard,
+    and the kernel puts a session on whichever front (and so shard) it likes."""
+    return float(sum(a.get(key) or 0 for a in srv.actors() if a["role"] == role))

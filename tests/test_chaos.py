@@ -37,6 +37,9 @@ SESSIONS = 6
 SPEED = 4.0  # times real time
 TARGETS = ("model-0", "model-1", "decoder", "segmenter")
 ENV = {
+    # The decoder and the segmenter die alone and no client notices: processes of their own
+    # (SHARD_ENV below overrides it: a shard's death is seen by its own sessions).
+    "STREAMER_ACTORS_PLACEMENT": "split",
     "STREAMER_MODEL_FAKE_MODE": "cpu", "STREAMER_MODEL_FAKE_DELAY": "0.02",
     "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.05", "STREAMER_MODEL_MAX_ATTEMPTS": "50",
     "STREAMER_ADMISSION_MAX_BUSY": "1000", "STREAMER_ADMISSION_MAX_QUEUE_DELAY_S": "1000",

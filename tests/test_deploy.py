@@ -141,7 +141,8 @@ def test_a_draining_instance_finishes_its_sessions_and_new_ones_go_elsewhere(
             a.signal(signal.SIGTERM)
             # Once both of a's fronts drain, a refuses new sessions (503) and HAProxy retries them on b,
             # before its health check has taken a out of rotation.
-            wait_for(lambda: len(re.findall(r"front-\d\[\d+\] INFO front: stopping", a.log())) == 2, 30)
+            # (A front's process is `front-k`, or `front-k+decoder-k+segmenter-k` in a shard.)
+            wait_for(lambda: len(re.findall(r"front-\d\S*\[\d+\] INFO front: stopping", a.log())) == 2, 30)
             late.extend(asyncio.run(sessions(lb.ws(), steps, 5)))
         except BaseException as e:
             failures.append(e)
@@ -252,7 +253,8 @@ def test_prometheus_finds_every_instance_in_a_targets_file_and_grafana_splits_by
         (targets / "b.json").write_text(json.dumps([{"targets": [f"127.0.0.1:{b.port}"]}]))
 
         def instances() -> set[str]:
-            q = urllib.parse.urlencode({"query": 'sum by (instance) (process_cpu_seconds_total{role="front"})'})
+            # One supervisor per instance, whatever its placement (a shard's page is labelled by its process).
+            q = urllib.parse.urlencode({"query": 'sum by (instance) (process_cpu_seconds_total{role="supervisor"})'})
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?{q}", timeout=5) as r:
                     return {x["metric"]["instance"] for x in json.loads(r.read())["data"]["result"]}

@@ -35,7 +35,7 @@ from conversation import (
     start_msg,
     stream_steps,
 )
-from server import CLIENT, Server, actor, wait_for
+from server import CLIENT, Server, actor, summed, wait_for
 
 MONO_16K = {"channels": 1, "sample_rate": 16000, "bit_depth": 16, "is_float": False}
 ONE_FRONT = {"STREAMER_ACTORS_FRONTS": "1"}  # one front: its memory is the one to watch
@@ -439,12 +439,12 @@ def test_a_call_cancelled_mid_stream_releases_its_session_seat_and_stream_at_onc
                     assert r.type == "segment"
                     break
                 # (at heartbeats: none yet, it may be, when the first result is back)
-                await asyncio.to_thread(wait_for, lambda: actor(srv, "decoder").get("inflight") == 1, 30)
+                await asyncio.to_thread(wait_for, lambda: summed(srv, "decoder", "inflight") == 1, 30)
                 call.cancel()
                 speaking.cancel()
 
     asyncio.run(cancel_after_a_result())
-    wait_for(lambda: released(srv) and actor(srv, "decoder").get("inflight") == 0, 30)
+    wait_for(lambda: released(srv) and summed(srv, "decoder", "inflight") == 0, 30)
     assert "stream ended: aborted" in srv.log()
 
 

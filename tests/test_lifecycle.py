@@ -20,14 +20,13 @@ import pytest
 
 from audio import noise
 from conversation import check_simple_counts, converse, stream_steps
-from server import PAIRED, Server, actor, alive, process_of, shm_segments, wait_for
+from server import SPLIT, Server, actor, alive, process_names, shm_segments, topology, wait_for
 
 
 def test_processes_show_their_role_in_ps(fresh_server: Server) -> None:
     fresh_server.start()
     titles = {p.cmdline()[0] for p in fresh_server.descendants()}
-    assert {"streamer: front-0", "streamer: front-1", f"streamer: {process_of('decoder')}",
-            f"streamer: {process_of('segmenter')}", "streamer: model-0", "streamer: model-1"} <= titles
+    assert {f"streamer: {name}" for name in process_names(fresh_server)} <= titles
     assert psutil.Process(fresh_server.proc.pid).cmdline()[0] == "streamer: supervisor"  # type: ignore[union-attr]
 
 
@@ -36,7 +35,9 @@ def test_stop_signal_leaves_no_segment_and_no_process(fresh_server: Server, sig:
     fresh_server.start()
     run_id = fresh_server.run_id()
     children = fresh_server.descendants()
-    assert len(children) >= 6 and len(shm_segments(run_id)) == 4  # a pool per front, the decoder's, the segmenter's
+    topo = topology(fresh_server)
+    # A pool per front, and each shard's decoder's and segmenter's (one shard under "split", one per front in "shards").
+    assert len(children) >= len(topo.hosts) and len(shm_segments(run_id)) == len(topo.pools)
     urllib.request.urlopen(f"{fresh_server.http}/api/v1/actors", timeout=5).close()  # its CPU readings: a file
     fresh_server.signal(sig)
     assert fresh_server.wait(30) == 0
@@ -64,22 +65,22 @@ def test_killed_model_actor_is_restarted_and_the_pipeline_works(fresh_server: Se
 
 
 def test_health_names_a_role_with_no_live_process(fresh_server: Server) -> None:
+    # The segmenter's own process, under its own restart policy: in a shard it is the front's
+    # process, restarted under the front's policy, and health names no role meanwhile.
+    fresh_server.env.update(SPLIT)
     # A replacement is forked and bound within milliseconds; a quick second death waits out the
     # back-off (10 s here: longer than a loaded machine's slowest health answer), and health says
     # which role is missing meanwhile: that is the window to look in, not after the second
     # replacement is up (then only its first milliseconds).
     fresh_server.env["STREAMER_SUPERVISOR_SEGMENTER_BACKOFF_STEP_S"] = "10"
     fresh_server.env["STREAMER_SUPERVISOR_SEGMENTER_BACKOFF_MAX_S"] = "10"
-    fresh_server.env["STREAMER_SUPERVISOR_DECODER_BACKOFF_STEP_S"] = "10"  # paired: the process's policy
-    fresh_server.env["STREAMER_SUPERVISOR_DECODER_BACKOFF_MAX_S"] = "10"
     fresh_server.start()
     first = actor(fresh_server, "segmenter")["pid"]
     os.kill(first, signal.SIGKILL)
     wait_for(lambda: (a := actor(fresh_server, "segmenter"))["pid"] not in (None, first)
              and a["state"] == "running", 10)
     os.kill(actor(fresh_server, "segmenter")["pid"], signal.SIGKILL)  # a quick second death: backed off
-    missing = ["decoder", "segmenter"] if PAIRED else ["segmenter"]  # paired: they die together
-    wait_for(lambda: fresh_server.health() == (503, {"status": "unhealthy", "missing": missing}), 10)
+    wait_for(lambda: fresh_server.health() == (503, {"status": "unhealthy", "missing": ["segmenter"]}), 10)
     wait_for(lambda: fresh_server.health()[0] == 200, 30)
 
 
@@ -179,8 +180,9 @@ def test_a_killed_fork_server_takes_no_actor_with_it(fresh_server: Server) -> No
     assert fresh_server.wait(30) == 0
     assert alive(children) == [] and shm_segments(run_id) == []
     stops = re.findall(r"supervisor: stopped (\S+): (.*)", fresh_server.log())
-    assert dict(stops) == {**{n: "unknown (its fork server had died)" for n in before if n != "model-0"},
-                           "model-0": "exit 0"}, stops  # each stopped in its turn, by SIGTERM
+    # Each process (several actors may share one) stopped in its turn, by SIGTERM.
+    assert dict(stops) == {**{n: "unknown (its fork server had died)" for n in process_names(fresh_server)
+                              if n != "model-0"}, "model-0": "exit 0"}, stops
 
 
 def test_children_outside_the_terminals_foreground_group_still_log_to_it(tmp_path: Path) -> None:

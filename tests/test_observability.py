@@ -24,7 +24,7 @@ import soundfile
 from audio import speech, tone
 from conversation import Transcript, check_regions_answered, client_transcript, converse, stream_steps
 from otlp import Got, Receiver
-from server import CLIENT, Server, actor, free_port, process_of, wait_for
+from server import CLIENT, Server, actor, free_port, metrics_roles, span_role, topology, wait_for
 
 
 def started(tmp_path: Path, **env: str) -> Server:
@@ -57,21 +57,24 @@ def test_one_trace_from_the_client_through_every_process(tmp_path: Path) -> None
     client, session = only(spans, "stream"), only(spans, "session")
     decode, segment = only(spans, "decode"), only(spans, "segment")
     assert (client.service, client.parent_id) == ("streamer-client", "")  # the root
-    assert (session.role, session.parent_id) == ("front", client.span_id)
-    assert (decode.role, decode.parent_id) == (process_of("decoder"), session.span_id)
-    assert (segment.role, segment.parent_id) == (process_of("segmenter"), decode.span_id)
+    # A span names the roles of its process (in a shard, `front+decoder+segmenter` for all three).
+    assert (session.role, session.parent_id) == (span_role(srv, "front"), client.span_id)
+    assert (decode.role, decode.parent_id) == (span_role(srv, "decoder"), session.span_id)
+    assert (segment.role, segment.parent_id) == (span_role(srv, "segmenter"), decode.span_id)
     inferences = [x for x in spans if x.name == "inference"]
     assert len(inferences) == 2 and all(x.role == "model" and x.parent_id == segment.span_id for x in inferences)
     deliveries = [x for x in spans if x.name == "deliver"]
-    assert len(deliveries) == 2 and all(x.role == "front" and x.parent_id == session.span_id for x in deliveries)
+    assert len(deliveries) == 2 and all(x.role == span_role(srv, "front") and x.parent_id == session.span_id
+                                        for x in deliveries)
     assert {x.service for x in spans} == {"streamer", "streamer-client"}
 
 
 def test_a_retry_after_a_crash_is_part_of_the_sessions_trace(tmp_path: Path) -> None:
     trace_id, client_span = os.urandom(16).hex(), os.urandom(8).hex()
     with Receiver() as otlp:
+        # One front, so one segmenter in any placement: the one whose gauge `kill` watches.
         srv = started(tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=otlp.endpoint, STREAMER_MODEL_FAKE_MODE="sleep",
-                      STREAMER_MODEL_FAKE_DELAY="4.0", STREAMER_ACTORS_MODELS="1",
+                      STREAMER_MODEL_FAKE_DELAY="4.0", STREAMER_ACTORS_MODELS="1", STREAMER_ACTORS_FRONTS="1",
                       STREAMER_SUPERVISOR_HEARTBEAT_S="0.2")
         try:
             s = speech(("The quick brown fox jumps over the lazy dog.",))
@@ -94,7 +97,7 @@ def test_a_retry_after_a_crash_is_part_of_the_sessions_trace(tmp_path: Path) -> 
             srv.stop()
     segment = only(spans, "segment")
     redo = only(spans, "redo")
-    assert (redo.role, redo.parent_id) == (process_of("segmenter"), segment.span_id)
+    assert (redo.role, redo.parent_id) == (span_role(srv, "segmenter"), segment.span_id)
     assert redo.attributes["streamer.attempt"] == 1
     finished = [x for x in spans if x.name == "inference"]
     assert [x.attributes["streamer.attempt"] for x in finished] == [2]  # the killed call never ended
@@ -117,7 +120,7 @@ def test_actors_table_shows_cpu_rising_with_work_and_restarts_after_kill(tmp_pat
     try:
         table = get_json(f"{srv.http}/api/v1/actors")
         names = {a["name"] for a in table["actors"]}
-        assert names == {"supervisor", "front-0", "front-1", "decoder", "segmenter", "model-0"}
+        assert names == {"supervisor"} | {p.name for p in topology(srv).places}  # a row per actor
         model = next(a for a in table["actors"] if a["name"] == "model-0")
         steps = stream_steps(tone(6.0)[None, :], 16000, False)
         outcome: list[Transcript] = []
@@ -145,7 +148,11 @@ def test_actors_table_shows_cpu_rising_with_work_and_restarts_after_kill(tmp_pat
         assert row["pid"] != model["pid"] and row["restarts"] == 1 and row["last_exit"] == "signal SIGKILL"
         top = subprocess.run([sys.executable, "-m", "streamer.supervisor.cli", "top", "--once", "--addr", srv.http],
                              capture_output=True, text=True, timeout=30)
-        assert top.returncode == 0 and f"model-0     {row['pid']}" in top.stdout, top.stdout
+        assert top.returncode == 0, top.stderr
+        lines = top.stdout.splitlines()
+        pid_at = lines[0].index("PID")  # the column's place follows the longest actor name (`segmenter-1` in shards)
+        shown = [line[pid_at:].split()[0] for line in lines if line.startswith("model-0 ")]
+        assert shown == [str(row["pid"])], top.stdout
     finally:
         srv.stop()
 
@@ -239,9 +246,9 @@ def test_a_real_prometheus_scrapes_every_process_through_the_front(tmp_path: Pat
         wait_for(scraped, 30)
         cpu = {r["metric"]["role"]: float(r["value"][1])
                for r in query("sum by (role) (process_cpu_seconds_total)")}
-        # A process's page is labelled by the process (the decoder and the segmenter share one under
-        # `[actors] placement = "paired"`), its stage metrics by the actor that counted them.
-        assert set(cpu) == {"supervisor", "front", "model", process_of("decoder"), process_of("segmenter")}
+        # A process's page is labelled by the process (several actors share one under `[actors]
+        # placement` "paired" or "shards"), its stage metrics by the actor that counted them.
+        assert set(cpu) == metrics_roles(srv)
         assert all(np.isfinite(v) and v > 0 for v in cpu.values()), cpu
     finally:
         prom.terminate()

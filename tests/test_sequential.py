@@ -17,7 +17,7 @@ import pytest
 
 from audio import noise
 from conversation import Action, Transcript, at_audio, converse, stream_steps, until
-from server import Server, actor, wait_for
+from server import SPLIT, Server, actor, wait_for
 
 SECONDS = 9.0
 FINAL_EVERY = 1.5
@@ -44,8 +44,11 @@ def models_holding(srv: Server) -> dict[str, int]:
 
 
 @pytest.fixture
-def srv(tmp_path: Path) -> Any:
-    s = Server(tmp_path / "run", env=ENV).start()
+def srv(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    # `@pytest.mark.split`: a test that kills the decoder or the segmenter alone, a process of its
+    # own (in a shard it is the front's process, and the stream's client would see it die).
+    split = request.node.get_closest_marker("split") is not None
+    s = Server(tmp_path / "run", env={**ENV, **SPLIT} if split else ENV).start()
     try:
         yield s
     finally:
@@ -71,7 +74,8 @@ def test_two_channels_each_keep_their_own_state(srv: Server) -> None:
         assert got == expected(4.0, FINAL_EVERY)
 
 
-@pytest.mark.parametrize("role", ["model", "decoder", "segmenter"])
+@pytest.mark.parametrize("role", ["model", pytest.param("decoder", marks=pytest.mark.split),
+                                  pytest.param("segmenter", marks=pytest.mark.split)])
 def test_a_death_mid_stream_leaves_the_results_of_an_undisturbed_run(srv: Server, role: str) -> None:
     """The process holding the stream's state (or the audio on its way) is SIGKILLed once the
     client has sent half of the audio: the stream goes on elsewhere from its last checkpoint
@@ -203,6 +207,7 @@ def test_pocketsphinx_transcribes_a_stream_utterance_by_utterance(tmp_path: Path
         srv.stop()
 
 
+@pytest.mark.split
 def test_a_segmenter_death_leaves_no_model_state_behind(srv: Server) -> None:
     """Four streams, two on each model actor; the segmenter is SIGKILLed while all four are held.
     Its successor rebinds each replayed stream wherever it likes, so the actor that held one

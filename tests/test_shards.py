@@ -50,7 +50,7 @@ from streamer.transport.sockets import ZmqLink
 from audio import noise, speech
 from conversation import audio_frames, check_regions_answered, check_simple_counts, converse, start_msg, stream_steps
 from rig import SMALL_POOLS, Rig
-from server import Server, actor, wait_for
+from server import SPLIT, Server, actor, wait_for
 
 TWO = ("The quick brown fox jumps over the lazy dog.", "Please call me back tomorrow morning.")
 
@@ -259,7 +259,9 @@ NO_ADMISSION = {"STREAMER_ADMISSION_MAX_BUSY": "1000", "STREAMER_ADMISSION_MAX_Q
 
 
 def two_shards(tmp_path: Path, **env: str) -> Server:
-    return Server(tmp_path / "run", env={"STREAMER_ACTORS_SHARDS": "2", "STREAMER_ACTORS_FRONTS": "2",
+    """Two shards of split processes (`[actors] shards` means nothing to placement "shards", where
+    a shard is a front's process and its decoder's death is its front's)."""
+    return Server(tmp_path / "run", env={**SPLIT, "STREAMER_ACTORS_SHARDS": "2", "STREAMER_ACTORS_FRONTS": "2",
                                          **NO_ADMISSION, **env}).start()
 
 

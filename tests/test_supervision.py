@@ -36,18 +36,12 @@ from conversation import (
     stream_steps,
     until,
 )
-from server import CLIENT, Server, actor, alive, shm_segments, wait_for
+from server import CLIENT, SPLIT, Server, actor, alive, process_names, shm_segments, wait_for
 
 SLOW_MODEL = {  # every item stays in flight for a while, without eating the test machine's CPU
     "STREAMER_MODEL_FAKE_MODE": "sleep",
     "STREAMER_MODEL_FAKE_DELAY": "0.6",
 }
-
-
-# A decoder that dies while the segmenter lives on (or the other way round) needs them in two
-# processes: with `[actors] placement = "paired"` they die together (docs/placement.md).
-split_only = pytest.mark.skipif(os.environ.get("STREAMER_ACTORS_PLACEMENT", "split") != "split",
-                                reason="the decoder and the segmenter share a process: neither dies alone")
 
 
 # Tests here pause processes with SIGSTOP, some for 20 s and more on a loaded machine: the
@@ -115,7 +109,9 @@ def test_a_hung_actor_is_found_by_heartbeats_killed_and_restarted(tmp_path: Path
 
 
 def test_work_in_flight_on_a_killed_model_is_redone_on_another(tmp_path: Path) -> None:
-    srv = started(tmp_path, **SLOW_MODEL)
+    # One front, so one segmenter in any placement: the one whose gauges are read below, which hands
+    # the session's work out (with a segmenter per front, another's first choice may be model-1).
+    srv = started(tmp_path, **SLOW_MODEL, STREAMER_ACTORS_FRONTS="1")
     try:
         # The first region handed out goes to model-0 (the first of two idle actors), once the
         # segmenter can reach both: their `Ready` came and their `Forget` went. (A model stopped
@@ -178,7 +174,7 @@ def close_enough(got: list[tuple[float, float]], want: list[tuple[float, float]]
                                                      ("decoder", 44100, "simple"), ("segmenter", 48000, "segmented")])
 def test_a_dead_stage_goes_unnoticed_its_streams_are_replayed_from_their_checkpoints(
         tmp_path: Path, role: str, rate: int, route: str) -> None:
-    srv = started(tmp_path)
+    srv = started(tmp_path, **SPLIT)  # the stage dies alone, not with the front that holds the stream
     try:
         s = speech(SENTENCES[:3], rate=rate, gap_s=0.8)
         steps = stream_steps(s.samples[None, :], rate, False)
@@ -251,7 +247,7 @@ def test_sigterm_mid_stream_delivers_finals_then_closes_1001(fresh_server: Serve
     assert alive(children) == [] and shm_segments(run_id) == []
     assert not honcho or "server.1 stopped (rc=0)" in srv.log()  # the supervisor's, after its children
     stops = re.findall(r"supervisor: stopped (\S+): (.*)", srv.log())
-    assert sorted(name for name, _ in stops) == ["decoder", "front-0", "front-1", "model-0", "model-1", "segmenter"]
+    assert sorted(name for name, _ in stops) == sorted(process_names(srv))
     assert {how for _, how in stops} == {"exit 0"}, stops  # each stopped by the supervisor, in its turn
 
 
@@ -339,8 +335,10 @@ def test_a_result_is_never_lost_between_a_model_that_dies_and_a_front_that_is_sl
     result was gone and nothing redid it; every later final waited behind the gap until the stop
     timeout (1011). Results now travel inside the credit, to the segmenter: the dispatcher counts
     an item answered only once its answer has left the model."""
-    srv = started(tmp_path, STREAMER_ACTORS_FRONTS="1", STREAMER_ACTORS_MODELS="1", STREAMER_MODEL_FAKE_MODE="sleep",
-                  STREAMER_MODEL_FAKE_DELAY="0.2", STREAMER_SERVER_STOP_TIMEOUT_S="40")
+    # A paused front beside a live segmenter: in a shard, pausing the front would pause its segmenter too.
+    srv = started(tmp_path, **SPLIT, STREAMER_ACTORS_FRONTS="1", STREAMER_ACTORS_MODELS="1",
+                  STREAMER_MODEL_FAKE_MODE="sleep", STREAMER_MODEL_FAKE_DELAY="0.2",
+                  STREAMER_SERVER_STOP_TIMEOUT_S="40")
     try:
         s = speech(("The quick brown fox jumps over the lazy dog.",))
         front, model = actor(srv, "front-0")["pid"], actor(srv, "model-0")["pid"]
@@ -373,7 +371,9 @@ def test_a_replay_larger_than_the_fronts_pool_goes_in_pieces_and_loses_nothing(t
     replay used to be one allocation that could never fit; the front's flush raised at every try,
     health stayed 200 and every session of that front stalled. It now goes as packets that fit."""
     seconds, rate = 20.0, 48000  # stereo float: 384 KB a second; the 512 KiB pool below holds 1.4 s
-    srv = started(tmp_path, STREAMER_ACTORS_FRONTS="1", STREAMER_POOLS_FRONT_SLOTS="64",
+    # A decoder process of its own, fed through the front's pool (a shard's front hands its decoder
+    # the client's bytes in memory, and its decoder dies with it).
+    srv = started(tmp_path, **SPLIT, STREAMER_ACTORS_FRONTS="1", STREAMER_POOLS_FRONT_SLOTS="64",
                   STREAMER_LIMITS_MAX_FRAME_BYTES=str(256 << 10), STREAMER_SERVER_STOP_TIMEOUT_S="10")
     try:
         models = [actor(srv, f"model-{i}")["pid"] for i in range(2)]
@@ -406,7 +406,6 @@ def test_a_replay_larger_than_the_fronts_pool_goes_in_pieces_and_loses_nothing(t
         srv.stop()
 
 
-@split_only
 def test_a_dead_decoders_queued_audio_read_after_its_replacements_replay_is_ignored(tmp_path: Path) -> None:
     """The segmenter is behind (paused here) with the decoder's packets waiting in its inbox when
     the decoder dies. ZeroMQ then hands it what the dead decoder had queued interleaved with what
@@ -415,8 +414,9 @@ def test_a_dead_decoders_queued_audio_read_after_its_replacements_replay_is_igno
     that had already come: nothing more of it was taken, and its client got an error and 1011 once
     the results stopped (8 of 12 sessions in three runs). Each item now says which run of its
     stream it belongs to, and the segmenter takes nothing of a run a replay superseded."""
-    # Heartbeats every 0.2 s: the decoder's totals, which say how far it has got, follow it closely.
-    srv = started(tmp_path, STREAMER_SERVER_STOP_TIMEOUT_S="8", STREAMER_SUPERVISOR_HEARTBEAT_S="0.2")
+    # The decoder dies while the segmenter lives on: each a process of its own. Heartbeats every
+    # 0.2 s: the decoder's totals, which say how far it has got, follow it closely.
+    srv = started(tmp_path, **SPLIT, STREAMER_SERVER_STOP_TIMEOUT_S="8", STREAMER_SUPERVISOR_HEARTBEAT_S="0.2")
     try:
         s = speech(SENTENCES[:3], gap_s=0.8)
         sessions, midway = 4, round(s.seconds / 2, 1)  # a whole number of 0.1 s frames
@@ -484,7 +484,7 @@ def test_a_replay_answers_the_regions_its_client_was_told_of_not_ones_its_fresh_
     noise ends the region 20 ms earlier than the one that ran: the client got `inactive` at 10.79 s
     and then a final for 8.64-10.77 s, a region it was never told of (three runs in three). A
     replay now carries the events the client was told of, and the new segmenter makes those."""
-    srv = started(tmp_path, **SLOW_MODEL)
+    srv = started(tmp_path, **SPLIT, **SLOW_MODEL)  # the segmenter dies alone, under the session's front
     try:
         s = speech(SENTENCES[:3], gap_s=0.8)
         x = s.samples + np.random.default_rng(0).normal(0, 0.003, s.samples.shape).astype(np.float32)
@@ -516,13 +516,12 @@ def test_a_replay_answers_the_regions_its_client_was_told_of_not_ones_its_fresh_
         srv.stop()
 
 
-@split_only
 def test_streams_whose_abort_died_with_the_decoder_are_forgotten(tmp_path: Path) -> None:
     """Clients leave without `stop` while the decoder is stuck, and then it dies: the `Abort` of
     each of their streams dies with it, and the segmenter kept those streams for good (their
     audio, and a place in the load report the fronts admit by: four here, then eight ...). Every
     front now tells the pipeline which streams it has open; the others are forgotten."""
-    srv = started(tmp_path)
+    srv = started(tmp_path, **SPLIT)  # the decoder dies alone: the fronts and the segmenter live on
     try:
         s = speech(SENTENCES[:2], gap_s=0.8)
         frames = audio_frames(s.samples[None, :], False)
@@ -568,7 +567,6 @@ def kill_and_wait(srv: Server, name: str) -> None:
     wait_for(lambda: actor(srv, name)["pid"] not in (None, old) and actor(srv, name)["state"] == "running", 15)
 
 
-@split_only
 def test_what_a_live_segmenter_makes_of_a_dead_decoders_audio_after_the_replay_is_not_shown(tmp_path: Path) -> None:
     """The decoder dies while the segmenter is behind with a region's end in its inbox. The front
     replays at once, pinning the events it has told the client; the segmenter then works through
@@ -578,8 +576,9 @@ def test_what_a_live_segmenter_makes_of_a_dead_decoders_audio_after_the_replay_i
     stream. (Every role here has died once already, so its next restart waits: the dead
     decoder's audio stays readable until the segmenter has worked through it, and no model
     takes the region's first final before the replay cancels it.)"""
-    # Heartbeats every 0.2 s: the decoder's totals, which say how far it has got, follow it closely.
-    srv = started(tmp_path, **SLOW_MODEL, STREAMER_SUPERVISOR_DECODER_BACKOFF_STEP_S="2.0",
+    # The decoder dies while the segmenter lives on: each a process of its own. Heartbeats every
+    # 0.2 s: the decoder's totals, which say how far it has got, follow it closely.
+    srv = started(tmp_path, **SPLIT, **SLOW_MODEL, STREAMER_SUPERVISOR_DECODER_BACKOFF_STEP_S="2.0",
                   STREAMER_SUPERVISOR_MODEL_BACKOFF_STEP_S="4.0", STREAMER_SUPERVISOR_HEARTBEAT_S="0.2")
     try:
         for name in ("decoder", "model-0", "model-1"):
