@@ -103,13 +103,16 @@ SCENARIOS = {
 }
 
 
-# Ours, as configured for a sweep: the defaults, or one knob turned.
+# Ours, as configured for a sweep: the defaults (placement "shards" since issue 18; results before
+# that commit under "ours" are split's), or one knob turned.
 VARIANTS = {
     "ours": {},
     "ours-1front": {"STREAMER_ACTORS_FRONTS": "1"},
     "ours-unbatched": {"STREAMER_MODEL_MAX_BATCH": "1"},
+    "ours-split": {"STREAMER_ACTORS_PLACEMENT": "split"},  # every actor its own process
     "ours-paired": {"STREAMER_ACTORS_PLACEMENT": "paired"},  # the decoder and segmenter in one process
-    "ours-split-shards": {"STREAMER_ACTORS_SHARDS": "0"},  # a decoder and a segmenter per core, each alone
+    "ours-split-shards": {"STREAMER_ACTORS_PLACEMENT": "split", "STREAMER_ACTORS_SHARDS": "0"},  # a decoder and a
+    # segmenter per core, each alone
     "ours-paired-shards": {"STREAMER_ACTORS_SHARDS": "0", "STREAMER_ACTORS_PLACEMENT": "paired"},
     "ours-shards": {"STREAMER_ACTORS_PLACEMENT": "shards"},  # per core a front with its decoder and segmenter
     # ... reading each client's socket at most every so often (`[front] read_hold_ms`)

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
                   for k, v in (("BACKOFF_STEP_S", "0"), ("INTENSITY", "10000"))}
     print(f"restart cost ({os.cpu_count()} cores, Python {sys.version.split()[0]})\n")
     with tempfile.TemporaryDirectory(prefix="bench-restart-") as workdir:
-        srv = Server(workdir, **no_backoff)
+        srv = Server(workdir, STREAMER_ACTORS_PLACEMENT="split", **no_backoff)  # each stage its own process to kill
         try:
             print("| role | kills | restart p50 | restart p99 | max |")
             print("|---|---:|---:|---:|---:|")

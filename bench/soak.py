@@ -232,7 +232,7 @@ def main() -> int:
     samples: list[Sample] = []
     readings: list[Reading] = []
     with tempfile.TemporaryDirectory() as work:
-        system = load.System("ours-shards" if shards else "ours",
+        system = load.System("ours-shards" if shards else "ours-split",
                              {"STREAMER_SUPERVISOR_MODEL_INTENSITY": "1000",
                               "STREAMER_SUPERVISOR_FRONT_INTENSITY": "1000"}, Path(work))
         system.start({"STREAMER_SERVER_LOG_LEVEL": "INFO"} if args.log else {})
