@@ -103,6 +103,11 @@ class MemoryWire:
         self._allowed = n
         self.reading.set()
 
+    def say_at_once(self, steps: Sequence[Step]) -> None:
+        """Say `steps` as one read would bring them: all queued before the session's next turn."""
+        for step in steps:
+            self.incoming.put_nowait(_incoming(step))
+
     async def say_paced(self, steps: Sequence[Step], every_s: float) -> None:
         """Say `steps` one every `every_s` of the loop's time, as a live client would."""
         for step in steps:

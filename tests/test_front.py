@@ -108,6 +108,39 @@ def test_a_live_clients_frames_go_in_as_they_come_and_keep_their_place_among_its
     assert feeds == 75, feeds  # one a frame: none waited in the queue for another
 
 
+def test_frames_that_come_in_one_read_behind_a_request_wait_for_it(tmp_path: Path) -> None:
+    """A text request and the frames behind it can come in one read (aiohttp returns the frames
+    it parsed from it without waiting). The frames must not overtake the request queued before
+    them: audio after a `stop` is refused (1003: no stream), and audio after a `stop` and a new
+    `start` is the new stream's. (Found by a hostile review: the intake fed such frames straight
+    into the stream being stopped, since the session had not yet woken for the `stop`.)"""
+
+    async def session_then(rig: FrontRig, burst: list[Step]) -> Transcript:
+        session, wire = rig.session("simple", [])
+        running = asyncio.ensure_future(rig.run(session))
+        await wire.say_paced([start_msg(1, 16000, False),
+                              *[pcm_bytes(noise(0.02, seed=i)[None, :], False) for i in range(50)]], 0.005)
+        async with asyncio.timeout(10):  # the session has taken every frame and waits for the client
+            while session.stream is None or session.stream.fed_bytes < 50 * 640:
+                await asyncio.sleep(0.005)
+        wire.say_at_once(burst)
+        await asyncio.wait_for(running, 30)
+        return Transcript(wire.sent, wire.close_code)
+
+    tail = [pcm_bytes(noise(0.02, seed=100 + i)[None, :], False) for i in range(25)]
+    t = with_rig(tmp_path, lambda rig: session_then(rig, [{"request": "stop", "disconnect": False},
+                                                          start_msg(1, 16000, False), *tail,
+                                                          {"request": "stop", "disconnect": True}]))
+    assert t.close_code == 1000, t.messages[-3:]
+    segments = t.of_type("segment")
+    restart = next(i for i, m in enumerate(segments) if i and m["start_time"] == 0.0)
+    assert [sum(m["count"] for m in part) for part in (segments[:restart], segments[restart:])] == [50 * 320, 25 * 320]
+
+    t = with_rig(tmp_path, lambda rig: session_then(rig, [{"request": "stop", "disconnect": False}, *tail[:5]]))
+    assert t.close_code == 1003, t.messages[-3:]
+    assert sum(m["count"] for m in t.of_type("segment")) == 50 * 320
+
+
 def test_stop_without_a_stream_is_an_error_but_the_session_goes_on(tmp_path: Path) -> None:
     t = talk(tmp_path, "simple", [{"request": "stop", "disconnect": False},
                                   *stream_steps(noise(1.0)[None, :], 16000, False)])

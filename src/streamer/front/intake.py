@@ -57,7 +57,10 @@ class Intake:
         while True:
             await self._room.wait()
             msg = await self._wire.receive()
-            if msg.kind == "binary" and self._parked and isinstance(msg.data, bytes) and self._take(msg.data):
+            # Parked on an empty queue: a message queued since (a `stop` read with this frame, the
+            # session not yet woken for it) would be overtaken, so only while nothing is queued.
+            if msg.kind == "binary" and self._parked and not self._frames and isinstance(msg.data, bytes) \
+                    and self._take(msg.data):
                 self.received += len(msg.data)
                 continue  # fed: the session stays parked, nothing queued
             self._frames.append(msg)
