@@ -1,7 +1,8 @@
 """Soak: half capacity for half an hour, a model actor SIGKILLed every 10 s; does anything grow?
 
     python bench/soak.py --minutes 30 --sessions 12 --kill-every 10
-    python bench/soak.py --placement shards --kill-shard-every 60   # shards' processes die too
+    python bench/soak.py --kill-shard-every 60       # shards' processes die too
+    python bench/soak.py --placement split           # every actor its own process
 
 Starts ours on its defaults (two model actors, the fake model at 0.05 CPU-s per audio second),
 keeps `--sessions` clients streaming speech with pauses in real time (each one stream after
@@ -10,7 +11,7 @@ Every 30 s it reads, per process: RSS, open file descriptors, and the shared-mem
 of the run. After a warm-up (a sixth of the run, at least 2 minutes) the last sample is
 compared with the first: the table shows both and the growth. Sessions must see no error
 and end 1000. A model actor restarts after each kill, so its row is that of its latest
-incarnation. Writes `bench/results/soak.md` (`soak-shards.md` with `--placement shards`).
+incarnation. Writes `bench/results/soak.md` (`soak-split.md` with `--placement split`).
 
 `--kill-shard-every` also SIGKILLs a front's process (under shards, a shard: a front with its
 decoder and segmenter) every so many seconds, the fronts in turn. Its sessions end 1006 (cut,
@@ -214,7 +215,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--sessions", type=int, default=12)
     parser.add_argument("--kill-every", type=float, default=10.0)
-    parser.add_argument("--placement", choices=["split", "shards"], default="split")
+    parser.add_argument("--placement", choices=["split", "shards"], default="shards")
     parser.add_argument("--kill-shard-every", type=float, default=0.0, help="seconds between SIGKILLs of a front's "
                         "process (a shard's, under shards); 0: never")
     parser.add_argument("--watch-every", type=float, default=0.25, help="seconds between reads of the admission "
@@ -303,7 +304,7 @@ def main() -> int:
                  for r in readings]
         args.readings.write_text("\n".join(rows) + "\n")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ("soak-shards.md" if shards else "soak.md")).write_text(text)
+    (RESULTS / ("soak.md" if shards else "soak-split.md")).write_text(text)
     return 0 if not errors and worst < 5 and first.shm == last.shm else 1
 
 
