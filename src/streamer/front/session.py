@@ -280,9 +280,7 @@ class Session:
 
     async def _feed(self, stream: Stream, data: bytes) -> None:
         """Into the pipeline, once the stream, the client and the front are within their budgets."""
-        limits = self.cfg.limits
-        if stream.over_budget(self._loop.time()) or self.outbox.qsize() > limits.max_outbox \
-                or not self.pipeline.room.is_set():
+        if not self._has_room(stream, self._loop.time()):
             self._waiting_on_us = True
             try:
                 await self._wait_for_room(stream)
@@ -290,10 +288,7 @@ class Session:
                 self._waiting_on_us = False
             if self.phase is not Phase.STREAMING:
                 return
-        self.pipeline.send(Pcm(stream.id, NOWHERE), data)
-        stream.fed(data)
-        self._active = self._loop.time()
-        self._warned_idle = False
+        self._put(stream, data, self._loop.time())
 
     def _take_now(self, data: bytes) -> bool:
         """Feed a frame the intake has just read, if `_read_loop` would feed it without waiting
@@ -303,16 +298,24 @@ class Session:
         if self.phase is not Phase.STREAMING or stream is None or self.draining or self.wire.gathering:
             return False  # (a held socket's frames come together: the read loop joins them into one feed)
         now = self._loop.time()
-        if self.outbox.qsize() > self.cfg.limits.max_outbox or not self.pipeline.room.is_set() \
-                or stream.over_budget(now):
+        if not self._has_room(stream, now):
             return False
         AUDIO_FRAMES.value += 1
         AUDIO_FEEDS.value += 1
+        self._put(stream, data, now)
+        return True
+
+    def _has_room(self, stream: Stream, now: float) -> bool:
+        """A feed need not wait: the stream within its budget, the client reading its results,
+        the front's pipeline open."""
+        return not stream.over_budget(now) and self.outbox.qsize() <= self.cfg.limits.max_outbox \
+            and self.pipeline.room.is_set()
+
+    def _put(self, stream: Stream, data: bytes, now: float) -> None:
         self.pipeline.send(Pcm(stream.id, NOWHERE), data)
         stream.fed(data)
         self._active = now
         self._warned_idle = False
-        return True
 
     async def _wait_for_reader(self) -> None:
         """Results pile up for a client that does not read them: take nothing more from it until it
