@@ -155,10 +155,6 @@ class Decoder(Actor):
         # A burst (a client uploading at full speed) decodes to more than a packet may carry: it
         # goes as several items, each within one packet's share of the pool.
         step = max(1, self.outbox.max_bytes // (audio.shape[0] * audio.itemsize))
-        if audio.shape[1] <= step:  # (a live stream's turn: one item, or none)
-            if audio.shape[1]:
-                self.emit(self.segmenter, Frames(stream, audio.shape[0], audio.shape[1], NOWHERE, d.gen), audio)
-            return
         for first in range(0, audio.shape[1], step):
             part = audio if audio.shape[1] <= step else np.ascontiguousarray(audio[:, first : first + step])
             self.emit(self.segmenter, Frames(stream, part.shape[0], part.shape[1], NOWHERE, d.gen), part)
