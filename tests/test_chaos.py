@@ -29,7 +29,7 @@ from streamer.client.streamer_client import Pcm, Report, stream
 
 from audio import pcm_bytes, speech
 from conversation import Transcript, audio_frames, check_regions_answered, start_msg
-from server import Server, alive, shm_segments, wait_for
+from server import SPLIT, Server, alive, shm_segments, wait_for
 
 CHAOS_S = 30.0
 KILL_EVERY_S = 0.5
@@ -39,7 +39,7 @@ TARGETS = ("model-0", "model-1", "decoder", "segmenter")
 ENV = {
     # The decoder and the segmenter die alone and no client notices: processes of their own
     # (SHARD_ENV below overrides it: a shard's death is seen by its own sessions).
-    "STREAMER_ACTORS_PLACEMENT": "split",
+    **SPLIT,
     "STREAMER_MODEL_FAKE_MODE": "cpu", "STREAMER_MODEL_FAKE_DELAY": "0.02",
     "STREAMER_MODEL_FAKE_CONSTANT_FACTOR": "0.05", "STREAMER_MODEL_MAX_ATTEMPTS": "50",
     "STREAMER_ADMISSION_MAX_BUSY": "1000", "STREAMER_ADMISSION_MAX_QUEUE_DELAY_S": "1000",

@@ -82,13 +82,27 @@ def test_speech_regions_each_get_one_final(tmp_path: Path) -> None:
     assert check_regions_answered(t, 0) == (2, 0)
 
 
+def frames(n: int, seed: int) -> list[bytes]:
+    """`n` 20 ms frames of 16 kHz s16 noise: 320 samples, 640 bytes each."""
+    return [pcm_bytes(noise(0.02, seed=seed + i)[None, :], False) for i in range(n)]
+
+
+def counts_per_stream(t: Transcript) -> list[int]:
+    """Each stream's simple-route counts added up, in order (a stream's first chunk starts at 0.0)."""
+    out: list[int] = []
+    for m in t.of_type("segment"):
+        if m["start_time"] == 0.0:
+            out.append(0)
+        out[-1] += m["count"]
+    return out
+
+
 def test_a_live_clients_frames_go_in_as_they_come_and_keep_their_place_among_its_requests(tmp_path: Path) -> None:
     """A frame read while the session waits for the client is fed at once, from the reading task
     (`Intake`'s `take`), one feed a frame, and the requests around the frames act where the
     client put them: a `stop` right behind a frame ends the stream after it, and the next
     stream's frames count from its own `start`."""
-    first = [pcm_bytes(noise(0.02, seed=i)[None, :], False) for i in range(50)]
-    second = [pcm_bytes(noise(0.02, seed=100 + i)[None, :], False) for i in range(25)]
+    first, second = frames(50, 0), frames(25, 100)
 
     async def body(rig: FrontRig) -> tuple[Transcript, int]:
         session, wire = rig.session("simple", [])
@@ -101,10 +115,7 @@ def test_a_live_clients_frames_go_in_as_they_come_and_keep_their_place_among_its
 
     t, feeds = with_rig(tmp_path, body)
     assert t.close_code == 1000, t.messages[-3:]
-    segments = t.of_type("segment")
-    restart = next(i for i, m in enumerate(segments) if i and m["start_time"] == 0.0)  # the second stream's first
-    assert sum(m["count"] for m in segments[:restart]) == 50 * 320
-    assert sum(m["count"] for m in segments[restart:]) == 25 * 320
+    assert counts_per_stream(t) == [50 * 320, 25 * 320]
     assert feeds == 75, feeds  # one a frame: none waited in the queue for another
 
 
@@ -118,8 +129,7 @@ def test_frames_that_come_in_one_read_behind_a_request_wait_for_it(tmp_path: Pat
     async def session_then(rig: FrontRig, burst: list[Step]) -> Transcript:
         session, wire = rig.session("simple", [])
         running = asyncio.ensure_future(rig.run(session))
-        await wire.say_paced([start_msg(1, 16000, False),
-                              *[pcm_bytes(noise(0.02, seed=i)[None, :], False) for i in range(50)]], 0.005)
+        await wire.say_paced([start_msg(1, 16000, False), *frames(50, 0)], 0.005)
         async with asyncio.timeout(10):  # the session has taken every frame and waits for the client
             while session.stream is None or session.stream.fed_bytes < 50 * 640:
                 await asyncio.sleep(0.005)
@@ -127,18 +137,16 @@ def test_frames_that_come_in_one_read_behind_a_request_wait_for_it(tmp_path: Pat
         await asyncio.wait_for(running, 30)
         return Transcript(wire.sent, wire.close_code)
 
-    tail = [pcm_bytes(noise(0.02, seed=100 + i)[None, :], False) for i in range(25)]
+    tail = frames(25, 100)
     t = with_rig(tmp_path, lambda rig: session_then(rig, [{"request": "stop", "disconnect": False},
                                                           start_msg(1, 16000, False), *tail,
                                                           {"request": "stop", "disconnect": True}]))
     assert t.close_code == 1000, t.messages[-3:]
-    segments = t.of_type("segment")
-    restart = next(i for i, m in enumerate(segments) if i and m["start_time"] == 0.0)
-    assert [sum(m["count"] for m in part) for part in (segments[:restart], segments[restart:])] == [50 * 320, 25 * 320]
+    assert counts_per_stream(t) == [50 * 320, 25 * 320]
 
     t = with_rig(tmp_path, lambda rig: session_then(rig, [{"request": "stop", "disconnect": False}, *tail[:5]]))
     assert t.close_code == 1003, t.messages[-3:]
-    assert sum(m["count"] for m in t.of_type("segment")) == 50 * 320
+    assert counts_per_stream(t) == [50 * 320]
 
 
 def test_stop_without_a_stream_is_an_error_but_the_session_goes_on(tmp_path: Path) -> None:
