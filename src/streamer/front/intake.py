@@ -59,7 +59,7 @@ class Intake:
             msg = await self._wire.receive()
             # Parked on an empty queue: a message queued since (a `stop` read with this frame, the
             # session not yet woken for it) would be overtaken, so only while nothing is queued.
-            if msg.kind == "binary" and self._parked and not self._frames and isinstance(msg.data, bytes) \
+            if msg.kind == "binary" and self.waiting and isinstance(msg.data, bytes) \
                     and self._take(msg.data):
                 self.received += len(msg.data)
                 continue  # fed: the session stays parked, nothing queued
@@ -73,6 +73,12 @@ class Intake:
             self._bytes += cost(msg)
             if self._bytes >= self._limit:
                 self._room.clear()
+
+    @property
+    def waiting(self) -> bool:
+        """The session waits for the client with nothing queued: a binary frame read now is
+        offered to it at once."""
+        return self._parked and not self._frames
 
     def end(self) -> None:
         """No more reading (the session is closing): whoever waits in `next` gets the end."""
