@@ -29,7 +29,6 @@ from streamer.runtime.clock import FakeClock
 from streamer.runtime.topology import Host, Place, Topology, segmenter_control
 from streamer.transport import sockets
 from streamer.transport.messages import (
-    BETWEEN_CALLS,
     NOWHERE,
     Close,
     Done,
@@ -187,14 +186,13 @@ def segmenters() -> list[Rig]:
     return [Rig(Segmenter, Place("segmenter", k), fronts=2, models=2, actors={"shards": 2}) for k in (0, 1)]
 
 
-def chunk(rig: Rig, k: int, stream: str = "") -> None:
+def chunk(rig: Rig, k: int) -> None:
     """Shard k's front k streams 0.5 s on the simple route: one chunk, one final `Infer`."""
     inbox = Place("segmenter", k).name
-    stream = stream or f"s-{k}"
-    rig.put(inbox, Open(stream, k, "simple", 1, 16000, 16, False, False))  # type: ignore[arg-type]
+    rig.put(inbox, Open(f"s-{k}", k, "simple", 1, 16000, 16, False, False))  # type: ignore[arg-type]
     x = noise(0.5, seed=k)
-    rig.put(inbox, Frames(stream, 1, x.shape[0], NOWHERE), audio=[x], pool=Place("decoder", k).name)
-    rig.put(inbox, Close(stream))
+    rig.put(inbox, Frames(f"s-{k}", 1, x.shape[0], NOWHERE), audio=[x], pool=Place("decoder", k).name)
+    rig.put(inbox, Close(f"s-{k}"))
     rig.turn(2)
 
 
@@ -222,30 +220,6 @@ def test_each_shards_first_choice_among_idle_model_actors_is_a_different_one() -
             r.close()
 
 
-def test_a_shard_hands_nothing_to_an_actor_running_another_shards_call_until_that_call_ends() -> None:
-    """Each shard's credit covers its own packets only: told that model-0 runs shard 1's call,
-    shard 0 gives its final to model-1, though model-0 comes first in its order; told that both
-    run shard 1's calls, it keeps its next final until one says the call has ended, and gives it
-    to that one, rather than queueing it behind a call of unknown length."""
-    (r, _) = rigs = segmenters()
-    try:
-        announce(r, 0, 0, 1)
-        r.put(segmenter_control(0), Running(0, 100, 1))
-        r.turn()
-        chunk(r, 0)
-        assert [len(handed(r, m)) for m in (0, 1)] == [0, 1]
-        r.put(segmenter_control(0), Running(1, 101, 1))
-        r.turn()
-        chunk(r, 0, "s-0b")
-        assert [len(handed(r, m)) for m in (0, 1)] == [0, 0]  # both busy elsewhere: it waits here
-        r.put(segmenter_control(0), Running(0, 100, BETWEEN_CALLS))
-        r.turn()
-        assert [len(handed(r, m)) for m in (0, 1)] == [1, 0]
-    finally:
-        for x in rigs:
-            x.close()
-
-
 @pytest.mark.parametrize("said", [True, False])
 def test_a_model_that_dies_holding_two_shards_packets_charges_only_the_one_it_was_running(said: bool) -> None:
     """A model actor holds a packet of each shard; it says which shard's call it begins
@@ -269,16 +243,12 @@ def test_a_model_that_dies_holding_two_shards_packets_charges_only_the_one_it_wa
             r.close()
 
 
-def test_a_model_serving_two_shards_says_which_shards_call_it_begins_and_when_it_ends(rig: Rig) -> None:
-    """Shard 1's call: both shards hear it begin; shard 1 hears it end by its `Done`, shard 0 by
-    `BETWEEN_CALLS`, and may hand this actor its next packet from then on."""
+def test_a_model_serving_two_shards_says_which_shards_call_it_begins(rig: Rig) -> None:
     rig.turn()
     rig.put("model-0", infer(3, front=1), audio=[noise(0.5)], pool="segmenter-1")
     rig.turn()
-    pid = rig.actor.pid  # type: ignore[attr-defined]
-    told = [[i for i in rig.sent(segmenter_control(k)) if isinstance(i, Running | Done)] for k in (0, 1)]
-    assert told[0] == [Running(0, pid, 1), Running(0, pid, BETWEEN_CALLS)]
-    assert told[1][0] == Running(0, pid, 1) and [type(i) for i in told[1]] == [Running, Done]
+    for k in (0, 1):
+        assert rig.sent(segmenter_control(k), Running) == [Running(0, rig.actor.pid, 1)]  # type: ignore[attr-defined]
 
 
 # -- a real group of two shards ------------------------------------------------------------------------

@@ -25,10 +25,7 @@ have been replaced (a `Ready` from a new pid), every item it held goes back to t
 the queue. Only the items of its oldest unanswered packet (the call it was running) spend an
 attempt; items merely queued behind it do not. With several shards a model actor also holds
 other shards' packets, and says which shard's call it begins (`Running`): if it was another's,
-none of ours spends an attempt. The same word says when another shard's call ends, and an actor
-running another shard's call is offered nothing of ours until it does (our credit covers only
-our own packets): a final waits here, for whichever actor comes free first, rather than behind
-another shard's call while an actor idles. An item that has spent an attempt travels
+none of ours spends an attempt. An item that has spent an attempt travels
 alone from then on, so a poison item takes no innocent item down with it; past
 `max_attempts` the caller reports exactly one error for it (`failed`). The dead peer's
 allocations are released here: only this process knows which ones it held.
@@ -74,7 +71,6 @@ from streamer.actors.fair import FairQueue, Key, channel_of
 from streamer.runtime import logs, telemetry
 from streamer.runtime.clock import Clock
 from streamer.transport.messages import (
-    BETWEEN_CALLS,
     MODEL_RATE,
     CloseChannel,
     Done,
@@ -124,7 +120,7 @@ class Peer:
     batches: deque[Batch] = field(default_factory=deque)  # oldest first: the head is the call running
     greeted: bool = False  # its process has been sent `Forget`
     granted: int = 0  # the capacity its last `Ready` gave, which it has once greeted
-    running: int | None = None  # the shard whose packet it said it runs (`Running`), or BETWEEN_CALLS; None: not known
+    running: int | None = None  # the shard whose packet it said it is running (`Running`); None: not known
 
 
 class Dispatcher:
@@ -271,10 +267,6 @@ class Dispatcher:
         if peer is not None and peer.pid == msg.pid:
             peer.running = msg.shard
 
-    def _elsewhere(self, peer: Peer) -> bool:
-        """Whether the peer said it is running another shard's call, which has not ended since."""
-        return peer.running is not None and peer.running not in (BETWEEN_CALLS, self.shard)
-
     def _ran_ours(self, peer: Peer) -> bool:
         """Whether the call the peer was running when it died may have been our oldest packet:
         unless it said it was running another shard's (then ours were only queued)."""
@@ -347,7 +339,7 @@ class Dispatcher:
             if not finals and not self._spare_beside(peer):
                 return
             waiting = len(self._finals) if finals else len(self._interims)
-            idle = sum(1 for s in self.peers if s.pid and not s.batches and s.capacity and not self._elsewhere(s)) or 1
+            idle = sum(1 for s in self.peers if s.pid and not s.batches and s.capacity) or 1
             items = self._take(min(peer.max_batch, -(-waiting // idle)), finals)
             if not self._hand(peer, items):
                 self._put_back(items)
@@ -358,7 +350,7 @@ class Dispatcher:
         """Whether interims may go to `peer`: only if another live peer stays idle for the next
         final, so a final never waits behind a call of interims (one peer: no choice)."""
         live = [s for s in self.peers if s.pid and s.capacity]
-        return len(live) <= 1 or any(s is not peer and not s.batches and not self._elsewhere(s) for s in live)
+        return len(live) <= 1 or any(s is not peer and not s.batches for s in live)
 
     def _hand(self, peer: Peer, items: Sequence[Item[ToModel]]) -> bool:
         """One packet of `items` to `peer`; False if it could not go (the pool is full, or the peer
@@ -385,7 +377,7 @@ class Dispatcher:
 
     def _pick(self) -> Peer | None:
         peers = [self.peers[i] for i in self._order]
-        free = [s for s in peers if s.pid and len(s.batches) < s.capacity and not self._elsewhere(s)]
+        free = [s for s in peers if s.pid and len(s.batches) < s.capacity]
         return min(free, key=lambda s: len(s.batches)) if free else None
 
     def _take(self, limit: int, finals: bool) -> list[Item[Infer]]:

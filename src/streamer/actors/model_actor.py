@@ -36,7 +36,6 @@ from streamer.runtime.metrics import StageMeter
 from streamer.runtime.process import ChildContext
 from streamer.runtime.topology import segmenter_control
 from streamer.transport.messages import (
-    BETWEEN_CALLS,
     MODEL_RATE,
     Done,
     Failed,
@@ -111,11 +110,9 @@ class ModelActor(Actor):
     def on_idle(self) -> None:
         if self._work:
             work, self._work = self._work, []
-            shards = list(dict.fromkeys(self._shard_of(w.front) for w, _ in work))  # one packet: one shard
-            for shard in shards:
+            for shard in dict.fromkeys(self._shard_of(w.front) for w, _ in work):  # one packet: one shard
                 self._running(shard)
                 self.emit(self._controls[shard], self._answer([x for x in work if self._shard_of(x[0].front) == shard]))
-            self._between_calls(shards)
         now = self.clock.now()
         if now - self._last_hello >= READY_EVERY_S:
             self._last_hello = now
@@ -129,16 +126,6 @@ class ModelActor(Actor):
             for control in self._controls:
                 self.emit(control, Running(self.place.index, self.pid, shard))
             self.flush()
-
-    def _between_calls(self, answered: list[int]) -> None:
-        """Tell the shards whose work this was not that the call has ended (the shards answered
-        learn it from their `Done`): each may hand this actor its next packet now. Said whether
-        or not another packet waits here: a shard told only when nothing waits could wait for
-        ever behind one that keeps a packet queued."""
-        if len(self._controls) > 1:
-            for shard, control in enumerate(self._controls):
-                if shard not in answered:
-                    self.emit(control, Running(self.place.index, self.pid, BETWEEN_CALLS))
 
     def _answer(self, batch: list[tuple[ToModel, Slab | None]]) -> Done:
         """Run the packet's items; the `Done` that carries their answers."""

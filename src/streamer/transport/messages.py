@@ -389,17 +389,11 @@ class Point(msgspec.Struct, array_like=True, frozen=True):
 Answer = Result | Progress | StreamEnd | Failed
 
 
-BETWEEN_CALLS = -1  # `Running.shard` of a model whose call has ended
-
-
 class Running(msgspec.Struct, tag="running", array_like=True):
-    """Model -> every shard's segmenter, when there are several shards, as a call begins: the
-    process is now running a packet of `shard`; and as it ends, to the shards it did not answer:
-    `BETWEEN_CALLS`. Two uses. A model holds a packet of each shard at once, and when it dies
-    only the one it was running spends its items an attempt; the others were only queued. And
-    each shard's credit covers only its own packets: without this word a shard would hand a
-    final to an actor busy with another shard's call while another actor idles. (With one shard
-    the oldest packet is the one running, and the credit is the whole: nothing is sent.)"""
+    """Model -> every shard's segmenter, as a call begins, when there are several shards: the
+    process is now running a packet of `shard`. A model holds a packet of each shard at once, and
+    when it dies only the one it was running spends its items an attempt; the others were only
+    queued. (With one shard the oldest packet is the one running: nothing is sent.)"""
 
     index: int
     pid: int
