@@ -348,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"{name:16s} {n:4d} streams: {row['cpu_per_stream_pct']:.3f} % CPU per stream "
                       f"({', '.join(f'{k} {v:.3f}' for k, v in row['cpu_by_role_pct'].items())}), "
-                      f"p50 {fmt(row['voiced_p50'], ' s')}, p99 {fmt(row['voiced_p99'], ' s')} "
+                      f"p50 {fmt(row['voiced_p50'], ' s')}, p90 {fmt(row['voiced_p90'], ' s')}, "
+                      f"p99 {fmt(row['voiced_p99'], ' s')}, mean {fmt(row['voiced_mean'], ' s')} "
                       f"(bound {row['bound_s']:.2f} s), "
                       f"finals {row['finals']}, errors {row['errors']}, refused {row['refused']}, "
                       f"generator {row['generator_cpu_pct']:.1f} %", flush=True)

@@ -187,6 +187,8 @@ class Summary:
     max: float | None
     voiced_p50: float | None  # from the region's last voiced frame
     voiced_p99: float | None
+    voiced_p90: float | None  # steadier than p99 when a run has a few dozen finals (p99 is then the max)
+    voiced_mean: float | None
     voiced_matched: int  # finals matched to a region of the replay
     longest_region_s: float
     median_region_s: float
@@ -206,6 +208,8 @@ class Summary:
                    p99=lats[min(len(lats) - 1, int(0.99 * len(lats)))] if lats else None,
                    max=lats[-1] if lats else None, voiced_p50=statistics.median(voiced) if voiced else None,
                    voiced_p99=voiced[min(len(voiced) - 1, int(0.99 * len(voiced)))] if voiced else None,
+                   voiced_p90=voiced[min(len(voiced) - 1, int(0.90 * len(voiced)))] if voiced else None,
+                   voiced_mean=statistics.fmean(voiced) if voiced else None,
                    voiced_matched=len(voiced), longest_region_s=longest,
                    median_region_s=statistics.median(lengths) if lengths else 0.0,
                    interims_per_session=sum(r.interims for r in admitted) / max(1, len(admitted)),
