@@ -29,6 +29,8 @@ from streamer.runtime.clock import FakeClock
 from streamer.runtime.topology import Host, Place, Topology, segmenter_control
 from streamer.transport import sockets
 from streamer.transport.messages import (
+    BUSY,
+    GRANTED,
     NOWHERE,
     Close,
     Done,
@@ -39,9 +41,11 @@ from streamer.transport.messages import (
     Infer,
     Open,
     Packet,
+    Pass,
     Ready,
     Restore,
     Running,
+    Want,
     encode,
 )
 from streamer.transport.shm import BufferPool
@@ -186,13 +190,14 @@ def segmenters() -> list[Rig]:
     return [Rig(Segmenter, Place("segmenter", k), fronts=2, models=2, actors={"shards": 2}) for k in (0, 1)]
 
 
-def chunk(rig: Rig, k: int) -> None:
+def chunk(rig: Rig, k: int, stream: str = "") -> None:
     """Shard k's front k streams 0.5 s on the simple route: one chunk, one final `Infer`."""
     inbox = Place("segmenter", k).name
-    rig.put(inbox, Open(f"s-{k}", k, "simple", 1, 16000, 16, False, False))  # type: ignore[arg-type]
+    stream = stream or f"s-{k}"
+    rig.put(inbox, Open(stream, k, "simple", 1, 16000, 16, False, False))  # type: ignore[arg-type]
     x = noise(0.5, seed=k)
-    rig.put(inbox, Frames(f"s-{k}", 1, x.shape[0], NOWHERE), audio=[x], pool=Place("decoder", k).name)
-    rig.put(inbox, Close(f"s-{k}"))
+    rig.put(inbox, Frames(stream, 1, x.shape[0], NOWHERE), audio=[x], pool=Place("decoder", k).name)
+    rig.put(inbox, Close(stream))
     rig.turn(2)
 
 
@@ -220,6 +225,64 @@ def test_each_shards_first_choice_among_idle_model_actors_is_a_different_one() -
             r.close()
 
 
+def test_a_model_serving_two_shards_gives_its_turns_to_the_shards_that_ask(rig: Rig) -> None:
+    """Shard 1's packet, then shard 0's, wait at the actor. Shard 1's call: both hear it begin,
+    shard 1 its `Done`; shard 0's packet waits, so shard 1 hears `BUSY` (its `Done` would free
+    the actor for it). Shard 0's call: nothing waits after it and nobody asked: only its `Done`.
+    Then shard 1 asks (`Want`): the turn is its own, and shard 0, which counted the actor free,
+    hears `BUSY`. Shard 1 passes: the actor is free and nobody has asked: nothing is said."""
+    rig.turn()
+    rig.put("model-0", infer(3, front=1), audio=[noise(0.5)], pool="segmenter-1")
+    rig.put("model-0", infer(4, front=0), audio=[noise(0.5)], pool="segmenter")
+
+    def told(k: int) -> list[Any]:
+        return [i.shard if isinstance(i, Running) else i.work_ids for i in rig.sent(segmenter_control(k))
+                if isinstance(i, Running | Done)]
+
+    rig.turn()
+    assert (told(0), told(1)) == ([1], [1, [3], BUSY])
+    rig.turn()
+    assert (told(0), told(1)) == ([0, [4]], [0])
+    rig.put("model-0", Want(1))
+    rig.turn()
+    assert (told(0), told(1)) == ([BUSY], [GRANTED])
+    rig.put("model-0", Pass(1))
+    rig.turn()
+    assert (told(0), told(1)) == ([], [])
+
+
+def test_a_shard_sends_a_final_only_to_an_actor_that_is_its_own_and_asks_the_others_for_a_turn() -> None:
+    """Each shard's credit covers its own packets only: told that model-0 runs shard 1's call,
+    shard 0 gives its final to model-1, though model-0 comes first in its order; told that both
+    run shard 1's calls, it keeps its next final and asks both for a turn, once, and gives the
+    final to the first that grants one. The other's turn, granted later, it passes on."""
+    (r, _) = rigs = segmenters()
+    try:
+        announce(r, 0, 0, 1)
+        r.put(segmenter_control(0), Running(0, 100, 1))
+        r.turn()
+        chunk(r, 0)
+        assert [len(handed(r, m)) for m in (0, 1)] == [0, 1]
+        r.put(segmenter_control(0), Running(1, 101, 1))
+        r.turn()
+        chunk(r, 0, "s-0b")
+        r.turn()
+
+        def said(m: int) -> list[Any]:
+            return [i for p in r.packets(f"model-{m}") for i in p.items]
+
+        assert (said(0), said(1)) == ([Want(0)], [Want(0)])  # both busy elsewhere: the final waits here
+        r.put(segmenter_control(0), Running(0, 100, GRANTED))
+        r.turn()
+        assert [type(i) for i in said(0)] == [Infer] and said(1) == []
+        r.put(segmenter_control(0), Running(1, 101, GRANTED))
+        r.turn()
+        assert said(1) == [Pass(0)]
+    finally:
+        for x in rigs:
+            x.close()
+
+
 @pytest.mark.parametrize("said", [True, False])
 def test_a_model_that_dies_holding_two_shards_packets_charges_only_the_one_it_was_running(said: bool) -> None:
     """A model actor holds a packet of each shard; it says which shard's call it begins
@@ -243,12 +306,40 @@ def test_a_model_that_dies_holding_two_shards_packets_charges_only_the_one_it_wa
             r.close()
 
 
+@pytest.mark.parametrize("last", [BUSY, GRANTED])
+def test_a_turn_word_as_the_last_before_a_death_still_charges_our_oldest_packet(last: int) -> None:
+    """`BUSY` and `GRANTED` are said between calls: the call that ran after them may have been
+    ours, its `Running` lost in the crash. Found by a hostile review: `BUSY` counted as "another
+    shard's", so a poison item would go round the actors for ever without spending an attempt.
+    Here shard 0 holds two packets at model-0 (a credit of two); the first is answered and the
+    actor says `BUSY` (the second waits); it dies: the second spends an attempt."""
+    (r, _) = rigs = segmenters()
+    try:
+        r.put(segmenter_control(0), Ready(0, 100, 2, 8))
+        r.turn()
+        chunk(r, 0, "a")
+        chunk(r, 0, "b")
+        first, _second = handed(r, 0)
+        r.put(segmenter_control(0), Running(0, 100, 0), Done(0, 100, [first.work_id], 0.0), Running(0, 100, last))
+        r.turn()
+        r.put(segmenter_control(0), Ready(1, 101, 1, 8), Exited("model", 0, 100, "signal SIGSEGV"))
+        r.turn()
+        assert [w.attempt for w in handed(r, 1)] == [2]
+    finally:
+        for x in rigs:
+            x.close()
+
+
 def test_a_model_serving_two_shards_says_which_shards_call_it_begins(rig: Rig) -> None:
+    """Shard 1's call: both shards hear it begin; shard 1 hears its `Done`; nobody asked for a
+    turn, so nothing more is said (a lightly loaded group pays one word a call)."""
     rig.turn()
     rig.put("model-0", infer(3, front=1), audio=[noise(0.5)], pool="segmenter-1")
     rig.turn()
-    for k in (0, 1):
-        assert rig.sent(segmenter_control(k), Running) == [Running(0, rig.actor.pid, 1)]  # type: ignore[attr-defined]
+    pid = rig.actor.pid  # type: ignore[attr-defined]
+    told = [[i for i in rig.sent(segmenter_control(k)) if isinstance(i, Running | Done)] for k in (0, 1)]
+    assert told[0] == [Running(0, pid, 1)]
+    assert told[1][0] == Running(0, pid, 1) and [type(i) for i in told[1]] == [Running, Done]
 
 
 # -- a real group of two shards ------------------------------------------------------------------------

@@ -155,6 +155,10 @@ class Actor:
         """Send every destination its pending packets, in order; True when nothing is left pending."""
         return self.outbox.flush()
 
+    def input_waiting(self) -> bool:
+        """Whether a packet waits on the data inboxes now (a snapshot, without blocking)."""
+        return bool(self._data) and self.env.link.wait(self._data, 0)
+
     @property
     def held(self) -> bool:
         """Output is waiting for room: input stays where it is until it has gone."""

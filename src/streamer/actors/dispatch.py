@@ -20,13 +20,17 @@ Audio waits in this process's memory until its item is dispatched; then the pack
 are written into one allocation of the segmenter's pool, which the model releases as soon as
 it has read them. The items' audio stays here until their `Done`, so they can be sent again.
 
-In flight. When a peer's process dies (the supervisor's `Exited`, at once) or turns out to
-have been replaced (a `Ready` from a new pid), every item it held goes back to the head of
-the queue. Only the items of its oldest unanswered packet (the call it was running) spend an
-attempt; items merely queued behind it do not. With several shards a model actor also holds
-other shards' packets, and says which shard's call it begins (`Running`): if it was another's,
-none of ours spends an attempt. An item that has spent an attempt travels
-alone from then on, so a poison item takes no innocent item down with it; past
+In flight. When a peer's process dies (the supervisor's `Exited`, at once) or turns out to have
+been replaced (a `Ready` from a new pid), every item it held goes back to the head of the queue.
+Only the items of its oldest unanswered packet (the call it was running) spend an attempt; items
+merely queued behind it do not. With several shards a model actor also holds other shards'
+packets, and says which shard's call it begins (`Running`): if it was another's, none of ours
+spends an attempt. Our credit covers only our own packets, so an actor that said it runs another
+shard's call (or `BUSY`) gets nothing of ours until a `Done` of ours or its `GRANTED` frees it;
+a final held back for that asks such actors for a turn (`Want`), and a turn given when nothing
+of ours waits is passed on (`Pass`): actors/turns.py. A final thus waits here for whichever
+actor is ours first, rather than behind another shard's call. An item that has spent an attempt
+travels alone from then on, so a poison item takes no innocent item down with it; past
 `max_attempts` the caller reports exactly one error for it (`failed`). The dead peer's
 allocations are released here: only this process knows which ones it held.
 
@@ -71,23 +75,28 @@ from streamer.actors.fair import FairQueue, Key, channel_of
 from streamer.runtime import logs, telemetry
 from streamer.runtime.clock import Clock
 from streamer.transport.messages import (
+    BUSY,
+    GRANTED,
     MODEL_RATE,
     CloseChannel,
     Done,
     Feed,
     Forget,
     Infer,
+    Pass,
     Ready,
     Restore,
     Running,
     Stateful,
     ToModel,
+    Want,
     audio_place,
 )
 from streamer.transport.outbox import Outbox, Refused, Went, aligned
 from streamer.transport.shm import BufferRef
 
 log = logging.getLogger("dispatch")
+ASK_AGAIN_S = 0.05  # after passing a turn we could not use (the pool full), before asking for another
 _tracer = telemetry.tracer("streamer.dispatch")
 RETRIES = prometheus_client.Counter("streamer_dispatch_retries", "Work items sent again after their model actor died")
 GAVE_UP = prometheus_client.Counter("streamer_dispatch_failures",
@@ -120,7 +129,8 @@ class Peer:
     batches: deque[Batch] = field(default_factory=deque)  # oldest first: the head is the call running
     greeted: bool = False  # its process has been sent `Forget`
     granted: int = 0  # the capacity its last `Ready` gave, which it has once greeted
-    running: int | None = None  # the shard whose packet it said it is running (`Running`); None: not known
+    running: int | None = None  # what it last said (`Running`): whose call it runs, or whose turn it is; None: free
+    wanted: bool = False  # we asked it for a turn (`Want`) and have not had it yet
 
 
 class Dispatcher:
@@ -141,6 +151,7 @@ class Dispatcher:
         self.superseded = 0
         self.sequential = Bindings(max_attempts)  # streams bound to one peer (stateful models)
         self.max_bytes = outbox.max_bytes  # of audio per packet: several fit the pool at once
+        self._ask_after = 0.0  # no `Want` before this (a turn just passed for want of room in the pool)
 
     def new_id(self) -> int:
         """A `work_id` for a new item: every item has its own, a `Drop` too (a packet's items are
@@ -249,7 +260,7 @@ class Dispatcher:
         if peer.pid != msg.pid:
             if peer.pid:  # the old pid is gone and nobody told us yet
                 self._lost(msg.index)
-            peer.pid, peer.greeted, peer.running = msg.pid, False, None
+            peer.pid, peer.greeted, peer.running, peer.wanted = msg.pid, False, None, False
         peer.capacity = peer.granted = msg.capacity
         peer.max_batch = max(1, msg.max_batch)
         if not peer.greeted:
@@ -266,11 +277,20 @@ class Dispatcher:
         peer = self._peer(msg.index, msg.pid)
         if peer is not None and peer.pid == msg.pid:
             peer.running = msg.shard
+            if msg.shard == GRANTED:
+                peer.wanted = False
+
+    def _elsewhere(self, peer: Peer) -> bool:
+        """Whether the peer said it runs another shard's call, or that we must not send, and has
+        not given us a turn since."""
+        return peer.running is not None and peer.running not in (GRANTED, self.shard)
 
     def _ran_ours(self, peer: Peer) -> bool:
         """Whether the call the peer was running when it died may have been our oldest packet:
-        unless it said it was running another shard's (then ours were only queued)."""
-        return peer.running is None or peer.running == self.shard
+        unless it said it was running another shard's (then ours were only queued). Its turn
+        words (`BUSY`, `GRANTED`) are said between calls: as the last word, they tell nothing of
+        which call ran since (its `Running` may have died with it), so they count as ours."""
+        return peer.running is None or peer.running in (self.shard, BUSY, GRANTED)
 
     def on_exit(self, index: int, pid: int) -> None:
         """A model process died: its items go to the other actors now, not at its restart."""
@@ -278,7 +298,7 @@ class Dispatcher:
         if 0 <= index < len(self.peers) and self.peers[index].pid == pid:
             peer = self.peers[index]
             self._lost(index)
-            peer.pid, peer.capacity, peer.greeted, peer.running = 0, 0, False, None
+            peer.pid, peer.capacity, peer.greeted, peer.running, peer.wanted = 0, 0, False, None, False
 
     def _lost(self, index: int) -> None:
         """The peer's process is gone: its items go back to the queue, its sequential streams
@@ -298,7 +318,7 @@ class Dispatcher:
         if peer is None or peer.pid != msg.pid:
             return []
         ids = set(msg.work_ids)
-        peer.running = None  # our call ended: what it runs next, it will say
+        peer.running = None  # our call ended: free for us, unless it says otherwise (`BUSY`)
         done = []
         for batch in list(peer.batches):
             for work_id in ids & batch.items.keys():
@@ -317,6 +337,20 @@ class Dispatcher:
         then the shared queue's, the least loaded peer first, finals first. What is waiting is
         shared among the peers that are idle: two items and two idle actors make two calls at
         once, not a batch of two on one actor while the other waits."""
+        self._pump()
+        for peer in self.peers:
+            if not (peer.pid and peer.greeted):  # (nothing goes before the `Forget`)
+                continue
+            if peer.running == GRANTED:  # our turn, and nothing sent on it: the next shard's
+                self._outbox.offer(peer.dest, [Pass(self.shard)], [])
+                peer.running = BUSY  # (should the word not go, the turn lapses at the actor)
+                if self._finals:  # it could not go (the pool is full): ask again later, not at once
+                    self._ask_after = self._clock.now() + ASK_AGAIN_S
+            elif self._finals and self._elsewhere(peer) and not peer.wanted and peer.capacity \
+                    and self._clock.now() >= self._ask_after:
+                peer.wanted = isinstance(self._outbox.offer(peer.dest, [Want(self.shard)], []), Went)
+
+    def _pump(self) -> None:
         for ungreeted in self.peers:
             if ungreeted.pid and not ungreeted.greeted:
                 self._greet(ungreeted)
@@ -332,14 +366,15 @@ class Dispatcher:
                         break
                     self.sequential.handed(ordered)
         while self.queued:
-            peer = self._pick()
+            finals = bool(self._finals)
+            peer = self._pick(finals)
             if peer is None:
                 return
-            finals = bool(self._finals)
             if not finals and not self._spare_beside(peer):
                 return
             waiting = len(self._finals) if finals else len(self._interims)
-            idle = sum(1 for s in self.peers if s.pid and not s.batches and s.capacity) or 1
+            idle = sum(1 for s in self.peers if s.pid and not s.batches and s.capacity
+                       and not (finals and self._elsewhere(s))) or 1
             items = self._take(min(peer.max_batch, -(-waiting // idle)), finals)
             if not self._hand(peer, items):
                 self._put_back(items)
@@ -364,6 +399,9 @@ class Dispatcher:
         if not isinstance(sent, Went):
             return False
         BATCH.observe(len(items))
+        if peer.running == GRANTED:
+            peer.running = self.shard  # our turn taken: its next call is ours
+        peer.wanted = False
         peer.batches.append(Batch(sent.slab, {i.work.work_id: i for i in items}))
         return True
 
@@ -375,9 +413,12 @@ class Dispatcher:
         n = len(self.peers)
         return [(self.shard + i) % n for i in range(n)] if n else []
 
-    def _pick(self) -> Peer | None:
+    def _pick(self, final: bool) -> Peer | None:
+        """The least loaded peer with credit; for a final, only one that is ours now (turns). An
+        interim asks for no turn: it goes by credit alone, as it is best effort, and a newer one
+        replaces it."""
         peers = [self.peers[i] for i in self._order]
-        free = [s for s in peers if s.pid and len(s.batches) < s.capacity]
+        free = [s for s in peers if s.pid and len(s.batches) < s.capacity and not (final and self._elsewhere(s))]
         return min(free, key=lambda s: len(s.batches)) if free else None
 
     def _take(self, limit: int, finals: bool) -> list[Item[Infer]]:

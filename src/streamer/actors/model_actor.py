@@ -31,6 +31,7 @@ from streamer.actors import models
 from streamer.actors.actor import Actor, Env, Slab, run_process
 from streamer.actors.models.base import Audio
 from streamer.actors.states import States, in_stream_time
+from streamer.actors.turns import Turns
 from streamer.runtime import logs, telemetry
 from streamer.runtime.metrics import StageMeter
 from streamer.runtime.process import ChildContext
@@ -42,11 +43,13 @@ from streamer.transport.messages import (
     Forget,
     Infer,
     Message,
+    Pass,
     Ready,
     Result,
     Running,
     Stateful,
     ToModel,
+    Want,
     audio_place,
 )
 
@@ -75,6 +78,7 @@ class ModelActor(Actor):
         self._below: dict[int, int] = {}  # by shard: its work numbered below this is an earlier segmenter's
         self._shard_of = env.topology.shard_of  # whose segmenter a stream's work comes from, by its front
         self._controls = [segmenter_control(k) for k in range(env.topology.shards)]
+        self.turns = Turns(len(self._controls)) if len(self._controls) > 1 else None  # whose turn to send
         self.streams = States(self.model) if isinstance(self.model, models.StreamModel) else None
         self.max_batch = models.batch_limit(self.model, self.cfg.model.max_batch)
 
@@ -91,6 +95,10 @@ class ModelActor(Actor):
                 log.info("skipped work %d of an earlier segmenter", msg.work_id)
         elif isinstance(msg, Forget):
             self._forget(msg)
+        elif isinstance(msg, Want) and self.turns is not None:
+            self.turns.want(msg.shard, self.clock.now())
+        elif isinstance(msg, Pass) and self.turns is not None:
+            self.turns.passed(msg.shard)
 
     def _forget(self, msg: Forget) -> None:
         """A segmenter's first word to this process: whatever it held for an earlier one of its
@@ -98,6 +106,8 @@ class ModelActor(Actor):
         if msg.below < self._below.get(msg.shard, 0):
             return  # an earlier segmenter's, overtaken by its successor's on the other connection
         self._below[msg.shard] = msg.below
+        if self.turns is not None:
+            self.turns.forgotten(msg.shard)
         mine = self._shard_of
         self._work = [(w, slab) for w, slab in self._work if mine(w.front) != msg.shard or w.work_id >= msg.below]
         dropped = self.streams.forget(lambda front: mine(front) == msg.shard) if self.streams is not None else 0
@@ -105,14 +115,20 @@ class ModelActor(Actor):
             log.info("a new segmenter: dropped the state of %d sequential streams", dropped)
 
     def at_rest(self) -> bool:
-        return not self._work
+        """Nothing to run, and no offer out that may lapse (it must lapse on time)."""
+        return not self._work and (self.turns is None or self.turns.holder is None)
 
     def on_idle(self) -> None:
         if self._work:
             work, self._work = self._work, []
-            for shard in dict.fromkeys(self._shard_of(w.front) for w, _ in work):  # one packet: one shard
+            shards = list(dict.fromkeys(self._shard_of(w.front) for w, _ in work))  # one packet: one shard
+            for shard in shards:
                 self._running(shard)
                 self.emit(self._controls[shard], self._answer([x for x in work if self._shard_of(x[0].front) == shard]))
+                if self.turns is not None:
+                    self.turns.answered(shard)
+        if self.turns is not None:
+            self._say(self.turns.settle(self.input_waiting(), self.clock.now()))
         now = self.clock.now()
         if now - self._last_hello >= READY_EVERY_S:
             self._last_hello = now
@@ -122,10 +138,13 @@ class ModelActor(Actor):
     def _running(self, shard: int) -> None:
         """Tell every shard whose packet this call is, before it begins (sent now, not at the end
         of the turn): should the process die in it, only that shard's items spend an attempt."""
-        if len(self._controls) > 1:
-            for control in self._controls:
-                self.emit(control, Running(self.place.index, self.pid, shard))
+        if self.turns is not None:
+            self._say(self.turns.began(shard))
             self.flush()
+
+    def _say(self, said: list[tuple[int, int]]) -> None:
+        for shard, what in said:
+            self.emit(self._controls[shard], Running(self.place.index, self.pid, what))
 
     def _answer(self, batch: list[tuple[ToModel, Slab | None]]) -> Done:
         """Run the packet's items; the `Done` that carries their answers."""

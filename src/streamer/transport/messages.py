@@ -374,6 +374,20 @@ class Forget(msgspec.Struct, tag="forget", array_like=True):
     shard: int = 0
 
 
+class Want(msgspec.Struct, tag="want", array_like=True):
+    """Segmenter -> model, with several shards: a final of this shard waits, and every actor it
+    may use is busy with another shard's work: give it a turn when you come free."""
+
+    shard: int
+
+
+class Pass(msgspec.Struct, tag="pass", array_like=True):
+    """Segmenter -> model: given a turn (`GRANTED`), this shard has nothing to send now (its
+    final went to another actor): give the turn to the next."""
+
+    shard: int
+
+
 class Point(msgspec.Struct, array_like=True, frozen=True):
     """A checkpoint of a stateful model: after `work_id`, the channel's state is `state` (None: a
     fresh one) at `sample`, with `finals` finals made. The audio before it is never needed again."""
@@ -389,11 +403,19 @@ class Point(msgspec.Struct, array_like=True, frozen=True):
 Answer = Result | Progress | StreamEnd | Failed
 
 
+GRANTED = -1  # `Running.shard`: your turn (you asked): hand this actor one packet now, or `Pass`
+BUSY = -2  # `Running.shard`: count this actor busy (send nothing until it frees or grants you a turn)
+
+
 class Running(msgspec.Struct, tag="running", array_like=True):
-    """Model -> every shard's segmenter, as a call begins, when there are several shards: the
-    process is now running a packet of `shard`. A model holds a packet of each shard at once, and
-    when it dies only the one it was running spends its items an attempt; the others were only
-    queued. (With one shard the oldest packet is the one running: nothing is sent.)"""
+    """Model -> a shard's segmenter, only when there are several shards: whose call the actor
+    begins (`shard` >= 0, to every shard), or whose turn it is to send (`GRANTED`, `BUSY`:
+    actors/turns.py). Two uses. A model holds a packet of each shard at once, and when it dies
+    only the one it was running spends its items an attempt; the others were only queued. And
+    each shard's credit covers only its own packets: the turns keep two shards from handing an
+    actor packets at the moment it comes free, one of which would wait a whole call there.
+    (With one shard the oldest packet is the one running, and the credit is the whole: nothing
+    is sent.)"""
 
     index: int
     pid: int
@@ -432,7 +454,7 @@ class Exited(msgspec.Struct, tag="exited", array_like=True):
 
 Message = (
     Open | Pcm | Frames | Close | Abort | Roster | Event | Infer | Restore | Feed | CloseChannel | Drop | Result
-    | StreamEnd | Failed | Notice | Progress | Load | Ready | Running | Done | Exited | Forget
+    | StreamEnd | Failed | Notice | Progress | Load | Ready | Running | Done | Exited | Forget | Want | Pass
 )
 
 
