@@ -336,7 +336,9 @@ class Dispatcher:
         """Send waiting items to peers with credit: first each sequential stream's to its own peer,
         then the shared queue's, the least loaded peer first, finals first. What is waiting is
         shared among the peers that are idle: two items and two idle actors make two calls at
-        once, not a batch of two on one actor while the other waits."""
+        once, not a batch of two on one actor while the other waits. Then the turns (several
+        shards only): a turn given and not used is passed on, and a final still held back asks
+        the actors busy with other shards' work for one."""
         self._pump()
         for peer in self.peers:
             if not (peer.pid and peer.greeted):  # (nothing goes before the `Forget`)

@@ -115,21 +115,20 @@ class ModelActor(Actor):
             log.info("a new segmenter: dropped the state of %d sequential streams", dropped)
 
     def at_rest(self) -> bool:
-        """Nothing to run, and no offer out that may lapse (it must lapse on time)."""
+        """Nothing to run, and no turn given out that may lapse (it must lapse on time)."""
         return not self._work and (self.turns is None or self.turns.holder is None)
 
     def on_idle(self) -> None:
         if self._work:
             work, self._work = self._work, []
-            shards = list(dict.fromkeys(self._shard_of(w.front) for w, _ in work))  # one packet: one shard
-            for shard in shards:
+            for shard in dict.fromkeys(self._shard_of(w.front) for w, _ in work):  # one packet: one shard
                 self._running(shard)
                 self.emit(self._controls[shard], self._answer([x for x in work if self._shard_of(x[0].front) == shard]))
                 if self.turns is not None:
                     self.turns.answered(shard)
-        if self.turns is not None:
-            self._say(self.turns.settle(self.input_waiting(), self.clock.now()))
         now = self.clock.now()
+        if self.turns is not None:
+            self._say(self.turns.settle(self.input_waiting(), now))
         if now - self._last_hello >= READY_EVERY_S:
             self._last_hello = now
             for control in self._controls:
