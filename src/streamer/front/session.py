@@ -10,7 +10,9 @@ Phases, and what moves a session between them:
 The session is the only writer of its client's outbox: client requests, what the pipeline
 says about its stream (the pipeline calls `on_pipeline`), limits and shutdown all go through its
 methods, and one sender task drains the outbox in order. Its tasks (reader, sender,
-watchdog, a close started by the pipeline) live in one task group and end with it.
+watchdog, a close started by the pipeline) live in one task group and end with it. Which limit
+in time falls due, and when, is the `Watchdog`'s to say (`front/watchdog.py`); the session's
+watchdog task carries it out.
 
 It reads its socket only while it is not waiting on the pipeline, which is what makes
 backpressure reach the client's TCP. Limits a careless or hostile client meets here (all in
@@ -50,6 +52,7 @@ from streamer.front.intake import Intake
 from streamer.front.pipeline import Pipeline
 from streamer.front.protocol import ProtocolError, Start, Stop
 from streamer.front.stream import Budget, Stream
+from streamer.front.watchdog import Due, Watchdog
 from streamer.front.wire import Wire
 from streamer.runtime import logs, telemetry
 from streamer.runtime.config import Config
@@ -114,11 +117,11 @@ class Session:
         # Kept: asyncio.get_running_loop() costs a getpid() system call on Python 3.11, and the
         # audio path asks for the time on every frame.
         self._loop = asyncio.get_running_loop()
-        self._opened = self._active = self._loop.time()
+        self.watchdog = Watchdog(cfg.limits.idle_timeout_s, cfg.limits.max_session_s, cfg.security.auth_timeout_s,
+                                 self._loop.time())
         self._waiting_on_us = False  # reading is paused by our backpressure or a flush: not idle
         self._deaf = False  # the client read no results for `send_timeout_s`: what waits is not sent
         self._sent = 0  # messages the client has taken (the sender's writes that returned)
-        self._warned_idle = self._warned_length = False
 
     # -- the session's life ---------------------------------------------------------------
 
@@ -212,7 +215,7 @@ class Session:
         self.pipeline.routes[stream_id] = self.on_pipeline
         self.pipeline.send(opened)
         self.phase = Phase.STREAMING
-        self._active = self._loop.time()
+        self.watchdog.spare(self._loop.time())
         logs.bind(stream_id, self.stream.trace_id)  # this task's log lines name the stream from here on
         log.info("stream started: %s, %d ch, %d Hz, %d-bit%s%s", self.route, f.channels, f.sample_rate,
                  f.bit_depth, " float" if f.is_float else "", ", interim" if interim else "")
@@ -246,7 +249,7 @@ class Session:
             stream.fail(f"no result came for {quiet_s:g} s: the rest of this stream's results were given up")
         elif missed == "deadline":
             stream.fail(f"server shut down before this stream's results were ready (waited {deadline_s:g} s)")
-        self._active = self._loop.time()
+        self.watchdog.spare(self._loop.time())
 
     async def _until_done(self, quiet_s: float, deadline_s: float | None = None) -> str | None:
         """Wait for the stream's last result: None once it is out, "quiet" once `quiet_s` passed
@@ -314,8 +317,7 @@ class Session:
     def _put(self, stream: Stream, data: bytes, now: float) -> None:
         self.pipeline.send(Pcm(stream.id, NOWHERE), data)
         stream.fed(data)
-        self._active = now
-        self._warned_idle = False
+        self.watchdog.heard(now)
 
     async def _wait_for_reader(self) -> None:
         """Results pile up for a client that does not read them: take nothing more from it until it
@@ -382,8 +384,7 @@ class Session:
 
     def _client_spoke(self) -> None:
         """The intake read a frame: the client is not idle, whatever the pipeline is doing."""
-        self._active = self._loop.time()
-        self._warned_idle = False
+        self.watchdog.heard(self._loop.time())
 
     # -- what the pipeline says -----------------------------------------------------------------
 
@@ -441,34 +442,25 @@ class Session:
     # -- limits and shutdown --------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        """Idle and length limits, checked when they fall due (one timer per session)."""
-        limits = self.cfg.limits
-        loop = self._loop
-        lead = min(10.0, limits.max_session_s / 2)
+        """Carries out the limits in time (`Watchdog`) as they fall due: one timer per session."""
+        dog, loop, limits = self.watchdog, self._loop, self.cfg.limits
         while True:
-            # Deadlines from the state of now, not of when the timer was set: audio that came in
-            # while it slept moved the idle deadline.
-            idle_at = self._active + limits.idle_timeout_s * (1.0 if self._warned_idle else 0.5)
-            end_at = self._opened + limits.max_session_s - (0.0 if self._warned_length else lead)
-            auth_at = self._opened + self.cfg.security.auth_timeout_s if not self.authenticated else math.inf
             now = loop.time()
-            if now < min(idle_at, end_at, auth_at):
-                await asyncio.sleep(max(0.01, min(idle_at, end_at, auth_at) - now))
+            at = dog.next_at(self.authenticated)
+            if now < at:
+                await asyncio.sleep(max(0.01, at - now))
                 continue
             if self.phase in (Phase.CLOSING, Phase.CLOSED):
                 return
-            if now >= auth_at:  # a seat is not held by someone who cannot say who they are
-                await self._close_with(f"authentication failed: no token within {self.cfg.security.auth_timeout_s:g} s",
+            due = dog.due(now, self.authenticated, spared=self._waiting_on_us or self.phase is Phase.FLUSHING)
+            if due is Due.AUTH:
+                await self._close_with(f"authentication failed: no token within {dog.auth_timeout_s:g} s",
                                        protocol.POLICY)
                 return
-            # The length applies whatever the session waits on (a held-back stream too); only the
-            # idle limit spares a session that waits on us. Every branch either returns or moves
-            # the deadline it met past `now`, so the next turn sleeps: this task never spins.
-            if now >= end_at and not self._warned_length:
-                self._warned_length = True
+            if due is Due.LENGTH_WARNING:
                 self._say(protocol.warning(
-                    f"the session ends in {lead:g} s: maximum length {limits.max_session_s:g} s"))
-            elif now >= end_at:
+                    f"the session ends in {dog.lead:g} s: maximum length {limits.max_session_s:g} s"))
+            elif due is Due.LENGTH:
                 if self.phase is Phase.STREAMING:
                     await self._flush(self.cfg.server.stop_timeout_s)
                     self._forget_stream(aborted=False)
@@ -478,13 +470,10 @@ class Session:
                 await self._close_with(None, protocol.POLICY,
                                        f"maximum session length {limits.max_session_s:g} s reached")
                 return
-            elif self._waiting_on_us or self.phase is Phase.FLUSHING:
-                self._active = now  # our own backpressure or flush is not the client being idle
-            elif now >= idle_at and not self._warned_idle:
-                self._warned_idle = True
+            elif due is Due.IDLE_WARNING:
                 left = limits.idle_timeout_s / 2
                 self._say(protocol.warning(f"no audio for {left:g} s: the session closes in {left:g} s"))
-            elif now >= idle_at:
+            elif due is Due.IDLE:
                 log.info("closing %d: no audio for %g s", protocol.POLICY, limits.idle_timeout_s)
                 await self._close_with(f"idle timeout: no audio for {limits.idle_timeout_s:g} s", protocol.POLICY)
                 return
