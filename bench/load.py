@@ -150,8 +150,9 @@ class System:
             env.update(VARIANTS[self.name])
             cmd = [sys.executable, "-m", "streamer.supervisor.cli", "serve"]
         else:
-            pool, _, loop = self.name.partition("+")
-            cmd = [sys.executable, str(ROOT / "bench" / "peers" / "monolith.py"), "--pool", pool,
+            pool, _, loop = self.name.partition("+")  # `floor`: the peer reading frames and dropping them
+            cmd = [sys.executable, str(ROOT / "bench" / "peers" / "monolith.py"),
+                   *(["--pool", "thread", "--read-only"] if pool == "floor" else ["--pool", pool]),
                    "--workers", str(CORES), "--port", str(self.port)] + (["--uvloop"] if loop == "uvloop" else [])
         self.log = open(self.workdir / f"{self.name}-{self.port}.log", "wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--streams", help="comma-separated stream counts (default: the scenario's)")
     parser.add_argument("--systems", help=f"comma-separated: {', '.join(VARIANTS)}, process, thread, "
-                                          "process+uvloop")
+                                          "process+uvloop, floor+uvloop (reads frames, drops them)")
     parser.add_argument("--seconds", type=float, help="audio each session streams")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra STREAMER_* setting for ours only (repeatable)")

@@ -12,7 +12,9 @@ produced them, waiting for each model answer in turn.
     python bench/peers/monolith.py --pool process --workers 2 --port 8090
 
 `--pool thread` runs the model in a ThreadPoolExecutor (the GIL decides how much of it runs
-at once), `--pool process` in a ProcessPoolExecutor. Configuration comes from the same
+at once), `--pool process` in a ProcessPoolExecutor. `--read-only` drops every audio frame as it
+comes (no decoding, no VAD, no model; `stop` still ends the session): what reading a client's
+frames alone costs aiohttp, the floor under the peer's and our own cost per frame. Configuration comes from the same
 sources as the product's (defaults, STREAMER_CONFIG, STREAMER_* variables), so a benchmark
 sets both the same way.
 """
@@ -54,12 +56,13 @@ def infer(audio: Any, is_final: bool, settings: dict[str, Any]) -> dict[str, Any
 
 
 class Monolith:
-    def __init__(self, cfg: config.Config, pool: concurrent.futures.Executor) -> None:
+    def __init__(self, cfg: config.Config, pool: concurrent.futures.Executor, read_only: bool = False) -> None:
         s = cfg.segmenter
         self.rules = RegionRules(s.vad_aggressiveness, s.min_speech_ms, s.hangover_ms, s.pad_ms,
                                  s.max_segment_s, s.interim_interval_s, interim_growth=1.0)  # the straightforward way
         self.model_settings = cfg.to_dict()["model"]["fake"]
         self.pool = pool
+        self.read_only = read_only
 
     async def segmented(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=1 << 20)
@@ -116,7 +119,7 @@ class Monolith:
                     await sending
                     await ws.close()
                     break
-            elif msg.type == WSMsgType.BINARY and decoder is not None:
+            elif msg.type == WSMsgType.BINARY and decoder is not None and not self.read_only:
                 audio = decoder.feed(msg.data)
                 for ch, cutter in enumerate(cutters):
                     emit(ch, cutter.feed(audio[ch]))
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop instead of asyncio's own loop")
+    parser.add_argument("--read-only", action="store_true", help="drop every audio frame as it comes (the floor)")
     args = parser.parse_args(argv)
     cfg = config.load()
     pool: concurrent.futures.Executor
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                                                       initializer=_load_model,
                                                       initargs=(cfg.to_dict()["model"]["fake"],))
     app = web.Application()
-    app.router.add_get("/api/v1/segmented", Monolith(cfg, pool).segmented)
+    app.router.add_get("/api/v1/segmented", Monolith(cfg, pool, args.read_only).segmented)
     app.router.add_get("/api/v1/health", lambda _: web.json_response({"status": "healthy"}))
     loop = None
     if args.uvloop:
