@@ -38,6 +38,9 @@ def test_unknown_keys_and_bad_values_are_errors(tmp_path: Path) -> None:
         config.load(env={"STREAMER_SERVER_PORT": "eighty"})
     with pytest.raises(ValueError, match="read_hold_ms"):  # a longer hold would hold up pings and closes
         config.load(env={"STREAMER_FRONT_READ_HOLD_MS": "500"})
+    for name in ("LIMITS_IDLE_TIMEOUT_S", "LIMITS_MAX_SESSION_S", "SECURITY_AUTH_TIMEOUT_S"):
+        with pytest.raises(ValueError, match=name.split("_", 1)[1].lower()):  # due at once, for ever: refused
+            config.load(env={f"STREAMER_{name}": "0"})
 
 
 def test_round_trips_through_plain_data_for_children() -> None:

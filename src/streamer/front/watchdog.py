@@ -13,10 +13,13 @@ so that each one (and their order when several fall due at once) is tested witho
 socket or a sleep (`tests/test_watchdog.py`); the session's task only sleeps until `next_at`
 and carries out what `due` names (`Session._watch`).
 
-Every answer of `due` either ends the session or moves the deadline it met past `now`, so the
-task that asks never spins. The idle limit spares a session that waits on the server (its own
-backpressure, a flush): the server being slow is not the client being idle. The length limit
-spares nobody.
+Every answer of `due` ends the session, or moves the deadline it met: a warning to the limit
+itself (which a loop that stalled past both meets at once, as the next answer), None (a session
+spared) past `now`. So the task that asks sleeps, or the session ends, within three answers at
+any moment, for limits above zero (the configuration refuses others).
+
+The idle limit spares a session that waits on the server (its own backpressure, a flush): the
+server being slow is not the client being idle. The length limit spares nobody.
 """
 
 from __future__ import annotations

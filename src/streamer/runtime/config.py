@@ -150,14 +150,17 @@ class Pools(msgspec.Struct, forbid_unknown_fields=True):
     segmenter_slots: int
 
 
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
 class Limits(msgspec.Struct, forbid_unknown_fields=True):
     max_sessions: int
     max_frame_bytes: int
     max_channels: int
     min_sample_rate: int
     max_sample_rate: int
-    idle_timeout_s: float
-    max_session_s: float
+    idle_timeout_s: Positive  # (a limit of 0 would be due at every moment: `front/watchdog.py`)
+    max_session_s: Positive
     max_inflight_audio_s: float
     max_inflight_bytes: int
     max_outbox: int
@@ -172,7 +175,7 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True):
 class Security(msgspec.Struct, forbid_unknown_fields=True):
     token: str
     origins: list[str]
-    auth_timeout_s: float
+    auth_timeout_s: Positive
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):
