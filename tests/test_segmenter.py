@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import prometheus_client
 import pytest
 
 from streamer.actors.segmenter import LOAD_EVERY_S, Segmenter
@@ -92,6 +93,30 @@ def test_speech_gives_events_to_its_front_and_finals_to_a_model_with_credit(rig:
     for w in works:
         audio = rig.read(packet, w.at)
         assert audio.shape[0] == round((w.end_time - w.start_time) * 16000)
+
+
+def _histogram(name: str) -> tuple[float, float]:
+    """(count, sum) of one of this process's histograms (the registry is shared by the tests)."""
+    get = prometheus_client.REGISTRY.get_sample_value
+    return get(f"{name}_count") or 0.0, get(f"{name}_sum") or 0.0
+
+
+def test_a_finals_wait_for_an_actor_and_at_it_are_measured_apart_from_the_call(rig: Rig) -> None:
+    """Where a final's time goes besides the model call: waiting here for a model actor, and
+    from its hand-out to its `Done` less the call (`busy_s`): queued at the actor, and the hops."""
+    stream_in(rig, speech(TWO).samples)  # two finals wait: no actor has announced itself
+    here, there = _histogram("streamer_dispatch_final_wait_seconds"), _histogram("streamer_dispatch_model_wait_seconds")
+    rig.clock.advance(1.5)
+    ready(rig, 0, 100)
+    rig.turn()
+    (packet,) = work_packets(rig, 0)
+    rig.clock.advance(0.7)
+    rig.put(SEGMENTER_CONTROL, Done(0, 100, [w.work_id for w in packet.items if isinstance(w, Work)], 0.2))
+    rig.turn()
+    count, total = _histogram("streamer_dispatch_final_wait_seconds")
+    assert count - here[0] == 2 and total - here[1] >= 2 * 1.5  # each final, from its cut to its hand-out
+    count, total = _histogram("streamer_dispatch_model_wait_seconds")
+    assert count - there[0] == 1 and total - there[1] == pytest.approx(0.5)  # one packet: 0.7 s less 0.2 s of call
 
 
 def test_a_slot_never_holds_more_packets_than_its_credit(rig: Rig) -> None:

@@ -110,6 +110,17 @@ REACHABLE = prometheus_client.Gauge("streamer_dispatch_reachable_models",
                                     "Model actors this segmenter can hand work to now (announced and greeted)")
 BATCH = prometheus_client.Histogram("streamer_dispatch_batch_items", "Items per packet handed to a model actor",
                                     buckets=(1, 2, 4, 8, 16, 32, 64))
+# Where a final's time goes between its region's end and its result, besides the model call
+# itself (`streamer_inference_seconds`): waiting here for an actor, and at the actor for its call.
+WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 5.0, 10.0)
+FINAL_WAIT = prometheus_client.Histogram(
+    "streamer_dispatch_final_wait_seconds",
+    "Time a final (or a simple-route chunk) waited in its segmenter before it was handed to a model actor",
+    buckets=WAIT_BUCKETS)
+MODEL_WAIT = prometheus_client.Histogram(
+    "streamer_dispatch_model_wait_seconds",
+    "Time from handing a packet to a model actor to its Done, less the model call: queued at the actor "
+    "behind other calls (another shard's too) and both hops", buckets=WAIT_BUCKETS)
 
 
 @dataclass
@@ -118,6 +129,7 @@ class Batch:
 
     slab: BufferRef | None
     items: dict[int, Item[ToModel]]
+    handed_at: float = 0.0
 
 
 @dataclass
@@ -320,8 +332,12 @@ class Dispatcher:
         ids = set(msg.work_ids)
         peer.running = None  # our call ended: free for us, unless it says otherwise (`BUSY`)
         done = []
+        now = self._clock.now()
         for batch in list(peer.batches):
-            for work_id in ids & batch.items.keys():
+            answered = ids & batch.items.keys()
+            if answered:
+                MODEL_WAIT.observe(max(0.0, now - batch.handed_at - msg.busy_s))
+            for work_id in answered:
                 done.append(batch.items.pop(work_id).work)
             if not batch.items:
                 peer.batches.remove(batch)
@@ -401,10 +417,14 @@ class Dispatcher:
         if not isinstance(sent, Went):
             return False
         BATCH.observe(len(items))
+        now = self._clock.now()
+        for i in items:
+            if isinstance(i.work, Infer) and i.work.is_final is not False:
+                FINAL_WAIT.observe(now - i.queued_at)
         if peer.running == GRANTED:
             peer.running = self.shard  # our turn taken: its next call is ours
         peer.wanted = False
-        peer.batches.append(Batch(sent.slab, {i.work.work_id: i for i in items}))
+        peer.batches.append(Batch(sent.slab, {i.work.work_id: i for i in items}, now))
         return True
 
     @property
