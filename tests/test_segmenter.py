@@ -119,6 +119,24 @@ def test_a_finals_wait_for_an_actor_and_at_it_are_measured_apart_from_the_call(r
     assert count - there[0] == 1 and total - there[1] == pytest.approx(0.5)  # one packet: 0.7 s less 0.2 s of call
 
 
+def test_a_final_back_from_a_dead_actor_waits_from_its_return_not_from_its_cut(rig: Rig) -> None:
+    """The time it spent handed to the actor that died is not time it waited for one."""
+    stream_in(rig, speech(TWO).samples)
+    rig.clock.advance(1.0)
+    ready(rig, 0, 100)
+    rig.turn()  # both finals waited 1 s and more, and went in one packet
+    before = _histogram("streamer_dispatch_final_wait_seconds")
+    rig.clock.advance(5.0)  # on model-0, which dies
+    rig.put(SEGMENTER_CONTROL, Exited("model", 0, 100, "signal SIGKILL"))
+    rig.turn()
+    rig.clock.advance(0.25)
+    ready(rig, 1, 200)
+    rig.turn()
+    assert sorted(w.seq for p in work_packets(rig, 1) for w in p.items if isinstance(w, Infer)) == [0, 1]
+    count, total = _histogram("streamer_dispatch_final_wait_seconds")
+    assert count - before[0] == 2 and total - before[1] == pytest.approx(2 * 0.25)
+
+
 def test_a_slot_never_holds_more_packets_than_its_credit(rig: Rig) -> None:
     ready(rig, 0, 100, capacity=1, max_batch=1)
     stream_in(rig, speech(TWO).samples)

@@ -115,12 +115,13 @@ BATCH = prometheus_client.Histogram("streamer_dispatch_batch_items", "Items per 
 WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 5.0, 10.0)
 FINAL_WAIT = prometheus_client.Histogram(
     "streamer_dispatch_final_wait_seconds",
-    "Time a final (or a simple-route chunk) waited in its segmenter before it was handed to a model actor",
+    "Time a final (or a simple-route chunk) waited in its segmenter before it was handed to a model actor "
+    "(after its actor died: from its return to the queue)",
     buckets=WAIT_BUCKETS)
 MODEL_WAIT = prometheus_client.Histogram(
     "streamer_dispatch_model_wait_seconds",
-    "Time from handing a packet to a model actor to its Done, less the model call: queued at the actor "
-    "behind other calls (another shard's too) and both hops", buckets=WAIT_BUCKETS)
+    "Time from handing a packet (of any kind) to a model actor to its Done, less the model's time on it: "
+    "queued at the actor behind other calls (another shard's too) and both hops", buckets=WAIT_BUCKETS)
 
 
 @dataclass
@@ -155,6 +156,7 @@ class Dispatcher:
         self._clock = clock
         self.peers = [Peer(d) for d in dests]
         self._finals = FairQueue()  # served in turn by channel (actors/fair.py)
+        self._back_at: dict[int, float] = {}  # finals back in the queue after their actor died: since when
         self._interims: dict[Key, Item[Infer]] = {}
         self._queued_samples = 0
         self._dead: set[int] = set()
@@ -246,6 +248,8 @@ class Dispatcher:
                                           and w.seq < keep_below[w.channel])
 
         self._finals.keep(kept)
+        self._back_at = {i.work.work_id: self._back_at[i.work.work_id] for i in self._finals
+                         if i.work.work_id in self._back_at}
         self._interims = {k: i for k, i in self._interims.items() if k[0] != stream}
         self._queued_samples = sum(i.audio.shape[0] for i in (*self._finals, *self._interims.values()))
         if keep_below is not None:
@@ -420,7 +424,7 @@ class Dispatcher:
         now = self._clock.now()
         for i in items:
             if isinstance(i.work, Infer) and i.work.is_final is not False:
-                FINAL_WAIT.observe(now - i.queued_at)
+                FINAL_WAIT.observe(now - self._back_at.pop(i.work.work_id, i.queued_at))
         if peer.running == GRANTED:
             peer.running = self.shard  # our turn taken: its next call is ours
         peer.wanted = False
@@ -487,6 +491,10 @@ class Dispatcher:
             again += [item for item in batch.items.values()  # (a sequential stream's go again from its checkpoint)
                       if holds(item, Infer) and self._redo(item, peer.pid, ran=ran and i == 0)]
         peer.batches.clear()
+        now = self._clock.now()
+        for item in again:  # its wait starts again: the time on the dead actor was not spent waiting here
+            if item.work.is_final is not False:
+                self._back_at[item.work.work_id] = now
         self._put_back(again)
 
     def _redo(self, item: Item[Infer], pid: int, ran: bool) -> bool:
