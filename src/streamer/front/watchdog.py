@@ -60,10 +60,9 @@ class Watchdog:
     def next_at(self, authenticated: bool) -> float:
         """The earliest moment a limit may fall due, by the state of now: audio fed since the last
         call moved the idle deadline, so a sleeper asks again rather than trusts its old answer."""
-        idle_at = self.active + self.idle_timeout_s * (1.0 if self.warned_idle else 0.5)
         end_at = self.opened + self.max_session_s - (0.0 if self.warned_length else self.lead)
         auth_at = math.inf if authenticated else self.opened + self.auth_timeout_s
-        return min(idle_at, end_at, auth_at)
+        return min(self._idle_at(), end_at, auth_at)
 
     def due(self, now: float, authenticated: bool, spared: bool) -> Due | None:
         """What falls due at `now`, the first by the order of the rules (authentication, length,
@@ -80,10 +79,14 @@ class Watchdog:
         if spared:
             self.spare(now)
             return None
-        idle_at = self.active + self.idle_timeout_s * (1.0 if self.warned_idle else 0.5)
-        if now >= idle_at and not self.warned_idle:
+        if now >= self._idle_at() and not self.warned_idle:
             self.warned_idle = True
             return Due.IDLE_WARNING
-        if now >= idle_at:
+        if now >= self._idle_at():
             return Due.IDLE
         return None
+
+    def _idle_at(self) -> float:
+        """The idle warning at half the timeout after the client's last sign of life, the close at
+        the whole."""
+        return self.active + self.idle_timeout_s * (1.0 if self.warned_idle else 0.5)
