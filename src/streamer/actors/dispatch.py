@@ -145,6 +145,10 @@ class Peer:
     running: int | None = None  # what it last said (`Running`): whose call it runs, or whose turn it is; None: free
     wanted: bool = False  # we asked it for a turn (`Want`) and have not had it yet
 
+    def new_process(self, pid: int) -> None:
+        """What we knew of its last process (greeted, what it said, what we asked) goes with it."""
+        self.pid, self.greeted, self.running, self.wanted = pid, False, None, False
+
 
 class Dispatcher:
     def __init__(self, outbox: Outbox, dests: list[str], clock: Clock, max_attempts: int = 3,
@@ -276,7 +280,7 @@ class Dispatcher:
         if peer.pid != msg.pid:
             if peer.pid:  # the old pid is gone and nobody told us yet
                 self._lost(msg.index)
-            peer.pid, peer.greeted, peer.running, peer.wanted = msg.pid, False, None, False
+            peer.new_process(msg.pid)
         peer.capacity = peer.granted = msg.capacity
         peer.max_batch = max(1, msg.max_batch)
         if not peer.greeted:
@@ -314,7 +318,8 @@ class Dispatcher:
         if 0 <= index < len(self.peers) and self.peers[index].pid == pid:
             peer = self.peers[index]
             self._lost(index)
-            peer.pid, peer.capacity, peer.greeted, peer.running, peer.wanted = 0, 0, False, None, False
+            peer.new_process(0)
+            peer.capacity = 0
 
     def _lost(self, index: int) -> None:
         """The peer's process is gone: its items go back to the queue, its sequential streams
